@@ -1,0 +1,66 @@
+//! SQS messages: the fields the batch layer needs (id, FIFO group and
+//! deduplication id, receive count) and typed JSON bodies.
+
+use aws_lambda_events::event::sqs::SqsMessage;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{EventError, json_error};
+
+const WHAT: &str = "SQS message";
+
+/// One SQS message as delivered to Lambda.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub message_id: String,
+    pub body: String,
+    /// `MessageGroupId` of a FIFO queue's message.
+    pub group_id: Option<String>,
+    /// `MessageDeduplicationId` of a FIFO queue's message.
+    pub deduplication_id: Option<String>,
+    /// How many times SQS has delivered this message (1 on first delivery).
+    pub receive_count: u32,
+    pub event_source_arn: Option<String>,
+    /// The message as `aws_lambda_events` parsed it, for anything else.
+    pub raw: SqsMessage,
+}
+
+impl Message {
+    /// Parses one raw SQS record. A record without `messageId` cannot be
+    /// reported in a partial batch response, so it is an error here.
+    pub fn parse(record: &Value) -> Result<Self, EventError> {
+        let raw: SqsMessage = serde_json::from_value(record.clone()).map_err(|e| json_error(WHAT, e))?;
+        let message_id = raw
+            .message_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .ok_or(EventError::MissingField { what: WHAT, field: "messageId" })?;
+        let body = raw.body.clone().ok_or(EventError::MissingField { what: WHAT, field: "body" })?;
+        let attribute = |name: &str| raw.attributes.get(name).cloned();
+        Ok(Self {
+            message_id,
+            body,
+            group_id: attribute("MessageGroupId"),
+            deduplication_id: attribute("MessageDeduplicationId"),
+            receive_count: attribute("ApproximateReceiveCount").and_then(|n| n.parse().ok()).unwrap_or(1),
+            event_source_arn: raw.event_source_arn.clone(),
+            raw,
+        })
+    }
+
+    /// True when the message came from a FIFO queue.
+    pub fn is_fifo(&self) -> bool {
+        self.group_id.is_some() || self.event_source_arn.as_deref().is_some_and(|a| a.ends_with(".fifo"))
+    }
+
+    /// Deserializes the body as JSON into `T`.
+    pub fn json_body<T: DeserializeOwned>(&self) -> Result<T, EventError> {
+        serde_json::from_str(&self.body).map_err(|e| json_error("SQS message body", e))
+    }
+}
+
+/// The message id of a raw record, if it has one (to report a record that
+/// failed to parse).
+pub fn message_id_of(record: &Value) -> Option<&str> {
+    record.get("messageId").and_then(Value::as_str).filter(|id| !id.is_empty())
+}

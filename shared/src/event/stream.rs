@@ -1,0 +1,167 @@
+//! DynamoDB stream records, with typed old and new images.
+
+use aws_lambda_events::event::dynamodb::EventRecord;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::{EventError, json_error};
+
+const WHAT: &str = "DynamoDB stream record";
+
+/// The kind of change a stream record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Insert,
+    Modify,
+    Remove,
+}
+
+/// One stream record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub event_id: String,
+    pub change: Change,
+    pub sequence_number: String,
+    pub keys: serde_dynamo::Item,
+    pub old_image: Option<serde_dynamo::Item>,
+    pub new_image: Option<serde_dynamo::Item>,
+    /// The record as `aws_lambda_events` parsed it.
+    pub raw: EventRecord,
+}
+
+impl Record {
+    /// Parses one raw stream record. Accepts `ApproximateCreationDateTime` as
+    /// epoch seconds (number or numeric string) or as a date-time string, and
+    /// `SizeBytes` as a number or numeric string, as emulators send them.
+    pub fn parse(record: &Value) -> Result<Self, EventError> {
+        let mut record = record
+            .as_object()
+            .cloned()
+            .ok_or_else(|| EventError::Shape { what: WHAT, message: "record is not an object".into() })?;
+        fill(&mut record, "awsRegion", Value::String(String::new()));
+        let change = record
+            .get_mut("dynamodb")
+            .and_then(Value::as_object_mut)
+            .ok_or(EventError::MissingField { what: WHAT, field: "dynamodb" })?;
+        normalize_creation_time(change)?;
+        match change.get("SizeBytes") {
+            None | Some(Value::Null) => {
+                change.insert("SizeBytes".into(), Value::from(0));
+            }
+            Some(Value::String(s)) => {
+                let n: i64 = s.parse().map_err(|_| EventError::Shape {
+                    what: WHAT,
+                    message: format!("dynamodb.SizeBytes is not a number: {s:?}"),
+                })?;
+                change.insert("SizeBytes".into(), Value::from(n));
+            }
+            Some(_) => {}
+        }
+        let raw: EventRecord = serde_json::from_value(Value::Object(record)).map_err(|e| json_error(WHAT, e))?;
+        let sequence_number = raw
+            .change
+            .sequence_number
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or(EventError::MissingField { what: WHAT, field: "dynamodb.SequenceNumber" })?;
+        let change = match raw.event_name.as_str() {
+            "INSERT" => Change::Insert,
+            "MODIFY" => Change::Modify,
+            "REMOVE" => Change::Remove,
+            other => {
+                return Err(EventError::Shape { what: WHAT, message: format!("unknown eventName {other:?}") });
+            }
+        };
+        let image = |item: &serde_dynamo::Item| (!item.is_empty()).then(|| item.clone());
+        Ok(Self {
+            event_id: raw.event_id.clone(),
+            change,
+            sequence_number,
+            keys: raw.change.keys.clone(),
+            old_image: image(&raw.change.old_image),
+            new_image: image(&raw.change.new_image),
+            raw,
+        })
+    }
+}
+
+/// The sequence number of a raw record, if it has one (to report a record
+/// that failed to parse).
+pub fn sequence_number_of(record: &Value) -> Option<&str> {
+    record.pointer("/dynamodb/SequenceNumber").and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+fn normalize_creation_time(change: &mut Map<String, Value>) -> Result<(), EventError> {
+    const FIELD: &str = "ApproximateCreationDateTime";
+    let Some(Value::String(s)) = change.get(FIELD) else { return Ok(()) };
+    let seconds = if let Ok(n) = s.parse::<f64>() {
+        n
+    } else if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        epoch_seconds(t.with_timezone(&Utc))
+    } else if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%:z") {
+        epoch_seconds(t.with_timezone(&Utc))
+    } else if let Ok(t) = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f") {
+        epoch_seconds(t.and_utc())
+    } else {
+        return Err(EventError::Shape {
+            what: WHAT,
+            message: format!("dynamodb.{FIELD} is neither epoch seconds nor a date-time: {s:?}"),
+        });
+    };
+    change.insert(FIELD.into(), Value::from(seconds));
+    Ok(())
+}
+
+fn epoch_seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6
+}
+
+fn fill(record: &mut Map<String, Value>, field: &str, default: Value) {
+    if record.get(field).is_none_or(Value::is_null) {
+        record.insert(field.to_owned(), default);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(creation: Value) -> Value {
+        serde_json::json!({
+            "eventID": "e1", "eventName": "INSERT", "eventSource": "aws:dynamodb",
+            "dynamodb": {"ApproximateCreationDateTime": creation, "Keys": {"pk": {"S": "a"}, "sk": {"S": "b"}},
+                "NewImage": {"pk": {"S": "a"}, "sk": {"S": "b"}, "n": {"N": "1.50"}},
+                "SequenceNumber": "100", "SizeBytes": "26", "StreamViewType": "NEW_AND_OLD_IMAGES"}
+        })
+    }
+
+    #[test]
+    fn creation_time_in_every_shape_parses_to_the_same_instant() {
+        let shapes = [
+            Value::from(1_795_884_005.288),
+            Value::from("1795884005.288"),
+            Value::from("2026-11-28T16:40:05.288Z"),
+            Value::from("2026-11-28 16:40:05.288000+00:00"),
+        ];
+        let times: Vec<_> = shapes
+            .into_iter()
+            .map(|s| Record::parse(&record(s)).unwrap().raw.change.approximate_creation_date_time.timestamp_millis())
+            .collect();
+        assert!(times.iter().all(|t| *t == 1_795_884_005_288), "{times:?}");
+    }
+
+    #[test]
+    fn record_without_sequence_number_is_an_error_naming_it() {
+        let mut r = record(Value::from(1));
+        r["dynamodb"].as_object_mut().unwrap().remove("SequenceNumber");
+        let err = Record::parse(&r).unwrap_err();
+        assert!(err.to_string().contains("SequenceNumber"), "{err}");
+    }
+
+    #[test]
+    fn unknown_event_name_is_an_error() {
+        let mut r = record(Value::from(1));
+        r["eventName"] = Value::from("TRUNCATE");
+        assert!(Record::parse(&r).unwrap_err().to_string().contains("TRUNCATE"));
+    }
+}

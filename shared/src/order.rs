@@ -1,0 +1,419 @@
+//! The order domain: parsing and validating order events (the input contract of
+//! DESIGN.md), the apply rule, and the contribution rule for customer totals.
+//!
+//! Everything here is pure: no I/O, no clocks. Stores and handlers call these
+//! functions so the rules live in one place and are property-tested.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Longest id accepted for `eventId`, `orderId` and `customerId`, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+/// Most decimal places an amount may have (minor units of the currency).
+pub const MAX_AMOUNT_SCALE: u32 = 2;
+
+/// Lifecycle state of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Placed,
+    Paid,
+    Shipped,
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// The wire name (`PLACED`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Placed => "PLACED",
+            Self::Paid => "PAID",
+            Self::Shipped => "SHIPPED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "PLACED" => Self::Placed,
+            "PAID" => Self::Paid,
+            "SHIPPED" => Self::Shipped,
+            "CANCELLED" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated order event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderEvent {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub amount: Decimal,
+    pub currency: Currency,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// An ISO 4217 currency code (three upper-case letters from the active list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    /// Parses an active ISO 4217 code.
+    pub fn parse(s: &str) -> Option<Self> {
+        let bytes: [u8; 3] = s.as_bytes().try_into().ok()?;
+        if !bytes.iter().all(u8::is_ascii_uppercase) {
+            return None;
+        }
+        ISO_4217.binary_search(&s).ok().map(|_| Self(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Constructed only from ASCII upper-case letters.
+        std::str::from_utf8(&self.0).unwrap_or("???")
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Active ISO 4217 alphabetic codes (sorted, for binary search), including the
+/// fund and precious-metal codes producers sometimes send.
+const ISO_4217: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
+    "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUP", "CVE",
+    "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL",
+    "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR",
+    "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD",
+    "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK",
+    "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO",
+    "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON",
+    "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD",
+    "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD",
+    "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES", "VND", "VUV",
+    "WST", "XAF", "XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XCD", "XCG", "XDR", "XOF", "XPD",
+    "XPF", "XPT", "XSU", "XUA", "YER", "ZAR", "ZMW", "ZWG", "ZWL",
+];
+
+/// Why an order event was rejected. Always permanent: the same input fails the
+/// same way on every retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("{field}: missing")]
+    Missing { field: &'static str },
+    #[error("{field}: {rule}")]
+    Invalid { field: &'static str, rule: String },
+}
+
+impl ValidationError {
+    fn invalid(field: &'static str, rule: impl Into<String>) -> Self {
+        Self::Invalid { field, rule: rule.into() }
+    }
+}
+
+/// Fields as they arrive: each kept raw so its error can name the field and rule.
+#[derive(Deserialize)]
+struct RawOrderEvent<'a> {
+    #[serde(rename = "eventId", borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(rename = "orderId", borrow)]
+    order_id: Option<&'a RawValue>,
+    #[serde(rename = "customerId", borrow)]
+    customer_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow)]
+    currency: Option<&'a RawValue>,
+    #[serde(rename = "occurredAt", borrow)]
+    occurred_at: Option<&'a RawValue>,
+}
+
+/// Parses and validates one order event from JSON text.
+pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
+    let raw: RawOrderEvent<'_> = serde_json::from_str(json).map_err(|e| {
+        if e.is_data() && json.trim_start().starts_with('{') {
+            ValidationError::MalformedJson(e.to_string())
+        } else if e.is_data() {
+            ValidationError::MalformedJson("expected a JSON object".into())
+        } else {
+            ValidationError::MalformedJson(e.to_string())
+        }
+    })?;
+    let event = OrderEvent {
+        event_id: id_field("eventId", raw.event_id)?,
+        order_id: id_field("orderId", raw.order_id)?,
+        customer_id: id_field("customerId", raw.customer_id)?,
+        status: {
+            let s = string_field("status", raw.status)?;
+            OrderStatus::parse(&s).ok_or_else(|| {
+                ValidationError::invalid(
+                    "status",
+                    format!("must be PLACED, PAID, SHIPPED or CANCELLED, got {:?}", truncate(&s, 32)),
+                )
+            })?
+        },
+        amount: amount_field(raw.amount)?,
+        currency: {
+            let s = string_field("currency", raw.currency)?;
+            Currency::parse(&s).ok_or_else(|| {
+                ValidationError::invalid(
+                    "currency",
+                    format!("must be an ISO 4217 code (3 upper-case letters), got {:?}", truncate(&s, 32)),
+                )
+            })?
+        },
+        occurred_at: {
+            let s = string_field("occurredAt", raw.occurred_at)?;
+            parse_timestamp(&s).ok_or_else(|| {
+                ValidationError::invalid(
+                    "occurredAt",
+                    format!("must be an RFC 3339 timestamp, got {:?}", truncate(&s, 40)),
+                )
+            })?
+        },
+    };
+    Ok(event)
+}
+
+/// Parses an RFC 3339 timestamp into UTC.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The stored form of `occurredAt`: UTC with a fixed nanosecond width, so that
+/// string order equals time order (DynamoDB condition expressions compare the
+/// strings; a variable width would sort `…:00Z` after `…:00.5Z`).
+pub fn format_timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+fn string_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, ValidationError> {
+    let raw = raw.filter(|r| r.get() != "null").ok_or(ValidationError::Missing { field })?;
+    serde_json::from_str::<String>(raw.get())
+        .map_err(|_| ValidationError::invalid(field, format!("must be a string, got {}", json_kind(raw.get()))))
+}
+
+fn id_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, ValidationError> {
+    let s = string_field(field, raw)?;
+    let chars = s.chars().count();
+    if chars == 0 {
+        return Err(ValidationError::invalid(field, "must not be empty"));
+    }
+    if chars > MAX_ID_CHARS {
+        return Err(ValidationError::invalid(
+            field,
+            format!("must be at most {MAX_ID_CHARS} characters, got {chars}"),
+        ));
+    }
+    Ok(s)
+}
+
+fn amount_field(raw: Option<&RawValue>) -> Result<Decimal, ValidationError> {
+    const FIELD: &str = "amount";
+    let raw = raw.filter(|r| r.get() != "null").ok_or(ValidationError::Missing { field: FIELD })?;
+    let text = raw.get();
+    let number = if text.starts_with('"') {
+        serde_json::from_str::<String>(text).map_err(|e| ValidationError::invalid(FIELD, e.to_string()))?
+    } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        text.to_owned()
+    } else {
+        return Err(ValidationError::invalid(
+            FIELD,
+            format!("must be a decimal string or a JSON number, got {}", json_kind(text)),
+        ));
+    };
+    parse_amount(&number).map_err(|rule| ValidationError::invalid(FIELD, rule))
+}
+
+/// Parses an exact, non-negative decimal with at most two decimal places.
+pub fn parse_amount(s: &str) -> Result<Decimal, String> {
+    let trimmed = s.trim();
+    if trimmed.is_empty() || trimmed != s {
+        return Err(format!("must be a decimal number, got {:?}", truncate(s, 40)));
+    }
+    let value = if trimmed.contains(['e', 'E']) {
+        Decimal::from_scientific(trimmed)
+    } else {
+        trimmed.parse::<Decimal>()
+    }
+    .map_err(|_| format!("must be a decimal number, got {:?}", truncate(s, 40)))?;
+    if value.is_sign_negative() && !value.is_zero() {
+        return Err(format!("must be >= 0, got {value}"));
+    }
+    let value = value.normalize();
+    if value.scale() > MAX_AMOUNT_SCALE {
+        return Err(format!("must have at most {MAX_AMOUNT_SCALE} decimal places, got {s}"));
+    }
+    // Normalise `-0` to `0` so equal amounts compare and serialise equally.
+    Ok(if value.is_zero() { Decimal::ZERO } else { value })
+}
+
+fn json_kind(text: &str) -> &'static str {
+    match text.as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// Cuts `s` to at most `max` characters (for error messages and quarantine).
+pub fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The current state of an order, as stored in the state table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub order_id: String,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub amount: Decimal,
+    pub currency: Currency,
+    pub occurred_at: DateTime<Utc>,
+    pub last_event_id: String,
+    /// Number of events applied to this order.
+    pub version: u64,
+}
+
+/// What applying an event to an order did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The event was newer than the stored state and replaced it.
+    Applied(Order),
+    /// The stored state already came from a newer event.
+    Stale,
+    /// The stored state came from this very event.
+    Duplicate,
+}
+
+/// The ordering key of the apply rule: `(occurredAt, eventId)`.
+pub fn event_key(event: &OrderEvent) -> (DateTime<Utc>, &str) {
+    (event.occurred_at, &event.event_id)
+}
+
+/// The apply rule: an event changes an order only if `(occurredAt, eventId)` is
+/// greater than the stored `(occurredAt, lastEventId)`.
+pub fn apply(current: Option<&Order>, event: &OrderEvent) -> ApplyOutcome {
+    let version = match current {
+        None => 0,
+        Some(order) => {
+            let stored = (order.occurred_at, order.last_event_id.as_str());
+            let incoming = event_key(event);
+            if incoming == stored {
+                return ApplyOutcome::Duplicate;
+            }
+            if incoming < stored {
+                return ApplyOutcome::Stale;
+            }
+            order.version
+        }
+    };
+    ApplyOutcome::Applied(Order {
+        order_id: event.order_id.clone(),
+        customer_id: event.customer_id.clone(),
+        status: event.status,
+        amount: event.amount,
+        currency: event.currency,
+        occurred_at: event.occurred_at,
+        last_event_id: event.event_id.clone(),
+        version: version + 1,
+    })
+}
+
+/// A customer's running totals: order count and amount per currency.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerTotals {
+    pub order_count: i64,
+    pub totals: BTreeMap<Currency, Decimal>,
+}
+
+impl CustomerTotals {
+    /// Adds a delta; currencies whose total returns to zero are dropped so that
+    /// equal totals compare equal however they were reached.
+    pub fn add(&mut self, delta: &CustomerTotals) {
+        self.order_count += delta.order_count;
+        for (currency, amount) in &delta.totals {
+            let entry = self.totals.entry(*currency).or_default();
+            *entry += *amount;
+            if entry.is_zero() {
+                self.totals.remove(currency);
+            }
+        }
+    }
+
+    /// True when adding this changes nothing.
+    pub fn is_zero(&self) -> bool {
+        self.order_count == 0 && self.totals.values().all(Decimal::is_zero)
+    }
+}
+
+/// The contribution rule: an order adds `(1, amount in its currency)` to its
+/// customer's totals, unless it is `CANCELLED`.
+pub fn contribution(order: &Order) -> Option<(&str, CustomerTotals)> {
+    if order.status == OrderStatus::Cancelled {
+        return None;
+    }
+    Some((
+        &order.customer_id,
+        CustomerTotals { order_count: 1, totals: BTreeMap::from([(order.currency, order.amount)]) },
+    ))
+}
+
+/// The delta a change of an order (`old` -> `new`, either absent) makes to
+/// customer totals: `contribution(new) - contribution(old)`, per customer.
+/// Usually one customer; two if the change moved the order between customers.
+pub fn totals_delta(old: Option<&Order>, new: Option<&Order>) -> BTreeMap<String, CustomerTotals> {
+    let mut deltas: BTreeMap<String, CustomerTotals> = BTreeMap::new();
+    if let Some((customer, c)) = new.and_then(contribution) {
+        deltas.entry(customer.to_owned()).or_default().add(&c);
+    }
+    if let Some((customer, c)) = old.and_then(contribution) {
+        let negated = CustomerTotals {
+            order_count: -c.order_count,
+            totals: c.totals.iter().map(|(k, v)| (*k, -*v)).collect(),
+        };
+        deltas.entry(customer.to_owned()).or_default().add(&negated);
+    }
+    deltas.retain(|_, d| !d.is_zero());
+    deltas
+}
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Currency::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not an ISO 4217 code: {s:?}")))
+    }
+}

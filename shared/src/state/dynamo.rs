@@ -1,0 +1,582 @@
+//! The DynamoDB [`StateStore`]: batched, conditional, transactional.
+//!
+//! Request budget: one `TransactWriteItems` per group of up to 100 distinct
+//! items (orders, or markers plus customers), one `BatchGetItem` per stream
+//! chunk, and nothing else on the happy path. Conflicts are resolved from the
+//! transaction's cancellation reasons (`ReturnValuesOnConditionCheckFailure`
+//! returns the item that failed the condition), never by re-reading.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue as SdkValue, KeysAndAttributes, Put, PutRequest, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update, WriteRequest,
+};
+use chrono::Utc;
+use serde_dynamo::{AttributeValue, Item};
+
+use super::item::{
+    ItemExt, ORDER_SK, TOTALS_SK, customer_pk, entity, n, order_pk, s, totals_from_item, totals_to_item,
+};
+use super::{
+    Checkpoint, Counts, DeltaRecord, ErrorClass, Manifest, ManifestWrite, ObjectStatus, Outcome, Quarantined, StateStore,
+    StoreError, combine_orders,
+};
+use crate::error::{classify_sdk, sdk_message};
+use crate::order::{CustomerTotals, OrderEvent, format_timestamp, parse_timestamp};
+
+/// DynamoDB TransactWriteItems limit on actions per transaction.
+pub const MAX_TRANSACT_ITEMS: usize = 100;
+/// DynamoDB BatchWriteItem limit on requests per call.
+const MAX_BATCH_WRITE: usize = 25;
+/// DynamoDB BatchGetItem limit on keys per call.
+const MAX_BATCH_GET: usize = 100;
+/// Attempts at one transaction before giving up on contention or throttling
+/// (on top of the SDK's own retries of each request).
+const MAX_ATTEMPTS: u32 = 8;
+/// How long idempotency markers of stream records are kept. A stream keeps
+/// records for 24 hours; a week covers every replay Lambda can make.
+const MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The state table (and, for markers, the idempotency table) in DynamoDB.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    state_table: String,
+    idempotency_table: String,
+    key_prefix: String,
+}
+
+impl DynamoStore {
+    /// A store over the two tables. `key_prefix` namespaces idempotency keys
+    /// (see DESIGN.md: it must not depend on function or type names).
+    pub fn new(client: Client, state_table: String, idempotency_table: String, key_prefix: String) -> Self {
+        Self { client, state_table, idempotency_table, key_prefix }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn state_table(&self) -> &str {
+        &self.state_table
+    }
+
+    fn marker_id(&self, key: &str) -> String {
+        format!("{}#{key}", self.key_prefix)
+    }
+
+    fn dynamo_error<E>(&self, operation: &'static str, table: &str, err: &aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::http::Response>) -> StoreError
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        StoreError::Dynamo { operation, table: table.to_owned(), message: sdk_message(err), class: classify_sdk(err) }
+    }
+
+    fn order_update(&self, event: &OrderEvent) -> Result<TransactWriteItem, StoreError> {
+        // Timeline: the condition holds when no event reached this order yet, or
+        // the stored event is older by (occurredAt, eventId). occurredAt is stored
+        // in a fixed-width UTC form, so string order is time order.
+        let update = Update::builder()
+            .table_name(&self.state_table)
+            .key("pk", SdkValue::S(order_pk(&event.order_id)))
+            .key("sk", SdkValue::S(ORDER_SK.to_owned()))
+            .update_expression(
+                "SET entity = :entity, orderId = :orderId, customerId = :customerId, #status = :status, \
+                 amount = :amount, currency = :currency, occurredAt = :occurredAt, lastEventId = :eventId, \
+                 version = if_not_exists(version, :zero) + :one",
+            )
+            .condition_expression(
+                "attribute_not_exists(pk) OR occurredAt < :occurredAt \
+                 OR (occurredAt = :occurredAt AND lastEventId < :eventId)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":entity", SdkValue::S(entity::ORDER.into()))
+            .expression_attribute_values(":orderId", SdkValue::S(event.order_id.clone()))
+            .expression_attribute_values(":customerId", SdkValue::S(event.customer_id.clone()))
+            .expression_attribute_values(":status", SdkValue::S(event.status.as_str().into()))
+            .expression_attribute_values(":amount", SdkValue::N(event.amount.to_string()))
+            .expression_attribute_values(":currency", SdkValue::S(event.currency.as_str().into()))
+            .expression_attribute_values(":occurredAt", SdkValue::S(format_timestamp(&event.occurred_at)))
+            .expression_attribute_values(":eventId", SdkValue::S(event.event_id.clone()))
+            .expression_attribute_values(":zero", SdkValue::N("0".into()))
+            .expression_attribute_values(":one", SdkValue::N("1".into()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    fn manifest_put(&self, write: &ManifestWrite) -> Result<TransactWriteItem, StoreError> {
+        let mut put = Put::builder()
+            .table_name(&self.state_table)
+            .set_item(Some(to_sdk(manifest_to_item(&write.manifest))))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        put = match write.expected {
+            None => put.condition_expression("attribute_not_exists(pk)"),
+            Some(cp) => put
+                .condition_expression("checkpoint.#line = :line AND checkpoint.#byte = :byte")
+                .expression_attribute_names("#line", "line")
+                .expression_attribute_names("#byte", "byte")
+                .expression_attribute_values(":line", SdkValue::N(cp.line.to_string()))
+                .expression_attribute_values(":byte", SdkValue::N(cp.byte.to_string())),
+        };
+        let put = put.build().map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    fn marker_put(&self, key: &str, expiration: i64) -> Result<TransactWriteItem, StoreError> {
+        let put = Put::builder()
+            .table_name(&self.idempotency_table)
+            .item("id", SdkValue::S(self.marker_id(key)))
+            .item("status", SdkValue::S("COMPLETED".into()))
+            .item("expiration", SdkValue::N(expiration.to_string()))
+            .condition_expression("attribute_not_exists(id)")
+            .build()
+            .map_err(|e| permanent("TransactWriteItems", &self.idempotency_table, e))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    fn totals_put(&self, customer: &str, totals: &CustomerTotals, expected_version: Option<u64>) -> Result<TransactWriteItem, StoreError> {
+        let next = expected_version.map_or(1, |v| v + 1);
+        let mut put = Put::builder()
+            .table_name(&self.state_table)
+            .set_item(Some(to_sdk(totals_to_item(customer, totals, next))))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        put = match expected_version {
+            None => put.condition_expression("attribute_not_exists(pk)"),
+            Some(v) => put
+                .condition_expression("version = :version")
+                .expression_attribute_values(":version", SdkValue::N(v.to_string())),
+        };
+        let put = put.build().map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// Runs one transaction; on cancellation returns the reasons (code and the
+    /// item that failed its condition, per action).
+    async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<TxResult, StoreError> {
+        match self.client.transact_write_items().set_transact_items(Some(actions)).send().await {
+            Ok(_) => Ok(TxResult::Committed),
+            Err(err) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
+                    let reasons = cancelled
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| (r.code().unwrap_or("None").to_owned(), r.item().cloned().map(from_sdk)))
+                        .collect();
+                    return Ok(TxResult::Cancelled(reasons));
+                }
+                Err(self.dynamo_error("TransactWriteItems", &self.state_table, &err))
+            }
+        }
+    }
+
+    async fn get_totals(&self, customers: &[&str]) -> Result<HashMap<String, (CustomerTotals, u64)>, StoreError> {
+        let mut found = HashMap::new();
+        for group in customers.chunks(MAX_BATCH_GET) {
+            let mut keys = KeysAndAttributes::builder().consistent_read(true);
+            for customer in group {
+                keys = keys.keys(HashMap::from([
+                    ("pk".to_owned(), SdkValue::S(customer_pk(customer))),
+                    ("sk".to_owned(), SdkValue::S(TOTALS_SK.to_owned())),
+                ]));
+            }
+            let mut request = Some(HashMap::from([(
+                self.state_table.clone(),
+                keys.build().map_err(|e| permanent("BatchGetItem", &self.state_table, e))?,
+            )]));
+            let mut attempt = 0;
+            while let Some(items) = request.take().filter(|r| !r.is_empty()) {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(items))
+                    .send()
+                    .await
+                    .map_err(|e| self.dynamo_error("BatchGetItem", &self.state_table, &e))?;
+                for item in out.responses().and_then(|r| r.get(&self.state_table)).into_iter().flatten() {
+                    let item = from_sdk(item.clone());
+                    let customer = item.get_s(entity::CUSTOMER_TOTALS, "customerId")?.to_owned();
+                    found.insert(customer, totals_from_item(&item)?);
+                }
+                request = out.unprocessed_keys().cloned();
+                if request.as_ref().is_some_and(|r| !r.is_empty()) {
+                    attempt += 1;
+                    backoff(attempt, "BatchGetItem unprocessed keys").await?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Commits one chunk of delta records (markers + combined customer puts).
+    async fn apply_delta_chunk(&self, chunk: &[DeltaRecord]) -> Result<Vec<Outcome>, StoreError> {
+        let customers: Vec<&str> = {
+            let mut c: Vec<&str> = chunk.iter().flat_map(|r| r.deltas.keys().map(String::as_str)).collect();
+            c.sort_unstable();
+            c.dedup();
+            c
+        };
+        let mut known = self.get_totals(&customers).await?;
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; chunk.len()];
+        let expiration = Utc::now().timestamp() + MARKER_TTL.as_secs() as i64;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let live: Vec<usize> = (0..chunk.len()).filter(|i| outcomes[*i].is_none()).collect();
+            if live.is_empty() {
+                break;
+            }
+            let mut combined: BTreeMap<&str, CustomerTotals> = BTreeMap::new();
+            for &i in &live {
+                for (customer, delta) in &chunk[i].deltas {
+                    combined.entry(customer).or_default().add(delta);
+                }
+            }
+            combined.retain(|_, d| !d.is_zero());
+            let mut actions = Vec::with_capacity(live.len() + combined.len());
+            for &i in &live {
+                actions.push(self.marker_put(&chunk[i].idempotency_key, expiration)?);
+            }
+            let customer_order: Vec<&str> = combined.keys().copied().collect();
+            for (customer, delta) in &combined {
+                let (mut totals, version) = match known.get(*customer) {
+                    Some((t, v)) => (t.clone(), Some(*v)),
+                    None => (CustomerTotals::default(), None),
+                };
+                totals.add(delta);
+                actions.push(self.totals_put(customer, &totals, version)?);
+            }
+            match self.transact(actions).await? {
+                TxResult::Committed => {
+                    for &i in &live {
+                        outcomes[i] = Some(Outcome::Applied);
+                    }
+                    break;
+                }
+                TxResult::Cancelled(reasons) => {
+                    let mut resolved = false;
+                    for (pos, (code, item)) in reasons.into_iter().enumerate() {
+                        if code != "ConditionalCheckFailed" {
+                            continue;
+                        }
+                        resolved = true;
+                        if pos < live.len() {
+                            // The marker exists: this record was applied before.
+                            outcomes[live[pos]] = Some(Outcome::Duplicate);
+                        } else if let Some(customer) = customer_order.get(pos - live.len()) {
+                            // Another writer changed the totals: take its item from the reason.
+                            match item {
+                                Some(item) => {
+                                    known.insert((*customer).to_owned(), totals_from_item(&item)?);
+                                }
+                                None => {
+                                    known.remove(*customer);
+                                }
+                            }
+                        }
+                    }
+                    if !resolved {
+                        backoff(attempt, "TransactWriteItems conflict or throttling").await?;
+                    }
+                }
+            }
+            if attempt == MAX_ATTEMPTS {
+                return Err(StoreError::Contention {
+                    attempts: MAX_ATTEMPTS,
+                    message: "customer totals kept changing under this transaction".into(),
+                });
+            }
+        }
+        Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect())
+    }
+}
+
+enum TxResult {
+    Committed,
+    Cancelled(Vec<(String, Option<Item>)>),
+}
+
+impl StateStore for DynamoStore {
+    async fn apply_orders(&self, events: &[OrderEvent], manifest: Option<&ManifestWrite>) -> Result<Vec<Outcome>, StoreError> {
+        let (winners, mut decided) = combine_orders(events);
+        let per_group = MAX_TRANSACT_ITEMS - usize::from(manifest.is_some());
+        let groups: Vec<&[usize]> = if winners.is_empty() { vec![&[]] } else { winners.chunks(per_group).collect() };
+        let last = groups.len() - 1;
+        for (g, group) in groups.into_iter().enumerate() {
+            let with_manifest = if g == last { manifest } else { None };
+            let mut live: Vec<usize> = group.to_vec();
+            for attempt in 1..=MAX_ATTEMPTS {
+                let mut actions = Vec::with_capacity(live.len() + 1);
+                for &i in &live {
+                    actions.push(self.order_update(&events[i])?);
+                }
+                if let Some(write) = with_manifest {
+                    actions.push(self.manifest_put(write)?);
+                }
+                if actions.is_empty() {
+                    break;
+                }
+                match self.transact(actions).await? {
+                    TxResult::Committed => {
+                        for &i in &live {
+                            decided[i] = Some(Outcome::Applied);
+                        }
+                        break;
+                    }
+                    TxResult::Cancelled(reasons) => {
+                        let mut failed = Vec::new();
+                        for (pos, (code, item)) in reasons.into_iter().enumerate() {
+                            if code != "ConditionalCheckFailed" {
+                                continue;
+                            }
+                            if pos < live.len() {
+                                let i = live[pos];
+                                decided[i] = Some(classify_existing(&events[i], item.as_ref()));
+                                failed.push(i);
+                            } else if let Some(write) = with_manifest {
+                                return Err(StoreError::ManifestConflict {
+                                    bucket: write.manifest.bucket.clone(),
+                                    key: write.manifest.key.clone(),
+                                    line: write.expected.map_or(0, |c| c.line),
+                                });
+                            }
+                        }
+                        if failed.is_empty() {
+                            backoff(attempt, "TransactWriteItems conflict or throttling").await?;
+                        } else {
+                            live.retain(|i| !failed.contains(i));
+                        }
+                    }
+                }
+                if attempt == MAX_ATTEMPTS {
+                    return Err(StoreError::Contention {
+                        attempts: MAX_ATTEMPTS,
+                        message: "orders transaction kept being cancelled".into(),
+                    });
+                }
+            }
+        }
+        Ok(decided.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect())
+    }
+
+    async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<StoreError>) {
+        let mut outcomes = Vec::with_capacity(records.len());
+        let mut start = 0;
+        while start < records.len() {
+            // Grow the chunk while markers + distinct customers fit one transaction.
+            let mut customers: std::collections::BTreeSet<&str> = Default::default();
+            let mut end = start;
+            while end < records.len() {
+                let mut with: std::collections::BTreeSet<&str> = customers.clone();
+                with.extend(records[end].deltas.keys().map(String::as_str));
+                if (end - start + 1) + with.len() > MAX_TRANSACT_ITEMS {
+                    break;
+                }
+                customers = with;
+                end += 1;
+            }
+            if end == start {
+                end = start + 1; // A single record always fits: at most two customers.
+            }
+            match self.apply_delta_chunk(&records[start..end]).await {
+                Ok(chunk) => outcomes.extend(chunk),
+                Err(e) => return (outcomes, Some(e)),
+            }
+            start = end;
+        }
+        (outcomes, None)
+    }
+
+    async fn get_manifest(&self, bucket: &str, key: &str, revision: &str) -> Result<Option<Manifest>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.state_table)
+            .key("pk", SdkValue::S(object_pk(bucket, key)))
+            .key("sk", SdkValue::S(revision.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.dynamo_error("GetItem", &self.state_table, &e))?;
+        out.item.map(|item| manifest_from_item(&from_sdk(item))).transpose().map_err(Into::into)
+    }
+
+    async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
+        // Keys must be unique within one BatchWriteItem call.
+        let mut unique: BTreeMap<(&str, &str), &Quarantined> = BTreeMap::new();
+        for r in records {
+            unique.insert((&r.source, &r.record_id), r);
+        }
+        let records: Vec<&Quarantined> = unique.into_values().collect();
+        let now = Utc::now().to_rfc3339();
+        for group in records.chunks(MAX_BATCH_WRITE) {
+            let mut writes = Vec::with_capacity(group.len());
+            for r in group {
+                let put = PutRequest::builder()
+                    .set_item(Some(to_sdk(quarantine_to_item(r, &now))))
+                    .build()
+                    .map_err(|e| permanent("BatchWriteItem", &self.state_table, e))?;
+                writes.push(WriteRequest::builder().put_request(put).build());
+            }
+            let mut request = Some(HashMap::from([(self.state_table.clone(), writes)]));
+            let mut attempt = 0;
+            while let Some(items) = request.take().filter(|r| !r.is_empty()) {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(items))
+                    .send()
+                    .await
+                    .map_err(|e| self.dynamo_error("BatchWriteItem", &self.state_table, &e))?;
+                request = out.unprocessed_items().cloned();
+                if request.as_ref().is_some_and(|r| !r.is_empty()) {
+                    attempt += 1;
+                    backoff(attempt, "BatchWriteItem unprocessed items").await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decides stale or duplicate from the stored order a failed condition returned.
+fn classify_existing(event: &OrderEvent, stored: Option<&Item>) -> Outcome {
+    let stored_key = stored.and_then(|item| {
+        Some((parse_timestamp(item.opt_s("occurredAt")?)?, item.opt_s("lastEventId")?.to_owned()))
+    });
+    match stored_key {
+        Some((at, id)) if at == event.occurred_at && id == event.event_id => Outcome::Duplicate,
+        _ => Outcome::Stale,
+    }
+}
+
+/// Exponential backoff with jitter between attempts; an error after the last.
+async fn backoff(attempt: u32, what: &str) -> Result<(), StoreError> {
+    if attempt >= MAX_ATTEMPTS {
+        return Err(StoreError::Contention { attempts: attempt, message: what.to_owned() });
+    }
+    let base = 20u64 << attempt.min(6);
+    let jitter = u64::from(Utc::now().timestamp_subsec_nanos()) % base;
+    tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+    Ok(())
+}
+
+fn permanent(operation: &'static str, table: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Dynamo { operation, table: table.to_owned(), message: e.to_string(), class: ErrorClass::Permanent }
+}
+
+/// Converts an item to the SDK's attribute map.
+pub fn to_sdk(item: Item) -> HashMap<String, SdkValue> {
+    item.into_inner().into_iter().map(|(k, v)| (k, v.into())).collect()
+}
+
+/// Converts the SDK's attribute map to an item.
+pub fn from_sdk(map: HashMap<String, SdkValue>) -> Item {
+    Item::from(map.into_iter().map(|(k, v)| (k, AttributeValue::from(v))).collect::<HashMap<_, _>>())
+}
+
+/// Partition key of an object manifest.
+pub fn object_pk(bucket: &str, key: &str) -> String {
+    format!("OBJECT#{bucket}/{key}")
+}
+
+/// Partition key of quarantined records of a source.
+pub fn quarantine_pk(source: &str) -> String {
+    format!("QUARANTINE#{source}")
+}
+
+fn quarantine_to_item(r: &Quarantined, at: &str) -> Item {
+    Item::from(HashMap::from([
+        ("pk".to_owned(), s(quarantine_pk(&r.source))),
+        ("sk".to_owned(), s(&r.record_id)),
+        ("entity".to_owned(), s(entity::QUARANTINE)),
+        ("source".to_owned(), s(&r.source)),
+        ("recordId".to_owned(), s(&r.record_id)),
+        ("reason".to_owned(), s(&r.reason)),
+        ("raw".to_owned(), s(&r.raw)),
+        ("quarantinedAt".to_owned(), s(at)),
+    ]))
+}
+
+/// The manifest item of an object revision.
+pub fn manifest_to_item(m: &Manifest) -> Item {
+    let Counts { lines, accepted, rejected, stale, duplicates } = m.counts;
+    let mut map = HashMap::from([
+        ("pk".to_owned(), s(object_pk(&m.bucket, &m.key))),
+        ("sk".to_owned(), s(&m.revision)),
+        ("entity".to_owned(), s(entity::OBJECT)),
+        ("bucket".to_owned(), s(&m.bucket)),
+        ("key".to_owned(), s(&m.key)),
+        ("status".to_owned(), s(m.status.as_str())),
+        ("lines".to_owned(), n(lines)),
+        ("accepted".to_owned(), n(accepted)),
+        ("rejected".to_owned(), n(rejected)),
+        ("stale".to_owned(), n(stale)),
+        ("duplicates".to_owned(), n(duplicates)),
+        (
+            "checkpoint".to_owned(),
+            AttributeValue::M(HashMap::from([
+                ("line".to_owned(), n(m.checkpoint.line)),
+                ("byte".to_owned(), n(m.checkpoint.byte)),
+            ])),
+        ),
+        ("startedAt".to_owned(), s(m.started_at.to_rfc3339())),
+    ]);
+    if let Some(header) = &m.csv_header {
+        map.insert("csvHeader".to_owned(), s(header));
+    }
+    if let Some(at) = m.finished_at {
+        map.insert("finishedAt".to_owned(), s(at.to_rfc3339()));
+    }
+    Item::from(map)
+}
+
+/// Reads a manifest item.
+pub fn manifest_from_item(item: &Item) -> Result<Manifest, super::item::ItemError> {
+    const E: &str = entity::OBJECT;
+    let bad = |attribute, problem: &str| super::item::ItemError { entity: E, attribute, problem: problem.to_owned() };
+    let status = match item.get_s(E, "status")? {
+        "IN_PROGRESS" => ObjectStatus::InProgress,
+        "COMPLETED" => ObjectStatus::Completed,
+        "FAILED" => ObjectStatus::Failed,
+        _ => return Err(bad("status", "is not IN_PROGRESS, COMPLETED or FAILED")),
+    };
+    let checkpoint = match item.get("checkpoint") {
+        Some(AttributeValue::M(m)) => {
+            let num = |k: &str| match m.get(k) {
+                Some(AttributeValue::N(v)) => v.parse::<u64>().ok(),
+                _ => None,
+            };
+            Checkpoint {
+                line: num("line").ok_or_else(|| bad("checkpoint", "has no numeric line"))?,
+                byte: num("byte").ok_or_else(|| bad("checkpoint", "has no numeric byte"))?,
+            }
+        }
+        _ => return Err(bad("checkpoint", "is missing or not a map")),
+    };
+    let time = |attribute: &'static str| -> Result<Option<chrono::DateTime<Utc>>, super::item::ItemError> {
+        item.opt_s(attribute)
+            .map(|t| parse_timestamp(t).ok_or_else(|| bad(attribute, "is not an RFC 3339 timestamp")))
+            .transpose()
+    };
+    Ok(Manifest {
+        bucket: item.get_s(E, "bucket")?.to_owned(),
+        key: item.get_s(E, "key")?.to_owned(),
+        revision: item.get_s(E, "sk")?.to_owned(),
+        status,
+        counts: Counts {
+            lines: item.get_n(E, "lines")?,
+            accepted: item.get_n(E, "accepted")?,
+            rejected: item.get_n(E, "rejected")?,
+            stale: item.get_n(E, "stale")?,
+            duplicates: item.get_n(E, "duplicates")?,
+        },
+        checkpoint,
+        csv_header: item.opt_s("csvHeader").map(str::to_owned),
+        started_at: time("startedAt")?.ok_or_else(|| bad("startedAt", "is missing"))?,
+        finished_at: time("finishedAt")?,
+    })
+}

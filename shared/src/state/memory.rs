@@ -1,0 +1,126 @@
+//! An in-memory [`StateStore`] for unit tests of handlers and rules. It keeps
+//! the same semantics as the DynamoDB store (apply rule, exactly-once deltas,
+//! manifest checkpoint condition) and records every order change, in commit
+//! order, so tests can feed those changes to the aggregator as a stream would.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use super::{DeltaRecord, Manifest, ManifestWrite, Outcome, Quarantined, StateStore, StoreError};
+use crate::order::{ApplyOutcome, CustomerTotals, Order, OrderEvent, apply};
+
+/// One committed change of an order, as a stream record would carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderChange {
+    pub old: Option<Order>,
+    pub new: Order,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    orders: BTreeMap<String, Order>,
+    totals: BTreeMap<String, CustomerTotals>,
+    markers: BTreeSet<String>,
+    manifests: BTreeMap<(String, String, String), Manifest>,
+    quarantine: BTreeMap<(String, String), Quarantined>,
+    changes: Vec<OrderChange>,
+}
+
+/// The in-memory store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panicking test thread must not hide the state from the others.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn orders(&self) -> BTreeMap<String, Order> {
+        self.lock().orders.clone()
+    }
+
+    pub fn totals(&self) -> BTreeMap<String, CustomerTotals> {
+        self.lock().totals.clone()
+    }
+
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        self.lock().quarantine.values().cloned().collect()
+    }
+
+    pub fn manifests(&self) -> Vec<Manifest> {
+        self.lock().manifests.values().cloned().collect()
+    }
+
+    /// Takes the order changes committed since the last call.
+    pub fn take_changes(&self) -> Vec<OrderChange> {
+        std::mem::take(&mut self.lock().changes)
+    }
+}
+
+impl StateStore for MemoryStore {
+    async fn apply_orders(&self, events: &[OrderEvent], manifest: Option<&ManifestWrite>) -> Result<Vec<Outcome>, StoreError> {
+        let mut inner = self.lock();
+        if let Some(write) = manifest {
+            let m = &write.manifest;
+            let id = (m.bucket.clone(), m.key.clone(), m.revision.clone());
+            let current = inner.manifests.get(&id).map(|m| m.checkpoint);
+            if current != write.expected {
+                return Err(StoreError::ManifestConflict {
+                    bucket: m.bucket.clone(),
+                    key: m.key.clone(),
+                    line: write.expected.map_or(0, |c| c.line),
+                });
+            }
+            inner.manifests.insert(id, m.clone());
+        }
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            let current = inner.orders.get(&event.order_id);
+            outcomes.push(match apply(current, event) {
+                ApplyOutcome::Applied(order) => {
+                    let old = inner.orders.insert(order.order_id.clone(), order.clone());
+                    inner.changes.push(OrderChange { old, new: order });
+                    Outcome::Applied
+                }
+                ApplyOutcome::Stale => Outcome::Stale,
+                ApplyOutcome::Duplicate => Outcome::Duplicate,
+            });
+        }
+        Ok(outcomes)
+    }
+
+    async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<StoreError>) {
+        let mut inner = self.lock();
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            if !inner.markers.insert(record.idempotency_key.clone()) {
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            for (customer, delta) in &record.deltas {
+                inner.totals.entry(customer.clone()).or_default().add(delta);
+            }
+            outcomes.push(Outcome::Applied);
+        }
+        (outcomes, None)
+    }
+
+    async fn get_manifest(&self, bucket: &str, key: &str, revision: &str) -> Result<Option<Manifest>, StoreError> {
+        Ok(self.lock().manifests.get(&(bucket.to_owned(), key.to_owned(), revision.to_owned())).cloned())
+    }
+
+    async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for r in records {
+            inner.quarantine.insert((r.source.clone(), r.record_id.clone()), r.clone());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! Typed persistence of the state table: orders, customer totals, object
+//! manifests and quarantined records, behind one small port ([`StateStore`])
+//! with a DynamoDB implementation and an in-memory one for unit tests.
+//!
+//! Every write that must happen once commits together with what proves it
+//! happened: an order update carries its apply-rule condition, a totals delta
+//! commits with its idempotency marker, an object chunk's orders commit with
+//! the manifest checkpoint that covers them.
+
+pub mod dynamo;
+pub mod item;
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::order::{CustomerTotals, OrderEvent};
+
+/// What a write did to one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The record's effect was committed now.
+    Applied,
+    /// An order event older than the stored state: counted, not applied.
+    Stale,
+    /// The record's effect had already been committed.
+    Duplicate,
+}
+
+/// A stream record's effect on customer totals, with the idempotency key that
+/// makes it happen once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaRecord {
+    pub idempotency_key: String,
+    /// customerId -> delta. Empty when the change does not affect totals
+    /// (the marker is still written, so a replay is seen as a duplicate).
+    pub deltas: BTreeMap<String, CustomerTotals>,
+}
+
+/// A record that can never be processed, kept with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// Where it came from: `sqs/<queue>`, `s3/<bucket>/<key>`, `ddb-stream/<table>`.
+    pub source: String,
+    /// Its id there: message id, line number, sequence number.
+    pub record_id: String,
+    pub reason: String,
+    /// The raw record, truncated to [`MAX_QUARANTINED_RAW_BYTES`].
+    pub raw: String,
+}
+
+/// Largest raw record kept in a quarantine item: far under DynamoDB's 400 KB
+/// item limit, large enough to see what was wrong.
+pub const MAX_QUARANTINED_RAW_BYTES: usize = 8 * 1024;
+
+impl Quarantined {
+    pub fn new(source: impl Into<String>, record_id: impl Into<String>, reason: impl Into<String>, raw: &str) -> Self {
+        Self {
+            source: source.into(),
+            record_id: record_id.into(),
+            reason: reason.into(),
+            raw: truncate_bytes(raw, MAX_QUARANTINED_RAW_BYTES).to_owned(),
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Processing state of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ObjectStatus {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+impl ObjectStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+/// Where processing of an object stopped: the next line to read, and the byte
+/// offset of that line in the (uncompressed) object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub line: u64,
+    pub byte: u64,
+}
+
+/// Per-object accounting: every line ends in exactly one of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub lines: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub stale: u64,
+    pub duplicates: u64,
+}
+
+/// The manifest item of one object revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub bucket: String,
+    pub key: String,
+    /// versionId, or eTag when unversioned.
+    pub revision: String,
+    pub status: ObjectStatus,
+    pub counts: Counts,
+    pub checkpoint: Checkpoint,
+    /// The header row of a CSV object, kept so a resumed read can parse rows.
+    pub csv_header: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A manifest write, conditional on the checkpoint the writer started from, so
+/// two invocations working on one object cannot both commit the same chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestWrite {
+    pub manifest: Manifest,
+    /// `None`: the manifest must not exist yet.
+    pub expected: Option<Checkpoint>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DynamoDB {operation} on table {table} failed: {message}")]
+    Dynamo { operation: &'static str, table: String, message: String, class: ErrorClass },
+    #[error(transparent)]
+    Item(#[from] item::ItemError),
+    #[error("another invocation moved the manifest of s3://{bucket}/{key} past checkpoint line {line}")]
+    ManifestConflict { bucket: String, key: String, line: u64 },
+    #[error("gave up after {attempts} attempts: {message}")]
+    Contention { attempts: u32, message: String },
+}
+
+/// How an error should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Retry later: throttling, timeouts, 5xx, conflicts.
+    Transient,
+    /// The request itself is wrong; retrying cannot help.
+    Permanent,
+    /// Nothing can work: missing table, no permission.
+    Fatal,
+}
+
+impl StoreError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Dynamo { class, .. } => *class,
+            Self::Item(_) => ErrorClass::Permanent,
+            Self::ManifestConflict { .. } | Self::Contention { .. } => ErrorClass::Transient,
+        }
+    }
+}
+
+/// The state table port.
+pub trait StateStore: Send + Sync {
+    /// Applies order events by the apply rule; returns one outcome per event,
+    /// in input order. With a manifest write, the manifest commits in the same
+    /// transaction as the last group of orders.
+    fn apply_orders(
+        &self,
+        events: &[OrderEvent],
+        manifest: Option<&ManifestWrite>,
+    ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
+
+    /// Applies totals deltas exactly once each, in order. Returns the outcomes
+    /// of the records committed (a prefix of `records`) and the error that
+    /// stopped the rest, if any.
+    fn apply_deltas(
+        &self,
+        records: &[DeltaRecord],
+    ) -> impl Future<Output = (Vec<Outcome>, Option<StoreError>)> + Send;
+
+    /// Reads the manifest of an object revision.
+    fn get_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        revision: &str,
+    ) -> impl Future<Output = Result<Option<Manifest>, StoreError>> + Send;
+
+    /// Writes records to quarantine (idempotent: same source and id overwrite).
+    fn quarantine(&self, records: &[Quarantined]) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Orders per transaction group: DynamoDB allows one action per item per
+/// transaction, so events on one order are pre-combined before this count.
+pub(crate) fn combine_orders(events: &[OrderEvent]) -> (Vec<usize>, Vec<Option<Outcome>>) {
+    // For each order, the index of the event with the greatest apply key; the
+    // others are decided here: stale against it, or duplicates of it.
+    let mut winners: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, event) in events.iter().enumerate() {
+        winners
+            .entry(&event.order_id)
+            .and_modify(|w| {
+                if crate::order::event_key(event) > crate::order::event_key(&events[*w]) {
+                    *w = i;
+                }
+            })
+            .or_insert(i);
+    }
+    let mut decided = vec![None; events.len()];
+    let winner_set: std::collections::BTreeSet<usize> = winners.values().copied().collect();
+    for (i, event) in events.iter().enumerate() {
+        if winner_set.contains(&i) {
+            continue;
+        }
+        let w = &events[winners[event.order_id.as_str()]];
+        decided[i] = Some(if crate::order::event_key(event) == crate::order::event_key(w) {
+            Outcome::Duplicate
+        } else {
+            Outcome::Stale
+        });
+    }
+    (winner_set.into_iter().collect(), decided)
+}
