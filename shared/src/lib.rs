@@ -7,3 +7,7 @@ pub mod error;
 pub mod event;
 pub mod order;
 pub mod state;
+pub mod config;
+pub mod object;
+pub mod telemetry;
+pub mod batch;

@@ -1,0 +1,125 @@
+//! `sqs-consumer`: applies order events from an SQS queue (standard or FIFO)
+//! to the state table and returns a partial batch response.
+//!
+//! Per batch: every message is parsed and validated on its own (a bad one is
+//! quarantined with its reason and acknowledged); the valid events are applied
+//! together in one conditional transaction; transient store failures report
+//! the affected messages for retry; a missing table fails the invocation.
+
+use serde_json::Value;
+use shared::batch::{BatchResponse, InvocationError, Summary, finish};
+use shared::config::Config;
+use shared::event::{self, sqs};
+use shared::order::{OrderEvent, parse_order_event};
+use shared::state::{ErrorClass, Quarantined, StateStore};
+
+/// The quarantine source of messages of a queue: `sqs/<queue name>`.
+fn source_of(arn: Option<&str>) -> String {
+    let queue = arn.and_then(|a| a.rsplit(':').next()).unwrap_or("unknown");
+    format!("sqs/{queue}")
+}
+
+/// Handles one SQS event.
+pub async fn handle<S: StateStore>(
+    store: &S,
+    config: &Config,
+    payload: &Value,
+) -> Result<(BatchResponse, Summary), InvocationError> {
+    let records = event::records(payload).map_err(|e| InvocationError::new(e.to_string()))?;
+    let mut summary = Summary::default();
+    let mut failed: Vec<String> = Vec::new();
+    let mut quarantine: Vec<(String, Quarantined)> = Vec::new();
+    let mut events: Vec<(String, OrderEvent)> = Vec::new();
+
+    for (index, record) in records.iter().enumerate() {
+        let message = match sqs::Message::parse(record) {
+            Ok(m) => m,
+            Err(e) => {
+                let id = sqs::message_id_of(record).map_or_else(|| format!("record-{index}"), str::to_owned);
+                tracing::warn!(message_id = %id, error = %e, "unparseable SQS record quarantined");
+                let source = source_of(record.get("eventSourceARN").and_then(Value::as_str));
+                quarantine.push((id.clone(), Quarantined::new(source, id, e.to_string(), &record.to_string())));
+                continue;
+            }
+        };
+        let _span = tracing::info_span!("record", message_id = %message.message_id).entered();
+        match parse_order_event(&message.body) {
+            Ok(order_event) => events.push((message.message_id.clone(), order_event)),
+            Err(e) => {
+                tracing::warn!(error = %e, "invalid order event quarantined");
+                let source = source_of(message.event_source_arn.as_deref());
+                quarantine.push((
+                    message.message_id.clone(),
+                    Quarantined::new(source, &message.message_id, e.to_string(), &message.body),
+                ));
+            }
+        }
+    }
+
+    if !quarantine.is_empty() {
+        let items: Vec<Quarantined> = quarantine.iter().map(|(_, q)| q.clone()).collect();
+        match store.quarantine(&items).await {
+            Ok(()) => summary.quarantined += quarantine.len() as u64,
+            Err(e) if e.class() == ErrorClass::Fatal => return Err(InvocationError::new(e.to_string())),
+            Err(e) => {
+                tracing::error!(error = %e, "quarantine write failed; reporting the messages for retry");
+                failed.extend(quarantine.iter().map(|(id, _)| id.clone()));
+                summary.failed += quarantine.len() as u64;
+            }
+        }
+    }
+
+    if !events.is_empty() {
+        let batch: Vec<OrderEvent> = events.iter().map(|(_, e)| e.clone()).collect();
+        match store.apply_orders(&batch, None).await {
+            Ok(outcomes) => {
+                for ((message_id, e), outcome) in events.iter().zip(outcomes) {
+                    tracing::info!(message_id, order_id = %e.order_id, event_id = %e.event_id, ?outcome, "order event");
+                    summary.count(outcome);
+                }
+            }
+            Err(e) if e.class() == ErrorClass::Fatal => return Err(InvocationError::new(e.to_string())),
+            Err(e) => {
+                tracing::error!(error = %e, "applying order events failed; reporting them for retry");
+                failed.extend(events.iter().map(|(id, _)| id.clone()));
+                summary.failed += events.len() as u64;
+            }
+        }
+    }
+
+    // FIFO: after a failure in a message group, later messages of that group
+    // must not be acknowledged out of order. Every failure above covers whole
+    // groups' pending events together, except quarantine failures; extend
+    // failures to the later messages of each failed group.
+    let failed = extend_fifo_failures(records, failed);
+    summary.failed = summary.failed.max(failed.len() as u64);
+    let response = finish(BatchResponse::failed(failed), records.len(), config.fail_on_all_failed)?;
+    Ok((response, summary))
+}
+
+/// Adds, for each FIFO message group with a failed message, every later
+/// message of that group.
+fn extend_fifo_failures(records: &[Value], failed: Vec<String>) -> Vec<String> {
+    let group_of = |r: &Value| r.pointer("/attributes/MessageGroupId").and_then(Value::as_str).map(str::to_owned);
+    let mut failed_groups = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(failed.len());
+    for record in records {
+        let Some(id) = sqs::message_id_of(record) else { continue };
+        let group = group_of(record);
+        let is_failed = failed.iter().any(|f| f == id);
+        let blocked = group.as_ref().is_some_and(|g| failed_groups.contains(g));
+        if is_failed || blocked {
+            out.push(id.to_owned());
+            if let Some(g) = group {
+                failed_groups.insert(g);
+            }
+        }
+    }
+    // Failures of records without an id in the event keep their synthetic ids.
+    for f in failed {
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    out
+}

@@ -22,7 +22,7 @@ use super::item::{
     ItemExt, ORDER_SK, TOTALS_SK, customer_pk, entity, n, order_pk, s, totals_from_item, totals_to_item,
 };
 use super::{
-    Checkpoint, Counts, DeltaRecord, ErrorClass, Manifest, ManifestWrite, ObjectStatus, Outcome, Quarantined, StateStore,
+    Checkpoint, Counts, DeltaRecord, ErrorClass, Manifest, ManifestFn, ManifestWrite, ObjectStatus, Outcome, Quarantined, StateStore,
     StoreError, combine_orders,
 };
 use crate::error::{classify_sdk, sdk_message};
@@ -300,7 +300,7 @@ enum TxResult {
 }
 
 impl StateStore for DynamoStore {
-    async fn apply_orders(&self, events: &[OrderEvent], manifest: Option<&ManifestWrite>) -> Result<Vec<Outcome>, StoreError> {
+    async fn apply_orders(&self, events: &[OrderEvent], manifest: Option<&ManifestFn<'_>>) -> Result<Vec<Outcome>, StoreError> {
         let (winners, mut decided) = combine_orders(events);
         let per_group = MAX_TRANSACT_ITEMS - usize::from(manifest.is_some());
         let groups: Vec<&[usize]> = if winners.is_empty() { vec![&[]] } else { winners.chunks(per_group).collect() };
@@ -313,7 +313,13 @@ impl StateStore for DynamoStore {
                 for &i in &live {
                     actions.push(self.order_update(&events[i])?);
                 }
-                if let Some(write) = with_manifest {
+                let write = with_manifest.map(|build| {
+                    // The outcomes if this transaction commits: the live events
+                    // applied, the rest as already decided.
+                    let tentative: Vec<Outcome> = decided.iter().map(|d| d.unwrap_or(Outcome::Applied)).collect();
+                    build(&tentative)
+                });
+                if let Some(write) = &write {
                     actions.push(self.manifest_put(write)?);
                 }
                 if actions.is_empty() {
@@ -336,7 +342,7 @@ impl StateStore for DynamoStore {
                                 let i = live[pos];
                                 decided[i] = Some(classify_existing(&events[i], item.as_ref()));
                                 failed.push(i);
-                            } else if let Some(write) = with_manifest {
+                            } else if let Some(write) = &write {
                                 return Err(StoreError::ManifestConflict {
                                     bucket: write.manifest.bucket.clone(),
                                     key: write.manifest.key.clone(),

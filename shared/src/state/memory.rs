@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use super::{DeltaRecord, Manifest, ManifestWrite, Outcome, Quarantined, StateStore, StoreError};
+use super::{DeltaRecord, Manifest, ManifestFn, Outcome, Quarantined, StateStore, StoreError};
 use crate::order::{ApplyOutcome, CustomerTotals, Order, OrderEvent, apply};
 
 /// One committed change of an order, as a stream record would carry it.
@@ -65,9 +65,26 @@ impl MemoryStore {
 }
 
 impl StateStore for MemoryStore {
-    async fn apply_orders(&self, events: &[OrderEvent], manifest: Option<&ManifestWrite>) -> Result<Vec<Outcome>, StoreError> {
+    async fn apply_orders(&self, events: &[OrderEvent], manifest: Option<&ManifestFn<'_>>) -> Result<Vec<Outcome>, StoreError> {
         let mut inner = self.lock();
-        if let Some(write) = manifest {
+        // Decide every outcome first, on a copy: the manifest condition must
+        // hold before anything is written (all or nothing, like a transaction).
+        let mut orders = inner.orders.clone();
+        let mut changes = Vec::new();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            outcomes.push(match apply(orders.get(&event.order_id), event) {
+                ApplyOutcome::Applied(order) => {
+                    let old = orders.insert(order.order_id.clone(), order.clone());
+                    changes.push(OrderChange { old, new: order });
+                    Outcome::Applied
+                }
+                ApplyOutcome::Stale => Outcome::Stale,
+                ApplyOutcome::Duplicate => Outcome::Duplicate,
+            });
+        }
+        if let Some(build) = manifest {
+            let write = build(&outcomes);
             let m = &write.manifest;
             let id = (m.bucket.clone(), m.key.clone(), m.revision.clone());
             let current = inner.manifests.get(&id).map(|m| m.checkpoint);
@@ -78,21 +95,10 @@ impl StateStore for MemoryStore {
                     line: write.expected.map_or(0, |c| c.line),
                 });
             }
-            inner.manifests.insert(id, m.clone());
+            inner.manifests.insert(id, write.manifest);
         }
-        let mut outcomes = Vec::with_capacity(events.len());
-        for event in events {
-            let current = inner.orders.get(&event.order_id);
-            outcomes.push(match apply(current, event) {
-                ApplyOutcome::Applied(order) => {
-                    let old = inner.orders.insert(order.order_id.clone(), order.clone());
-                    inner.changes.push(OrderChange { old, new: order });
-                    Outcome::Applied
-                }
-                ApplyOutcome::Stale => Outcome::Stale,
-                ApplyOutcome::Duplicate => Outcome::Duplicate,
-            });
-        }
+        inner.orders = orders;
+        inner.changes.extend(changes);
         Ok(outcomes)
     }
 

@@ -142,6 +142,9 @@ pub struct ManifestWrite {
     pub expected: Option<Checkpoint>,
 }
 
+/// Builds the manifest write of a chunk from its events' outcomes.
+pub type ManifestFn<'a> = dyn Fn(&[Outcome]) -> ManifestWrite + Send + Sync + 'a;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -179,12 +182,13 @@ impl StoreError {
 /// The state table port.
 pub trait StateStore: Send + Sync {
     /// Applies order events by the apply rule; returns one outcome per event,
-    /// in input order. With a manifest write, the manifest commits in the same
-    /// transaction as the last group of orders.
+    /// in input order. With a manifest, the manifest write commits in the same
+    /// transaction as the last group of orders; it is built from the outcomes
+    /// the events will have if that transaction commits.
     fn apply_orders(
         &self,
         events: &[OrderEvent],
-        manifest: Option<&ManifestWrite>,
+        manifest: Option<&ManifestFn<'_>>,
     ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
 
     /// Applies totals deltas exactly once each, in order. Returns the outcomes

@@ -1,0 +1,416 @@
+//! Streaming reads of S3 objects: the body is read as a byte stream (never
+//! buffered whole), gzip is decompressed on the fly, and lines come out one at
+//! a time with their line number and byte offset. A line longer than the bound
+//! is reported, not allocated; invalid UTF-8 is reported, not fatal.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+
+use crate::event::s3::ObjectRef;
+use crate::order::{OrderEvent, ValidationError, parse_order_event};
+
+/// How an object's records are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    Ndjson,
+    /// A header row naming the fields, then one record per row.
+    Csv,
+}
+
+/// The layout of an object: record format and compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub format: Format,
+    pub gzip: bool,
+}
+
+impl Layout {
+    /// Decides the layout from the key's suffix, else from the content type and
+    /// encoding. `None` when neither says.
+    pub fn detect(key: &str, content_type: Option<&str>, content_encoding: Option<&str>) -> Option<Self> {
+        let lower = key.to_ascii_lowercase();
+        let (stem, gzip_suffix) = match lower.strip_suffix(".gz") {
+            Some(stem) => (stem, true),
+            None => (lower.as_str(), false),
+        };
+        let gzip = gzip_suffix
+            || content_encoding.is_some_and(|e| e.eq_ignore_ascii_case("gzip"))
+            || content_type.is_some_and(|t| t.contains("gzip"));
+        let by_suffix = if stem.ends_with(".ndjson") || stem.ends_with(".jsonl") || stem.ends_with(".json") {
+            Some(Format::Ndjson)
+        } else if stem.ends_with(".csv") {
+            Some(Format::Csv)
+        } else {
+            None
+        };
+        let by_type = content_type.and_then(|t| {
+            let t = t.to_ascii_lowercase();
+            if t.contains("ndjson") || t.contains("jsonl") || t.contains("json") {
+                Some(Format::Ndjson)
+            } else if t.contains("csv") {
+                Some(Format::Csv)
+            } else {
+                None
+            }
+        });
+        by_suffix.or(by_type).map(|format| Self { format, gzip })
+    }
+}
+
+/// Why an object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("failed to fetch {uri}: {message}")]
+    Fetch { uri: String, message: String, class: crate::error::ErrorClass },
+    #[error("failed to read {uri} at byte {offset}: {source}")]
+    Read { uri: String, offset: u64, source: std::io::Error },
+}
+
+impl ObjectError {
+    pub fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            Self::Fetch { class, .. } => *class,
+            // A body cut mid-stream or a corrupt gzip stream: retrying may help
+            // the first; the second fails again and ends in the DLQ.
+            Self::Read { .. } => crate::error::ErrorClass::Transient,
+        }
+    }
+}
+
+/// An opened object body.
+pub struct ObjectBody {
+    pub reader: Pin<Box<dyn AsyncRead + Send>>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+}
+
+/// The object port: opens an object's body, from a byte offset.
+pub trait ObjectSource: Send + Sync {
+    fn open(&self, object: &ObjectRef, from_byte: u64) -> impl Future<Output = Result<ObjectBody, ObjectError>> + Send;
+}
+
+/// Objects in S3.
+#[derive(Debug, Clone)]
+pub struct S3Source {
+    client: aws_sdk_s3::Client,
+}
+
+impl S3Source {
+    pub fn new(client: aws_sdk_s3::Client) -> Self {
+        Self { client }
+    }
+}
+
+impl ObjectSource for S3Source {
+    async fn open(&self, object: &ObjectRef, from_byte: u64) -> Result<ObjectBody, ObjectError> {
+        let mut request = self.client.get_object().bucket(&object.bucket).key(&object.key);
+        if let Some(version) = object.version_id.as_deref().filter(|v| *v != "null") {
+            request = request.version_id(version);
+        }
+        if from_byte > 0 {
+            // Ranged read: resume an uncompressed object where the checkpoint is.
+            request = request.range(format!("bytes={from_byte}-"));
+        }
+        let out = request.send().await.map_err(|e| ObjectError::Fetch {
+            uri: object.uri(),
+            message: crate::error::sdk_message(&e),
+            class: crate::error::classify_sdk(&e),
+        })?;
+        Ok(ObjectBody {
+            content_type: out.content_type.clone(),
+            content_encoding: out.content_encoding.clone(),
+            reader: Box::pin(out.body.into_async_read()),
+        })
+    }
+}
+
+/// Objects held in memory, for unit tests.
+#[derive(Debug, Default, Clone)]
+pub struct MemorySource {
+    objects: HashMap<(String, String), Vec<u8>>,
+}
+
+impl MemorySource {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
+        self.objects.insert((bucket.to_owned(), key.to_owned()), body.into());
+    }
+}
+
+impl ObjectSource for MemorySource {
+    async fn open(&self, object: &ObjectRef, from_byte: u64) -> Result<ObjectBody, ObjectError> {
+        let body = self.objects.get(&(object.bucket.clone(), object.key.clone())).ok_or_else(|| ObjectError::Fetch {
+            uri: object.uri(),
+            message: "NoSuchKey".into(),
+            class: crate::error::ErrorClass::Permanent,
+        })?;
+        let start = usize::try_from(from_byte).unwrap_or(usize::MAX).min(body.len());
+        Ok(ObjectBody {
+            reader: Box::pin(std::io::Cursor::new(body[start..].to_vec())),
+            content_type: None,
+            content_encoding: None,
+        })
+    }
+}
+
+/// Wraps a raw body into a buffered reader of the decoded bytes.
+pub fn decoded(reader: Pin<Box<dyn AsyncRead + Send>>, gzip: bool) -> Pin<Box<dyn AsyncBufRead + Send>> {
+    // 64 KiB reads: few syscalls, constant memory.
+    const READ_BUFFER: usize = 64 * 1024;
+    let buffered = BufReader::with_capacity(READ_BUFFER, reader);
+    if gzip {
+        let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(buffered);
+        // Concatenated gzip members (as `cat a.gz b.gz` makes) are one stream.
+        decoder.multiple_members(true);
+        Box::pin(BufReader::with_capacity(READ_BUFFER, decoder))
+    } else {
+        Box::pin(buffered)
+    }
+}
+
+/// One line of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// 1-based line number in the object.
+    pub number: u64,
+    /// Byte offset of the line's first byte in the decoded object.
+    pub offset: u64,
+    pub content: LineContent,
+}
+
+/// What a line holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineContent {
+    Text(String),
+    /// Longer than the bound; only the first bytes are kept (for the report).
+    TooLong { length: u64, prefix: Vec<u8> },
+    /// Not UTF-8; the bytes are kept (bounded by the line bound).
+    InvalidUtf8(Vec<u8>),
+}
+
+/// Bytes of an over-long line kept for the rejects report.
+const TOO_LONG_PREFIX: usize = 256;
+
+/// Splits a decoded stream into lines (`\n`, with an optional `\r` before it).
+pub struct LineReader<R> {
+    inner: R,
+    max_line_bytes: usize,
+    next_number: u64,
+    offset: u64,
+    buffer: Vec<u8>,
+}
+
+impl<R: AsyncBufRead + Unpin> LineReader<R> {
+    /// A reader whose first line has number `first_line` at byte `offset`.
+    pub fn new(inner: R, max_line_bytes: usize, first_line: u64, offset: u64) -> Self {
+        Self { inner, max_line_bytes, next_number: first_line, offset, buffer: Vec::new() }
+    }
+
+    /// Offset of the next line to be read.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Number of the next line to be read.
+    pub fn next_number(&self) -> u64 {
+        self.next_number
+    }
+
+    /// Reads the next line; `None` at the end of the stream.
+    pub async fn next_line(&mut self) -> std::io::Result<Option<Line>> {
+        self.buffer.clear();
+        let start = self.offset;
+        let mut length: u64 = 0;
+        let mut saw_any = false;
+        loop {
+            let available = self.inner.fill_buf().await?;
+            if available.is_empty() {
+                break;
+            }
+            saw_any = true;
+            let (chunk, found_newline) = match available.iter().position(|b| *b == b'\n') {
+                Some(i) => (&available[..=i], true),
+                None => (available, false),
+            };
+            let used = chunk.len();
+            let room = (self.max_line_bytes + 2).saturating_sub(self.buffer.len());
+            self.buffer.extend_from_slice(&chunk[..used.min(room)]);
+            length += used as u64;
+            self.inner.consume(used);
+            if found_newline {
+                break;
+            }
+        }
+        if !saw_any {
+            return Ok(None);
+        }
+        self.offset += length;
+        let number = self.next_number;
+        self.next_number += 1;
+        let mut content_length = length;
+        if self.buffer.last() == Some(&b'\n') {
+            self.buffer.pop();
+            content_length -= 1;
+            if self.buffer.last() == Some(&b'\r') {
+                self.buffer.pop();
+                content_length -= 1;
+            }
+        }
+        let content = if content_length > self.max_line_bytes as u64 {
+            self.buffer.truncate(TOO_LONG_PREFIX);
+            LineContent::TooLong { length: content_length, prefix: std::mem::take(&mut self.buffer) }
+        } else {
+            match String::from_utf8(std::mem::take(&mut self.buffer)) {
+                Ok(text) => LineContent::Text(text),
+                Err(e) => LineContent::InvalidUtf8(e.into_bytes()),
+            }
+        };
+        Ok(Some(Line { number, offset: start, content }))
+    }
+}
+
+/// Why a line was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("line is {length} bytes, over the limit of {limit}")]
+    TooLong { length: u64, limit: usize },
+    #[error("line is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("CSV: {0}")]
+    Csv(String),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+/// Parses a CSV line into fields (RFC 4180 quoting; records do not span lines).
+pub fn split_csv(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    let mut at_start = true;
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => {
+                    quoted = false;
+                    match chars.peek() {
+                        None | Some(',') => {}
+                        Some(other) => return Err(format!("unexpected {other:?} after a closing quote")),
+                    }
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            ',' => {
+                fields.push(std::mem::take(&mut field));
+                at_start = true;
+                continue;
+            }
+            '"' if at_start && field.is_empty() => quoted = true,
+            _ => field.push(c),
+        }
+        at_start = false;
+    }
+    if quoted {
+        return Err("unterminated quoted field".into());
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
+/// Parses one line into an order event, by the object's format. For CSV,
+/// `header` holds the field names.
+pub fn parse_record(format: Format, header: Option<&[String]>, text: &str) -> Result<OrderEvent, LineError> {
+    match format {
+        Format::Ndjson => Ok(parse_order_event(text)?),
+        Format::Csv => {
+            let header = header.ok_or_else(|| LineError::Csv("no header row".into()))?;
+            let fields = split_csv(text).map_err(LineError::Csv)?;
+            if fields.len() != header.len() {
+                return Err(LineError::Csv(format!("row has {} fields, the header has {}", fields.len(), header.len())));
+            }
+            let object: serde_json::Map<String, serde_json::Value> = header
+                .iter()
+                .zip(fields)
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v)))
+                .collect();
+            Ok(parse_order_event(&serde_json::Value::Object(object).to_string())?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<Line> {
+        let mut reader = LineReader::new(input, max, 1, 0);
+        let mut out = Vec::new();
+        while let Some(line) = reader.next_line().await.unwrap() {
+            out.push(line);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn lines_carry_numbers_and_offsets() {
+        let got = lines(b"ab\r\ncde\n\nf", 10).await;
+        let texts: Vec<_> = got.iter().map(|l| (l.number, l.offset, l.content.clone())).collect();
+        assert_eq!(
+            texts,
+            vec![
+                (1, 0, LineContent::Text("ab".into())),
+                (2, 4, LineContent::Text("cde".into())),
+                (3, 8, LineContent::Text(String::new())),
+                (4, 9, LineContent::Text("f".into())),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn over_long_line_is_reported_and_the_next_line_still_read() {
+        let mut input = vec![b'x'; 5000];
+        input.extend_from_slice(b"\nok\n");
+        let got = lines(&input, 100).await;
+        assert!(matches!(&got[0].content, LineContent::TooLong { length: 5000, prefix } if prefix.len() == TOO_LONG_PREFIX));
+        assert_eq!(got[1].content, LineContent::Text("ok".into()));
+        assert_eq!(got[1].offset, 5001);
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_is_a_line_not_an_error() {
+        let got = lines(b"\xff\xfe\nok\n", 100).await;
+        assert_eq!(got[0].content, LineContent::InvalidUtf8(vec![0xff, 0xfe]));
+        assert_eq!(got[1].content, LineContent::Text("ok".into()));
+    }
+
+    #[test]
+    fn csv_quoting() {
+        assert_eq!(split_csv(r#"a,"b,c","d""e",,"#).unwrap(), vec!["a", "b,c", "d\"e", "", ""]);
+        assert!(split_csv(r#"a,"b"#).is_err());
+    }
+
+    #[test]
+    fn layout_by_suffix_then_content_type() {
+        let l = |k, t, e| Layout::detect(k, t, e);
+        assert_eq!(l("a.ndjson", None, None), Some(Layout { format: Format::Ndjson, gzip: false }));
+        assert_eq!(l("a.csv.gz", None, None), Some(Layout { format: Format::Csv, gzip: true }));
+        assert_eq!(l("a", Some("text/csv"), Some("gzip")), Some(Layout { format: Format::Csv, gzip: true }));
+        assert_eq!(l("a.bin", Some("application/octet-stream"), None), None);
+    }
+}
