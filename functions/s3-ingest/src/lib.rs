@@ -48,13 +48,33 @@ pub enum ObjectFailure {
     Fatal(String),
 }
 
-/// The invocation's deadline, or none (tests).
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub Option<SystemTime>);
+/// When to stop starting work.
+#[derive(Debug, Clone)]
+pub enum Deadline {
+    /// No deadline.
+    None,
+    /// The invocation's deadline.
+    At(SystemTime),
+    /// After this many chunks (tests of interrupted processing).
+    AfterChunks(std::sync::Arc<std::sync::atomic::AtomicUsize>),
+}
 
 impl Deadline {
+    /// A deadline that passes after `chunks` checks.
+    pub fn after_chunks(chunks: usize) -> Self {
+        Self::AfterChunks(std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(chunks)))
+    }
+
     fn near(&self, margin: Duration) -> bool {
-        self.0.is_some_and(|d| SystemTime::now() + margin >= d)
+        match self {
+            Self::None => false,
+            Self::At(d) => SystemTime::now() + margin >= *d,
+            Self::AfterChunks(left) => left
+                .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+                    n.checked_sub(1)
+                })
+                .is_err(),
+        }
     }
 }
 
@@ -72,7 +92,7 @@ pub async fn handle<S: StateStore, O: ObjectSource>(
     objects: &O,
     config: &Config,
     payload: &Value,
-    deadline: Deadline,
+    deadline: &Deadline,
 ) -> Result<(Value, Summary, Vec<ObjectReport>), InvocationError> {
     let mut summary = Summary::default();
     let mut reports = Vec::new();
@@ -86,6 +106,14 @@ pub async fn handle<S: StateStore, O: ObjectSource>(
         for notification in notifications {
             let notification = notification.map_err(|e| InvocationError::new(e.to_string()))?;
             match process_notification(store, objects, config, &notification, deadline, &mut summary).await {
+                Ok(Some(report)) if report.result == "UNFINISHED" => {
+                    // No queue to hand the rest to: fail, so the retry resumes
+                    // from the committed checkpoint.
+                    return Err(InvocationError::new(format!(
+                        "{} unfinished at the deadline; the retry resumes from its checkpoint",
+                        report.uri
+                    )));
+                }
                 Ok(Some(report)) => reports.push(report),
                 Ok(None) => {}
                 Err(e) => return Err(InvocationError::new(e.to_string())),
@@ -162,7 +190,7 @@ async fn process_notification<S: StateStore, O: ObjectSource>(
     objects: &O,
     config: &Config,
     notification: &Notification,
-    deadline: Deadline,
+    deadline: &Deadline,
     summary: &mut Summary,
 ) -> Result<Option<ObjectReport>, ObjectFailure> {
     match notification {
@@ -191,7 +219,7 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
     objects: &O,
     config: &Config,
     object: &ObjectRef,
-    deadline: Deadline,
+    deadline: &Deadline,
     summary: &mut Summary,
 ) -> Result<ObjectReport, ObjectFailure> {
     let revision = object.revision().to_owned();

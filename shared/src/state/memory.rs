@@ -71,9 +71,13 @@ impl StateStore for MemoryStore {
         // hold before anything is written (all or nothing, like a transaction).
         let mut orders = inner.orders.clone();
         let mut changes = Vec::new();
-        let mut outcomes = Vec::with_capacity(events.len());
-        for event in events {
-            outcomes.push(match apply(orders.get(&event.order_id), event) {
+        // The same pre-combination as the DynamoDB store (one write per order),
+        // so both stores report the same outcomes.
+        let (winners, decided) = super::combine_orders(events);
+        let mut outcomes: Vec<Option<Outcome>> = decided;
+        for i in winners {
+            let event = &events[i];
+            outcomes[i] = Some(match apply(orders.get(&event.order_id), event) {
                 ApplyOutcome::Applied(order) => {
                     let old = orders.insert(order.order_id.clone(), order.clone());
                     changes.push(OrderChange { old, new: order });
@@ -83,6 +87,7 @@ impl StateStore for MemoryStore {
                 ApplyOutcome::Duplicate => Outcome::Duplicate,
             });
         }
+        let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect();
         if let Some(build) = manifest {
             let write = build(&outcomes);
             let m = &write.manifest;
