@@ -3,11 +3,11 @@
 //! partial batch responses, streaming object reads, configuration and
 //! telemetry.
 
+pub mod batch;
+pub mod config;
 pub mod error;
 pub mod event;
+pub mod object;
 pub mod order;
 pub mod state;
-pub mod config;
-pub mod object;
 pub mod telemetry;
-pub mod batch;

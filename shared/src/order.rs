@@ -126,7 +126,10 @@ pub enum ValidationError {
 
 impl ValidationError {
     fn invalid(field: &'static str, rule: impl Into<String>) -> Self {
-        Self::Invalid { field, rule: rule.into() }
+        Self::Invalid {
+            field,
+            rule: rule.into(),
+        }
     }
 }
 
@@ -169,7 +172,10 @@ pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
             OrderStatus::parse(&s).ok_or_else(|| {
                 ValidationError::invalid(
                     "status",
-                    format!("must be PLACED, PAID, SHIPPED or CANCELLED, got {:?}", truncate(&s, 32)),
+                    format!(
+                        "must be PLACED, PAID, SHIPPED or CANCELLED, got {:?}",
+                        truncate(&s, 32)
+                    ),
                 )
             })?
         },
@@ -179,7 +185,10 @@ pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
             Currency::parse(&s).ok_or_else(|| {
                 ValidationError::invalid(
                     "currency",
-                    format!("must be an ISO 4217 code (3 upper-case letters), got {:?}", truncate(&s, 32)),
+                    format!(
+                        "must be an ISO 4217 code (3 upper-case letters), got {:?}",
+                        truncate(&s, 32)
+                    ),
                 )
             })?
         },
@@ -198,7 +207,9 @@ pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
 
 /// Parses an RFC 3339 timestamp into UTC.
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The stored form of `occurredAt`: UTC with a fixed nanosecond width, so that
@@ -209,9 +220,15 @@ pub fn format_timestamp(t: &DateTime<Utc>) -> String {
 }
 
 fn string_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, ValidationError> {
-    let raw = raw.filter(|r| r.get() != "null").ok_or(ValidationError::Missing { field })?;
-    serde_json::from_str::<String>(raw.get())
-        .map_err(|_| ValidationError::invalid(field, format!("must be a string, got {}", json_kind(raw.get()))))
+    let raw = raw
+        .filter(|r| r.get() != "null")
+        .ok_or(ValidationError::Missing { field })?;
+    serde_json::from_str::<String>(raw.get()).map_err(|_| {
+        ValidationError::invalid(
+            field,
+            format!("must be a string, got {}", json_kind(raw.get())),
+        )
+    })
 }
 
 fn id_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, ValidationError> {
@@ -231,16 +248,22 @@ fn id_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, Valid
 
 fn amount_field(raw: Option<&RawValue>) -> Result<Decimal, ValidationError> {
     const FIELD: &str = "amount";
-    let raw = raw.filter(|r| r.get() != "null").ok_or(ValidationError::Missing { field: FIELD })?;
+    let raw = raw
+        .filter(|r| r.get() != "null")
+        .ok_or(ValidationError::Missing { field: FIELD })?;
     let text = raw.get();
     let number = if text.starts_with('"') {
-        serde_json::from_str::<String>(text).map_err(|e| ValidationError::invalid(FIELD, e.to_string()))?
+        serde_json::from_str::<String>(text)
+            .map_err(|e| ValidationError::invalid(FIELD, e.to_string()))?
     } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         text.to_owned()
     } else {
         return Err(ValidationError::invalid(
             FIELD,
-            format!("must be a decimal string or a JSON number, got {}", json_kind(text)),
+            format!(
+                "must be a decimal string or a JSON number, got {}",
+                json_kind(text)
+            ),
         ));
     };
     parse_amount(&number).map_err(|rule| ValidationError::invalid(FIELD, rule))
@@ -250,7 +273,10 @@ fn amount_field(raw: Option<&RawValue>) -> Result<Decimal, ValidationError> {
 pub fn parse_amount(s: &str) -> Result<Decimal, String> {
     let trimmed = s.trim();
     if trimmed.is_empty() || trimmed != s {
-        return Err(format!("must be a decimal number, got {:?}", truncate(s, 40)));
+        return Err(format!(
+            "must be a decimal number, got {:?}",
+            truncate(s, 40)
+        ));
     }
     let value = if trimmed.contains(['e', 'E']) {
         Decimal::from_scientific(trimmed)
@@ -263,10 +289,16 @@ pub fn parse_amount(s: &str) -> Result<Decimal, String> {
     }
     let value = value.normalize();
     if value.scale() > MAX_AMOUNT_SCALE {
-        return Err(format!("must have at most {MAX_AMOUNT_SCALE} decimal places, got {s}"));
+        return Err(format!(
+            "must have at most {MAX_AMOUNT_SCALE} decimal places, got {s}"
+        ));
     }
     // Normalise `-0` to `0` so equal amounts compare and serialise equally.
-    Ok(if value.is_zero() { Decimal::ZERO } else { value })
+    Ok(if value.is_zero() {
+        Decimal::ZERO
+    } else {
+        value
+    })
 }
 
 fn json_kind(text: &str) -> &'static str {
@@ -382,7 +414,10 @@ pub fn contribution(order: &Order) -> Option<(&str, CustomerTotals)> {
     }
     Some((
         &order.customer_id,
-        CustomerTotals { order_count: 1, totals: BTreeMap::from([(order.currency, order.amount)]) },
+        CustomerTotals {
+            order_count: 1,
+            totals: BTreeMap::from([(order.currency, order.amount)]),
+        },
     ))
 }
 
@@ -414,6 +449,261 @@ impl Serialize for Currency {
 impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Currency::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not an ISO 4217 code: {s:?}")))
+        Currency::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("not an ISO 4217 code: {s:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn valid() -> serde_json::Value {
+        json!({"eventId": "e-1", "orderId": "o-1", "customerId": "c-1", "status": "PAID",
+               "amount": "12.30", "currency": "EUR", "occurredAt": "2026-11-28T10:00:00+01:00"})
+    }
+
+    fn reason(value: serde_json::Value) -> String {
+        parse_order_event(&value.to_string())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn valid_event_parses_exactly() {
+        let mut v = valid();
+        v["extra"] = json!({"ignored": true});
+        let e = parse_order_event(&v.to_string()).unwrap();
+        assert_eq!(e.amount, Decimal::new(1230, 2));
+        assert_eq!(e.currency.as_str(), "EUR");
+        assert_eq!(
+            format_timestamp(&e.occurred_at),
+            "2026-11-28T09:00:00.000000000Z"
+        );
+        assert_eq!(e.status, OrderStatus::Paid);
+    }
+
+    #[test]
+    fn amounts_are_exact_decimals_from_strings_or_numbers() {
+        for (raw, expected) in [
+            (json!("0.1"), "0.1"),
+            (json!(0.1), "0.1"),
+            (json!(12), "12"),
+            (json!("12.300"), "12.3"),
+            (json!(1e2), "100"),
+            (json!("-0"), "0"),
+            (
+                json!("79228162514264337593543950335"),
+                "79228162514264337593543950335",
+            ),
+        ] {
+            let mut v = valid();
+            v["amount"] = raw.clone();
+            assert_eq!(
+                parse_order_event(&v.to_string())
+                    .unwrap()
+                    .amount
+                    .to_string(),
+                expected,
+                "{raw}"
+            );
+        }
+        // A JSON number keeps its exact digits (no float round trip).
+        let text = valid()
+            .to_string()
+            .replace("\"12.30\"", "12345678901234567.89");
+        assert_eq!(
+            parse_order_event(&text).unwrap().amount.to_string(),
+            "12345678901234567.89"
+        );
+    }
+
+    #[test]
+    fn every_rule_violation_names_the_field_and_the_rule() {
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("eventId", json!(null), "eventId: missing"),
+            ("eventId", json!(""), "eventId: must not be empty"),
+            (
+                "orderId",
+                json!(42),
+                "orderId: must be a string, got a number",
+            ),
+            (
+                "customerId",
+                json!("x".repeat(129)),
+                "customerId: must be at most 128 characters, got 129",
+            ),
+            (
+                "status",
+                json!("placed"),
+                "status: must be PLACED, PAID, SHIPPED or CANCELLED, got \"placed\"",
+            ),
+            ("amount", json!("-1"), "amount: must be >= 0, got -1"),
+            (
+                "amount",
+                json!("1.234"),
+                "amount: must have at most 2 decimal places, got 1.234",
+            ),
+            (
+                "amount",
+                json!("abc"),
+                "amount: must be a decimal number, got \"abc\"",
+            ),
+            (
+                "amount",
+                json!(true),
+                "amount: must be a decimal string or a JSON number, got a boolean",
+            ),
+            (
+                "currency",
+                json!("EURO"),
+                "currency: must be an ISO 4217 code (3 upper-case letters), got \"EURO\"",
+            ),
+            (
+                "currency",
+                json!("ABC"),
+                "currency: must be an ISO 4217 code (3 upper-case letters), got \"ABC\"",
+            ),
+            (
+                "occurredAt",
+                json!("2026-11-28 10:00"),
+                "occurredAt: must be an RFC 3339 timestamp, got \"2026-11-28 10:00\"",
+            ),
+        ];
+        for (field, value, expected) in cases {
+            let mut v = valid();
+            if value.is_null() {
+                v.as_object_mut().unwrap().remove(field);
+            } else {
+                v[field] = value;
+            }
+            assert_eq!(reason(v), expected);
+        }
+        let id_128 = "é".repeat(128);
+        let mut v = valid();
+        v["orderId"] = json!(id_128);
+        assert!(
+            parse_order_event(&v.to_string()).is_ok(),
+            "the limit counts characters, not bytes"
+        );
+    }
+
+    #[test]
+    fn malformed_json_and_non_objects_are_reported() {
+        assert!(
+            parse_order_event("{\"eventId\": ")
+                .unwrap_err()
+                .to_string()
+                .starts_with("malformed JSON")
+        );
+        assert_eq!(
+            parse_order_event("[1,2]").unwrap_err().to_string(),
+            "malformed JSON: expected a JSON object"
+        );
+        assert!(
+            parse_order_event("")
+                .unwrap_err()
+                .to_string()
+                .starts_with("malformed JSON")
+        );
+    }
+
+    fn event(id: &str, minute: u32, status: OrderStatus, cents: i64) -> OrderEvent {
+        OrderEvent {
+            event_id: id.into(),
+            order_id: "o".into(),
+            customer_id: "c".into(),
+            status,
+            amount: Decimal::new(cents, 2),
+            currency: Currency::parse("USD").unwrap(),
+            occurred_at: parse_timestamp(&format!("2026-11-28T10:{minute:02}:00Z")).unwrap(),
+        }
+    }
+
+    #[test]
+    fn apply_rule_orders_by_time_then_event_id() {
+        let first = event("b", 1, OrderStatus::Placed, 100);
+        let ApplyOutcome::Applied(order) = apply(None, &first) else {
+            panic!("first event applies")
+        };
+        assert_eq!(order.version, 1);
+        assert_eq!(apply(Some(&order), &first), ApplyOutcome::Duplicate);
+        assert_eq!(
+            apply(Some(&order), &event("z", 0, OrderStatus::Paid, 1)),
+            ApplyOutcome::Stale
+        );
+        assert_eq!(
+            apply(Some(&order), &event("a", 1, OrderStatus::Paid, 1)),
+            ApplyOutcome::Stale,
+            "same time, smaller id"
+        );
+        let ApplyOutcome::Applied(next) = apply(Some(&order), &event("c", 1, OrderStatus::Paid, 1))
+        else {
+            panic!("same time, greater id applies")
+        };
+        assert_eq!((next.version, next.status), (2, OrderStatus::Paid));
+    }
+
+    #[test]
+    fn contribution_and_delta_rules() {
+        let ApplyOutcome::Applied(placed) = apply(None, &event("1", 1, OrderStatus::Placed, 1000))
+        else {
+            panic!()
+        };
+        let ApplyOutcome::Applied(cancelled) =
+            apply(Some(&placed), &event("2", 2, OrderStatus::Cancelled, 1000))
+        else {
+            panic!()
+        };
+        assert!(contribution(&cancelled).is_none());
+        let delta = totals_delta(Some(&placed), Some(&cancelled));
+        assert_eq!(delta["c"].order_count, -1);
+        assert_eq!(
+            delta["c"].totals[&Currency::parse("USD").unwrap()],
+            Decimal::new(-1000, 2)
+        );
+        assert!(totals_delta(Some(&cancelled), Some(&cancelled)).is_empty());
+        let moved = Order {
+            customer_id: "d".into(),
+            ..placed.clone()
+        };
+        let delta = totals_delta(Some(&placed), Some(&moved));
+        assert_eq!((delta["c"].order_count, delta["d"].order_count), (-1, 1));
+    }
+
+    proptest! {
+        /// The stored state after any permutation (with repeats) of a set of
+        /// events is the state after the greatest event.
+        #[test]
+        fn apply_is_order_and_duplicate_insensitive(
+            specs in prop::collection::vec((0u32..5, 0u8..4, 0i64..10_000), 1..12),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 1..40),
+        ) {
+            let statuses = [OrderStatus::Placed, OrderStatus::Paid, OrderStatus::Shipped, OrderStatus::Cancelled];
+            let events: Vec<OrderEvent> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, (minute, s, cents))| event(&format!("e{i}"), *minute, statuses[*s as usize], *cents))
+                .collect();
+            let mut state: Option<Order> = None;
+            for pick in order.iter().map(|ix| &events[ix.index(events.len())]).chain(events.iter()) {
+                if let ApplyOutcome::Applied(next) = apply(state.as_ref(), pick) {
+                    state = Some(next);
+                }
+            }
+            let greatest = events.iter().max_by(|a, b| event_key(a).cmp(&event_key(b))).unwrap();
+            let state = state.unwrap();
+            prop_assert_eq!(&state.last_event_id, &greatest.event_id);
+            prop_assert_eq!(state.amount, greatest.amount);
+            prop_assert_eq!(state.status, greatest.status);
+        }
+
+        /// Parsing never panics, whatever the input.
+        #[test]
+        fn parsing_arbitrary_text_never_panics(text in ".{0,200}") {
+            let _ = parse_order_event(&text);
+        }
     }
 }

@@ -25,7 +25,8 @@ async fn main() -> Result<(), Error> {
     let (store, objects, config) = (&store, &objects, &config);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let deadline = Deadline::At(UNIX_EPOCH + Duration::from_millis(event.context.deadline));
-        let (response, summary, _) = s3_ingest::handle(store, objects, config, &event.payload, &deadline).await?;
+        let (response, summary, _) =
+            s3_ingest::handle(store, objects, config, &event.payload, &deadline).await?;
         summary.log("s3-ingest");
         Ok::<_, Error>(response)
     }))

@@ -35,10 +35,14 @@ pub async fn handle<S: StateStore>(
         let message = match sqs::Message::parse(record) {
             Ok(m) => m,
             Err(e) => {
-                let id = sqs::message_id_of(record).map_or_else(|| format!("record-{index}"), str::to_owned);
+                let id = sqs::message_id_of(record)
+                    .map_or_else(|| format!("record-{index}"), str::to_owned);
                 tracing::warn!(message_id = %id, error = %e, "unparseable SQS record quarantined");
                 let source = source_of(record.get("eventSourceARN").and_then(Value::as_str));
-                quarantine.push((id.clone(), Quarantined::new(source, id, e.to_string(), &record.to_string())));
+                quarantine.push((
+                    id.clone(),
+                    Quarantined::new(source, id, e.to_string(), &record.to_string()),
+                ));
                 continue;
             }
         };
@@ -60,7 +64,9 @@ pub async fn handle<S: StateStore>(
         let items: Vec<Quarantined> = quarantine.iter().map(|(_, q)| q.clone()).collect();
         match store.quarantine(&items).await {
             Ok(()) => summary.quarantined += quarantine.len() as u64,
-            Err(e) if e.class() == ErrorClass::Fatal => return Err(InvocationError::new(e.to_string())),
+            Err(e) if e.class() == ErrorClass::Fatal => {
+                return Err(InvocationError::new(e.to_string()));
+            }
             Err(e) => {
                 tracing::error!(error = %e, "quarantine write failed; reporting the messages for retry");
                 failed.extend(quarantine.iter().map(|(id, _)| id.clone()));
@@ -78,7 +84,9 @@ pub async fn handle<S: StateStore>(
                     summary.count(outcome);
                 }
             }
-            Err(e) if e.class() == ErrorClass::Fatal => return Err(InvocationError::new(e.to_string())),
+            Err(e) if e.class() == ErrorClass::Fatal => {
+                return Err(InvocationError::new(e.to_string()));
+            }
             Err(e) => {
                 tracing::error!(error = %e, "applying order events failed; reporting them for retry");
                 failed.extend(events.iter().map(|(id, _)| id.clone()));
@@ -93,18 +101,28 @@ pub async fn handle<S: StateStore>(
     // failures to the later messages of each failed group.
     let failed = extend_fifo_failures(records, failed);
     summary.failed = summary.failed.max(failed.len() as u64);
-    let response = finish(BatchResponse::failed(failed), records.len(), config.fail_on_all_failed)?;
+    let response = finish(
+        BatchResponse::failed(failed),
+        records.len(),
+        config.fail_on_all_failed,
+    )?;
     Ok((response, summary))
 }
 
 /// Adds, for each FIFO message group with a failed message, every later
 /// message of that group.
 fn extend_fifo_failures(records: &[Value], failed: Vec<String>) -> Vec<String> {
-    let group_of = |r: &Value| r.pointer("/attributes/MessageGroupId").and_then(Value::as_str).map(str::to_owned);
+    let group_of = |r: &Value| {
+        r.pointer("/attributes/MessageGroupId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     let mut failed_groups = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(failed.len());
     for record in records {
-        let Some(id) = sqs::message_id_of(record) else { continue };
+        let Some(id) = sqs::message_id_of(record) else {
+            continue;
+        };
         let group = group_of(record);
         let is_failed = failed.iter().any(|f| f == id);
         let blocked = group.as_ref().is_some_and(|g| failed_groups.contains(g));

@@ -41,13 +41,28 @@ fn plan(record: &Value, index: usize) -> (String, Planned) {
     let parsed = match stream::Record::parse(record) {
         Ok(r) => r,
         Err(e) => {
-            let id = stream::sequence_number_of(record).map_or_else(|| format!("record-{index}"), str::to_owned);
-            return (id.clone(), Planned::Quarantine(Quarantined::new(source_of(record), id, e.to_string(), &record.to_string())));
+            let id = stream::sequence_number_of(record)
+                .map_or_else(|| format!("record-{index}"), str::to_owned);
+            return (
+                id.clone(),
+                Planned::Quarantine(Quarantined::new(
+                    source_of(record),
+                    id,
+                    e.to_string(),
+                    &record.to_string(),
+                )),
+            );
         }
     };
-    let seq = parsed.sequence_number.clone();
+    // Reported on failure; records without one (DynamoDB via Kinesis) fall
+    // back to their eventID.
+    let seq = parsed
+        .sequence_number
+        .clone()
+        .unwrap_or_else(|| parsed.event_id.clone());
     let order_image = |image: &Option<serde_dynamo::Item>| image.as_ref().is_some_and(is_order);
-    let is_order_record = is_order(&parsed.keys) || order_image(&parsed.new_image) || order_image(&parsed.old_image);
+    let is_order_record =
+        is_order(&parsed.keys) || order_image(&parsed.new_image) || order_image(&parsed.old_image);
     if !is_order_record {
         return (seq, Planned::Ignore);
     }
@@ -55,10 +70,21 @@ fn plan(record: &Value, index: usize) -> (String, Planned) {
     match (read(&parsed.old_image), read(&parsed.new_image)) {
         (Ok(old), Ok(new)) => {
             let deltas = totals_delta(old.as_ref(), new.as_ref());
-            (seq, Planned::Delta(DeltaRecord { idempotency_key: idempotency_key(&parsed.event_id), deltas }))
+            (
+                seq,
+                Planned::Delta(DeltaRecord {
+                    idempotency_key: idempotency_key(&parsed.event_id),
+                    deltas,
+                }),
+            )
         }
         (Err(e), _) | (_, Err(e)) => {
-            let q = Quarantined::new(source_of(record), &seq, format!("order image: {e}"), &record.to_string());
+            let q = Quarantined::new(
+                source_of(record),
+                &seq,
+                format!("order image: {e}"),
+                &record.to_string(),
+            );
             (seq, Planned::Quarantine(q))
         }
     }
@@ -72,22 +98,36 @@ pub async fn handle<S: StateStore>(
 ) -> Result<(BatchResponse, Summary), InvocationError> {
     let records = event::records(payload).map_err(|e| InvocationError::new(e.to_string()))?;
     let mut summary = Summary::default();
-    let planned: Vec<(String, Planned)> = records.iter().enumerate().map(|(i, r)| plan(r, i)).collect();
+    let planned: Vec<(String, Planned)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| plan(r, i))
+        .collect();
 
     // Quarantine first: these records are acknowledged only once their
     // quarantine item is written.
     let quarantine: Vec<Quarantined> = planned
         .iter()
-        .filter_map(|(_, p)| if let Planned::Quarantine(q) = p { Some(q.clone()) } else { None })
+        .filter_map(|(_, p)| {
+            if let Planned::Quarantine(q) = p {
+                Some(q.clone())
+            } else {
+                None
+            }
+        })
         .collect();
     let mut first_failure: Option<usize> = None;
     if !quarantine.is_empty() {
         match store.quarantine(&quarantine).await {
             Ok(()) => summary.quarantined = quarantine.len() as u64,
-            Err(e) if e.class() == ErrorClass::Fatal => return Err(InvocationError::new(e.to_string())),
+            Err(e) if e.class() == ErrorClass::Fatal => {
+                return Err(InvocationError::new(e.to_string()));
+            }
             Err(e) => {
                 tracing::error!(error = %e, "quarantine write failed");
-                first_failure = planned.iter().position(|(_, p)| matches!(p, Planned::Quarantine(_)));
+                first_failure = planned
+                    .iter()
+                    .position(|(_, p)| matches!(p, Planned::Quarantine(_)));
             }
         }
     }
@@ -134,6 +174,10 @@ pub async fn handle<S: StateStore>(
     };
     // "Every record failed" for a stream means the first record failed.
     let all_failed = first_failure == Some(0);
-    let response = finish(response, if all_failed { 1 } else { 0 }, config.fail_on_all_failed && all_failed)?;
+    let response = finish(
+        response,
+        if all_failed { 1 } else { 0 },
+        config.fail_on_all_failed && all_failed,
+    )?;
     Ok((response, summary))
 }

@@ -12,18 +12,19 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue as SdkValue, KeysAndAttributes, Put, PutRequest, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update, WriteRequest,
+    AttributeValue as SdkValue, KeysAndAttributes, Put, PutRequest,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update, WriteRequest,
 };
 use chrono::Utc;
 use serde_dynamo::{AttributeValue, Item};
 
 use super::item::{
-    ItemExt, ORDER_SK, TOTALS_SK, customer_pk, entity, n, order_pk, s, totals_from_item, totals_to_item,
+    ItemExt, ORDER_SK, TOTALS_SK, customer_pk, entity, n, order_pk, s, totals_from_item,
+    totals_to_item,
 };
 use super::{
-    Checkpoint, Counts, DeltaRecord, ErrorClass, Manifest, ManifestFn, ManifestWrite, ObjectStatus, Outcome, Quarantined, StateStore,
-    StoreError, combine_orders,
+    Checkpoint, Counts, DeltaRecord, ErrorClass, Manifest, ManifestFn, ManifestWrite, ObjectStatus,
+    Outcome, Quarantined, StateStore, StoreError, combine_orders,
 };
 use crate::error::{classify_sdk, sdk_message};
 use crate::order::{CustomerTotals, OrderEvent, format_timestamp, parse_timestamp};
@@ -53,8 +54,18 @@ pub struct DynamoStore {
 impl DynamoStore {
     /// A store over the two tables. `key_prefix` namespaces idempotency keys
     /// (see DESIGN.md: it must not depend on function or type names).
-    pub fn new(client: Client, state_table: String, idempotency_table: String, key_prefix: String) -> Self {
-        Self { client, state_table, idempotency_table, key_prefix }
+    pub fn new(
+        client: Client,
+        state_table: String,
+        idempotency_table: String,
+        key_prefix: String,
+    ) -> Self {
+        Self {
+            client,
+            state_table,
+            idempotency_table,
+            key_prefix,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -69,11 +80,21 @@ impl DynamoStore {
         format!("{}#{key}", self.key_prefix)
     }
 
-    fn dynamo_error<E>(&self, operation: &'static str, table: &str, err: &aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::http::Response>) -> StoreError
+    fn dynamo_error<E>(
+        &self,
+        operation: &'static str,
+        table: &str,
+        err: &aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> StoreError
     where
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
-        StoreError::Dynamo { operation, table: table.to_owned(), message: sdk_message(err), class: classify_sdk(err) }
+        StoreError::Dynamo {
+            operation,
+            table: table.to_owned(),
+            message: sdk_message(err),
+            class: classify_sdk(err),
+        }
     }
 
     fn order_update(&self, event: &OrderEvent) -> Result<TransactWriteItem, StoreError> {
@@ -124,7 +145,9 @@ impl DynamoStore {
                 .expression_attribute_values(":line", SdkValue::N(cp.line.to_string()))
                 .expression_attribute_values(":byte", SdkValue::N(cp.byte.to_string())),
         };
-        let put = put.build().map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
+        let put = put
+            .build()
+            .map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
@@ -140,7 +163,12 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    fn totals_put(&self, customer: &str, totals: &CustomerTotals, expected_version: Option<u64>) -> Result<TransactWriteItem, StoreError> {
+    fn totals_put(
+        &self,
+        customer: &str,
+        totals: &CustomerTotals,
+        expected_version: Option<u64>,
+    ) -> Result<TransactWriteItem, StoreError> {
         let next = expected_version.map_or(1, |v| v + 1);
         let mut put = Put::builder()
             .table_name(&self.state_table)
@@ -152,21 +180,36 @@ impl DynamoStore {
                 .condition_expression("version = :version")
                 .expression_attribute_values(":version", SdkValue::N(v.to_string())),
         };
-        let put = put.build().map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
+        let put = put
+            .build()
+            .map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
     /// Runs one transaction; on cancellation returns the reasons (code and the
     /// item that failed its condition, per action).
     async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<TxResult, StoreError> {
-        match self.client.transact_write_items().set_transact_items(Some(actions)).send().await {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await
+        {
             Ok(_) => Ok(TxResult::Committed),
             Err(err) => {
-                if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
+                    err.as_service_error()
+                {
                     let reasons = cancelled
                         .cancellation_reasons()
                         .iter()
-                        .map(|r| (r.code().unwrap_or("None").to_owned(), r.item().cloned().map(from_sdk)))
+                        .map(|r| {
+                            (
+                                r.code().unwrap_or("None").to_owned(),
+                                r.item().cloned().map(from_sdk),
+                            )
+                        })
                         .collect();
                     return Ok(TxResult::Cancelled(reasons));
                 }
@@ -175,7 +218,10 @@ impl DynamoStore {
         }
     }
 
-    async fn get_totals(&self, customers: &[&str]) -> Result<HashMap<String, (CustomerTotals, u64)>, StoreError> {
+    async fn get_totals(
+        &self,
+        customers: &[&str],
+    ) -> Result<HashMap<String, (CustomerTotals, u64)>, StoreError> {
         let mut found = HashMap::new();
         for group in customers.chunks(MAX_BATCH_GET) {
             let mut keys = KeysAndAttributes::builder().consistent_read(true);
@@ -187,7 +233,8 @@ impl DynamoStore {
             }
             let mut request = Some(HashMap::from([(
                 self.state_table.clone(),
-                keys.build().map_err(|e| permanent("BatchGetItem", &self.state_table, e))?,
+                keys.build()
+                    .map_err(|e| permanent("BatchGetItem", &self.state_table, e))?,
             )]));
             let mut attempt = 0;
             while let Some(items) = request.take().filter(|r| !r.is_empty()) {
@@ -198,9 +245,16 @@ impl DynamoStore {
                     .send()
                     .await
                     .map_err(|e| self.dynamo_error("BatchGetItem", &self.state_table, &e))?;
-                for item in out.responses().and_then(|r| r.get(&self.state_table)).into_iter().flatten() {
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.state_table))
+                    .into_iter()
+                    .flatten()
+                {
                     let item = from_sdk(item.clone());
-                    let customer = item.get_s(entity::CUSTOMER_TOTALS, "customerId")?.to_owned();
+                    let customer = item
+                        .get_s(entity::CUSTOMER_TOTALS, "customerId")?
+                        .to_owned();
                     found.insert(customer, totals_from_item(&item)?);
                 }
                 request = out.unprocessed_keys().cloned();
@@ -216,7 +270,10 @@ impl DynamoStore {
     /// Commits one chunk of delta records (markers + combined customer puts).
     async fn apply_delta_chunk(&self, chunk: &[DeltaRecord]) -> Result<Vec<Outcome>, StoreError> {
         let customers: Vec<&str> = {
-            let mut c: Vec<&str> = chunk.iter().flat_map(|r| r.deltas.keys().map(String::as_str)).collect();
+            let mut c: Vec<&str> = chunk
+                .iter()
+                .flat_map(|r| r.deltas.keys().map(String::as_str))
+                .collect();
             c.sort_unstable();
             c.dedup();
             c
@@ -225,7 +282,9 @@ impl DynamoStore {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; chunk.len()];
         let expiration = Utc::now().timestamp() + MARKER_TTL.as_secs() as i64;
         for attempt in 1..=MAX_ATTEMPTS {
-            let live: Vec<usize> = (0..chunk.len()).filter(|i| outcomes[*i].is_none()).collect();
+            let live: Vec<usize> = (0..chunk.len())
+                .filter(|i| outcomes[*i].is_none())
+                .collect();
             if live.is_empty() {
                 break;
             }
@@ -290,7 +349,10 @@ impl DynamoStore {
                 });
             }
         }
-        Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect())
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Applied))
+            .collect())
     }
 }
 
@@ -300,10 +362,18 @@ enum TxResult {
 }
 
 impl StateStore for DynamoStore {
-    async fn apply_orders(&self, events: &[OrderEvent], manifest: Option<&ManifestFn<'_>>) -> Result<Vec<Outcome>, StoreError> {
+    async fn apply_orders(
+        &self,
+        events: &[OrderEvent],
+        manifest: Option<&ManifestFn<'_>>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let (winners, mut decided) = combine_orders(events);
         let per_group = MAX_TRANSACT_ITEMS - usize::from(manifest.is_some());
-        let groups: Vec<&[usize]> = if winners.is_empty() { vec![&[]] } else { winners.chunks(per_group).collect() };
+        let groups: Vec<&[usize]> = if winners.is_empty() {
+            vec![&[]]
+        } else {
+            winners.chunks(per_group).collect()
+        };
         let last = groups.len() - 1;
         for (g, group) in groups.into_iter().enumerate() {
             let with_manifest = if g == last { manifest } else { None };
@@ -316,7 +386,10 @@ impl StateStore for DynamoStore {
                 let write = with_manifest.map(|build| {
                     // The outcomes if this transaction commits: the live events
                     // applied, the rest as already decided.
-                    let tentative: Vec<Outcome> = decided.iter().map(|d| d.unwrap_or(Outcome::Applied)).collect();
+                    let tentative: Vec<Outcome> = decided
+                        .iter()
+                        .map(|d| d.unwrap_or(Outcome::Applied))
+                        .collect();
                     build(&tentative)
                 });
                 if let Some(write) = &write {
@@ -365,7 +438,10 @@ impl StateStore for DynamoStore {
                 }
             }
         }
-        Ok(decided.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect())
+        Ok(decided
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Applied))
+            .collect())
     }
 
     async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<StoreError>) {
@@ -396,7 +472,12 @@ impl StateStore for DynamoStore {
         (outcomes, None)
     }
 
-    async fn get_manifest(&self, bucket: &str, key: &str, revision: &str) -> Result<Option<Manifest>, StoreError> {
+    async fn get_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        revision: &str,
+    ) -> Result<Option<Manifest>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -407,7 +488,10 @@ impl StateStore for DynamoStore {
             .send()
             .await
             .map_err(|e| self.dynamo_error("GetItem", &self.state_table, &e))?;
-        out.item.map(|item| manifest_from_item(&from_sdk(item))).transpose().map_err(Into::into)
+        out.item
+            .map(|item| manifest_from_item(&from_sdk(item)))
+            .transpose()
+            .map_err(Into::into)
     }
 
     async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
@@ -451,7 +535,10 @@ impl StateStore for DynamoStore {
 /// Decides stale or duplicate from the stored order a failed condition returned.
 fn classify_existing(event: &OrderEvent, stored: Option<&Item>) -> Outcome {
     let stored_key = stored.and_then(|item| {
-        Some((parse_timestamp(item.opt_s("occurredAt")?)?, item.opt_s("lastEventId")?.to_owned()))
+        Some((
+            parse_timestamp(item.opt_s("occurredAt")?)?,
+            item.opt_s("lastEventId")?.to_owned(),
+        ))
     });
     match stored_key {
         Some((at, id)) if at == event.occurred_at && id == event.event_id => Outcome::Duplicate,
@@ -462,7 +549,10 @@ fn classify_existing(event: &OrderEvent, stored: Option<&Item>) -> Outcome {
 /// Exponential backoff with jitter between attempts; an error after the last.
 async fn backoff(attempt: u32, what: &str) -> Result<(), StoreError> {
     if attempt >= MAX_ATTEMPTS {
-        return Err(StoreError::Contention { attempts: attempt, message: what.to_owned() });
+        return Err(StoreError::Contention {
+            attempts: attempt,
+            message: what.to_owned(),
+        });
     }
     let base = 20u64 << attempt.min(6);
     let jitter = u64::from(Utc::now().timestamp_subsec_nanos()) % base;
@@ -471,17 +561,29 @@ async fn backoff(attempt: u32, what: &str) -> Result<(), StoreError> {
 }
 
 fn permanent(operation: &'static str, table: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Dynamo { operation, table: table.to_owned(), message: e.to_string(), class: ErrorClass::Permanent }
+    StoreError::Dynamo {
+        operation,
+        table: table.to_owned(),
+        message: e.to_string(),
+        class: ErrorClass::Permanent,
+    }
 }
 
 /// Converts an item to the SDK's attribute map.
 pub fn to_sdk(item: Item) -> HashMap<String, SdkValue> {
-    item.into_inner().into_iter().map(|(k, v)| (k, v.into())).collect()
+    item.into_inner()
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .collect()
 }
 
 /// Converts the SDK's attribute map to an item.
 pub fn from_sdk(map: HashMap<String, SdkValue>) -> Item {
-    Item::from(map.into_iter().map(|(k, v)| (k, AttributeValue::from(v))).collect::<HashMap<_, _>>())
+    Item::from(
+        map.into_iter()
+            .map(|(k, v)| (k, AttributeValue::from(v)))
+            .collect::<HashMap<_, _>>(),
+    )
 }
 
 /// Partition key of an object manifest.
@@ -509,7 +611,13 @@ fn quarantine_to_item(r: &Quarantined, at: &str) -> Item {
 
 /// The manifest item of an object revision.
 pub fn manifest_to_item(m: &Manifest) -> Item {
-    let Counts { lines, accepted, rejected, stale, duplicates } = m.counts;
+    let Counts {
+        lines,
+        accepted,
+        rejected,
+        stale,
+        duplicates,
+    } = m.counts;
     let mut map = HashMap::from([
         ("pk".to_owned(), s(object_pk(&m.bucket, &m.key))),
         ("sk".to_owned(), s(&m.revision)),
@@ -543,7 +651,11 @@ pub fn manifest_to_item(m: &Manifest) -> Item {
 /// Reads a manifest item.
 pub fn manifest_from_item(item: &Item) -> Result<Manifest, super::item::ItemError> {
     const E: &str = entity::OBJECT;
-    let bad = |attribute, problem: &str| super::item::ItemError { entity: E, attribute, problem: problem.to_owned() };
+    let bad = |attribute, problem: &str| super::item::ItemError {
+        entity: E,
+        attribute,
+        problem: problem.to_owned(),
+    };
     let status = match item.get_s(E, "status")? {
         "IN_PROGRESS" => ObjectStatus::InProgress,
         "COMPLETED" => ObjectStatus::Completed,
@@ -563,11 +675,14 @@ pub fn manifest_from_item(item: &Item) -> Result<Manifest, super::item::ItemErro
         }
         _ => return Err(bad("checkpoint", "is missing or not a map")),
     };
-    let time = |attribute: &'static str| -> Result<Option<chrono::DateTime<Utc>>, super::item::ItemError> {
-        item.opt_s(attribute)
-            .map(|t| parse_timestamp(t).ok_or_else(|| bad(attribute, "is not an RFC 3339 timestamp")))
-            .transpose()
-    };
+    let time =
+        |attribute: &'static str| -> Result<Option<chrono::DateTime<Utc>>, super::item::ItemError> {
+            item.opt_s(attribute)
+                .map(|t| {
+                    parse_timestamp(t).ok_or_else(|| bad(attribute, "is not an RFC 3339 timestamp"))
+                })
+                .transpose()
+        };
     Ok(Manifest {
         bucket: item.get_s(E, "bucket")?.to_owned(),
         key: item.get_s(E, "key")?.to_owned(),

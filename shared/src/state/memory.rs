@@ -65,7 +65,11 @@ impl MemoryStore {
 }
 
 impl StateStore for MemoryStore {
-    async fn apply_orders(&self, events: &[OrderEvent], manifest: Option<&ManifestFn<'_>>) -> Result<Vec<Outcome>, StoreError> {
+    async fn apply_orders(
+        &self,
+        events: &[OrderEvent],
+        manifest: Option<&ManifestFn<'_>>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut inner = self.lock();
         // Decide every outcome first, on a copy: the manifest condition must
         // hold before anything is written (all or nothing, like a transaction).
@@ -87,7 +91,10 @@ impl StateStore for MemoryStore {
                 ApplyOutcome::Duplicate => Outcome::Duplicate,
             });
         }
-        let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect();
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Applied))
+            .collect();
         if let Some(build) = manifest {
             let write = build(&outcomes);
             let m = &write.manifest;
@@ -123,14 +130,25 @@ impl StateStore for MemoryStore {
         (outcomes, None)
     }
 
-    async fn get_manifest(&self, bucket: &str, key: &str, revision: &str) -> Result<Option<Manifest>, StoreError> {
-        Ok(self.lock().manifests.get(&(bucket.to_owned(), key.to_owned(), revision.to_owned())).cloned())
+    async fn get_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        revision: &str,
+    ) -> Result<Option<Manifest>, StoreError> {
+        Ok(self
+            .lock()
+            .manifests
+            .get(&(bucket.to_owned(), key.to_owned(), revision.to_owned()))
+            .cloned())
     }
 
     async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         for r in records {
-            inner.quarantine.insert((r.source.clone(), r.record_id.clone()), r.clone());
+            inner
+                .quarantine
+                .insert((r.source.clone(), r.record_id.clone()), r.clone());
         }
         Ok(())
     }

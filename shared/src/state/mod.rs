@@ -58,7 +58,12 @@ pub struct Quarantined {
 pub const MAX_QUARANTINED_RAW_BYTES: usize = 8 * 1024;
 
 impl Quarantined {
-    pub fn new(source: impl Into<String>, record_id: impl Into<String>, reason: impl Into<String>, raw: &str) -> Self {
+    pub fn new(
+        source: impl Into<String>,
+        record_id: impl Into<String>,
+        reason: impl Into<String>,
+        raw: &str,
+    ) -> Self {
         Self {
             source: source.into(),
             record_id: record_id.into(),
@@ -149,11 +154,22 @@ pub type ManifestFn<'a> = dyn Fn(&[Outcome]) -> ManifestWrite + Send + Sync + 'a
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("DynamoDB {operation} on table {table} failed: {message}")]
-    Dynamo { operation: &'static str, table: String, message: String, class: ErrorClass },
+    Dynamo {
+        operation: &'static str,
+        table: String,
+        message: String,
+        class: ErrorClass,
+    },
     #[error(transparent)]
     Item(#[from] item::ItemError),
-    #[error("another invocation moved the manifest of s3://{bucket}/{key} past checkpoint line {line}")]
-    ManifestConflict { bucket: String, key: String, line: u64 },
+    #[error(
+        "another invocation moved the manifest of s3://{bucket}/{key} past checkpoint line {line}"
+    )]
+    ManifestConflict {
+        bucket: String,
+        key: String,
+        line: u64,
+    },
     #[error("gave up after {attempts} attempts: {message}")]
     Contention { attempts: u32, message: String },
 }
@@ -208,7 +224,10 @@ pub trait StateStore: Send + Sync {
     ) -> impl Future<Output = Result<Option<Manifest>, StoreError>> + Send;
 
     /// Writes records to quarantine (idempotent: same source and id overwrite).
-    fn quarantine(&self, records: &[Quarantined]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn quarantine(
+        &self,
+        records: &[Quarantined],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Orders per transaction group: DynamoDB allows one action per item per
@@ -234,11 +253,13 @@ pub(crate) fn combine_orders(events: &[OrderEvent]) -> (Vec<usize>, Vec<Option<O
             continue;
         }
         let w = &events[winners[event.order_id.as_str()]];
-        decided[i] = Some(if crate::order::event_key(event) == crate::order::event_key(w) {
-            Outcome::Duplicate
-        } else {
-            Outcome::Stale
-        });
+        decided[i] = Some(
+            if crate::order::event_key(event) == crate::order::event_key(w) {
+                Outcome::Duplicate
+            } else {
+                Outcome::Stale
+            },
+        );
     }
     (winner_set.into_iter().collect(), decided)
 }
