@@ -28,22 +28,15 @@ impl BatchResponse {
         for id in ids {
             let id = id.into();
             if !failures.iter().any(|f| f.item_identifier == id) {
-                failures.push(ItemFailure {
-                    item_identifier: id,
-                });
+                failures.push(ItemFailure { item_identifier: id });
             }
         }
-        Self {
-            batch_item_failures: failures,
-        }
+        Self { batch_item_failures: failures }
     }
 
     /// The reported ids.
     pub fn ids(&self) -> Vec<&str> {
-        self.batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect()
+        self.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect()
     }
 }
 
@@ -76,6 +69,7 @@ impl Summary {
             crate::state::Outcome::Applied => self.applied += 1,
             crate::state::Outcome::Stale => self.stale += 1,
             crate::state::Outcome::Duplicate => self.duplicate += 1,
+            crate::state::Outcome::KeyReused => self.quarantined += 1,
         }
     }
 
@@ -104,9 +98,7 @@ pub struct InvocationError {
 
 impl InvocationError {
     pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
+        Self { message: message.into() }
     }
 }
 
@@ -118,9 +110,7 @@ pub fn finish(
     fail_on_all_failed: bool,
 ) -> Result<BatchResponse, InvocationError> {
     if fail_on_all_failed && records > 0 && response.batch_item_failures.len() == records {
-        return Err(InvocationError::new(format!(
-            "all {records} records of the batch failed"
-        )));
+        return Err(InvocationError::new(format!("all {records} records of the batch failed")));
     }
     Ok(response)
 }

@@ -63,12 +63,8 @@ pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorClass {
 /// by [`classify_code`]; a request the SDK could not even build is permanent.
 pub fn classify_sdk<E: ProvideErrorMetadata, R: HttpStatus>(err: &SdkError<E, R>) -> ErrorClass {
     match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            ErrorClass::Transient
-        }
-        SdkError::ServiceError(service) => {
-            classify_code(service.err().code(), Some(service.raw().status_code()))
-        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => ErrorClass::Transient,
+        SdkError::ServiceError(service) => classify_code(service.err().code(), Some(service.raw().status_code())),
         SdkError::ConstructionFailure(_) => ErrorClass::Permanent,
         _ => ErrorClass::Transient,
     }
@@ -117,38 +113,18 @@ mod tests {
 
     #[test]
     fn throttling_and_server_faults_are_transient() {
-        for code in [
-            "ProvisionedThroughputExceededException",
-            "ThrottlingException",
-            "InternalServerError",
-        ] {
-            assert_eq!(
-                classify_code(Some(code), Some(400)),
-                ErrorClass::Transient,
-                "{code}"
-            );
+        for code in ["ProvisionedThroughputExceededException", "ThrottlingException", "InternalServerError"] {
+            assert_eq!(classify_code(Some(code), Some(400)), ErrorClass::Transient, "{code}");
         }
-        assert_eq!(
-            classify_code(Some("Whatever"), Some(503)),
-            ErrorClass::Transient
-        );
+        assert_eq!(classify_code(Some("Whatever"), Some(503)), ErrorClass::Transient);
         assert_eq!(classify_code(None, Some(500)), ErrorClass::Transient);
         assert_eq!(classify_code(None, Some(429)), ErrorClass::Transient);
     }
 
     #[test]
     fn missing_resources_are_fatal_and_bad_requests_permanent() {
-        assert_eq!(
-            classify_code(Some("ResourceNotFoundException"), Some(400)),
-            ErrorClass::Fatal
-        );
-        assert_eq!(
-            classify_code(Some("ValidationException"), Some(400)),
-            ErrorClass::Permanent
-        );
-        assert_eq!(
-            classify_code(Some("SerializationException"), Some(400)),
-            ErrorClass::Permanent
-        );
+        assert_eq!(classify_code(Some("ResourceNotFoundException"), Some(400)), ErrorClass::Fatal);
+        assert_eq!(classify_code(Some("ValidationException"), Some(400)), ErrorClass::Permanent);
+        assert_eq!(classify_code(Some("SerializationException"), Some(400)), ErrorClass::Permanent);
     }
 }

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod idempotency;
 pub mod object;
 pub mod order;
 pub mod state;

@@ -31,11 +31,7 @@ pub struct Layout {
 impl Layout {
     /// Decides the layout from the key's suffix, else from the content type and
     /// encoding. `None` when neither says.
-    pub fn detect(
-        key: &str,
-        content_type: Option<&str>,
-        content_encoding: Option<&str>,
-    ) -> Option<Self> {
+    pub fn detect(key: &str, content_type: Option<&str>, content_encoding: Option<&str>) -> Option<Self> {
         let lower = key.to_ascii_lowercase();
         let (stem, gzip_suffix) = match lower.strip_suffix(".gz") {
             Some(stem) => (stem, true),
@@ -44,14 +40,13 @@ impl Layout {
         let gzip = gzip_suffix
             || content_encoding.is_some_and(|e| e.eq_ignore_ascii_case("gzip"))
             || content_type.is_some_and(|t| t.contains("gzip"));
-        let by_suffix =
-            if stem.ends_with(".ndjson") || stem.ends_with(".jsonl") || stem.ends_with(".json") {
-                Some(Format::Ndjson)
-            } else if stem.ends_with(".csv") {
-                Some(Format::Csv)
-            } else {
-                None
-            };
+        let by_suffix = if stem.ends_with(".ndjson") || stem.ends_with(".jsonl") || stem.ends_with(".json") {
+            Some(Format::Ndjson)
+        } else if stem.ends_with(".csv") {
+            Some(Format::Csv)
+        } else {
+            None
+        };
         let by_type = content_type.and_then(|t| {
             let t = t.to_ascii_lowercase();
             if t.contains("ndjson") || t.contains("jsonl") || t.contains("json") {
@@ -70,17 +65,9 @@ impl Layout {
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
     #[error("failed to fetch {uri}: {message}")]
-    Fetch {
-        uri: String,
-        message: String,
-        class: crate::error::ErrorClass,
-    },
+    Fetch { uri: String, message: String, class: crate::error::ErrorClass },
     #[error("failed to read {uri} at byte {offset}: {source}")]
-    Read {
-        uri: String,
-        offset: u64,
-        source: std::io::Error,
-    },
+    Read { uri: String, offset: u64, source: std::io::Error },
 }
 
 impl ObjectError {
@@ -103,11 +90,7 @@ pub struct ObjectBody {
 
 /// The object port: opens an object's body, from a byte offset.
 pub trait ObjectSource: Send + Sync {
-    fn open(
-        &self,
-        object: &ObjectRef,
-        from_byte: u64,
-    ) -> impl Future<Output = Result<ObjectBody, ObjectError>> + Send;
+    fn open(&self, object: &ObjectRef, from_byte: u64) -> impl Future<Output = Result<ObjectBody, ObjectError>> + Send;
 }
 
 /// Objects in S3.
@@ -124,11 +107,7 @@ impl S3Source {
 
 impl ObjectSource for S3Source {
     async fn open(&self, object: &ObjectRef, from_byte: u64) -> Result<ObjectBody, ObjectError> {
-        let mut request = self
-            .client
-            .get_object()
-            .bucket(&object.bucket)
-            .key(&object.key);
+        let mut request = self.client.get_object().bucket(&object.bucket).key(&object.key);
         if let Some(version) = object.version_id.as_deref().filter(|v| *v != "null") {
             request = request.version_id(version);
         }
@@ -161,24 +140,19 @@ impl MemorySource {
     }
 
     pub fn insert(&mut self, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
-        self.objects
-            .insert((bucket.to_owned(), key.to_owned()), body.into());
+        self.objects.insert((bucket.to_owned(), key.to_owned()), body.into());
     }
 }
 
 impl ObjectSource for MemorySource {
     async fn open(&self, object: &ObjectRef, from_byte: u64) -> Result<ObjectBody, ObjectError> {
-        let body = self
-            .objects
-            .get(&(object.bucket.clone(), object.key.clone()))
-            .ok_or_else(|| ObjectError::Fetch {
+        let body =
+            self.objects.get(&(object.bucket.clone(), object.key.clone())).ok_or_else(|| ObjectError::Fetch {
                 uri: object.uri(),
                 message: "NoSuchKey".into(),
                 class: crate::error::ErrorClass::Permanent,
             })?;
-        let start = usize::try_from(from_byte)
-            .unwrap_or(usize::MAX)
-            .min(body.len());
+        let start = usize::try_from(from_byte).unwrap_or(usize::MAX).min(body.len());
         Ok(ObjectBody {
             reader: Box::pin(std::io::Cursor::new(body[start..].to_vec())),
             content_type: None,
@@ -188,10 +162,7 @@ impl ObjectSource for MemorySource {
 }
 
 /// Wraps a raw body into a buffered reader of the decoded bytes.
-pub fn decoded(
-    reader: Pin<Box<dyn AsyncRead + Send>>,
-    gzip: bool,
-) -> Pin<Box<dyn AsyncBufRead + Send>> {
+pub fn decoded(reader: Pin<Box<dyn AsyncRead + Send>>, gzip: bool) -> Pin<Box<dyn AsyncBufRead + Send>> {
     // 64 KiB reads: few syscalls, constant memory.
     const READ_BUFFER: usize = 64 * 1024;
     let buffered = BufReader::with_capacity(READ_BUFFER, reader);
@@ -243,13 +214,7 @@ pub struct LineReader<R> {
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
     /// A reader whose first line has number `first_line` at byte `offset`.
     pub fn new(inner: R, max_line_bytes: usize, first_line: u64, offset: u64) -> Self {
-        Self {
-            inner,
-            max_line_bytes,
-            next_number: first_line,
-            offset,
-            buffer: Vec::new(),
-        }
+        Self { inner, max_line_bytes, next_number: first_line, offset, buffer: Vec::new() }
     }
 
     /// Offset of the next line to be read.
@@ -281,14 +246,9 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             let content_end = newline.unwrap_or(available.len());
             // Keep at most the bound (+1 to know it was exceeded) of the content.
             let room = (self.max_line_bytes + 1).saturating_sub(self.buffer.len());
-            self.buffer
-                .extend_from_slice(&available[..content_end.min(room)]);
+            self.buffer.extend_from_slice(&available[..content_end.min(room)]);
             if let Some(i) = newline {
-                let before = if i > 0 {
-                    Some(available[i - 1])
-                } else {
-                    last_byte
-                };
+                let before = if i > 0 { Some(available[i - 1]) } else { last_byte };
                 terminator = if before == Some(b'\r') { 2 } else { 1 };
             } else if content_end > 0 {
                 last_byte = Some(available[content_end - 1]);
@@ -311,21 +271,14 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
         }
         let content = if content_length > self.max_line_bytes as u64 {
             self.buffer.truncate(TOO_LONG_PREFIX);
-            LineContent::TooLong {
-                length: content_length,
-                prefix: std::mem::take(&mut self.buffer),
-            }
+            LineContent::TooLong { length: content_length, prefix: std::mem::take(&mut self.buffer) }
         } else {
             match String::from_utf8(std::mem::take(&mut self.buffer)) {
                 Ok(text) => LineContent::Text(text),
                 Err(e) => LineContent::InvalidUtf8(e.into_bytes()),
             }
         };
-        Ok(Some(Line {
-            number,
-            offset: start,
-            content,
-        }))
+        Ok(Some(Line { number, offset: start, content }))
     }
 }
 
@@ -389,11 +342,7 @@ pub fn split_csv(line: &str) -> Result<Vec<String>, String> {
 
 /// Parses one line into an order event, by the object's format. For CSV,
 /// `header` holds the field names.
-pub fn parse_record(
-    format: Format,
-    header: Option<&[String]>,
-    text: &str,
-) -> Result<OrderEvent, LineError> {
+pub fn parse_record(format: Format, header: Option<&[String]>, text: &str) -> Result<OrderEvent, LineError> {
     match format {
         Format::Ndjson => Ok(parse_order_event(text)?),
         Format::Csv => {
@@ -412,9 +361,7 @@ pub fn parse_record(
                 .filter(|(_, v)| !v.is_empty())
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v)))
                 .collect();
-            Ok(parse_order_event(
-                &serde_json::Value::Object(object).to_string(),
-            )?)
+            Ok(parse_order_event(&serde_json::Value::Object(object).to_string())?)
         }
     }
 }
@@ -435,10 +382,7 @@ mod tests {
     #[tokio::test]
     async fn lines_carry_numbers_and_offsets() {
         let got = lines(b"ab\r\ncde\n\nf", 10).await;
-        let texts: Vec<_> = got
-            .iter()
-            .map(|l| (l.number, l.offset, l.content.clone()))
-            .collect();
+        let texts: Vec<_> = got.iter().map(|l| (l.number, l.offset, l.content.clone())).collect();
         assert_eq!(
             texts,
             vec![
@@ -456,9 +400,7 @@ mod tests {
         input.extend_from_slice(b"\nok\n");
         let got = lines(&input, 100).await;
         // Only a bounded prefix is ever held, never the whole line.
-        assert!(
-            matches!(&got[0].content, LineContent::TooLong { length: 5000, prefix } if prefix.len() <= 101)
-        );
+        assert!(matches!(&got[0].content, LineContent::TooLong { length: 5000, prefix } if prefix.len() <= 101));
         assert_eq!(got[1].content, LineContent::Text("ok".into()));
         assert_eq!(got[1].offset, 5001);
     }
@@ -472,37 +414,16 @@ mod tests {
 
     #[test]
     fn csv_quoting() {
-        assert_eq!(
-            split_csv(r#"a,"b,c","d""e",,"#).unwrap(),
-            vec!["a", "b,c", "d\"e", "", ""]
-        );
+        assert_eq!(split_csv(r#"a,"b,c","d""e",,"#).unwrap(), vec!["a", "b,c", "d\"e", "", ""]);
         assert!(split_csv(r#"a,"b"#).is_err());
     }
 
     #[test]
     fn layout_by_suffix_then_content_type() {
         let l = |k, t, e| Layout::detect(k, t, e);
-        assert_eq!(
-            l("a.ndjson", None, None),
-            Some(Layout {
-                format: Format::Ndjson,
-                gzip: false
-            })
-        );
-        assert_eq!(
-            l("a.csv.gz", None, None),
-            Some(Layout {
-                format: Format::Csv,
-                gzip: true
-            })
-        );
-        assert_eq!(
-            l("a", Some("text/csv"), Some("gzip")),
-            Some(Layout {
-                format: Format::Csv,
-                gzip: true
-            })
-        );
+        assert_eq!(l("a.ndjson", None, None), Some(Layout { format: Format::Ndjson, gzip: false }));
+        assert_eq!(l("a.csv.gz", None, None), Some(Layout { format: Format::Csv, gzip: true }));
+        assert_eq!(l("a", Some("text/csv"), Some("gzip")), Some(Layout { format: Format::Csv, gzip: true }));
         assert_eq!(l("a.bin", Some("application/octet-stream"), None), None);
     }
 }

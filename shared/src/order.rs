@@ -96,20 +96,18 @@ impl fmt::Display for Currency {
 /// Active ISO 4217 alphabetic codes (sorted, for binary search), including the
 /// fund and precious-metal codes producers sometimes send.
 const ISO_4217: &[&str] = &[
-    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
-    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
-    "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUP", "CVE",
-    "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL",
-    "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR",
-    "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD",
-    "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK",
-    "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO",
-    "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON",
-    "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD",
-    "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD",
-    "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES", "VND", "VUV",
-    "WST", "XAF", "XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XCD", "XCG", "XDR", "XOF", "XPD",
-    "XPF", "XPT", "XSU", "XUA", "YER", "ZAR", "ZMW", "ZWG", "ZWL",
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN", "BHD", "BIF",
+    "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF", "CHE", "CHF", "CHW", "CLF",
+    "CLP", "CNY", "COP", "COU", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR",
+    "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS",
+    "INR", "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT",
+    "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR",
+    "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP",
+    "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE",
+    "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS",
+    "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES", "VND", "VUV", "WST", "XAF", "XAG", "XAU",
+    "XBA", "XBB", "XBC", "XBD", "XCD", "XCG", "XDR", "XOF", "XPD", "XPF", "XPT", "XSU", "XUA", "YER", "ZAR", "ZMW",
+    "ZWG", "ZWL",
 ];
 
 /// Why an order event was rejected. Always permanent: the same input fails the
@@ -126,10 +124,7 @@ pub enum ValidationError {
 
 impl ValidationError {
     fn invalid(field: &'static str, rule: impl Into<String>) -> Self {
-        Self::Invalid {
-            field,
-            rule: rule.into(),
-        }
+        Self::Invalid { field, rule: rule.into() }
     }
 }
 
@@ -172,10 +167,7 @@ pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
             OrderStatus::parse(&s).ok_or_else(|| {
                 ValidationError::invalid(
                     "status",
-                    format!(
-                        "must be PLACED, PAID, SHIPPED or CANCELLED, got {:?}",
-                        truncate(&s, 32)
-                    ),
+                    format!("must be PLACED, PAID, SHIPPED or CANCELLED, got {:?}", truncate(&s, 32)),
                 )
             })?
         },
@@ -185,10 +177,7 @@ pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
             Currency::parse(&s).ok_or_else(|| {
                 ValidationError::invalid(
                     "currency",
-                    format!(
-                        "must be an ISO 4217 code (3 upper-case letters), got {:?}",
-                        truncate(&s, 32)
-                    ),
+                    format!("must be an ISO 4217 code (3 upper-case letters), got {:?}", truncate(&s, 32)),
                 )
             })?
         },
@@ -207,9 +196,7 @@ pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
 
 /// Parses an RFC 3339 timestamp into UTC.
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// The stored form of `occurredAt`: UTC with a fixed nanosecond width, so that
@@ -220,15 +207,9 @@ pub fn format_timestamp(t: &DateTime<Utc>) -> String {
 }
 
 fn string_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, ValidationError> {
-    let raw = raw
-        .filter(|r| r.get() != "null")
-        .ok_or(ValidationError::Missing { field })?;
-    serde_json::from_str::<String>(raw.get()).map_err(|_| {
-        ValidationError::invalid(
-            field,
-            format!("must be a string, got {}", json_kind(raw.get())),
-        )
-    })
+    let raw = raw.filter(|r| r.get() != "null").ok_or(ValidationError::Missing { field })?;
+    serde_json::from_str::<String>(raw.get())
+        .map_err(|_| ValidationError::invalid(field, format!("must be a string, got {}", json_kind(raw.get()))))
 }
 
 fn id_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, ValidationError> {
@@ -238,32 +219,23 @@ fn id_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, Valid
         return Err(ValidationError::invalid(field, "must not be empty"));
     }
     if chars > MAX_ID_CHARS {
-        return Err(ValidationError::invalid(
-            field,
-            format!("must be at most {MAX_ID_CHARS} characters, got {chars}"),
-        ));
+        return Err(ValidationError::invalid(field, format!("must be at most {MAX_ID_CHARS} characters, got {chars}")));
     }
     Ok(s)
 }
 
 fn amount_field(raw: Option<&RawValue>) -> Result<Decimal, ValidationError> {
     const FIELD: &str = "amount";
-    let raw = raw
-        .filter(|r| r.get() != "null")
-        .ok_or(ValidationError::Missing { field: FIELD })?;
+    let raw = raw.filter(|r| r.get() != "null").ok_or(ValidationError::Missing { field: FIELD })?;
     let text = raw.get();
     let number = if text.starts_with('"') {
-        serde_json::from_str::<String>(text)
-            .map_err(|e| ValidationError::invalid(FIELD, e.to_string()))?
+        serde_json::from_str::<String>(text).map_err(|e| ValidationError::invalid(FIELD, e.to_string()))?
     } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         text.to_owned()
     } else {
         return Err(ValidationError::invalid(
             FIELD,
-            format!(
-                "must be a decimal string or a JSON number, got {}",
-                json_kind(text)
-            ),
+            format!("must be a decimal string or a JSON number, got {}", json_kind(text)),
         ));
     };
     parse_amount(&number).map_err(|rule| ValidationError::invalid(FIELD, rule))
@@ -273,32 +245,20 @@ fn amount_field(raw: Option<&RawValue>) -> Result<Decimal, ValidationError> {
 pub fn parse_amount(s: &str) -> Result<Decimal, String> {
     let trimmed = s.trim();
     if trimmed.is_empty() || trimmed != s {
-        return Err(format!(
-            "must be a decimal number, got {:?}",
-            truncate(s, 40)
-        ));
+        return Err(format!("must be a decimal number, got {:?}", truncate(s, 40)));
     }
-    let value = if trimmed.contains(['e', 'E']) {
-        Decimal::from_scientific(trimmed)
-    } else {
-        trimmed.parse::<Decimal>()
-    }
-    .map_err(|_| format!("must be a decimal number, got {:?}", truncate(s, 40)))?;
+    let value =
+        if trimmed.contains(['e', 'E']) { Decimal::from_scientific(trimmed) } else { trimmed.parse::<Decimal>() }
+            .map_err(|_| format!("must be a decimal number, got {:?}", truncate(s, 40)))?;
     if value.is_sign_negative() && !value.is_zero() {
         return Err(format!("must be >= 0, got {value}"));
     }
     let value = value.normalize();
     if value.scale() > MAX_AMOUNT_SCALE {
-        return Err(format!(
-            "must have at most {MAX_AMOUNT_SCALE} decimal places, got {s}"
-        ));
+        return Err(format!("must have at most {MAX_AMOUNT_SCALE} decimal places, got {s}"));
     }
     // Normalise `-0` to `0` so equal amounts compare and serialise equally.
-    Ok(if value.is_zero() {
-        Decimal::ZERO
-    } else {
-        value
-    })
+    Ok(if value.is_zero() { Decimal::ZERO } else { value })
 }
 
 fn json_kind(text: &str) -> &'static str {
@@ -414,10 +374,7 @@ pub fn contribution(order: &Order) -> Option<(&str, CustomerTotals)> {
     }
     Some((
         &order.customer_id,
-        CustomerTotals {
-            order_count: 1,
-            totals: BTreeMap::from([(order.currency, order.amount)]),
-        },
+        CustomerTotals { order_count: 1, totals: BTreeMap::from([(order.currency, order.amount)]) },
     ))
 }
 
@@ -430,10 +387,8 @@ pub fn totals_delta(old: Option<&Order>, new: Option<&Order>) -> BTreeMap<String
         deltas.entry(customer.to_owned()).or_default().add(&c);
     }
     if let Some((customer, c)) = old.and_then(contribution) {
-        let negated = CustomerTotals {
-            order_count: -c.order_count,
-            totals: c.totals.iter().map(|(k, v)| (*k, -*v)).collect(),
-        };
+        let negated =
+            CustomerTotals { order_count: -c.order_count, totals: c.totals.iter().map(|(k, v)| (*k, -*v)).collect() };
         deltas.entry(customer.to_owned()).or_default().add(&negated);
     }
     deltas.retain(|_, d| !d.is_zero());
@@ -449,8 +404,7 @@ impl Serialize for Currency {
 impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Currency::parse(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("not an ISO 4217 code: {s:?}")))
+        Currency::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not an ISO 4217 code: {s:?}")))
     }
 }
 
@@ -466,9 +420,7 @@ mod tests {
     }
 
     fn reason(value: serde_json::Value) -> String {
-        parse_order_event(&value.to_string())
-            .unwrap_err()
-            .to_string()
+        parse_order_event(&value.to_string()).unwrap_err().to_string()
     }
 
     #[test]
@@ -478,10 +430,7 @@ mod tests {
         let e = parse_order_event(&v.to_string()).unwrap();
         assert_eq!(e.amount, Decimal::new(1230, 2));
         assert_eq!(e.currency.as_str(), "EUR");
-        assert_eq!(
-            format_timestamp(&e.occurred_at),
-            "2026-11-28T09:00:00.000000000Z"
-        );
+        assert_eq!(format_timestamp(&e.occurred_at), "2026-11-28T09:00:00.000000000Z");
         assert_eq!(e.status, OrderStatus::Paid);
     }
 
@@ -494,30 +443,15 @@ mod tests {
             (json!("12.300"), "12.3"),
             (json!(1e2), "100"),
             (json!("-0"), "0"),
-            (
-                json!("79228162514264337593543950335"),
-                "79228162514264337593543950335",
-            ),
+            (json!("79228162514264337593543950335"), "79228162514264337593543950335"),
         ] {
             let mut v = valid();
             v["amount"] = raw.clone();
-            assert_eq!(
-                parse_order_event(&v.to_string())
-                    .unwrap()
-                    .amount
-                    .to_string(),
-                expected,
-                "{raw}"
-            );
+            assert_eq!(parse_order_event(&v.to_string()).unwrap().amount.to_string(), expected, "{raw}");
         }
         // A JSON number keeps its exact digits (no float round trip).
-        let text = valid()
-            .to_string()
-            .replace("\"12.30\"", "12345678901234567.89");
-        assert_eq!(
-            parse_order_event(&text).unwrap().amount.to_string(),
-            "12345678901234567.89"
-        );
+        let text = valid().to_string().replace("\"12.30\"", "12345678901234567.89");
+        assert_eq!(parse_order_event(&text).unwrap().amount.to_string(), "12345678901234567.89");
     }
 
     #[test]
@@ -525,47 +459,15 @@ mod tests {
         let cases: Vec<(&str, serde_json::Value, &str)> = vec![
             ("eventId", json!(null), "eventId: missing"),
             ("eventId", json!(""), "eventId: must not be empty"),
-            (
-                "orderId",
-                json!(42),
-                "orderId: must be a string, got a number",
-            ),
-            (
-                "customerId",
-                json!("x".repeat(129)),
-                "customerId: must be at most 128 characters, got 129",
-            ),
-            (
-                "status",
-                json!("placed"),
-                "status: must be PLACED, PAID, SHIPPED or CANCELLED, got \"placed\"",
-            ),
+            ("orderId", json!(42), "orderId: must be a string, got a number"),
+            ("customerId", json!("x".repeat(129)), "customerId: must be at most 128 characters, got 129"),
+            ("status", json!("placed"), "status: must be PLACED, PAID, SHIPPED or CANCELLED, got \"placed\""),
             ("amount", json!("-1"), "amount: must be >= 0, got -1"),
-            (
-                "amount",
-                json!("1.234"),
-                "amount: must have at most 2 decimal places, got 1.234",
-            ),
-            (
-                "amount",
-                json!("abc"),
-                "amount: must be a decimal number, got \"abc\"",
-            ),
-            (
-                "amount",
-                json!(true),
-                "amount: must be a decimal string or a JSON number, got a boolean",
-            ),
-            (
-                "currency",
-                json!("EURO"),
-                "currency: must be an ISO 4217 code (3 upper-case letters), got \"EURO\"",
-            ),
-            (
-                "currency",
-                json!("ABC"),
-                "currency: must be an ISO 4217 code (3 upper-case letters), got \"ABC\"",
-            ),
+            ("amount", json!("1.234"), "amount: must have at most 2 decimal places, got 1.234"),
+            ("amount", json!("abc"), "amount: must be a decimal number, got \"abc\""),
+            ("amount", json!(true), "amount: must be a decimal string or a JSON number, got a boolean"),
+            ("currency", json!("EURO"), "currency: must be an ISO 4217 code (3 upper-case letters), got \"EURO\""),
+            ("currency", json!("ABC"), "currency: must be an ISO 4217 code (3 upper-case letters), got \"ABC\""),
             (
                 "occurredAt",
                 json!("2026-11-28 10:00"),
@@ -584,30 +486,14 @@ mod tests {
         let id_128 = "é".repeat(128);
         let mut v = valid();
         v["orderId"] = json!(id_128);
-        assert!(
-            parse_order_event(&v.to_string()).is_ok(),
-            "the limit counts characters, not bytes"
-        );
+        assert!(parse_order_event(&v.to_string()).is_ok(), "the limit counts characters, not bytes");
     }
 
     #[test]
     fn malformed_json_and_non_objects_are_reported() {
-        assert!(
-            parse_order_event("{\"eventId\": ")
-                .unwrap_err()
-                .to_string()
-                .starts_with("malformed JSON")
-        );
-        assert_eq!(
-            parse_order_event("[1,2]").unwrap_err().to_string(),
-            "malformed JSON: expected a JSON object"
-        );
-        assert!(
-            parse_order_event("")
-                .unwrap_err()
-                .to_string()
-                .starts_with("malformed JSON")
-        );
+        assert!(parse_order_event("{\"eventId\": ").unwrap_err().to_string().starts_with("malformed JSON"));
+        assert_eq!(parse_order_event("[1,2]").unwrap_err().to_string(), "malformed JSON: expected a JSON object");
+        assert!(parse_order_event("").unwrap_err().to_string().starts_with("malformed JSON"));
     }
 
     fn event(id: &str, minute: u32, status: OrderStatus, cents: i64) -> OrderEvent {
@@ -625,22 +511,16 @@ mod tests {
     #[test]
     fn apply_rule_orders_by_time_then_event_id() {
         let first = event("b", 1, OrderStatus::Placed, 100);
-        let ApplyOutcome::Applied(order) = apply(None, &first) else {
-            panic!("first event applies")
-        };
+        let ApplyOutcome::Applied(order) = apply(None, &first) else { panic!("first event applies") };
         assert_eq!(order.version, 1);
         assert_eq!(apply(Some(&order), &first), ApplyOutcome::Duplicate);
-        assert_eq!(
-            apply(Some(&order), &event("z", 0, OrderStatus::Paid, 1)),
-            ApplyOutcome::Stale
-        );
+        assert_eq!(apply(Some(&order), &event("z", 0, OrderStatus::Paid, 1)), ApplyOutcome::Stale);
         assert_eq!(
             apply(Some(&order), &event("a", 1, OrderStatus::Paid, 1)),
             ApplyOutcome::Stale,
             "same time, smaller id"
         );
-        let ApplyOutcome::Applied(next) = apply(Some(&order), &event("c", 1, OrderStatus::Paid, 1))
-        else {
+        let ApplyOutcome::Applied(next) = apply(Some(&order), &event("c", 1, OrderStatus::Paid, 1)) else {
             panic!("same time, greater id applies")
         };
         assert_eq!((next.version, next.status), (2, OrderStatus::Paid));
@@ -648,27 +528,17 @@ mod tests {
 
     #[test]
     fn contribution_and_delta_rules() {
-        let ApplyOutcome::Applied(placed) = apply(None, &event("1", 1, OrderStatus::Placed, 1000))
-        else {
-            panic!()
-        };
-        let ApplyOutcome::Applied(cancelled) =
-            apply(Some(&placed), &event("2", 2, OrderStatus::Cancelled, 1000))
+        let ApplyOutcome::Applied(placed) = apply(None, &event("1", 1, OrderStatus::Placed, 1000)) else { panic!() };
+        let ApplyOutcome::Applied(cancelled) = apply(Some(&placed), &event("2", 2, OrderStatus::Cancelled, 1000))
         else {
             panic!()
         };
         assert!(contribution(&cancelled).is_none());
         let delta = totals_delta(Some(&placed), Some(&cancelled));
         assert_eq!(delta["c"].order_count, -1);
-        assert_eq!(
-            delta["c"].totals[&Currency::parse("USD").unwrap()],
-            Decimal::new(-1000, 2)
-        );
+        assert_eq!(delta["c"].totals[&Currency::parse("USD").unwrap()], Decimal::new(-1000, 2));
         assert!(totals_delta(Some(&cancelled), Some(&cancelled)).is_empty());
-        let moved = Order {
-            customer_id: "d".into(),
-            ..placed.clone()
-        };
+        let moved = Order { customer_id: "d".into(), ..placed.clone() };
         let delta = totals_delta(Some(&placed), Some(&moved));
         assert_eq!((delta["c"].order_count, delta["d"].order_count), (-1, 1));
     }

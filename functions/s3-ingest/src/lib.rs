@@ -17,13 +17,10 @@ use shared::batch::{BatchResponse, InvocationError, Summary, finish};
 use shared::config::Config;
 use shared::event::s3::{self, Notification, ObjectRef};
 use shared::event::{self, sqs};
-use shared::object::{
-    Layout, LineContent, LineError, LineReader, ObjectSource, decoded, parse_record, split_csv,
-};
+use shared::object::{Layout, LineContent, LineError, LineReader, ObjectSource, decoded, parse_record, split_csv};
 use shared::order::OrderEvent;
 use shared::state::{
-    Checkpoint, Counts, ErrorClass, Manifest, ManifestWrite, ObjectStatus, Outcome, Quarantined,
-    StateStore,
+    Checkpoint, Counts, ErrorClass, Manifest, ManifestWrite, ObjectStatus, Outcome, Quarantined, StateStore,
 };
 
 /// Records per chunk: 99 order writes plus the manifest fill one
@@ -65,9 +62,7 @@ pub enum Deadline {
 impl Deadline {
     /// A deadline that passes after `chunks` checks.
     pub fn after_chunks(chunks: usize) -> Self {
-        Self::AfterChunks(std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(
-            chunks,
-        )))
+        Self::AfterChunks(std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(chunks)))
     }
 
     fn near(&self, margin: Duration) -> bool {
@@ -75,11 +70,9 @@ impl Deadline {
             Self::None => false,
             Self::At(d) => SystemTime::now() + margin >= *d,
             Self::AfterChunks(left) => left
-                .fetch_update(
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                    |n| n.checked_sub(1),
-                )
+                .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+                    n.checked_sub(1)
+                })
                 .is_err(),
         }
     }
@@ -103,25 +96,13 @@ pub async fn handle<S: StateStore, O: ObjectSource>(
 ) -> Result<(Value, Summary, Vec<ObjectReport>), InvocationError> {
     let mut summary = Summary::default();
     let mut reports = Vec::new();
-    let is_sqs = payload
-        .pointer("/Records/0/eventSource")
-        .and_then(Value::as_str)
-        .is_some_and(|s| s == "aws:sqs");
+    let is_sqs = payload.pointer("/Records/0/eventSource").and_then(Value::as_str).is_some_and(|s| s == "aws:sqs");
     if !is_sqs {
         // Direct invocation by S3 or EventBridge: any failure retries the event.
         let notifications = s3::from_value(payload, 0);
         for notification in notifications {
             let notification = notification.map_err(|e| InvocationError::new(e.to_string()))?;
-            match process_notification(
-                store,
-                objects,
-                config,
-                &notification,
-                deadline,
-                &mut summary,
-            )
-            .await
-            {
+            match process_notification(store, objects, config, &notification, deadline, &mut summary).await {
                 Ok(Some(report)) if report.result == "UNFINISHED" => {
                     // No queue to hand the rest to: fail, so the retry resumes
                     // from the committed checkpoint.
@@ -135,10 +116,8 @@ pub async fn handle<S: StateStore, O: ObjectSource>(
                 Err(e) => return Err(InvocationError::new(e.to_string())),
             }
         }
-        let response = serde_json::to_value(DirectResponse {
-            objects: reports.clone(),
-        })
-        .map_err(|e| InvocationError::new(e.to_string()))?;
+        let response = serde_json::to_value(DirectResponse { objects: reports.clone() })
+            .map_err(|e| InvocationError::new(e.to_string()))?;
         return Ok((response, summary, reports));
     }
 
@@ -149,14 +128,8 @@ pub async fn handle<S: StateStore, O: ObjectSource>(
         let message = match sqs::Message::parse(record) {
             Ok(m) => m,
             Err(e) => {
-                let id = sqs::message_id_of(record)
-                    .map_or_else(|| format!("record-{index}"), str::to_owned);
-                quarantine.push(Quarantined::new(
-                    "sqs/ingest",
-                    id,
-                    e.to_string(),
-                    &record.to_string(),
-                ));
+                let id = sqs::message_id_of(record).map_or_else(|| format!("record-{index}"), str::to_owned);
+                quarantine.push(Quarantined::new("sqs/ingest", id, e.to_string(), &record.to_string()));
                 continue;
             }
         };
@@ -166,12 +139,7 @@ pub async fn handle<S: StateStore, O: ObjectSource>(
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "unusable notification quarantined");
-                    quarantine.push(Quarantined::new(
-                        "sqs/ingest",
-                        &message.message_id,
-                        e.to_string(),
-                        &message.body,
-                    ));
+                    quarantine.push(Quarantined::new("sqs/ingest", &message.message_id, e.to_string(), &message.body));
                     continue;
                 }
             };
@@ -181,16 +149,7 @@ pub async fn handle<S: StateStore, O: ObjectSource>(
                 summary.failed += 1;
                 break;
             }
-            match process_notification(
-                store,
-                objects,
-                config,
-                &notification,
-                deadline,
-                &mut summary,
-            )
-            .await
-            {
+            match process_notification(store, objects, config, &notification, deadline, &mut summary).await {
                 Ok(Some(report)) => {
                     if report.result == "UNFINISHED" {
                         failed.push(message.message_id.clone());
@@ -220,13 +179,8 @@ pub async fn handle<S: StateStore, O: ObjectSource>(
             }
         }
     }
-    let response = finish(
-        BatchResponse::failed(failed),
-        records.len(),
-        config.fail_on_all_failed,
-    )?;
-    let response =
-        serde_json::to_value(response).map_err(|e| InvocationError::new(e.to_string()))?;
+    let response = finish(BatchResponse::failed(failed), records.len(), config.fail_on_all_failed)?;
+    let response = serde_json::to_value(response).map_err(|e| InvocationError::new(e.to_string()))?;
     Ok((response, summary, reports))
 }
 
@@ -246,9 +200,7 @@ async fn process_notification<S: StateStore, O: ObjectSource>(
         Notification::ObjectCreated(object) => {
             let span = tracing::info_span!("object", bucket = %object.bucket, key = %object.key);
             let _guard = span.enter();
-            ingest_object(store, objects, config, object, deadline, summary)
-                .await
-                .map(Some)
+            ingest_object(store, objects, config, object, deadline, summary).await.map(Some)
         }
     }
 }
@@ -270,24 +222,10 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
     summary: &mut Summary,
 ) -> Result<ObjectReport, ObjectFailure> {
     let revision = object.revision().to_owned();
-    let report = |result, counts| ObjectReport {
-        uri: object.uri(),
-        revision: revision.clone(),
-        result,
-        counts,
-    };
-    let existing = store
-        .get_manifest(&object.bucket, &object.key, &revision)
-        .await
-        .map_err(store_failure)?;
-    if let Some(m) = existing
-        .as_ref()
-        .filter(|m| m.status != ObjectStatus::InProgress)
-    {
-        tracing::info!(
-            status = m.status.as_str(),
-            "object already processed; skipped"
-        );
+    let report = |result, counts| ObjectReport { uri: object.uri(), revision: revision.clone(), result, counts };
+    let existing = store.get_manifest(&object.bucket, &object.key, &revision).await.map_err(store_failure)?;
+    if let Some(m) = existing.as_ref().filter(|m| m.status != ObjectStatus::InProgress) {
+        tracing::info!(status = m.status.as_str(), "object already processed; skipped");
         summary.duplicate += 1;
         return Ok(report("SKIPPED", m.counts));
     }
@@ -301,32 +239,20 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
     // Ranged reads resume uncompressed objects at the checkpoint's byte;
     // compressed ones are re-read from the start and the done lines skipped.
     let ranged = by_key.is_some_and(|l| !l.gzip) && checkpoint.byte > 0;
-    let body = objects
-        .open(object, if ranged { checkpoint.byte } else { 0 })
-        .await
-        .map_err(|e| match e.class() {
-            ErrorClass::Transient => ObjectFailure::Transient(e.to_string()),
-            // A vanished object or a denied read cannot succeed later: quarantine it below.
-            _ => ObjectFailure::Transient(e.to_string()),
-        })?;
-    let Some(layout) = by_key.or_else(|| {
-        Layout::detect(
-            &object.key,
-            body.content_type.as_deref(),
-            body.content_encoding.as_deref(),
-        )
-    }) else {
+    let body = objects.open(object, if ranged { checkpoint.byte } else { 0 }).await.map_err(|e| match e.class() {
+        ErrorClass::Transient => ObjectFailure::Transient(e.to_string()),
+        // A vanished object or a denied read cannot succeed later: quarantine it below.
+        _ => ObjectFailure::Transient(e.to_string()),
+    })?;
+    let Some(layout) =
+        by_key.or_else(|| Layout::detect(&object.key, body.content_type.as_deref(), body.content_encoding.as_deref()))
+    else {
         let reason = format!(
             "unsupported object format: key {:?} (content type {:?}); expected .ndjson, .jsonl, .json or .csv, optionally .gz",
             object.key, body.content_type
         );
         tracing::warn!(%reason, "object rejected");
-        let q = Quarantined::new(
-            format!("s3/{}", object.bucket),
-            format!("{}@{revision}", object.key),
-            &reason,
-            "",
-        );
+        let q = Quarantined::new(format!("s3/{}", object.bucket), format!("{}@{revision}", object.key), &reason, "");
         store.quarantine(&[q]).await.map_err(store_failure)?;
         summary.quarantined += 1;
         let manifest = Manifest {
@@ -341,20 +267,12 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
             finished_at: Some(Utc::now()),
         };
         let write = ManifestWrite { manifest, expected };
-        store
-            .apply_orders(&[], Some(&move |_: &[Outcome]| write.clone()))
-            .await
-            .map_err(store_failure)?;
+        store.apply_orders(&[], None, Some(&move |_: &[Outcome]| write.clone())).await.map_err(store_failure)?;
         return Ok(report("REJECTED", counts));
     };
     let reader = decoded(body.reader, layout.gzip);
     let mut lines = if ranged {
-        LineReader::new(
-            reader,
-            config.max_line_bytes,
-            checkpoint.line + 1,
-            checkpoint.byte,
-        )
+        LineReader::new(reader, config.max_line_bytes, checkpoint.line + 1, checkpoint.byte)
     } else {
         LineReader::new(reader, config.max_line_bytes, 1, 0)
     };
@@ -364,10 +282,7 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
 
     loop {
         if deadline.near(config.deadline_margin) {
-            tracing::info!(
-                line = checkpoint.line,
-                "deadline near; stopping at the checkpoint"
-            );
+            tracing::info!(line = checkpoint.line, "deadline near; stopping at the checkpoint");
             return Ok(report("UNFINISHED", counts));
         }
         let mut events: Vec<OrderEvent> = Vec::new();
@@ -375,11 +290,7 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
         let mut finished = false;
         while events.len() + rejects.len() < CHUNK_RECORDS {
             let line = lines.next_line().await.map_err(|e| {
-                ObjectFailure::Transient(format!(
-                    "failed to read {} at byte {}: {e}",
-                    object.uri(),
-                    lines.offset()
-                ))
+                ObjectFailure::Transient(format!("failed to read {} at byte {}: {e}", object.uri(), lines.offset()))
             })?;
             let Some(line) = line else {
                 finished = true;
@@ -390,13 +301,10 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
             }
             let parsed: Result<OrderEvent, (LineError, String)> = match &line.content {
                 LineContent::Text(text) if text.trim().is_empty() => continue,
-                LineContent::Text(text)
-                    if layout.format == shared::object::Format::Csv && header.is_none() =>
-                {
+                LineContent::Text(text) if layout.format == shared::object::Format::Csv && header.is_none() => {
                     match split_csv(text) {
                         Ok(fields) => {
-                            header =
-                                Some(fields.into_iter().map(|f| f.trim().to_owned()).collect());
+                            header = Some(fields.into_iter().map(|f| f.trim().to_owned()).collect());
                             csv_header = Some(text.clone());
                         }
                         Err(e) => {
@@ -411,40 +319,29 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
                     }
                     continue;
                 }
-                LineContent::Text(text) => parse_record(layout.format, header.as_deref(), text)
-                    .map_err(|e| (e, text.clone())),
+                LineContent::Text(text) => {
+                    parse_record(layout.format, header.as_deref(), text).map_err(|e| (e, text.clone()))
+                }
                 LineContent::TooLong { length, prefix } => Err((
-                    LineError::TooLong {
-                        length: *length,
-                        limit: config.max_line_bytes,
-                    },
+                    LineError::TooLong { length: *length, limit: config.max_line_bytes },
                     String::from_utf8_lossy(prefix).into_owned(),
                 )),
-                LineContent::InvalidUtf8(bytes) => Err((
-                    LineError::InvalidUtf8,
-                    String::from_utf8_lossy(bytes).into_owned(),
-                )),
+                LineContent::InvalidUtf8(bytes) => {
+                    Err((LineError::InvalidUtf8, String::from_utf8_lossy(bytes).into_owned()))
+                }
             };
             match parsed {
                 Ok(e) => events.push(e),
                 Err((err, raw)) => {
                     tracing::info!(line = line.number, reason = %err, "line rejected");
-                    rejects.push(Quarantined::new(
-                        &source,
-                        format!("line-{}", line.number),
-                        err.to_string(),
-                        &raw,
-                    ));
+                    rejects.push(Quarantined::new(&source, format!("line-{}", line.number), err.to_string(), &raw));
                 }
             }
         }
         if !rejects.is_empty() {
             store.quarantine(&rejects).await.map_err(store_failure)?;
         }
-        let next = Checkpoint {
-            line: lines.next_number() - 1,
-            byte: lines.offset(),
-        };
+        let next = Checkpoint { line: lines.next_number() - 1, byte: lines.offset() };
         let base = Counts {
             lines: counts.lines + (events.len() + rejects.len()) as u64,
             rejected: counts.rejected + rejects.len() as u64,
@@ -454,11 +351,7 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
             bucket: object.bucket.clone(),
             key: object.key.clone(),
             revision: revision.clone(),
-            status: if finished {
-                ObjectStatus::Completed
-            } else {
-                ObjectStatus::InProgress
-            },
+            status: if finished { ObjectStatus::Completed } else { ObjectStatus::InProgress },
             counts: base,
             checkpoint: next,
             csv_header: csv_header.clone(),
@@ -471,15 +364,14 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
                 match o {
                     Outcome::Applied => manifest.counts.accepted += 1,
                     Outcome::Stale => manifest.counts.stale += 1,
-                    Outcome::Duplicate => manifest.counts.duplicates += 1,
+                    // No markers here: the checkpoint committed with each chunk
+                    // is what makes every line count once.
+                    Outcome::Duplicate | Outcome::KeyReused => manifest.counts.duplicates += 1,
                 }
             }
             ManifestWrite { manifest, expected }
         };
-        let outcomes = store
-            .apply_orders(&events, Some(&build))
-            .await
-            .map_err(store_failure)?;
+        let outcomes = store.apply_orders(&events, None, Some(&build)).await.map_err(store_failure)?;
         counts = build(&outcomes).manifest.counts;
         summary.quarantined += rejects.len() as u64;
         for o in outcomes {

@@ -15,18 +15,13 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config = Config::from_env()?;
     let sdk = aws_sdk_config().await;
-    let store = DynamoStore::new(
-        dynamodb_client(&sdk),
-        config.state_table.clone(),
-        config.idempotency_table.clone(),
-        config.idempotency_key_prefix.clone(),
-    );
+    let store = DynamoStore::new(dynamodb_client(&sdk), config.state_table.clone(), config.idempotency_table.clone())
+        .with_marker_ttl(config.idempotency_ttl);
     let objects = S3Source::new(s3_client(&sdk));
     let (store, objects, config) = (&store, &objects, &config);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let deadline = Deadline::At(UNIX_EPOCH + Duration::from_millis(event.context.deadline));
-        let (response, summary, _) =
-            s3_ingest::handle(store, objects, config, &event.payload, &deadline).await?;
+        let (response, summary, _) = s3_ingest::handle(store, objects, config, &event.payload, &deadline).await?;
         summary.log("s3-ingest");
         Ok::<_, Error>(response)
     }))

@@ -27,11 +27,7 @@ fn sources() -> MemorySource {
     for entry in std::fs::read_dir(data).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        source.insert(
-            BUCKET,
-            &format!("incoming/{name}"),
-            std::fs::read(&path).unwrap(),
-        );
+        source.insert(BUCKET, &format!("incoming/{name}"), std::fs::read(&path).unwrap());
     }
     source
 }
@@ -42,167 +38,71 @@ fn fixture(text: &str) -> Value {
 
 async fn run(event: &Value) -> (MemoryStore, Value, Summary) {
     let store = MemoryStore::new();
-    let (response, summary, _) = handle(&store, &sources(), &config(), event, &Deadline::None)
-        .await
-        .unwrap();
+    let (response, summary, _) = handle(&store, &sources(), &config(), event, &Deadline::None).await.unwrap();
     (store, response, summary)
 }
 
 #[tokio::test]
 async fn direct_s3_event_ingests_ndjson_and_rejects_bad_lines() {
-    let (store, response, summary) =
-        run(&fixture(include_str!("../../../events/s3-direct.json"))).await;
+    let (store, response, summary) = run(&fixture(include_str!("../../../events/s3-direct.json"))).await;
     assert_eq!(response["objects"][0]["result"], "COMPLETED");
-    assert_eq!(
-        summary,
-        Summary {
-            applied: 3,
-            stale: 2,
-            quarantined: 2,
-            ..Summary::default()
-        }
-    );
+    assert_eq!(summary, Summary { applied: 3, stale: 2, quarantined: 2, ..Summary::default() });
     let manifest = &store.manifests()[0];
     assert_eq!(manifest.key, "incoming/orders.ndjson");
     assert_eq!(manifest.status, ObjectStatus::Completed);
-    assert_eq!(
-        manifest.counts,
-        Counts {
-            lines: 7,
-            accepted: 3,
-            rejected: 2,
-            stale: 2,
-            duplicates: 0
-        }
-    );
-    let size = std::fs::metadata(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../events/data/orders.ndjson"
-    ))
-    .unwrap()
-    .len();
-    assert_eq!(
-        manifest.checkpoint,
-        Checkpoint {
-            line: 7,
-            byte: size
-        }
-    );
-    let mut rejected: Vec<(String, String)> = store
-        .quarantined()
-        .into_iter()
-        .map(|q| (q.record_id, q.reason))
-        .collect();
+    assert_eq!(manifest.counts, Counts { lines: 7, accepted: 3, rejected: 2, stale: 2, duplicates: 0 });
+    let size =
+        std::fs::metadata(concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/data/orders.ndjson")).unwrap().len();
+    assert_eq!(manifest.checkpoint, Checkpoint { line: 7, byte: size });
+    let mut rejected: Vec<(String, String)> =
+        store.quarantined().into_iter().map(|q| (q.record_id, q.reason)).collect();
     rejected.sort();
     assert_eq!(rejected[0].0, "line-4");
     assert!(rejected[0].1.starts_with("malformed JSON"), "{rejected:?}");
     assert_eq!(
         rejected[1],
-        (
-            "line-7".into(),
-            "currency: must be an ISO 4217 code (3 upper-case letters), got \"usd\"".into()
-        )
+        ("line-7".into(), "currency: must be an ISO 4217 code (3 upper-case letters), got \"usd\"".into())
     );
     let orders = store.orders();
-    assert_eq!(
-        orders.keys().collect::<Vec<_>>(),
-        ["o-1001", "o-1002", "o-1003"]
-    );
+    assert_eq!(orders.keys().collect::<Vec<_>>(), ["o-1001", "o-1002", "o-1003"]);
     assert_eq!(orders["o-1001"].last_event_id, "e-1001-2");
 }
 
 #[tokio::test]
 async fn key_with_spaces_and_plus_signs_is_decoded() {
-    let (store, _, summary) = run(&fixture(include_str!(
-        "../../../events/s3-key-with-spaces-and-plus.json"
-    )))
-    .await;
+    let (store, _, summary) = run(&fixture(include_str!("../../../events/s3-key-with-spaces-and-plus.json"))).await;
     assert_eq!(summary.applied, 2);
-    assert_eq!(
-        store.manifests()[0].key,
-        "incoming/daily orders+extra.ndjson"
-    );
+    assert_eq!(store.manifests()[0].key, "incoming/daily orders+extra.ndjson");
 }
 
 #[tokio::test]
 async fn s3_notification_via_sqs_ingests_csv_and_acknowledges_the_test_event() {
-    let (store, response, summary) =
-        run(&fixture(include_str!("../../../events/s3-via-sqs.json"))).await;
+    let (store, response, summary) = run(&fixture(include_str!("../../../events/s3-via-sqs.json"))).await;
     assert_eq!(response, json!({"batchItemFailures": []}));
-    assert_eq!(
-        summary,
-        Summary {
-            applied: 2,
-            stale: 1,
-            quarantined: 2,
-            ignored: 1,
-            ..Summary::default()
-        }
-    );
+    assert_eq!(summary, Summary { applied: 2, stale: 1, quarantined: 2, ignored: 1, ..Summary::default() });
     let m = &store.manifests()[0];
-    assert_eq!(
-        m.counts,
-        Counts {
-            lines: 5,
-            accepted: 2,
-            rejected: 2,
-            stale: 1,
-            duplicates: 0
-        }
-    );
+    assert_eq!(m.counts, Counts { lines: 5, accepted: 2, rejected: 2, stale: 1, duplicates: 0 });
     let reasons: Vec<String> = store.quarantined().into_iter().map(|q| q.reason).collect();
+    assert!(reasons.contains(&"amount: must be a decimal number, got \"1,5\"".to_owned()), "{reasons:?}");
     assert!(
-        reasons.contains(&"amount: must be a decimal number, got \"1,5\"".to_owned()),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons
-            .contains(&"occurredAt: must be an RFC 3339 timestamp, got \"not-a-time\"".to_owned()),
+        reasons.contains(&"occurredAt: must be an RFC 3339 timestamp, got \"not-a-time\"".to_owned()),
         "{reasons:?}"
     );
 }
 
 #[tokio::test]
 async fn sns_wrapped_notification_ingests_gzip_ndjson() {
-    let (store, _, summary) = run(&fixture(include_str!(
-        "../../../events/s3-via-sns-sqs.json"
-    )))
-    .await;
-    assert_eq!(
-        summary,
-        Summary {
-            applied: 2,
-            stale: 1,
-            quarantined: 1,
-            ..Summary::default()
-        }
-    );
-    assert_eq!(
-        store.orders()["o-3001"].last_event_id,
-        "e-3001-1",
-        "the older event did not move the order back"
-    );
+    let (store, _, summary) = run(&fixture(include_str!("../../../events/s3-via-sns-sqs.json"))).await;
+    assert_eq!(summary, Summary { applied: 2, stale: 1, quarantined: 1, ..Summary::default() });
+    assert_eq!(store.orders()["o-3001"].last_event_id, "e-3001-1", "the older event did not move the order back");
     assert_eq!(store.quarantined()[0].reason, "eventId: missing");
 }
 
 #[tokio::test]
 async fn eventbridge_notification_ingests_gzip_csv() {
-    let (store, _, summary) = run(&fixture(include_str!(
-        "../../../events/s3-eventbridge-via-sqs.json"
-    )))
-    .await;
-    assert_eq!(
-        summary,
-        Summary {
-            applied: 2,
-            quarantined: 1,
-            ..Summary::default()
-        }
-    );
-    assert_eq!(
-        store.quarantined()[0].reason,
-        "amount: must be >= 0, got -2.00"
-    );
+    let (store, _, summary) = run(&fixture(include_str!("../../../events/s3-eventbridge-via-sqs.json"))).await;
+    assert_eq!(summary, Summary { applied: 2, quarantined: 1, ..Summary::default() });
+    assert_eq!(store.quarantined()[0].reason, "amount: must be >= 0, got -2.00");
     assert_eq!(store.manifests()[0].key, "incoming/orders.csv.gz");
 }
 
@@ -211,21 +111,11 @@ async fn re_notified_completed_object_is_skipped() {
     let event = fixture(include_str!("../../../events/s3-direct.json"));
     let store = MemoryStore::new();
     let source = sources();
-    handle(&store, &source, &config(), &event, &Deadline::None)
-        .await
-        .unwrap();
+    handle(&store, &source, &config(), &event, &Deadline::None).await.unwrap();
     let orders = store.orders();
-    let (response, summary, _) = handle(&store, &source, &config(), &event, &Deadline::None)
-        .await
-        .unwrap();
+    let (response, summary, _) = handle(&store, &source, &config(), &event, &Deadline::None).await.unwrap();
     assert_eq!(response["objects"][0]["result"], "SKIPPED");
-    assert_eq!(
-        summary,
-        Summary {
-            duplicate: 1,
-            ..Summary::default()
-        }
-    );
+    assert_eq!(summary, Summary { duplicate: 1, ..Summary::default() });
     assert_eq!(store.orders(), orders);
 }
 
@@ -236,9 +126,7 @@ async fn empty_object_completes_with_zero_counts() {
     source.insert(BUCKET, "incoming/empty.ndjson", Vec::new());
     let event = json!({"Records": [{"eventName": "ObjectCreated:Put",
         "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/empty.ndjson", "eTag": "d41d8cd9"}}}]});
-    let (response, _, _) = handle(&store, &source, &config(), &event, &Deadline::None)
-        .await
-        .unwrap();
+    let (response, _, _) = handle(&store, &source, &config(), &event, &Deadline::None).await.unwrap();
     assert_eq!(response["objects"][0]["result"], "COMPLETED");
     assert_eq!(store.manifests()[0].counts, Counts::default());
 }
@@ -250,15 +138,9 @@ async fn unsupported_format_is_quarantined_not_retried() {
     source.insert(BUCKET, "incoming/picture.png", vec![0x89, b'P', b'N', b'G']);
     let event = json!({"Records": [{"eventName": "ObjectCreated:Put",
         "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/picture.png", "eTag": "abc"}}}]});
-    let (response, _, _) = handle(&store, &source, &config(), &event, &Deadline::None)
-        .await
-        .unwrap();
+    let (response, _, _) = handle(&store, &source, &config(), &event, &Deadline::None).await.unwrap();
     assert_eq!(response["objects"][0]["result"], "REJECTED");
-    assert!(
-        store.quarantined()[0]
-            .reason
-            .starts_with("unsupported object format")
-    );
+    assert!(store.quarantined()[0].reason.starts_with("unsupported object format"));
     assert_eq!(store.manifests()[0].status, ObjectStatus::Failed);
 }
 
@@ -287,9 +169,7 @@ async fn interrupted_then_resumed(key: &str, body: Vec<u8>) {
         "s3": {"bucket": {"name": BUCKET}, "object": {"key": key, "eTag": "e1"}}}]}).to_string()}]});
 
     let clean = MemoryStore::new();
-    handle(&clean, &source, &config(), &event, &Deadline::None)
-        .await
-        .unwrap();
+    handle(&clean, &source, &config(), &event, &Deadline::None).await.unwrap();
 
     let interrupted = MemoryStore::new();
     let mut invocations = 0;
@@ -297,15 +177,8 @@ async fn interrupted_then_resumed(key: &str, body: Vec<u8>) {
         invocations += 1;
         assert!(invocations < 50, "no progress");
         // Two deadline checks per invocation: the message, then one chunk.
-        let (response, _, _) = handle(
-            &interrupted,
-            &source,
-            &config(),
-            &event,
-            &Deadline::after_chunks(2),
-        )
-        .await
-        .unwrap();
+        let (response, _, _) =
+            handle(&interrupted, &source, &config(), &event, &Deadline::after_chunks(2)).await.unwrap();
         if response["batchItemFailures"].as_array().unwrap().is_empty() {
             break;
         }
@@ -314,21 +187,12 @@ async fn interrupted_then_resumed(key: &str, body: Vec<u8>) {
             "unfinished object hands its message back"
         );
     }
-    assert!(
-        invocations >= 3,
-        "the object took several invocations ({invocations})"
-    );
+    assert!(invocations >= 3, "the object took several invocations ({invocations})");
     assert_eq!(interrupted.orders(), clean.orders());
     assert_eq!(interrupted.quarantined(), clean.quarantined());
     let (a, b) = (&interrupted.manifests()[0], &clean.manifests()[0]);
-    assert_eq!(
-        (a.status, a.counts, a.checkpoint),
-        (b.status, b.counts, b.checkpoint)
-    );
-    assert_eq!(
-        a.counts.lines,
-        a.counts.accepted + a.counts.rejected + a.counts.stale + a.counts.duplicates
-    );
+    assert_eq!((a.status, a.counts, a.checkpoint), (b.status, b.counts, b.checkpoint));
+    assert_eq!(a.counts.lines, a.counts.accepted + a.counts.rejected + a.counts.stale + a.counts.duplicates);
 }
 
 #[tokio::test]
@@ -353,8 +217,7 @@ fn fixtures_round_trip_through_aws_lambda_events() {
         include_str!("../../../events/s3-key-with-spaces-and-plus.json"),
     ] {
         let parsed: S3Event = serde_json::from_str(text).unwrap();
-        let reparsed: S3Event =
-            serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
+        let reparsed: S3Event = serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
         assert_eq!(parsed, reparsed);
     }
     for text in [
@@ -363,8 +226,7 @@ fn fixtures_round_trip_through_aws_lambda_events() {
         include_str!("../../../events/s3-eventbridge-via-sqs.json"),
     ] {
         let parsed: SqsEvent = serde_json::from_str(text).unwrap();
-        let reparsed: SqsEvent =
-            serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
+        let reparsed: SqsEvent = serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
         assert_eq!(parsed, reparsed);
     }
 }

@@ -10,8 +10,9 @@ use serde_json::Value;
 use shared::batch::{BatchResponse, InvocationError, Summary, finish};
 use shared::config::Config;
 use shared::event::{self, sqs};
+use shared::idempotency::{IdempotencyKey, payload_hash};
 use shared::order::{OrderEvent, parse_order_event};
-use shared::state::{ErrorClass, Quarantined, StateStore};
+use shared::state::{ErrorClass, Marker, Outcome, Quarantined, StateStore};
 
 /// The quarantine source of messages of a queue: `sqs/<queue name>`.
 fn source_of(arn: Option<&str>) -> String {
@@ -30,31 +31,41 @@ pub async fn handle<S: StateStore>(
     let mut failed: Vec<String> = Vec::new();
     let mut quarantine: Vec<(String, Quarantined)> = Vec::new();
     let mut events: Vec<(String, OrderEvent)> = Vec::new();
+    let mut markers: Vec<Marker> = Vec::new();
+    let mut bodies: Vec<(String, String)> = Vec::new(); // (source, body) per event
+    let keys = IdempotencyKey::new(&config.idempotency_key_prefix);
 
     for (index, record) in records.iter().enumerate() {
         let message = match sqs::Message::parse(record) {
             Ok(m) => m,
             Err(e) => {
-                let id = sqs::message_id_of(record)
-                    .map_or_else(|| format!("record-{index}"), str::to_owned);
+                let id = sqs::message_id_of(record).map_or_else(|| format!("record-{index}"), str::to_owned);
                 tracing::warn!(message_id = %id, error = %e, "unparseable SQS record quarantined");
                 let source = source_of(record.get("eventSourceARN").and_then(Value::as_str));
-                quarantine.push((
-                    id.clone(),
-                    Quarantined::new(source, id, e.to_string(), &record.to_string()),
-                ));
+                quarantine.push((id.clone(), Quarantined::new(source, id, e.to_string(), &record.to_string())));
                 continue;
             }
         };
         let _span = tracing::info_span!("record", message_id = %message.message_id).entered();
-        match parse_order_event(&message.body) {
-            Ok(order_event) => events.push((message.message_id.clone(), order_event)),
+        let parsed = parse_order_event(&message.body).map_err(|e| e.to_string()).and_then(|event| {
+            match keys.sqs(&config.idempotency_key_source, &message) {
+                Ok(Some(key)) => Ok((event, key)),
+                Ok(None) => Err("no idempotency key".to_owned()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        match parsed {
+            Ok((order_event, key)) => {
+                markers.push(Marker { key, validation: Some(payload_hash(message.body.as_bytes())) });
+                bodies.push((source_of(message.event_source_arn.as_deref()), message.body.clone()));
+                events.push((message.message_id.clone(), order_event));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "invalid order event quarantined");
                 let source = source_of(message.event_source_arn.as_deref());
                 quarantine.push((
                     message.message_id.clone(),
-                    Quarantined::new(source, &message.message_id, e.to_string(), &message.body),
+                    Quarantined::new(source, &message.message_id, e, &message.body),
                 ));
             }
         }
@@ -77,11 +88,31 @@ pub async fn handle<S: StateStore>(
 
     if !events.is_empty() {
         let batch: Vec<OrderEvent> = events.iter().map(|(_, e)| e.clone()).collect();
-        match store.apply_orders(&batch, None).await {
+        match store.apply_orders(&batch, Some(&markers), None).await {
             Ok(outcomes) => {
-                for ((message_id, e), outcome) in events.iter().zip(outcomes) {
+                let mut reused = Vec::new();
+                for (((message_id, e), outcome), (source, body)) in events.iter().zip(outcomes).zip(&bodies) {
                     tracing::info!(message_id, order_id = %e.order_id, event_id = %e.event_id, ?outcome, "order event");
-                    summary.count(outcome);
+                    if outcome == Outcome::KeyReused {
+                        let reason = format!(
+                            "idempotency key {} was already used with a different payload",
+                            markers_key(&markers, &events, message_id)
+                        );
+                        reused.push((message_id.clone(), Quarantined::new(source, message_id, reason, body)));
+                    } else {
+                        summary.count(outcome);
+                    }
+                }
+                if !reused.is_empty() {
+                    let items: Vec<Quarantined> = reused.iter().map(|(_, q)| q.clone()).collect();
+                    match store.quarantine(&items).await {
+                        Ok(()) => summary.quarantined += items.len() as u64,
+                        Err(e) => {
+                            tracing::error!(error = %e, "quarantine write failed; reporting the messages for retry");
+                            failed.extend(reused.iter().map(|(id, _)| id.clone()));
+                            summary.failed += items.len() as u64;
+                        }
+                    }
                 }
             }
             Err(e) if e.class() == ErrorClass::Fatal => {
@@ -101,22 +132,18 @@ pub async fn handle<S: StateStore>(
     // failures to the later messages of each failed group.
     let failed = extend_fifo_failures(records, failed);
     summary.failed = summary.failed.max(failed.len() as u64);
-    let response = finish(
-        BatchResponse::failed(failed),
-        records.len(),
-        config.fail_on_all_failed,
-    )?;
+    let response = finish(BatchResponse::failed(failed), records.len(), config.fail_on_all_failed)?;
     Ok((response, summary))
+}
+
+fn markers_key<'a>(markers: &'a [Marker], events: &[(String, OrderEvent)], message_id: &str) -> &'a str {
+    events.iter().position(|(id, _)| id == message_id).map_or("?", |i| markers[i].key.as_str())
 }
 
 /// Adds, for each FIFO message group with a failed message, every later
 /// message of that group.
 fn extend_fifo_failures(records: &[Value], failed: Vec<String>) -> Vec<String> {
-    let group_of = |r: &Value| {
-        r.pointer("/attributes/MessageGroupId")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
+    let group_of = |r: &Value| r.pointer("/attributes/MessageGroupId").and_then(Value::as_str).map(str::to_owned);
     let mut failed_groups = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(failed.len());
     for record in records {

@@ -1,6 +1,6 @@
 //! Handler tests over the fixture events, with the in-memory store.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use shared::batch::Summary;
 use shared::config::Config;
 use shared::order::OrderStatus;
@@ -23,30 +23,13 @@ fn fixture(text: &str) -> Value {
 #[tokio::test]
 async fn standard_batch_applies_new_events_and_counts_stale_and_duplicate() {
     let store = MemoryStore::new();
-    let (response, summary) = handle(
-        &store,
-        &config(),
-        &fixture(include_str!("../../../events/sqs-standard.json")),
-    )
-    .await
-    .unwrap();
+    let (response, summary) =
+        handle(&store, &config(), &fixture(include_str!("../../../events/sqs-standard.json"))).await.unwrap();
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
-    assert_eq!(
-        summary,
-        Summary {
-            applied: 2,
-            stale: 1,
-            duplicate: 1,
-            ..Summary::default()
-        }
-    );
+    assert_eq!(summary, Summary { applied: 2, stale: 1, duplicate: 1, ..Summary::default() });
     let orders = store.orders();
     assert_eq!(orders["o-6001"].last_event_id, "e-6001-1");
-    assert_eq!(
-        orders["o-6001"].amount.to_string(),
-        "30",
-        "amounts are stored normalised"
-    );
+    assert_eq!(orders["o-6001"].amount.to_string(), "30", "amounts are stored normalised");
     assert_eq!(orders["o-6002"].status, OrderStatus::Paid);
     assert_eq!(orders["o-6002"].amount.to_string(), "8.5");
 }
@@ -67,23 +50,11 @@ async fn redelivered_batch_changes_nothing() {
 #[tokio::test]
 async fn fifo_batch_ends_with_the_latest_event_of_each_order() {
     let store = MemoryStore::new();
-    let (response, summary) = handle(
-        &store,
-        &config(),
-        &fixture(include_str!("../../../events/sqs-fifo.json")),
-    )
-    .await
-    .unwrap();
+    let (response, summary) =
+        handle(&store, &config(), &fixture(include_str!("../../../events/sqs-fifo.json"))).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
     // Two events per order in one batch: the later one is written, the earlier is superseded (stale).
-    assert_eq!(
-        summary,
-        Summary {
-            applied: 2,
-            stale: 2,
-            ..Summary::default()
-        }
-    );
+    assert_eq!(summary, Summary { applied: 2, stale: 2, ..Summary::default() });
     let orders = store.orders();
     assert_eq!(orders["o-7001"].status, OrderStatus::Shipped);
     assert_eq!(orders["o-7002"].status, OrderStatus::Cancelled);
@@ -92,57 +63,25 @@ async fn fifo_batch_ends_with_the_latest_event_of_each_order() {
 #[tokio::test]
 async fn poison_messages_are_quarantined_with_reasons_and_acknowledged() {
     let store = MemoryStore::new();
-    let (response, summary) = handle(
-        &store,
-        &config(),
-        &fixture(include_str!("../../../events/sqs-poison.json")),
-    )
-    .await
-    .unwrap();
-    assert!(
-        response.batch_item_failures.is_empty(),
-        "poison is acknowledged, not retried"
-    );
-    assert_eq!(
-        summary,
-        Summary {
-            applied: 2,
-            quarantined: 3,
-            ..Summary::default()
-        }
-    );
-    let mut reasons: Vec<(String, String)> = store
-        .quarantined()
-        .into_iter()
-        .map(|q| (q.record_id, q.reason))
-        .collect();
+    let (response, summary) =
+        handle(&store, &config(), &fixture(include_str!("../../../events/sqs-poison.json"))).await.unwrap();
+    assert!(response.batch_item_failures.is_empty(), "poison is acknowledged, not retried");
+    assert_eq!(summary, Summary { applied: 2, quarantined: 3, ..Summary::default() });
+    let mut reasons: Vec<(String, String)> = store.quarantined().into_iter().map(|q| (q.record_id, q.reason)).collect();
     reasons.sort();
     assert_eq!(reasons.len(), 3);
     assert_eq!(reasons[0].0, "9d4a7e21-0001-4b8c-bd3e-000000000002");
     assert!(reasons[0].1.starts_with("malformed JSON"), "{reasons:?}");
-    assert_eq!(
-        reasons[1].1,
-        "amount: must have at most 2 decimal places, got 5.123"
-    );
-    assert_eq!(
-        reasons[2].1,
-        "status: must be PLACED, PAID, SHIPPED or CANCELLED, got \"REFUNDED\""
-    );
-    assert!(
-        store
-            .quarantined()
-            .iter()
-            .all(|q| q.source == "sqs/stream-processor-orders")
-    );
+    assert_eq!(reasons[1].1, "amount: must have at most 2 decimal places, got 5.123");
+    assert_eq!(reasons[2].1, "status: must be PLACED, PAID, SHIPPED or CANCELLED, got \"REFUNDED\"");
+    assert!(store.quarantined().iter().all(|q| q.source == "sqs/stream-processor-orders"));
     assert_eq!(store.orders().len(), 2);
 }
 
 #[tokio::test]
 async fn event_without_records_fails_the_invocation_with_a_clear_message() {
     let store = MemoryStore::new();
-    let err = handle(&store, &config(), &serde_json::json!({"hello": "world"}))
-        .await
-        .unwrap_err();
+    let err = handle(&store, &config(), &serde_json::json!({"hello": "world"})).await.unwrap_err();
     assert_eq!(err.to_string(), "event: missing field `Records`");
 }
 
@@ -158,10 +97,7 @@ async fn record_without_message_id_or_body_is_quarantined_not_fatal() {
     assert_eq!(summary.quarantined, 2);
     let reasons: Vec<String> = store.quarantined().into_iter().map(|q| q.reason).collect();
     assert!(reasons.iter().any(|r| r.contains("`body`")), "{reasons:?}");
-    assert!(
-        reasons.iter().any(|r| r.contains("`messageId`")),
-        "{reasons:?}"
-    );
+    assert!(reasons.iter().any(|r| r.contains("`messageId`")), "{reasons:?}");
 }
 
 #[test]
@@ -173,8 +109,28 @@ fn fixtures_round_trip_through_aws_lambda_events() {
         include_str!("../../../events/sqs-poison.json"),
     ] {
         let parsed: SqsEvent = serde_json::from_str(text).unwrap();
-        let reparsed: SqsEvent =
-            serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
+        let reparsed: SqsEvent = serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
         assert_eq!(parsed, reparsed);
     }
+}
+
+#[tokio::test]
+async fn reused_event_id_with_a_different_payload_is_quarantined_not_applied() {
+    let store = MemoryStore::new();
+    let event = fixture(include_str!("../../../events/sqs-standard.json"));
+    handle(&store, &config(), &event).await.unwrap();
+    let mut changed = event.clone();
+    let body = changed["Records"][0]["body"].as_str().unwrap().replace("30.00", "31.00");
+    changed["Records"][0]["body"] = Value::from(body);
+    changed["Records"][0]["messageId"] = Value::from("resent-1");
+    let (response, summary) =
+        handle(&store, &config(), &json!({"Records": [changed["Records"][0].clone()]})).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(summary, Summary { quarantined: 1, ..Summary::default() });
+    let q = store.quarantined();
+    assert_eq!(
+        q[0].reason,
+        "idempotency key orders#sqs-body#/eventId=e-6001-1 was already used with a different payload"
+    );
+    assert_eq!(store.orders()["o-6001"].amount.to_string(), "30");
 }

@@ -12,14 +12,10 @@ use serde_json::Value;
 use shared::batch::{BatchResponse, InvocationError, Summary, finish};
 use shared::config::Config;
 use shared::event::{self, stream};
+use shared::idempotency::IdempotencyKey;
 use shared::order::totals_delta;
 use shared::state::item::{is_order, order_from_item};
 use shared::state::{DeltaRecord, ErrorClass, Quarantined, StateStore};
-
-/// Idempotency key of a stream record: its `eventID`, unique per change.
-pub fn idempotency_key(event_id: &str) -> String {
-    format!("ddb-stream#{event_id}")
-}
 
 enum Planned {
     Delta(DeltaRecord),
@@ -29,62 +25,44 @@ enum Planned {
 
 fn source_of(record: &Value) -> String {
     // arn:aws:dynamodb:region:account:table/NAME/stream/LABEL
-    let table = record
-        .get("eventSourceARN")
-        .and_then(Value::as_str)
-        .and_then(|arn| arn.split('/').nth(1))
-        .unwrap_or("unknown");
+    let table =
+        record.get("eventSourceARN").and_then(Value::as_str).and_then(|arn| arn.split('/').nth(1)).unwrap_or("unknown");
     format!("ddb-stream/{table}")
 }
 
-fn plan(record: &Value, index: usize) -> (String, Planned) {
+fn plan(keys: &IdempotencyKey, record: &Value, index: usize) -> (String, Planned) {
     let parsed = match stream::Record::parse(record) {
         Ok(r) => r,
         Err(e) => {
-            let id = stream::sequence_number_of(record)
-                .map_or_else(|| format!("record-{index}"), str::to_owned);
+            let id = stream::sequence_number_of(record).map_or_else(|| format!("record-{index}"), str::to_owned);
             return (
                 id.clone(),
-                Planned::Quarantine(Quarantined::new(
-                    source_of(record),
-                    id,
-                    e.to_string(),
-                    &record.to_string(),
-                )),
+                Planned::Quarantine(Quarantined::new(source_of(record), id, e.to_string(), &record.to_string())),
             );
         }
     };
     // Reported on failure; records without one (DynamoDB via Kinesis) fall
     // back to their eventID.
-    let seq = parsed
-        .sequence_number
-        .clone()
-        .unwrap_or_else(|| parsed.event_id.clone());
+    let seq = parsed.sequence_number.clone().unwrap_or_else(|| parsed.event_id.clone());
     let order_image = |image: &Option<serde_dynamo::Item>| image.as_ref().is_some_and(is_order);
-    let is_order_record =
-        is_order(&parsed.keys) || order_image(&parsed.new_image) || order_image(&parsed.old_image);
+    let is_order_record = is_order(&parsed.keys) || order_image(&parsed.new_image) || order_image(&parsed.old_image);
     if !is_order_record {
         return (seq, Planned::Ignore);
     }
     let read = |image: &Option<serde_dynamo::Item>| image.as_ref().map(order_from_item).transpose();
     match (read(&parsed.old_image), read(&parsed.new_image)) {
-        (Ok(old), Ok(new)) => {
-            let deltas = totals_delta(old.as_ref(), new.as_ref());
-            (
-                seq,
-                Planned::Delta(DeltaRecord {
-                    idempotency_key: idempotency_key(&parsed.event_id),
-                    deltas,
-                }),
-            )
-        }
+        (Ok(old), Ok(new)) => match keys.stream(&parsed) {
+            Ok(Some(key)) => {
+                let deltas = totals_delta(old.as_ref(), new.as_ref());
+                (seq, Planned::Delta(DeltaRecord { idempotency_key: key, deltas }))
+            }
+            Ok(None) | Err(_) => {
+                let q = Quarantined::new(source_of(record), &seq, "no eventID to deduplicate by", &record.to_string());
+                (seq, Planned::Quarantine(q))
+            }
+        },
         (Err(e), _) | (_, Err(e)) => {
-            let q = Quarantined::new(
-                source_of(record),
-                &seq,
-                format!("order image: {e}"),
-                &record.to_string(),
-            );
+            let q = Quarantined::new(source_of(record), &seq, format!("order image: {e}"), &record.to_string());
             (seq, Planned::Quarantine(q))
         }
     }
@@ -98,23 +76,14 @@ pub async fn handle<S: StateStore>(
 ) -> Result<(BatchResponse, Summary), InvocationError> {
     let records = event::records(payload).map_err(|e| InvocationError::new(e.to_string()))?;
     let mut summary = Summary::default();
-    let planned: Vec<(String, Planned)> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| plan(r, i))
-        .collect();
+    let keys = IdempotencyKey::new(&config.idempotency_key_prefix);
+    let planned: Vec<(String, Planned)> = records.iter().enumerate().map(|(i, r)| plan(&keys, r, i)).collect();
 
     // Quarantine first: these records are acknowledged only once their
     // quarantine item is written.
     let quarantine: Vec<Quarantined> = planned
         .iter()
-        .filter_map(|(_, p)| {
-            if let Planned::Quarantine(q) = p {
-                Some(q.clone())
-            } else {
-                None
-            }
-        })
+        .filter_map(|(_, p)| if let Planned::Quarantine(q) = p { Some(q.clone()) } else { None })
         .collect();
     let mut first_failure: Option<usize> = None;
     if !quarantine.is_empty() {
@@ -125,20 +94,14 @@ pub async fn handle<S: StateStore>(
             }
             Err(e) => {
                 tracing::error!(error = %e, "quarantine write failed");
-                first_failure = planned
-                    .iter()
-                    .position(|(_, p)| matches!(p, Planned::Quarantine(_)));
+                first_failure = planned.iter().position(|(_, p)| matches!(p, Planned::Quarantine(_)));
             }
         }
     }
 
     // Deltas in shard order; they commit in chunks, a prefix at a time.
-    let delta_positions: Vec<usize> = planned
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, p))| matches!(p, Planned::Delta(_)))
-        .map(|(i, _)| i)
-        .collect();
+    let delta_positions: Vec<usize> =
+        planned.iter().enumerate().filter(|(_, (_, p))| matches!(p, Planned::Delta(_))).map(|(i, _)| i).collect();
     let limit = first_failure.unwrap_or(planned.len());
     let deltas: Vec<DeltaRecord> = delta_positions
         .iter()
@@ -161,10 +124,9 @@ pub async fn handle<S: StateStore>(
         let failed_at = delta_positions[outcomes.len()];
         first_failure = Some(first_failure.map_or(failed_at, |f| f.min(failed_at)));
     }
-    summary.ignored = planned[..first_failure.unwrap_or(planned.len())]
-        .iter()
-        .filter(|(_, p)| matches!(p, Planned::Ignore))
-        .count() as u64;
+    summary.ignored =
+        planned[..first_failure.unwrap_or(planned.len())].iter().filter(|(_, p)| matches!(p, Planned::Ignore)).count()
+            as u64;
     let response = match first_failure {
         Some(i) => {
             summary.failed = (planned.len() - i) as u64;
@@ -174,10 +136,6 @@ pub async fn handle<S: StateStore>(
     };
     // "Every record failed" for a stream means the first record failed.
     let all_failed = first_failure == Some(0);
-    let response = finish(
-        response,
-        if all_failed { 1 } else { 0 },
-        config.fail_on_all_failed && all_failed,
-    )?;
+    let response = finish(response, if all_failed { 1 } else { 0 }, config.fail_on_all_failed && all_failed)?;
     Ok((response, summary))
 }

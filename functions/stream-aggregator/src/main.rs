@@ -11,12 +11,8 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config = Config::from_env()?;
     let sdk = aws_sdk_config().await;
-    let store = DynamoStore::new(
-        dynamodb_client(&sdk),
-        config.state_table.clone(),
-        config.idempotency_table.clone(),
-        config.idempotency_key_prefix.clone(),
-    );
+    let store = DynamoStore::new(dynamodb_client(&sdk), config.state_table.clone(), config.idempotency_table.clone())
+        .with_marker_ttl(config.idempotency_ttl);
     let (store, config) = (&store, &config);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let (response, summary) = stream_aggregator::handle(store, config, &event.payload).await?;

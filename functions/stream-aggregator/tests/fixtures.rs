@@ -29,15 +29,7 @@ fn fixture(text: &str) -> Value {
 fn totals(count: i64, amounts: &[(&str, &str)]) -> CustomerTotals {
     CustomerTotals {
         order_count: count,
-        totals: amounts
-            .iter()
-            .map(|(c, a)| {
-                (
-                    shared::order::Currency::parse(c).unwrap(),
-                    a.parse().unwrap(),
-                )
-            })
-            .collect(),
+        totals: amounts.iter().map(|(c, a)| (shared::order::Currency::parse(c).unwrap(), a.parse().unwrap())).collect(),
     }
 }
 
@@ -47,51 +39,24 @@ async fn insert_modify_remove_of_orders_maintain_totals() {
     let event = fixture(include_str!("../../../events/stream-orders.json"));
     let (response, summary) = handle(&store, &config(), &event).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
-    assert_eq!(
-        summary,
-        Summary {
-            applied: 6,
-            ..Summary::default()
-        }
-    );
+    assert_eq!(summary, Summary { applied: 6, ..Summary::default() });
     let t = store.totals();
     assert_eq!(t["c-gina"], totals(1, &[("USD", "12.50")]));
-    assert_eq!(
-        t["c-hugo"],
-        totals(0, &[]),
-        "the removed order no longer counts"
-    );
+    assert_eq!(t["c-hugo"], totals(0, &[]), "the removed order no longer counts");
 
     // The same batch again (a retried batch): every record is a duplicate.
     let (_, summary) = handle(&store, &config(), &event).await.unwrap();
-    assert_eq!(
-        summary,
-        Summary {
-            duplicate: 6,
-            ..Summary::default()
-        }
-    );
+    assert_eq!(summary, Summary { duplicate: 6, ..Summary::default() });
     assert_eq!(store.totals(), t);
 }
 
 #[tokio::test]
 async fn records_of_other_entities_are_ignored() {
     let store = MemoryStore::new();
-    let (response, summary) = handle(
-        &store,
-        &config(),
-        &fixture(include_str!("../../../events/stream-non-order.json")),
-    )
-    .await
-    .unwrap();
+    let (response, summary) =
+        handle(&store, &config(), &fixture(include_str!("../../../events/stream-non-order.json"))).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
-    assert_eq!(
-        summary,
-        Summary {
-            ignored: 1,
-            ..Summary::default()
-        }
-    );
+    assert_eq!(summary, Summary { ignored: 1, ..Summary::default() });
     assert!(store.totals().is_empty());
 }
 
@@ -106,25 +71,16 @@ async fn malformed_image_is_quarantined_and_the_rest_applied() {
     assert_eq!(summary.quarantined, 2);
     assert_eq!(summary.applied, 4);
     let reasons: Vec<String> = store.quarantined().into_iter().map(|q| q.reason).collect();
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("`amount` is not a number")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("TRUNCATE")),
-        "{reasons:?}"
-    );
+    assert!(reasons.iter().any(|r| r.contains("`amount` is not a number")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("TRUNCATE")), "{reasons:?}");
 }
 
 #[test]
 fn fixtures_round_trip_through_the_parser() {
     use shared::event::stream::Record;
-    for text in [
-        include_str!("../../../events/stream-orders.json"),
-        include_str!("../../../events/stream-non-order.json"),
-    ] {
+    for text in
+        [include_str!("../../../events/stream-orders.json"), include_str!("../../../events/stream-non-order.json")]
+    {
         let event: Value = serde_json::from_str(text).unwrap();
         for record in event["Records"].as_array().unwrap() {
             let parsed = Record::parse(record).unwrap();
@@ -177,14 +133,7 @@ fn expected_totals(orders: &BTreeMap<String, Order>) -> BTreeMap<String, Custome
     expected
 }
 
-fn event(
-    i: usize,
-    order: usize,
-    customer: usize,
-    status: &str,
-    cents: u32,
-    minute: u32,
-) -> OrderEvent {
+fn event(i: usize, order: usize, customer: usize, status: &str, cents: u32, minute: u32) -> OrderEvent {
     parse_order_event(
         &json!({
             "eventId": format!("e-{i}"),
@@ -201,34 +150,21 @@ fn event(
 }
 
 fn arb_events() -> impl Strategy<Value = Vec<OrderEvent>> {
-    let status = prop_oneof![
-        Just("PLACED"),
-        Just("PAID"),
-        Just("SHIPPED"),
-        Just("CANCELLED")
-    ];
-    prop::collection::vec(
-        (0usize..6, 0usize..3, status, 0u32..100_000, 0u32..60),
-        1..25,
-    )
-    .prop_map(|specs| {
+    let status = prop_oneof![Just("PLACED"), Just("PAID"), Just("SHIPPED"), Just("CANCELLED")];
+    prop::collection::vec((0usize..6, 0usize..3, status, 0u32..100_000, 0u32..60), 1..25).prop_map(|specs| {
         specs
             .into_iter()
             .enumerate()
-            .map(|(i, (order, customer, status, cents, minute))| {
-                event(i, order, customer, status, cents, minute)
-            })
+            .map(|(i, (order, customer, status, cents, minute))| event(i, order, customer, status, cents, minute))
             .collect()
     })
 }
 
-async fn run_pipeline(
-    deliveries: Vec<Vec<OrderEvent>>,
-) -> (BTreeMap<String, Order>, BTreeMap<String, CustomerTotals>) {
+async fn run_pipeline(deliveries: Vec<Vec<OrderEvent>>) -> (BTreeMap<String, Order>, BTreeMap<String, CustomerTotals>) {
     let store = MemoryStore::new();
     let mut seq = 1;
     for batch in deliveries {
-        store.apply_orders(&batch, None).await.unwrap();
+        store.apply_orders(&batch, None, None).await.unwrap();
         let changes = store.take_changes();
         let stream = stream_event(&changes, seq);
         seq += changes.len() as u64;

@@ -12,10 +12,7 @@ use super::{EventError, json_error};
 pub fn sns_message(value: &Value) -> Result<SnsMessage, EventError> {
     let inner = value.get("Sns").unwrap_or(value);
     if inner.get("Message").is_none() {
-        return Err(EventError::MissingField {
-            what: "SNS notification",
-            field: "Message",
-        });
+        return Err(EventError::MissingField { what: "SNS notification", field: "Message" });
     }
     serde_json::from_value(inner.clone()).map_err(|e| json_error("SNS notification", e))
 }
@@ -23,8 +20,7 @@ pub fn sns_message(value: &Value) -> Result<SnsMessage, EventError> {
 /// True when the value looks like an SNS notification (either delivery).
 pub fn is_sns(value: &Value) -> bool {
     value.get("Sns").is_some()
-        || (value.get("Type").and_then(Value::as_str) == Some("Notification")
-            && value.get("Message").is_some())
+        || (value.get("Type").and_then(Value::as_str) == Some("Notification") && value.get("Message").is_some())
 }
 
 /// An EventBridge event with its detail left as JSON.

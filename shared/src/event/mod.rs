@@ -24,10 +24,7 @@ pub enum EventError {
     #[error("malformed JSON in {what}: {message}")]
     Json { what: &'static str, message: String },
     #[error("{what}: missing field `{field}`")]
-    MissingField {
-        what: &'static str,
-        field: &'static str,
-    },
+    MissingField { what: &'static str, field: &'static str },
     #[error("{what}: {message}")]
     Shape { what: &'static str, message: String },
 }
@@ -37,20 +34,11 @@ pub enum EventError {
 pub fn records(payload: &Value) -> Result<&[Value], EventError> {
     match payload.get("Records") {
         Some(Value::Array(records)) => Ok(records),
-        Some(_) => Err(EventError::Shape {
-            what: "event",
-            message: "`Records` is not an array".into(),
-        }),
-        None => Err(EventError::MissingField {
-            what: "event",
-            field: "Records",
-        }),
+        Some(_) => Err(EventError::Shape { what: "event", message: "`Records` is not an array".into() }),
+        None => Err(EventError::MissingField { what: "event", field: "Records" }),
     }
 }
 
 pub(crate) fn json_error(what: &'static str, e: serde_json::Error) -> EventError {
-    EventError::Json {
-        what,
-        message: e.to_string(),
-    }
+    EventError::Json { what, message: e.to_string() }
 }

@@ -56,13 +56,10 @@ pub enum Notification {
 /// is a space, `%2B` a plus, and `%XX` escapes are UTF-8 bytes.
 pub fn decode_key(encoded: &str) -> Result<String, EventError> {
     let spaced = encoded.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8()
-        .map(|k| k.into_owned())
-        .map_err(|_| EventError::Shape {
-            what: WHAT,
-            message: format!("object key {encoded:?} does not decode to UTF-8"),
-        })
+    percent_encoding::percent_decode_str(&spaced).decode_utf8().map(|k| k.into_owned()).map_err(|_| EventError::Shape {
+        what: WHAT,
+        message: format!("object key {encoded:?} does not decode to UTF-8"),
+    })
 }
 
 /// Parses the notifications in an SQS message body: an S3 event, an SNS
@@ -77,10 +74,7 @@ pub fn from_sqs_body(body: &str) -> Vec<Result<Notification, EventError>> {
 /// Parses the notifications of any supported shape (see [`from_sqs_body`]).
 pub fn from_value(value: &Value, depth: u8) -> Vec<Result<Notification, EventError>> {
     let Some(object) = value.as_object() else {
-        return vec![Err(EventError::Shape {
-            what: WHAT,
-            message: "expected a JSON object".into(),
-        })];
+        return vec![Err(EventError::Shape { what: WHAT, message: "expected a JSON object".into() })];
     };
     if object.contains_key("Records") {
         return match super::records(value) {
@@ -88,11 +82,7 @@ pub fn from_value(value: &Value, depth: u8) -> Vec<Result<Notification, EventErr
                 .iter()
                 .flat_map(|r| {
                     // SNS -> Lambda: each record wraps one notification.
-                    if r.get("Sns").is_some() && depth == 0 {
-                        from_sns(r, depth)
-                    } else {
-                        vec![from_s3_record(r)]
-                    }
+                    if r.get("Sns").is_some() && depth == 0 { from_sns(r, depth) } else { vec![from_s3_record(r)] }
                 })
                 .collect(),
             Err(e) => vec![Err(e)],
@@ -109,8 +99,9 @@ pub fn from_value(value: &Value, depth: u8) -> Vec<Result<Notification, EventErr
     }
     vec![Err(EventError::Shape {
         what: WHAT,
-        message: "unknown shape: expected an S3 event (`Records`), an SNS notification, an EventBridge event or s3:TestEvent"
-            .into(),
+        message:
+            "unknown shape: expected an S3 event (`Records`), an SNS notification, an EventBridge event or s3:TestEvent"
+                .into(),
     })]
 }
 
@@ -118,10 +109,7 @@ pub fn from_value(value: &Value, depth: u8) -> Vec<Result<Notification, EventErr
 /// wrap SNS, so only one level).
 fn from_sns(value: &Value, depth: u8) -> Vec<Result<Notification, EventError>> {
     if depth > 0 {
-        return vec![Err(EventError::Shape {
-            what: WHAT,
-            message: "nested SNS envelope".into(),
-        })];
+        return vec![Err(EventError::Shape { what: WHAT, message: "nested SNS envelope".into() })];
     }
     match super::envelope::sns_message(value) {
         Ok(sns) => match serde_json::from_str::<Value>(&sns.message) {
@@ -137,21 +125,13 @@ pub fn from_s3_record(record: &Value) -> Result<Notification, EventError> {
     let mut record = record
         .as_object()
         .cloned()
-        .ok_or_else(|| EventError::Shape {
-            what: WHAT,
-            message: "record is not an object".into(),
-        })?;
+        .ok_or_else(|| EventError::Shape { what: WHAT, message: "record is not an object".into() })?;
     // Fields S3 always sends but emulators and hand-written events omit, and
     // which `aws_lambda_events` requires. None of them is used here.
     fill(&mut record, "userIdentity", Value::Object(Map::new()));
     fill(&mut record, "requestParameters", Value::Object(Map::new()));
-    fill(
-        &mut record,
-        "eventTime",
-        Value::String("1970-01-01T00:00:00Z".into()),
-    );
-    let record: S3EventRecord =
-        serde_json::from_value(Value::Object(record)).map_err(|e| json_error(WHAT, e))?;
+    fill(&mut record, "eventTime", Value::String("1970-01-01T00:00:00Z".into()));
+    let record: S3EventRecord = serde_json::from_value(Value::Object(record)).map_err(|e| json_error(WHAT, e))?;
     let event_name = record.event_name.clone().unwrap_or_default();
     if !event_name.is_empty()
         && !event_name.starts_with("ObjectCreated:")
@@ -159,32 +139,21 @@ pub fn from_s3_record(record: &Value) -> Result<Notification, EventError> {
     {
         return Ok(Notification::Ignored { event_name });
     }
-    let bucket =
-        record
-            .s3
-            .bucket
-            .name
-            .filter(|b| !b.is_empty())
-            .ok_or(EventError::MissingField {
-                what: WHAT,
-                field: "s3.bucket.name",
-            })?;
-    let encoded =
-        record
-            .s3
-            .object
-            .key
-            .filter(|k| !k.is_empty())
-            .ok_or(EventError::MissingField {
-                what: WHAT,
-                field: "s3.object.key",
-            })?;
+    let bucket = record
+        .s3
+        .bucket
+        .name
+        .filter(|b| !b.is_empty())
+        .ok_or(EventError::MissingField { what: WHAT, field: "s3.bucket.name" })?;
+    let encoded = record
+        .s3
+        .object
+        .key
+        .filter(|k| !k.is_empty())
+        .ok_or(EventError::MissingField { what: WHAT, field: "s3.object.key" })?;
     let size = match record.s3.object.size {
         Some(n) if n < 0 => {
-            return Err(EventError::Shape {
-                what: WHAT,
-                message: format!("s3.object.size is negative: {n}"),
-            });
+            return Err(EventError::Shape { what: WHAT, message: format!("s3.object.size is negative: {n}") });
         }
         n => n.map(|n| n as u64),
     };
@@ -225,18 +194,12 @@ fn from_eventbridge(value: &Value) -> Result<Notification, EventError> {
     const WHAT_EB: &str = "EventBridge S3 event";
     let event: EventBridgeEvent<Value> = super::envelope::eventbridge(value)?;
     if event.source != "aws.s3" {
-        return Err(EventError::Shape {
-            what: WHAT_EB,
-            message: format!("source is {:?}, not aws.s3", event.source),
-        });
+        return Err(EventError::Shape { what: WHAT_EB, message: format!("source is {:?}, not aws.s3", event.source) });
     }
     if event.detail_type != "Object Created" {
-        return Ok(Notification::Ignored {
-            event_name: event.detail_type,
-        });
+        return Ok(Notification::Ignored { event_name: event.detail_type });
     }
-    let detail: EventBridgeDetail =
-        serde_json::from_value(event.detail).map_err(|e| json_error(WHAT_EB, e))?;
+    let detail: EventBridgeDetail = serde_json::from_value(event.detail).map_err(|e| json_error(WHAT_EB, e))?;
     Ok(Notification::ObjectCreated(ObjectRef {
         bucket: detail.bucket.name,
         key: detail.object.key,
@@ -304,10 +267,7 @@ mod tests {
         );
         let unknown = from_sqs_body(r#"{"hello":"world"}"#);
         assert!(matches!(&unknown[..], [Err(EventError::Shape { .. })]));
-        assert!(matches!(
-            &from_sqs_body("not json")[..],
-            [Err(EventError::Json { .. })]
-        ));
+        assert!(matches!(&from_sqs_body("not json")[..], [Err(EventError::Json { .. })]));
     }
 
     #[test]
@@ -318,17 +278,7 @@ mod tests {
             {"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"k3"}}}]}"#;
         let parsed = from_sqs_body(body);
         assert_eq!(parsed.len(), 3);
-        assert!(
-            parsed[0].is_ok() && parsed[1].is_err() && parsed[2].is_ok(),
-            "{parsed:?}"
-        );
-        assert!(
-            parsed[1]
-                .as_ref()
-                .unwrap_err()
-                .to_string()
-                .contains("object"),
-            "{parsed:?}"
-        );
+        assert!(parsed[0].is_ok() && parsed[1].is_err() && parsed[2].is_ok(), "{parsed:?}");
+        assert!(parsed[1].as_ref().unwrap_err().to_string().contains("object"), "{parsed:?}");
     }
 }

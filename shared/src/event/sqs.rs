@@ -29,29 +29,20 @@ impl Message {
     /// Parses one raw SQS record. A record without `messageId` cannot be
     /// reported in a partial batch response, so it is an error here.
     pub fn parse(record: &Value) -> Result<Self, EventError> {
-        let raw: SqsMessage =
-            serde_json::from_value(record.clone()).map_err(|e| json_error(WHAT, e))?;
-        let message_id =
-            raw.message_id
-                .clone()
-                .filter(|id| !id.is_empty())
-                .ok_or(EventError::MissingField {
-                    what: WHAT,
-                    field: "messageId",
-                })?;
-        let body = raw.body.clone().ok_or(EventError::MissingField {
-            what: WHAT,
-            field: "body",
-        })?;
+        let raw: SqsMessage = serde_json::from_value(record.clone()).map_err(|e| json_error(WHAT, e))?;
+        let message_id = raw
+            .message_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .ok_or(EventError::MissingField { what: WHAT, field: "messageId" })?;
+        let body = raw.body.clone().ok_or(EventError::MissingField { what: WHAT, field: "body" })?;
         let attribute = |name: &str| raw.attributes.get(name).cloned();
         Ok(Self {
             message_id,
             body,
             group_id: attribute("MessageGroupId"),
             deduplication_id: attribute("MessageDeduplicationId"),
-            receive_count: attribute("ApproximateReceiveCount")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(1),
+            receive_count: attribute("ApproximateReceiveCount").and_then(|n| n.parse().ok()).unwrap_or(1),
             event_source_arn: raw.event_source_arn.clone(),
             raw,
         })
@@ -59,11 +50,7 @@ impl Message {
 
     /// True when the message came from a FIFO queue.
     pub fn is_fifo(&self) -> bool {
-        self.group_id.is_some()
-            || self
-                .event_source_arn
-                .as_deref()
-                .is_some_and(|a| a.ends_with(".fifo"))
+        self.group_id.is_some() || self.event_source_arn.as_deref().is_some_and(|a| a.ends_with(".fifo"))
     }
 
     /// Deserializes the body as JSON into `T`.
@@ -75,8 +62,5 @@ impl Message {
 /// The message id of a raw record, if it has one (to report a record that
 /// failed to parse).
 pub fn message_id_of(record: &Value) -> Option<&str> {
-    record
-        .get("messageId")
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
+    record.get("messageId").and_then(Value::as_str).filter(|id| !id.is_empty())
 }

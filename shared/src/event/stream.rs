@@ -38,18 +38,12 @@ impl Record {
         let mut record = record
             .as_object()
             .cloned()
-            .ok_or_else(|| EventError::Shape {
-                what: WHAT,
-                message: "record is not an object".into(),
-            })?;
+            .ok_or_else(|| EventError::Shape { what: WHAT, message: "record is not an object".into() })?;
         fill(&mut record, "awsRegion", Value::String(String::new()));
         let change = record
             .get_mut("dynamodb")
             .and_then(Value::as_object_mut)
-            .ok_or(EventError::MissingField {
-                what: WHAT,
-                field: "dynamodb",
-            })?;
+            .ok_or(EventError::MissingField { what: WHAT, field: "dynamodb" })?;
         normalize_creation_time(change)?;
         match change.get("SizeBytes") {
             None | Some(Value::Null) => {
@@ -64,18 +58,14 @@ impl Record {
             }
             Some(_) => {}
         }
-        let raw: EventRecord =
-            serde_json::from_value(Value::Object(record)).map_err(|e| json_error(WHAT, e))?;
+        let raw: EventRecord = serde_json::from_value(Value::Object(record)).map_err(|e| json_error(WHAT, e))?;
         let sequence_number = raw.change.sequence_number.clone().filter(|s| !s.is_empty());
         let change = match raw.event_name.as_str() {
             "INSERT" => Change::Insert,
             "MODIFY" => Change::Modify,
             "REMOVE" => Change::Remove,
             other => {
-                return Err(EventError::Shape {
-                    what: WHAT,
-                    message: format!("unknown eventName {other:?}"),
-                });
+                return Err(EventError::Shape { what: WHAT, message: format!("unknown eventName {other:?}") });
             }
         };
         let image = |item: &serde_dynamo::Item| (!item.is_empty()).then(|| item.clone());
@@ -94,10 +84,7 @@ impl Record {
 /// The sequence number of a raw record, if it has one (to report a record
 /// that failed to parse).
 pub fn sequence_number_of(record: &Value) -> Option<&str> {
-    record
-        .pointer("/dynamodb/SequenceNumber")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+    record.pointer("/dynamodb/SequenceNumber").and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 fn normalize_creation_time(change: &mut Map<String, Value>) -> Result<(), EventError> {
@@ -156,14 +143,7 @@ mod tests {
         ];
         let times: Vec<_> = shapes
             .into_iter()
-            .map(|s| {
-                Record::parse(&record(s))
-                    .unwrap()
-                    .raw
-                    .change
-                    .approximate_creation_date_time
-                    .timestamp_millis()
-            })
+            .map(|s| Record::parse(&record(s)).unwrap().raw.change.approximate_creation_date_time.timestamp_millis())
             .collect();
         // aws_lambda_events keeps whole seconds of this field.
         assert!(times.iter().all(|t| *t == 1_795_884_005_000), "{times:?}");
@@ -181,11 +161,6 @@ mod tests {
     fn unknown_event_name_is_an_error() {
         let mut r = record(Value::from(1));
         r["eventName"] = Value::from("TRUNCATE");
-        assert!(
-            Record::parse(&r)
-                .unwrap_err()
-                .to_string()
-                .contains("TRUNCATE")
-        );
+        assert!(Record::parse(&r).unwrap_err().to_string().contains("TRUNCATE"));
     }
 }

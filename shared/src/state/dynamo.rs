@@ -12,19 +12,18 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue as SdkValue, KeysAndAttributes, Put, PutRequest,
-    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update, WriteRequest,
+    AttributeValue as SdkValue, KeysAndAttributes, Put, PutRequest, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update, WriteRequest,
 };
 use chrono::Utc;
 use serde_dynamo::{AttributeValue, Item};
 
 use super::item::{
-    ItemExt, ORDER_SK, TOTALS_SK, customer_pk, entity, n, order_pk, s, totals_from_item,
-    totals_to_item,
+    ItemExt, ORDER_SK, TOTALS_SK, customer_pk, entity, n, order_pk, s, totals_from_item, totals_to_item,
 };
 use super::{
-    Checkpoint, Counts, DeltaRecord, ErrorClass, Manifest, ManifestFn, ManifestWrite, ObjectStatus,
-    Outcome, Quarantined, StateStore, StoreError, combine_orders,
+    Checkpoint, Counts, DeltaRecord, ErrorClass, Manifest, ManifestFn, ManifestWrite, Marker, ObjectStatus, Outcome,
+    Quarantined, StateStore, StoreError, combine_orders, dedupe_markers,
 };
 use crate::error::{classify_sdk, sdk_message};
 use crate::order::{CustomerTotals, OrderEvent, format_timestamp, parse_timestamp};
@@ -38,8 +37,9 @@ const MAX_BATCH_GET: usize = 100;
 /// Attempts at one transaction before giving up on contention or throttling
 /// (on top of the SDK's own retries of each request).
 const MAX_ATTEMPTS: u32 = 8;
-/// How long idempotency markers of stream records are kept. A stream keeps
-/// records for 24 hours; a week covers every replay Lambda can make.
+/// How long idempotency markers are kept by default. A stream keeps records
+/// for 24 hours and SQS messages for at most 14 days; a week covers every
+/// replay Lambda makes and most producer resends.
 const MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The state table (and, for markers, the idempotency table) in DynamoDB.
@@ -48,24 +48,19 @@ pub struct DynamoStore {
     client: Client,
     state_table: String,
     idempotency_table: String,
-    key_prefix: String,
+    marker_ttl: Duration,
 }
 
 impl DynamoStore {
-    /// A store over the two tables. `key_prefix` namespaces idempotency keys
-    /// (see DESIGN.md: it must not depend on function or type names).
-    pub fn new(
-        client: Client,
-        state_table: String,
-        idempotency_table: String,
-        key_prefix: String,
-    ) -> Self {
-        Self {
-            client,
-            state_table,
-            idempotency_table,
-            key_prefix,
-        }
+    /// A store over the state table and the idempotency table (for markers).
+    pub fn new(client: Client, state_table: String, idempotency_table: String) -> Self {
+        Self { client, state_table, idempotency_table, marker_ttl: MARKER_TTL }
+    }
+
+    /// Keeps idempotency markers this long (default a week).
+    pub fn with_marker_ttl(mut self, ttl: Duration) -> Self {
+        self.marker_ttl = ttl;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -74,10 +69,6 @@ impl DynamoStore {
 
     pub fn state_table(&self) -> &str {
         &self.state_table
-    }
-
-    fn marker_id(&self, key: &str) -> String {
-        format!("{}#{key}", self.key_prefix)
     }
 
     fn dynamo_error<E>(
@@ -89,12 +80,7 @@ impl DynamoStore {
     where
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
-        StoreError::Dynamo {
-            operation,
-            table: table.to_owned(),
-            message: sdk_message(err),
-            class: classify_sdk(err),
-        }
+        StoreError::Dynamo { operation, table: table.to_owned(), message: sdk_message(err), class: classify_sdk(err) }
     }
 
     fn order_update(&self, event: &OrderEvent) -> Result<TransactWriteItem, StoreError> {
@@ -145,21 +131,24 @@ impl DynamoStore {
                 .expression_attribute_values(":line", SdkValue::N(cp.line.to_string()))
                 .expression_attribute_values(":byte", SdkValue::N(cp.byte.to_string())),
         };
-        let put = put
-            .build()
-            .map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
+        let put = put.build().map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    fn marker_put(&self, key: &str, expiration: i64) -> Result<TransactWriteItem, StoreError> {
-        let put = Put::builder()
+    /// A marker write: succeeds only if the key is new (or its marker expired).
+    fn marker_put(&self, marker: &Marker, now: i64) -> Result<TransactWriteItem, StoreError> {
+        let mut put = Put::builder()
             .table_name(&self.idempotency_table)
-            .item("id", SdkValue::S(self.marker_id(key)))
+            .item("id", SdkValue::S(marker.key.clone()))
             .item("status", SdkValue::S("COMPLETED".into()))
-            .item("expiration", SdkValue::N(expiration.to_string()))
-            .condition_expression("attribute_not_exists(id)")
-            .build()
-            .map_err(|e| permanent("TransactWriteItems", &self.idempotency_table, e))?;
+            .item("expiration", SdkValue::N((now + self.marker_ttl.as_secs() as i64).to_string()))
+            .condition_expression("attribute_not_exists(id) OR expiration < :now")
+            .expression_attribute_values(":now", SdkValue::N(now.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some(v) = &marker.validation {
+            put = put.item("validation", SdkValue::S(v.clone()));
+        }
+        let put = put.build().map_err(|e| permanent("TransactWriteItems", &self.idempotency_table, e))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
@@ -180,36 +169,21 @@ impl DynamoStore {
                 .condition_expression("version = :version")
                 .expression_attribute_values(":version", SdkValue::N(v.to_string())),
         };
-        let put = put
-            .build()
-            .map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
+        let put = put.build().map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
     /// Runs one transaction; on cancellation returns the reasons (code and the
     /// item that failed its condition, per action).
     async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<TxResult, StoreError> {
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(actions))
-            .send()
-            .await
-        {
+        match self.client.transact_write_items().set_transact_items(Some(actions)).send().await {
             Ok(_) => Ok(TxResult::Committed),
             Err(err) => {
-                if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
-                    err.as_service_error()
-                {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
                     let reasons = cancelled
                         .cancellation_reasons()
                         .iter()
-                        .map(|r| {
-                            (
-                                r.code().unwrap_or("None").to_owned(),
-                                r.item().cloned().map(from_sdk),
-                            )
-                        })
+                        .map(|r| (r.code().unwrap_or("None").to_owned(), r.item().cloned().map(from_sdk)))
                         .collect();
                     return Ok(TxResult::Cancelled(reasons));
                 }
@@ -218,10 +192,7 @@ impl DynamoStore {
         }
     }
 
-    async fn get_totals(
-        &self,
-        customers: &[&str],
-    ) -> Result<HashMap<String, (CustomerTotals, u64)>, StoreError> {
+    async fn get_totals(&self, customers: &[&str]) -> Result<HashMap<String, (CustomerTotals, u64)>, StoreError> {
         let mut found = HashMap::new();
         for group in customers.chunks(MAX_BATCH_GET) {
             let mut keys = KeysAndAttributes::builder().consistent_read(true);
@@ -233,8 +204,7 @@ impl DynamoStore {
             }
             let mut request = Some(HashMap::from([(
                 self.state_table.clone(),
-                keys.build()
-                    .map_err(|e| permanent("BatchGetItem", &self.state_table, e))?,
+                keys.build().map_err(|e| permanent("BatchGetItem", &self.state_table, e))?,
             )]));
             let mut attempt = 0;
             while let Some(items) = request.take().filter(|r| !r.is_empty()) {
@@ -245,16 +215,9 @@ impl DynamoStore {
                     .send()
                     .await
                     .map_err(|e| self.dynamo_error("BatchGetItem", &self.state_table, &e))?;
-                for item in out
-                    .responses()
-                    .and_then(|r| r.get(&self.state_table))
-                    .into_iter()
-                    .flatten()
-                {
+                for item in out.responses().and_then(|r| r.get(&self.state_table)).into_iter().flatten() {
                     let item = from_sdk(item.clone());
-                    let customer = item
-                        .get_s(entity::CUSTOMER_TOTALS, "customerId")?
-                        .to_owned();
+                    let customer = item.get_s(entity::CUSTOMER_TOTALS, "customerId")?.to_owned();
                     found.insert(customer, totals_from_item(&item)?);
                 }
                 request = out.unprocessed_keys().cloned();
@@ -270,21 +233,16 @@ impl DynamoStore {
     /// Commits one chunk of delta records (markers + combined customer puts).
     async fn apply_delta_chunk(&self, chunk: &[DeltaRecord]) -> Result<Vec<Outcome>, StoreError> {
         let customers: Vec<&str> = {
-            let mut c: Vec<&str> = chunk
-                .iter()
-                .flat_map(|r| r.deltas.keys().map(String::as_str))
-                .collect();
+            let mut c: Vec<&str> = chunk.iter().flat_map(|r| r.deltas.keys().map(String::as_str)).collect();
             c.sort_unstable();
             c.dedup();
             c
         };
         let mut known = self.get_totals(&customers).await?;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; chunk.len()];
-        let expiration = Utc::now().timestamp() + MARKER_TTL.as_secs() as i64;
+        let now = Utc::now().timestamp();
         for attempt in 1..=MAX_ATTEMPTS {
-            let live: Vec<usize> = (0..chunk.len())
-                .filter(|i| outcomes[*i].is_none())
-                .collect();
+            let live: Vec<usize> = (0..chunk.len()).filter(|i| outcomes[*i].is_none()).collect();
             if live.is_empty() {
                 break;
             }
@@ -297,7 +255,8 @@ impl DynamoStore {
             combined.retain(|_, d| !d.is_zero());
             let mut actions = Vec::with_capacity(live.len() + combined.len());
             for &i in &live {
-                actions.push(self.marker_put(&chunk[i].idempotency_key, expiration)?);
+                let marker = Marker { key: chunk[i].idempotency_key.clone(), validation: None };
+                actions.push(self.marker_put(&marker, now)?);
             }
             let customer_order: Vec<&str> = combined.keys().copied().collect();
             for (customer, delta) in &combined {
@@ -349,11 +308,28 @@ impl DynamoStore {
                 });
             }
         }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Applied))
-            .collect())
+        Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect())
     }
+}
+
+/// One event's writes in an orders transaction.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    event: usize,
+    marker: bool,
+    order: bool,
+}
+
+impl Slot {
+    fn actions(&self) -> usize {
+        usize::from(self.marker) + usize::from(self.order)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ActionKind {
+    Marker,
+    Order,
 }
 
 enum TxResult {
@@ -365,31 +341,56 @@ impl StateStore for DynamoStore {
     async fn apply_orders(
         &self,
         events: &[OrderEvent],
+        markers: Option<&[Marker]>,
         manifest: Option<&ManifestFn<'_>>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let (winners, mut decided) = combine_orders(events);
-        let per_group = MAX_TRANSACT_ITEMS - usize::from(manifest.is_some());
-        let groups: Vec<&[usize]> = if winners.is_empty() {
-            vec![&[]]
-        } else {
-            winners.chunks(per_group).collect()
-        };
+        let mut decided = dedupe_markers(events.len(), markers);
+        let candidates: Vec<usize> = (0..events.len()).filter(|i| decided[*i].is_none()).collect();
+        let candidate_events: Vec<OrderEvent> = candidates.iter().map(|i| events[*i].clone()).collect();
+        let (winners, losers) = combine_orders(&candidate_events);
+        // One slot per event still to write: its marker (if keyed) and, for the
+        // event that wins its order, the order update.
+        let mut slots: Vec<Slot> =
+            winners.iter().map(|w| Slot { event: candidates[*w], marker: markers.is_some(), order: true }).collect();
+        for (c, outcome) in losers.iter().enumerate() {
+            if let Some(outcome) = outcome {
+                decided[candidates[c]] = Some(*outcome);
+                if markers.is_some() {
+                    slots.push(Slot { event: candidates[c], marker: true, order: false });
+                }
+            }
+        }
+        let room = MAX_TRANSACT_ITEMS - usize::from(manifest.is_some());
+        let mut groups: Vec<Vec<Slot>> = vec![Vec::new()];
+        for slot in slots {
+            let used: usize = groups.last().map_or(0, |g| g.iter().map(Slot::actions).sum());
+            if used + slot.actions() > room {
+                groups.push(Vec::new());
+            }
+            groups.last_mut().expect("one group at least").push(slot);
+        }
         let last = groups.len() - 1;
-        for (g, group) in groups.into_iter().enumerate() {
+        let now = Utc::now().timestamp();
+        for (g, mut group) in groups.into_iter().enumerate() {
             let with_manifest = if g == last { manifest } else { None };
-            let mut live: Vec<usize> = group.to_vec();
             for attempt in 1..=MAX_ATTEMPTS {
-                let mut actions = Vec::with_capacity(live.len() + 1);
-                for &i in &live {
-                    actions.push(self.order_update(&events[i])?);
+                let mut actions = Vec::new();
+                let mut action_of: Vec<(usize, ActionKind)> = Vec::new();
+                for (s, slot) in group.iter().enumerate() {
+                    if slot.marker {
+                        let marker = &markers.expect("slot has a marker only with markers")[slot.event];
+                        actions.push(self.marker_put(marker, now)?);
+                        action_of.push((s, ActionKind::Marker));
+                    }
+                    if slot.order {
+                        actions.push(self.order_update(&events[slot.event])?);
+                        action_of.push((s, ActionKind::Order));
+                    }
                 }
                 let write = with_manifest.map(|build| {
-                    // The outcomes if this transaction commits: the live events
-                    // applied, the rest as already decided.
-                    let tentative: Vec<Outcome> = decided
-                        .iter()
-                        .map(|d| d.unwrap_or(Outcome::Applied))
-                        .collect();
+                    // The outcomes if this transaction commits: the orders
+                    // written here applied, the rest as already decided.
+                    let tentative: Vec<Outcome> = decided.iter().map(|d| d.unwrap_or(Outcome::Applied)).collect();
                     build(&tentative)
                 });
                 if let Some(write) = &write {
@@ -400,33 +401,51 @@ impl StateStore for DynamoStore {
                 }
                 match self.transact(actions).await? {
                     TxResult::Committed => {
-                        for &i in &live {
-                            decided[i] = Some(Outcome::Applied);
+                        for slot in &group {
+                            if slot.order {
+                                decided[slot.event] = Some(Outcome::Applied);
+                            }
                         }
                         break;
                     }
                     TxResult::Cancelled(reasons) => {
-                        let mut failed = Vec::new();
-                        for (pos, (code, item)) in reasons.into_iter().enumerate() {
+                        let mut resolved = false;
+                        for (a, (code, item)) in reasons.into_iter().enumerate() {
                             if code != "ConditionalCheckFailed" {
                                 continue;
                             }
-                            if pos < live.len() {
-                                let i = live[pos];
-                                decided[i] = Some(classify_existing(&events[i], item.as_ref()));
-                                failed.push(i);
-                            } else if let Some(write) = &write {
-                                return Err(StoreError::ManifestConflict {
-                                    bucket: write.manifest.bucket.clone(),
-                                    key: write.manifest.key.clone(),
-                                    line: write.expected.map_or(0, |c| c.line),
-                                });
+                            resolved = true;
+                            match action_of.get(a) {
+                                Some((s, ActionKind::Marker)) => {
+                                    // Seen before: a duplicate, or a reused key.
+                                    let slot = &mut group[*s];
+                                    let given = markers.and_then(|m| m[slot.event].validation.as_deref());
+                                    let stored = item.as_ref().and_then(|i| i.opt_s("validation"));
+                                    decided[slot.event] = Some(match (stored, given) {
+                                        (Some(a), Some(b)) if a != b => Outcome::KeyReused,
+                                        _ => Outcome::Duplicate,
+                                    });
+                                    slot.marker = false;
+                                    slot.order = false;
+                                }
+                                Some((s, ActionKind::Order)) => {
+                                    let slot = &mut group[*s];
+                                    decided[slot.event] = Some(classify_existing(&events[slot.event], item.as_ref()));
+                                    slot.order = false;
+                                }
+                                None => {
+                                    let write = write.as_ref().expect("the action past the slots is the manifest");
+                                    return Err(StoreError::ManifestConflict {
+                                        bucket: write.manifest.bucket.clone(),
+                                        key: write.manifest.key.clone(),
+                                        line: write.expected.map_or(0, |c| c.line),
+                                    });
+                                }
                             }
                         }
-                        if failed.is_empty() {
+                        group.retain(|slot| slot.marker || slot.order);
+                        if !resolved {
                             backoff(attempt, "TransactWriteItems conflict or throttling").await?;
-                        } else {
-                            live.retain(|i| !failed.contains(i));
                         }
                     }
                 }
@@ -438,10 +457,7 @@ impl StateStore for DynamoStore {
                 }
             }
         }
-        Ok(decided
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Applied))
-            .collect())
+        Ok(decided.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect())
     }
 
     async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<StoreError>) {
@@ -472,12 +488,7 @@ impl StateStore for DynamoStore {
         (outcomes, None)
     }
 
-    async fn get_manifest(
-        &self,
-        bucket: &str,
-        key: &str,
-        revision: &str,
-    ) -> Result<Option<Manifest>, StoreError> {
+    async fn get_manifest(&self, bucket: &str, key: &str, revision: &str) -> Result<Option<Manifest>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -488,10 +499,7 @@ impl StateStore for DynamoStore {
             .send()
             .await
             .map_err(|e| self.dynamo_error("GetItem", &self.state_table, &e))?;
-        out.item
-            .map(|item| manifest_from_item(&from_sdk(item)))
-            .transpose()
-            .map_err(Into::into)
+        out.item.map(|item| manifest_from_item(&from_sdk(item))).transpose().map_err(Into::into)
     }
 
     async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
@@ -534,12 +542,8 @@ impl StateStore for DynamoStore {
 
 /// Decides stale or duplicate from the stored order a failed condition returned.
 fn classify_existing(event: &OrderEvent, stored: Option<&Item>) -> Outcome {
-    let stored_key = stored.and_then(|item| {
-        Some((
-            parse_timestamp(item.opt_s("occurredAt")?)?,
-            item.opt_s("lastEventId")?.to_owned(),
-        ))
-    });
+    let stored_key = stored
+        .and_then(|item| Some((parse_timestamp(item.opt_s("occurredAt")?)?, item.opt_s("lastEventId")?.to_owned())));
     match stored_key {
         Some((at, id)) if at == event.occurred_at && id == event.event_id => Outcome::Duplicate,
         _ => Outcome::Stale,
@@ -549,10 +553,7 @@ fn classify_existing(event: &OrderEvent, stored: Option<&Item>) -> Outcome {
 /// Exponential backoff with jitter between attempts; an error after the last.
 async fn backoff(attempt: u32, what: &str) -> Result<(), StoreError> {
     if attempt >= MAX_ATTEMPTS {
-        return Err(StoreError::Contention {
-            attempts: attempt,
-            message: what.to_owned(),
-        });
+        return Err(StoreError::Contention { attempts: attempt, message: what.to_owned() });
     }
     let base = 20u64 << attempt.min(6);
     let jitter = u64::from(Utc::now().timestamp_subsec_nanos()) % base;
@@ -561,29 +562,17 @@ async fn backoff(attempt: u32, what: &str) -> Result<(), StoreError> {
 }
 
 fn permanent(operation: &'static str, table: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Dynamo {
-        operation,
-        table: table.to_owned(),
-        message: e.to_string(),
-        class: ErrorClass::Permanent,
-    }
+    StoreError::Dynamo { operation, table: table.to_owned(), message: e.to_string(), class: ErrorClass::Permanent }
 }
 
 /// Converts an item to the SDK's attribute map.
 pub fn to_sdk(item: Item) -> HashMap<String, SdkValue> {
-    item.into_inner()
-        .into_iter()
-        .map(|(k, v)| (k, v.into()))
-        .collect()
+    item.into_inner().into_iter().map(|(k, v)| (k, v.into())).collect()
 }
 
 /// Converts the SDK's attribute map to an item.
 pub fn from_sdk(map: HashMap<String, SdkValue>) -> Item {
-    Item::from(
-        map.into_iter()
-            .map(|(k, v)| (k, AttributeValue::from(v)))
-            .collect::<HashMap<_, _>>(),
-    )
+    Item::from(map.into_iter().map(|(k, v)| (k, AttributeValue::from(v))).collect::<HashMap<_, _>>())
 }
 
 /// Partition key of an object manifest.
@@ -611,13 +600,7 @@ fn quarantine_to_item(r: &Quarantined, at: &str) -> Item {
 
 /// The manifest item of an object revision.
 pub fn manifest_to_item(m: &Manifest) -> Item {
-    let Counts {
-        lines,
-        accepted,
-        rejected,
-        stale,
-        duplicates,
-    } = m.counts;
+    let Counts { lines, accepted, rejected, stale, duplicates } = m.counts;
     let mut map = HashMap::from([
         ("pk".to_owned(), s(object_pk(&m.bucket, &m.key))),
         ("sk".to_owned(), s(&m.revision)),
@@ -651,11 +634,7 @@ pub fn manifest_to_item(m: &Manifest) -> Item {
 /// Reads a manifest item.
 pub fn manifest_from_item(item: &Item) -> Result<Manifest, super::item::ItemError> {
     const E: &str = entity::OBJECT;
-    let bad = |attribute, problem: &str| super::item::ItemError {
-        entity: E,
-        attribute,
-        problem: problem.to_owned(),
-    };
+    let bad = |attribute, problem: &str| super::item::ItemError { entity: E, attribute, problem: problem.to_owned() };
     let status = match item.get_s(E, "status")? {
         "IN_PROGRESS" => ObjectStatus::InProgress,
         "COMPLETED" => ObjectStatus::Completed,
@@ -675,14 +654,11 @@ pub fn manifest_from_item(item: &Item) -> Result<Manifest, super::item::ItemErro
         }
         _ => return Err(bad("checkpoint", "is missing or not a map")),
     };
-    let time =
-        |attribute: &'static str| -> Result<Option<chrono::DateTime<Utc>>, super::item::ItemError> {
-            item.opt_s(attribute)
-                .map(|t| {
-                    parse_timestamp(t).ok_or_else(|| bad(attribute, "is not an RFC 3339 timestamp"))
-                })
-                .transpose()
-        };
+    let time = |attribute: &'static str| -> Result<Option<chrono::DateTime<Utc>>, super::item::ItemError> {
+        item.opt_s(attribute)
+            .map(|t| parse_timestamp(t).ok_or_else(|| bad(attribute, "is not an RFC 3339 timestamp")))
+            .transpose()
+    };
     Ok(Manifest {
         bucket: item.get_s(E, "bucket")?.to_owned(),
         key: item.get_s(E, "key")?.to_owned(),

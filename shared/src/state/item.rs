@@ -7,9 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use rust_decimal::Decimal;
 use serde_dynamo::{AttributeValue, Item};
 
-use crate::order::{
-    Currency, CustomerTotals, Order, OrderStatus, format_timestamp, parse_timestamp,
-};
+use crate::order::{Currency, CustomerTotals, Order, OrderStatus, format_timestamp, parse_timestamp};
 
 /// `entity` values of the state table's items.
 pub mod entity {
@@ -46,11 +44,7 @@ pub struct ItemError {
 /// Typed access to item attributes, each returning an error naming the attribute.
 pub trait ItemExt {
     fn get_s(&self, entity: &'static str, attribute: &'static str) -> Result<&str, ItemError>;
-    fn get_n<T: std::str::FromStr>(
-        &self,
-        entity: &'static str,
-        attribute: &'static str,
-    ) -> Result<T, ItemError>;
+    fn get_n<T: std::str::FromStr>(&self, entity: &'static str, attribute: &'static str) -> Result<T, ItemError>;
     fn opt_s(&self, attribute: &str) -> Option<&str>;
 }
 
@@ -58,40 +52,18 @@ impl ItemExt for Item {
     fn get_s(&self, entity: &'static str, attribute: &'static str) -> Result<&str, ItemError> {
         match self.get(attribute) {
             Some(AttributeValue::S(s)) => Ok(s),
-            Some(_) => Err(ItemError {
-                entity,
-                attribute,
-                problem: "is not a string (S)".into(),
-            }),
-            None => Err(ItemError {
-                entity,
-                attribute,
-                problem: "is missing".into(),
-            }),
+            Some(_) => Err(ItemError { entity, attribute, problem: "is not a string (S)".into() }),
+            None => Err(ItemError { entity, attribute, problem: "is missing".into() }),
         }
     }
 
-    fn get_n<T: std::str::FromStr>(
-        &self,
-        entity: &'static str,
-        attribute: &'static str,
-    ) -> Result<T, ItemError> {
+    fn get_n<T: std::str::FromStr>(&self, entity: &'static str, attribute: &'static str) -> Result<T, ItemError> {
         match self.get(attribute) {
-            Some(AttributeValue::N(n)) => n.parse().map_err(|_| ItemError {
-                entity,
-                attribute,
-                problem: format!("is not a valid number: {n:?}"),
-            }),
-            Some(_) => Err(ItemError {
-                entity,
-                attribute,
-                problem: "is not a number (N)".into(),
-            }),
-            None => Err(ItemError {
-                entity,
-                attribute,
-                problem: "is missing".into(),
-            }),
+            Some(AttributeValue::N(n)) => {
+                n.parse().map_err(|_| ItemError { entity, attribute, problem: format!("is not a valid number: {n:?}") })
+            }
+            Some(_) => Err(ItemError { entity, attribute, problem: "is not a number (N)".into() }),
+            None => Err(ItemError { entity, attribute, problem: "is missing".into() }),
         }
     }
 
@@ -113,8 +85,7 @@ pub(crate) fn n(value: impl ToString) -> AttributeValue {
 
 /// True when the item is an order (by key: `sk = ORDER`, `pk = ORDER#…`).
 pub fn is_order(item: &Item) -> bool {
-    item.opt_s("sk") == Some(ORDER_SK)
-        && item.opt_s("pk").is_some_and(|pk| pk.starts_with("ORDER#"))
+    item.opt_s("sk") == Some(ORDER_SK) && item.opt_s("pk").is_some_and(|pk| pk.starts_with("ORDER#"))
 }
 
 /// The item of an order.
@@ -128,10 +99,7 @@ pub fn order_to_item(order: &Order) -> Item {
         ("status".to_owned(), s(order.status.as_str())),
         ("amount".to_owned(), n(order.amount)),
         ("currency".to_owned(), s(order.currency.as_str())),
-        (
-            "occurredAt".to_owned(),
-            s(format_timestamp(&order.occurred_at)),
-        ),
+        ("occurredAt".to_owned(), s(format_timestamp(&order.occurred_at))),
         ("lastEventId".to_owned(), s(&order.last_event_id)),
         ("version".to_owned(), n(order.version)),
     ]);
@@ -147,13 +115,11 @@ pub fn order_from_item(item: &Item) -> Result<Order, ItemError> {
     Ok(Order {
         order_id: item.get_s(E, "orderId")?.to_owned(),
         customer_id: item.get_s(E, "customerId")?.to_owned(),
-        status: serde_json::from_value::<OrderStatus>(serde_json::Value::from(status)).map_err(
-            |_| ItemError {
-                entity: E,
-                attribute: "status",
-                problem: format!("is not an order status: {status:?}"),
-            },
-        )?,
+        status: serde_json::from_value::<OrderStatus>(serde_json::Value::from(status)).map_err(|_| ItemError {
+            entity: E,
+            attribute: "status",
+            problem: format!("is not an order status: {status:?}"),
+        })?,
         amount: item.get_n::<Decimal>(E, "amount")?,
         currency: Currency::parse(currency).ok_or_else(|| ItemError {
             entity: E,
@@ -173,11 +139,8 @@ pub fn order_from_item(item: &Item) -> Result<Order, ItemError> {
 /// The item of a customer's totals. `version` counts the writes, for
 /// optimistic concurrency.
 pub fn totals_to_item(customer_id: &str, totals: &CustomerTotals, version: u64) -> Item {
-    let amounts: HashMap<String, AttributeValue> = totals
-        .totals
-        .iter()
-        .map(|(c, a)| (c.as_str().to_owned(), n(a)))
-        .collect();
+    let amounts: HashMap<String, AttributeValue> =
+        totals.totals.iter().map(|(c, a)| (c.as_str().to_owned(), n(a))).collect();
     Item::from(HashMap::from([
         ("pk".to_owned(), s(customer_pk(customer_id))),
         ("sk".to_owned(), s(TOTALS_SK)),
@@ -218,23 +181,9 @@ pub fn totals_from_item(item: &Item) -> Result<(CustomerTotals, u64), ItemError>
         }
         None => {}
         Some(_) => {
-            return Err(ItemError {
-                entity: E,
-                attribute: "totals",
-                problem: "is not a map (M)".into(),
-            });
+            return Err(ItemError { entity: E, attribute: "totals", problem: "is not a map (M)".into() });
         }
     }
-    let version = if item.contains_key("version") {
-        item.get_n(E, "version")?
-    } else {
-        0
-    };
-    Ok((
-        CustomerTotals {
-            order_count: item.get_n(E, "orderCount")?,
-            totals,
-        },
-        version,
-    ))
+    let version = if item.contains_key("version") { item.get_n(E, "version")? } else { 0 };
+    Ok((CustomerTotals { order_count: item.get_n(E, "orderCount")?, totals }, version))
 }

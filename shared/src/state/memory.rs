@@ -3,10 +3,10 @@
 //! manifest checkpoint condition) and records every order change, in commit
 //! order, so tests can feed those changes to the aggregator as a stream would.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{DeltaRecord, Manifest, ManifestFn, Outcome, Quarantined, StateStore, StoreError};
+use super::{DeltaRecord, Manifest, ManifestFn, Marker, Outcome, Quarantined, StateStore, StoreError};
 use crate::order::{ApplyOutcome, CustomerTotals, Order, OrderEvent, apply};
 
 /// One committed change of an order, as a stream record would carry it.
@@ -20,7 +20,7 @@ pub struct OrderChange {
 struct Inner {
     orders: BTreeMap<String, Order>,
     totals: BTreeMap<String, CustomerTotals>,
-    markers: BTreeSet<String>,
+    markers: BTreeMap<String, Option<String>>,
     manifests: BTreeMap<(String, String, String), Manifest>,
     quarantine: BTreeMap<(String, String), Quarantined>,
     changes: Vec<OrderChange>,
@@ -68,6 +68,7 @@ impl StateStore for MemoryStore {
     async fn apply_orders(
         &self,
         events: &[OrderEvent],
+        markers: Option<&[Marker]>,
         manifest: Option<&ManifestFn<'_>>,
     ) -> Result<Vec<Outcome>, StoreError> {
         let mut inner = self.lock();
@@ -77,9 +78,32 @@ impl StateStore for MemoryStore {
         let mut changes = Vec::new();
         // The same pre-combination as the DynamoDB store (one write per order),
         // so both stores report the same outcomes.
-        let (winners, decided) = super::combine_orders(events);
-        let mut outcomes: Vec<Option<Outcome>> = decided;
-        for i in winners {
+        let mut outcomes = super::dedupe_markers(events.len(), markers);
+        let mut new_markers = Vec::new();
+        if let Some(markers) = markers {
+            for (i, m) in markers.iter().enumerate() {
+                if outcomes[i].is_some() {
+                    continue;
+                }
+                match inner.markers.get(&m.key) {
+                    Some(stored) if stored.is_some() && m.validation.is_some() && *stored != m.validation => {
+                        outcomes[i] = Some(Outcome::KeyReused)
+                    }
+                    Some(_) => outcomes[i] = Some(Outcome::Duplicate),
+                    None => new_markers.push((m.key.clone(), m.validation.clone())),
+                }
+            }
+        }
+        let candidates: Vec<usize> = (0..events.len()).filter(|i| outcomes[*i].is_none()).collect();
+        let candidate_events: Vec<OrderEvent> = candidates.iter().map(|i| events[*i].clone()).collect();
+        let (winners, losers) = super::combine_orders(&candidate_events);
+        for (c, outcome) in losers.into_iter().enumerate() {
+            if outcome.is_some() {
+                outcomes[candidates[c]] = outcome;
+            }
+        }
+        for w in winners {
+            let i = candidates[w];
             let event = &events[i];
             outcomes[i] = Some(match apply(orders.get(&event.order_id), event) {
                 ApplyOutcome::Applied(order) => {
@@ -91,10 +115,7 @@ impl StateStore for MemoryStore {
                 ApplyOutcome::Duplicate => Outcome::Duplicate,
             });
         }
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Applied))
-            .collect();
+        let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect();
         if let Some(build) = manifest {
             let write = build(&outcomes);
             let m = &write.manifest;
@@ -111,6 +132,7 @@ impl StateStore for MemoryStore {
         }
         inner.orders = orders;
         inner.changes.extend(changes);
+        inner.markers.extend(new_markers);
         Ok(outcomes)
     }
 
@@ -118,7 +140,7 @@ impl StateStore for MemoryStore {
         let mut inner = self.lock();
         let mut outcomes = Vec::with_capacity(records.len());
         for record in records {
-            if !inner.markers.insert(record.idempotency_key.clone()) {
+            if inner.markers.insert(record.idempotency_key.clone(), None).is_some() {
                 outcomes.push(Outcome::Duplicate);
                 continue;
             }
@@ -130,25 +152,14 @@ impl StateStore for MemoryStore {
         (outcomes, None)
     }
 
-    async fn get_manifest(
-        &self,
-        bucket: &str,
-        key: &str,
-        revision: &str,
-    ) -> Result<Option<Manifest>, StoreError> {
-        Ok(self
-            .lock()
-            .manifests
-            .get(&(bucket.to_owned(), key.to_owned(), revision.to_owned()))
-            .cloned())
+    async fn get_manifest(&self, bucket: &str, key: &str, revision: &str) -> Result<Option<Manifest>, StoreError> {
+        Ok(self.lock().manifests.get(&(bucket.to_owned(), key.to_owned(), revision.to_owned())).cloned())
     }
 
     async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         for r in records {
-            inner
-                .quarantine
-                .insert((r.source.clone(), r.record_id.clone()), r.clone());
+            inner.quarantine.insert((r.source.clone(), r.record_id.clone()), r.clone());
         }
         Ok(())
     }

@@ -29,6 +29,17 @@ pub enum Outcome {
     Stale,
     /// The record's effect had already been committed.
     Duplicate,
+    /// The record's idempotency key was used before with a different payload:
+    /// nothing was applied; the record is quarantined by the caller.
+    KeyReused,
+}
+
+/// An idempotency marker: written in the same transaction as the effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub key: String,
+    /// Hash of the payload, to tell a duplicate from a reused key.
+    pub validation: Option<String>,
 }
 
 /// A stream record's effect on customer totals, with the idempotency key that
@@ -58,12 +69,7 @@ pub struct Quarantined {
 pub const MAX_QUARANTINED_RAW_BYTES: usize = 8 * 1024;
 
 impl Quarantined {
-    pub fn new(
-        source: impl Into<String>,
-        record_id: impl Into<String>,
-        reason: impl Into<String>,
-        raw: &str,
-    ) -> Self {
+    pub fn new(source: impl Into<String>, record_id: impl Into<String>, reason: impl Into<String>, raw: &str) -> Self {
         Self {
             source: source.into(),
             record_id: record_id.into(),
@@ -154,22 +160,11 @@ pub type ManifestFn<'a> = dyn Fn(&[Outcome]) -> ManifestWrite + Send + Sync + 'a
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("DynamoDB {operation} on table {table} failed: {message}")]
-    Dynamo {
-        operation: &'static str,
-        table: String,
-        message: String,
-        class: ErrorClass,
-    },
+    Dynamo { operation: &'static str, table: String, message: String, class: ErrorClass },
     #[error(transparent)]
     Item(#[from] item::ItemError),
-    #[error(
-        "another invocation moved the manifest of s3://{bucket}/{key} past checkpoint line {line}"
-    )]
-    ManifestConflict {
-        bucket: String,
-        key: String,
-        line: u64,
-    },
+    #[error("another invocation moved the manifest of s3://{bucket}/{key} past checkpoint line {line}")]
+    ManifestConflict { bucket: String, key: String, line: u64 },
     #[error("gave up after {attempts} attempts: {message}")]
     Contention { attempts: u32, message: String },
 }
@@ -201,19 +196,21 @@ pub trait StateStore: Send + Sync {
     /// in input order. With a manifest, the manifest write commits in the same
     /// transaction as the last group of orders; it is built from the outcomes
     /// the events will have if that transaction commits.
+    ///
+    /// With `markers` (one per event), each event also writes its idempotency
+    /// marker in the same transaction: an event whose marker exists is a
+    /// duplicate (or `KeyReused`) and changes nothing.
     fn apply_orders(
         &self,
         events: &[OrderEvent],
+        markers: Option<&[Marker]>,
         manifest: Option<&ManifestFn<'_>>,
     ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
 
     /// Applies totals deltas exactly once each, in order. Returns the outcomes
     /// of the records committed (a prefix of `records`) and the error that
     /// stopped the rest, if any.
-    fn apply_deltas(
-        &self,
-        records: &[DeltaRecord],
-    ) -> impl Future<Output = (Vec<Outcome>, Option<StoreError>)> + Send;
+    fn apply_deltas(&self, records: &[DeltaRecord]) -> impl Future<Output = (Vec<Outcome>, Option<StoreError>)> + Send;
 
     /// Reads the manifest of an object revision.
     fn get_manifest(
@@ -224,10 +221,7 @@ pub trait StateStore: Send + Sync {
     ) -> impl Future<Output = Result<Option<Manifest>, StoreError>> + Send;
 
     /// Writes records to quarantine (idempotent: same source and id overwrite).
-    fn quarantine(
-        &self,
-        records: &[Quarantined],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn quarantine(&self, records: &[Quarantined]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Orders per transaction group: DynamoDB allows one action per item per
@@ -253,13 +247,36 @@ pub(crate) fn combine_orders(events: &[OrderEvent]) -> (Vec<usize>, Vec<Option<O
             continue;
         }
         let w = &events[winners[event.order_id.as_str()]];
-        decided[i] = Some(
-            if crate::order::event_key(event) == crate::order::event_key(w) {
-                Outcome::Duplicate
-            } else {
-                Outcome::Stale
-            },
-        );
+        decided[i] = Some(if crate::order::event_key(event) == crate::order::event_key(w) {
+            Outcome::Duplicate
+        } else {
+            Outcome::Stale
+        });
     }
     (winner_set.into_iter().collect(), decided)
+}
+
+/// Decides events whose key repeats an earlier event's key in the same batch:
+/// duplicates, or reused keys when the payload hashes differ.
+pub(crate) fn dedupe_markers(len: usize, markers: Option<&[Marker]>) -> Vec<Option<Outcome>> {
+    let mut decided = vec![None; len];
+    if let Some(markers) = markers {
+        assert_eq!(markers.len(), len, "one marker per event");
+        let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, m) in markers.iter().enumerate() {
+            match first.get(m.key.as_str()) {
+                Some(&f) => {
+                    decided[i] = Some(if markers[f].validation == m.validation {
+                        Outcome::Duplicate
+                    } else {
+                        Outcome::KeyReused
+                    })
+                }
+                None => {
+                    first.insert(&m.key, i);
+                }
+            }
+        }
+    }
+    decided
 }
