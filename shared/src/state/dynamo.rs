@@ -240,6 +240,14 @@ impl DynamoStore {
         };
         let mut known = self.get_totals(&customers).await?;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; chunk.len()];
+        // A key twice in one chunk (a record delivered twice in one batch): the
+        // later one is a duplicate, and one transaction may write a marker once.
+        let mut seen = std::collections::HashSet::new();
+        for (i, record) in chunk.iter().enumerate() {
+            if !seen.insert(record.idempotency_key.as_str()) {
+                outcomes[i] = Some(Outcome::Duplicate);
+            }
+        }
         let now = Utc::now().timestamp();
         for attempt in 1..=MAX_ATTEMPTS {
             let live: Vec<usize> = (0..chunk.len()).filter(|i| outcomes[*i].is_none()).collect();
