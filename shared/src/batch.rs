@@ -115,6 +115,200 @@ pub fn finish(
     Ok(response)
 }
 
+/// How the records of a batch relate, which decides concurrency and what a
+/// failure means for the records after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// SQS standard queue: records are independent; up to `concurrency` at once.
+    Standard { concurrency: usize },
+    /// SQS FIFO queue: in order within a message group, groups concurrently;
+    /// after a failure in a group, its later records fail unprocessed.
+    Fifo { concurrency: usize },
+    /// DynamoDB or Kinesis stream: one at a time in order; stop at the first
+    /// failure and report only it (Lambda retries the shard from there).
+    Stream,
+}
+
+/// Records processed at once by default: DynamoDB and S3 calls are I/O-bound,
+/// and a Lambda function's one or two vCPUs are idle while they wait.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// One record handed to the processor.
+#[derive(Debug, Clone)]
+pub struct BatchRecord<T> {
+    /// The id reported on failure: SQS `messageId` or stream `SequenceNumber`.
+    pub id: String,
+    /// FIFO message group (ignored unless [`Ordering::Fifo`]).
+    pub group: Option<String>,
+    pub payload: T,
+}
+
+/// Why a record handler failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The record can never succeed: quarantine it and acknowledge it.
+    #[error("{0}")]
+    Permanent(String),
+    /// Retry later: report the record as a batch item failure.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// What happened to one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    Succeeded,
+    /// Permanent failure, with the reason to quarantine.
+    Quarantine(String),
+    /// Transient failure (including a panicking handler).
+    Failed(String),
+    /// Not started: an earlier record of its group or shard failed, or the
+    /// invocation was about to time out.
+    Unprocessed(&'static str),
+}
+
+/// The result of a batch: outcomes in input order, and the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    pub outcomes: Vec<(String, RecordOutcome)>,
+    pub response: BatchResponse,
+}
+
+/// A partial-batch processor: a per-record async handler in, the right
+/// partial batch response out.
+#[derive(Debug, Clone)]
+pub struct Processor {
+    pub ordering: Ordering,
+    /// Records not started by `deadline - margin` are reported failed instead
+    /// of being lost with the invocation's timeout.
+    pub deadline: Option<std::time::SystemTime>,
+    pub margin: std::time::Duration,
+}
+
+impl Processor {
+    pub fn new(ordering: Ordering) -> Self {
+        Self { ordering, deadline: None, margin: std::time::Duration::ZERO }
+    }
+
+    pub fn with_deadline(mut self, deadline: std::time::SystemTime, margin: std::time::Duration) -> Self {
+        self.deadline = Some(deadline);
+        self.margin = margin;
+        self
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.deadline.is_some_and(|d| std::time::SystemTime::now() + self.margin >= d)
+    }
+
+    /// Processes the batch. A handler that panics fails its record only.
+    pub async fn process<T, F, Fut>(&self, records: Vec<BatchRecord<T>>, handler: F) -> BatchReport
+    where
+        F: Fn(T) -> Fut,
+        Fut: std::future::Future<Output = Result<(), RecordError>>,
+    {
+        use futures::StreamExt;
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; records.len()];
+        let handler = &handler;
+        match self.ordering {
+            Ordering::Standard { concurrency } => {
+                let results: Vec<(usize, RecordOutcome)> = futures::stream::iter(records.into_iter().enumerate())
+                    .map(|(i, r)| async move { (i, self.run_one(r, handler).await) })
+                    .buffer_unordered(concurrency.max(1))
+                    .collect()
+                    .await;
+                for (i, o) in results {
+                    outcomes[i] = Some(o);
+                }
+            }
+            Ordering::Fifo { concurrency } => {
+                let mut groups: Vec<(Option<String>, Vec<(usize, BatchRecord<T>)>)> = Vec::new();
+                for (i, r) in records.into_iter().enumerate() {
+                    match groups.iter_mut().find(|(g, _)| *g == r.group) {
+                        Some((_, members)) => members.push((i, r)),
+                        None => groups.push((r.group.clone(), vec![(i, r)])),
+                    }
+                }
+                let results: Vec<Vec<(usize, RecordOutcome)>> = futures::stream::iter(groups)
+                    .map(|(_, members)| async move {
+                        let mut done = Vec::with_capacity(members.len());
+                        let mut blocked = false;
+                        for (i, r) in members {
+                            if blocked {
+                                done.push((i, RecordOutcome::Unprocessed("an earlier message of its group failed")));
+                                continue;
+                            }
+                            let outcome = self.run_one(r, handler).await;
+                            blocked = matches!(outcome, RecordOutcome::Failed(_) | RecordOutcome::Unprocessed(_));
+                            done.push((i, outcome));
+                        }
+                        done
+                    })
+                    .buffer_unordered(concurrency.max(1))
+                    .collect()
+                    .await;
+                for (i, o) in results.into_iter().flatten() {
+                    outcomes[i] = Some(o);
+                }
+            }
+            Ordering::Stream => {
+                let mut stopped = false;
+                for (i, r) in records.into_iter().enumerate() {
+                    if stopped {
+                        outcomes[i] = Some(RecordOutcome::Unprocessed("an earlier record of its shard failed"));
+                        continue;
+                    }
+                    let outcome = self.run_one(r, handler).await;
+                    stopped = matches!(outcome, RecordOutcome::Failed(_) | RecordOutcome::Unprocessed(_));
+                    outcomes[i] = Some(outcome);
+                }
+            }
+        }
+        let outcomes: Vec<(String, RecordOutcome)> = ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(id, o)| (id, o.unwrap_or(RecordOutcome::Unprocessed("not reached"))))
+            .collect();
+        let is_failure = |o: &RecordOutcome| matches!(o, RecordOutcome::Failed(_) | RecordOutcome::Unprocessed(_));
+        let response = match self.ordering {
+            // Streams: report the first failure only; Lambda resumes from it.
+            Ordering::Stream => {
+                BatchResponse::failed(outcomes.iter().find(|(_, o)| is_failure(o)).map(|(id, _)| id.clone()))
+            }
+            _ => BatchResponse::failed(outcomes.iter().filter(|(_, o)| is_failure(o)).map(|(id, _)| id.clone())),
+        };
+        BatchReport { outcomes, response }
+    }
+
+    async fn run_one<T, F, Fut>(&self, record: BatchRecord<T>, handler: &F) -> RecordOutcome
+    where
+        F: Fn(T) -> Fut,
+        Fut: std::future::Future<Output = Result<(), RecordError>>,
+    {
+        use futures::FutureExt;
+        use tracing::Instrument;
+        if self.out_of_time() {
+            return RecordOutcome::Unprocessed("the invocation was about to time out");
+        }
+        let span = tracing::info_span!("record", id = %record.id);
+        let result = std::panic::AssertUnwindSafe(handler(record.payload).instrument(span)).catch_unwind().await;
+        match result {
+            Ok(Ok(())) => RecordOutcome::Succeeded,
+            Ok(Err(RecordError::Permanent(reason))) => RecordOutcome::Quarantine(reason),
+            Ok(Err(RecordError::Transient(reason))) => RecordOutcome::Failed(reason),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                tracing::error!(%message, "record handler panicked");
+                RecordOutcome::Failed(format!("handler panicked: {message}"))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +320,77 @@ mod tests {
             serde_json::to_string(&r).unwrap(),
             r#"{"batchItemFailures":[{"itemIdentifier":"a"},{"itemIdentifier":"b"}]}"#
         );
+    }
+
+    fn records(ids: &[(&str, Option<&str>)]) -> Vec<BatchRecord<String>> {
+        ids.iter()
+            .map(|(id, g)| BatchRecord { id: (*id).into(), group: g.map(Into::into), payload: (*id).into() })
+            .collect()
+    }
+
+    async fn handler(id: String) -> Result<(), RecordError> {
+        match id.as_str() {
+            i if i.starts_with("bad") => Err(RecordError::Permanent(format!("{i} is malformed"))),
+            i if i.starts_with("flaky") => Err(RecordError::Transient("throttled".into())),
+            i if i.starts_with("boom") => panic!("handler bug on {i}"),
+            _ => Ok(()),
+        }
+    }
+
+    #[tokio::test]
+    async fn standard_batch_reports_transient_failures_and_panics_only() {
+        let p = Processor::new(Ordering::Standard { concurrency: 4 });
+        let report = p
+            .process(records(&[("a", None), ("bad1", None), ("flaky1", None), ("boom1", None), ("b", None)]), handler)
+            .await;
+        assert_eq!(report.response.ids(), ["flaky1", "boom1"]);
+        assert_eq!(report.outcomes[1].1, RecordOutcome::Quarantine("bad1 is malformed".into()));
+        assert_eq!(report.outcomes[3].1, RecordOutcome::Failed("handler panicked: handler bug on boom1".into()));
+        assert_eq!(report.outcomes[4].1, RecordOutcome::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn fifo_failure_blocks_the_rest_of_its_group_only() {
+        let p = Processor::new(Ordering::Fifo { concurrency: 4 });
+        let order = std::sync::Mutex::new(Vec::new());
+        let report = p
+            .process(
+                records(&[
+                    ("g1-a", Some("1")),
+                    ("flaky-g1", Some("1")),
+                    ("g2-a", Some("2")),
+                    ("g1-c", Some("1")),
+                    ("g2-b", Some("2")),
+                ]),
+                |id: String| {
+                    order.lock().unwrap().push(id.clone());
+                    handler(id)
+                },
+            )
+            .await;
+        assert_eq!(report.response.ids(), ["flaky-g1", "g1-c"]);
+        assert_eq!(report.outcomes[3].1, RecordOutcome::Unprocessed("an earlier message of its group failed"));
+        let order = order.into_inner().unwrap();
+        assert!(!order.contains(&"g1-c".to_owned()), "never started after its group failed");
+        let g2: Vec<&String> = order.iter().filter(|i| i.starts_with("g2")).collect();
+        assert_eq!(g2, ["g2-a", "g2-b"], "in order within a group");
+    }
+
+    #[tokio::test]
+    async fn stream_stops_at_the_first_failure_and_reports_it_alone() {
+        let p = Processor::new(Ordering::Stream);
+        let report = p.process(records(&[("1", None), ("bad2", None), ("flaky3", None), ("4", None)]), handler).await;
+        assert_eq!(report.response.ids(), ["flaky3"]);
+        assert_eq!(report.outcomes[3].1, RecordOutcome::Unprocessed("an earlier record of its shard failed"));
+    }
+
+    #[tokio::test]
+    async fn records_not_started_before_the_deadline_are_reported_failed() {
+        let p = Processor::new(Ordering::Standard { concurrency: 1 })
+            .with_deadline(std::time::SystemTime::now(), std::time::Duration::from_secs(1));
+        let report = p.process(records(&[("a", None), ("b", None)]), handler).await;
+        assert_eq!(report.response.ids(), ["a", "b"]);
+        assert!(report.outcomes.iter().all(|(_, o)| matches!(o, RecordOutcome::Unprocessed(_))));
     }
 
     #[test]
