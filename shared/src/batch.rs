@@ -174,6 +174,9 @@ pub struct BatchReport {
     pub response: BatchResponse,
 }
 
+/// A FIFO message group and its records, with their batch positions.
+type Group<T> = (Option<String>, Vec<(usize, BatchRecord<T>)>);
+
 /// A partial-batch processor: a per-record async handler in, the right
 /// partial batch response out.
 #[derive(Debug, Clone)]
@@ -222,7 +225,7 @@ impl Processor {
                 }
             }
             Ordering::Fifo { concurrency } => {
-                let mut groups: Vec<(Option<String>, Vec<(usize, BatchRecord<T>)>)> = Vec::new();
+                let mut groups: Vec<Group<T>> = Vec::new();
                 for (i, r) in records.into_iter().enumerate() {
                     match groups.iter_mut().find(|(g, _)| *g == r.group) {
                         Some((_, members)) => members.push((i, r)),
