@@ -93,6 +93,17 @@ pub trait ObjectSource: Send + Sync {
     fn open(&self, object: &ObjectRef, from_byte: u64) -> impl Future<Output = Result<ObjectBody, ObjectError>> + Send;
 }
 
+/// Where reports are written: a small object, whole.
+pub trait ObjectSink: Send + Sync {
+    fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> impl Future<Output = Result<(), ObjectError>> + Send;
+}
+
 /// Objects in S3.
 #[derive(Debug, Clone)]
 pub struct S3Source {
@@ -128,10 +139,30 @@ impl ObjectSource for S3Source {
     }
 }
 
+impl ObjectSink for S3Source {
+    async fn put(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), ObjectError> {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body.into())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| ObjectError::Fetch {
+                uri: format!("s3://{bucket}/{key}"),
+                message: crate::error::sdk_message(&e),
+                class: crate::error::classify_sdk(&e),
+            })
+    }
+}
+
 /// Objects held in memory, for unit tests.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct MemorySource {
     objects: HashMap<(String, String), Vec<u8>>,
+    written: std::sync::Mutex<Vec<(String, String, Vec<u8>)>>,
 }
 
 impl MemorySource {
@@ -141,6 +172,21 @@ impl MemorySource {
 
     pub fn insert(&mut self, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
         self.objects.insert((bucket.to_owned(), key.to_owned()), body.into());
+    }
+
+    /// Objects written through [`ObjectSink`], in order: (bucket, key, body).
+    pub fn written(&self) -> Vec<(String, String, Vec<u8>)> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl ObjectSink for MemorySource {
+    async fn put(&self, bucket: &str, key: &str, body: Vec<u8>, _content_type: &str) -> Result<(), ObjectError> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        // Same key again overwrites, as S3 does.
+        written.retain(|(b, k, _)| !(b == bucket && k == key));
+        written.push((bucket.to_owned(), key.to_owned(), body));
+        Ok(())
     }
 }
 

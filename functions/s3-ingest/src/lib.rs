@@ -17,7 +17,9 @@ use shared::batch::{BatchResponse, InvocationError, Summary, finish};
 use shared::config::Config;
 use shared::event::s3::{self, Notification, ObjectRef};
 use shared::event::{self, sqs};
-use shared::object::{Layout, LineContent, LineError, LineReader, ObjectSource, decoded, parse_record, split_csv};
+use shared::object::{
+    Format, Layout, LineContent, LineError, LineReader, ObjectSink, ObjectSource, decoded, parse_record, split_csv,
+};
 use shared::order::OrderEvent;
 use shared::state::{
     Checkpoint, Counts, ErrorClass, Manifest, ManifestWrite, ObjectStatus, Outcome, Quarantined, StateStore,
@@ -78,6 +80,42 @@ impl Deadline {
     }
 }
 
+/// What to do with a message whose object is unfinished at the deadline.
+#[derive(Debug)]
+pub enum Handoff {
+    /// Report it as a batch item failure: SQS redelivers it after the
+    /// visibility timeout and the next invocation resumes from the checkpoint.
+    Retry,
+    /// Send its notification to the ingest queue again and acknowledge it: the
+    /// next invocation resumes at once, and the message's receive count (and so
+    /// the dead-letter redrive) is not spent on an object that is progressing.
+    Queue { client: aws_sdk_sqs::Client, queue_url: String },
+    /// Collect the bodies (tests).
+    Memory(std::sync::Mutex<Vec<String>>),
+}
+
+impl Handoff {
+    /// Hands the body on; `false` when the message must be reported failed instead.
+    async fn hand_on(&self, body: &str) -> bool {
+        match self {
+            Self::Retry => false,
+            Self::Queue { client, queue_url } => {
+                match client.send_message().queue_url(queue_url).message_body(body).send().await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %shared::error::sdk_message(&e), "hand-off failed; reporting the message for retry");
+                        false
+                    }
+                }
+            }
+            Self::Memory(bodies) => {
+                bodies.lock().unwrap_or_else(|e| e.into_inner()).push(body.to_owned());
+                true
+            }
+        }
+    }
+}
+
 /// The response of a direct S3 invocation (no batch to report on).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,9 +125,10 @@ pub struct DirectResponse {
 
 /// Handles an S3 event, an EventBridge event, or an SQS event of notifications.
 /// Returns the JSON response and the accounting.
-pub async fn handle<S: StateStore, O: ObjectSource>(
+pub async fn handle<S: StateStore, O: ObjectSource + ObjectSink>(
     store: &S,
     objects: &O,
+    handoff: &Handoff,
     config: &Config,
     payload: &Value,
     deadline: &Deadline,
@@ -151,7 +190,7 @@ pub async fn handle<S: StateStore, O: ObjectSource>(
             }
             match process_notification(store, objects, config, &notification, deadline, &mut summary).await {
                 Ok(Some(report)) => {
-                    if report.result == "UNFINISHED" {
+                    if report.result == "UNFINISHED" && !handoff.hand_on(&message.body).await {
                         failed.push(message.message_id.clone());
                     }
                     reports.push(report);
@@ -184,7 +223,7 @@ pub async fn handle<S: StateStore, O: ObjectSource>(
     Ok((response, summary, reports))
 }
 
-async fn process_notification<S: StateStore, O: ObjectSource>(
+async fn process_notification<S: StateStore, O: ObjectSource + ObjectSink>(
     store: &S,
     objects: &O,
     config: &Config,
@@ -212,8 +251,158 @@ fn store_failure(e: shared::state::StoreError) -> ObjectFailure {
     }
 }
 
+/// Longest raw line copied into the rejects report.
+const MAX_REPORTED_LINE_BYTES: usize = 1024;
+/// Rejects buffered before a report part is written: bounds memory whatever
+/// the object's size.
+const REPORT_PART_BYTES: usize = 256 * 1024;
+
+/// A chunk read from the object, not yet committed.
+struct Chunk {
+    events: Vec<OrderEvent>,
+    rejects: Vec<Quarantined>,
+    /// (line number, reason, raw line) of each reject, for the report.
+    report: Vec<(u64, String, String)>,
+    /// Checkpoint after the chunk.
+    next: Checkpoint,
+    finished: bool,
+    csv_header: Option<String>,
+}
+
+/// State of one object's read, carried across chunks.
+struct Reader<R> {
+    lines: LineReader<R>,
+    layout: Layout,
+    header: Option<Vec<String>>,
+    csv_header: Option<String>,
+    /// Lines up to this number were done by an earlier invocation.
+    skip_through: u64,
+    source: String,
+    max_line_bytes: usize,
+    uri: String,
+}
+
+impl<R: tokio::io::AsyncBufRead + Unpin> Reader<R> {
+    async fn read_chunk(&mut self) -> Result<Chunk, ObjectFailure> {
+        let mut chunk = Chunk {
+            events: Vec::new(),
+            rejects: Vec::new(),
+            report: Vec::new(),
+            next: Checkpoint::default(),
+            finished: false,
+            csv_header: None,
+        };
+        while chunk.events.len() + chunk.rejects.len() < CHUNK_RECORDS {
+            let line = self.lines.next_line().await.map_err(|e| {
+                ObjectFailure::Transient(format!("failed to read {} at byte {}: {e}", self.uri, self.lines.offset()))
+            })?;
+            let Some(line) = line else {
+                chunk.finished = true;
+                break;
+            };
+            if line.number <= self.skip_through {
+                continue; // Done by an earlier invocation (compressed resume).
+            }
+            let parsed: Result<OrderEvent, (LineError, String)> = match &line.content {
+                LineContent::Text(text) if text.trim().is_empty() => continue,
+                LineContent::Text(text) if self.layout.format == Format::Csv && self.header.is_none() => {
+                    match split_csv(text) {
+                        Ok(fields) => {
+                            self.header = Some(fields.into_iter().map(|f| f.trim().to_owned()).collect());
+                            self.csv_header = Some(text.clone());
+                            continue;
+                        }
+                        Err(e) => Err((LineError::Csv(format!("header row: {e}")), text.clone())),
+                    }
+                }
+                LineContent::Text(text) => {
+                    parse_record(self.layout.format, self.header.as_deref(), text).map_err(|e| (e, text.clone()))
+                }
+                LineContent::TooLong { length, prefix } => Err((
+                    LineError::TooLong { length: *length, limit: self.max_line_bytes },
+                    String::from_utf8_lossy(prefix).into_owned(),
+                )),
+                LineContent::InvalidUtf8(bytes) => {
+                    Err((LineError::InvalidUtf8, String::from_utf8_lossy(bytes).into_owned()))
+                }
+            };
+            match parsed {
+                Ok(e) => chunk.events.push(e),
+                Err((err, raw)) => {
+                    tracing::info!(line = line.number, reason = %err, "line rejected");
+                    let reason = err.to_string();
+                    chunk.rejects.push(Quarantined::new(&self.source, format!("line-{}", line.number), &reason, &raw));
+                    let raw = shared::state::truncate_bytes(&raw, MAX_REPORTED_LINE_BYTES).to_owned();
+                    chunk.report.push((line.number, reason, raw));
+                }
+            }
+        }
+        chunk.next = Checkpoint { line: self.lines.next_number() - 1, byte: self.lines.offset() };
+        chunk.csv_header = self.csv_header.clone();
+        Ok(chunk)
+    }
+}
+
+/// The rejects report: JSON lines `{"line", "reason", "raw"}` written beside the
+/// input under `rejected/`, in parts named by their line range, so a part
+/// rewritten after a retry replaces itself. The quarantine items in the state
+/// table are the durable record; the report is the copy people read.
+struct Report {
+    bucket: String,
+    base: String,
+    lines: Vec<(u64, String, String)>,
+    bytes: usize,
+    parts: u32,
+}
+
+impl Report {
+    fn new(object: &ObjectRef, revision: &str) -> Self {
+        Self {
+            bucket: object.bucket.clone(),
+            base: format!("{REJECTS_PREFIX}{}.{revision}", object.key),
+            lines: Vec::new(),
+            bytes: 0,
+            parts: 0,
+        }
+    }
+
+    fn add(&mut self, rejects: Vec<(u64, String, String)>) {
+        for r in rejects {
+            self.bytes += r.1.len() + r.2.len() + 48;
+            self.lines.push(r);
+        }
+    }
+
+    async fn flush<K: ObjectSink>(&mut self, sink: &K, force: bool) -> Result<(), ObjectFailure> {
+        if self.lines.is_empty() || (!force && self.bytes < REPORT_PART_BYTES) {
+            return Ok(());
+        }
+        let first = self.lines.first().map_or(0, |l| l.0);
+        let last = self.lines.last().map_or(0, |l| l.0);
+        let mut body = Vec::with_capacity(self.bytes);
+        for (line, reason, raw) in self.lines.drain(..) {
+            let entry = serde_json::json!({ "line": line, "reason": reason, "raw": raw });
+            body.extend_from_slice(entry.to_string().as_bytes());
+            body.push(b'\n');
+        }
+        self.bytes = 0;
+        let key = format!("{}.lines-{first}-{last}.ndjson", self.base);
+        sink.put(&self.bucket, &key, body, "application/x-ndjson")
+            .await
+            .map_err(|e| ObjectFailure::Transient(e.to_string()))?;
+        self.parts += 1;
+        Ok(())
+    }
+}
+
+/// Where rejects reports go: `rejected/` + the input's key.
+pub const REJECTS_PREFIX: &str = "rejected/";
+
 /// Reads one object from its checkpoint to the end (or the deadline).
-pub async fn ingest_object<S: StateStore, O: ObjectSource>(
+///
+/// Pipelined: while one chunk's transaction is in flight, the next chunk is
+/// read and parsed.
+pub async fn ingest_object<S: StateStore, O: ObjectSource + ObjectSink>(
     store: &S,
     objects: &O,
     config: &Config,
@@ -230,20 +419,29 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
         return Ok(report("SKIPPED", m.counts));
     }
     let started_at = existing.as_ref().map_or_else(Utc::now, |m| m.started_at);
-    let mut checkpoint = existing.as_ref().map(|m| m.checkpoint).unwrap_or_default();
+    let checkpoint = existing.as_ref().map(|m| m.checkpoint).unwrap_or_default();
     let mut counts = existing.as_ref().map(|m| m.counts).unwrap_or_default();
-    let mut csv_header: Option<String> = existing.as_ref().and_then(|m| m.csv_header.clone());
     let mut expected = existing.as_ref().map(|m| m.checkpoint);
+    let manifest = |status, counts, checkpoint, csv_header, finished| Manifest {
+        bucket: object.bucket.clone(),
+        key: object.key.clone(),
+        revision: revision.clone(),
+        status,
+        counts,
+        checkpoint,
+        csv_header,
+        started_at,
+        finished_at: finished,
+    };
 
     let by_key = Layout::detect(&object.key, None, None);
     // Ranged reads resume uncompressed objects at the checkpoint's byte;
     // compressed ones are re-read from the start and the done lines skipped.
     let ranged = by_key.is_some_and(|l| !l.gzip) && checkpoint.byte > 0;
-    let body = objects.open(object, if ranged { checkpoint.byte } else { 0 }).await.map_err(|e| match e.class() {
-        ErrorClass::Transient => ObjectFailure::Transient(e.to_string()),
-        // A vanished object or a denied read cannot succeed later: quarantine it below.
-        _ => ObjectFailure::Transient(e.to_string()),
-    })?;
+    let body = objects
+        .open(object, if ranged { checkpoint.byte } else { 0 })
+        .await
+        .map_err(|e| ObjectFailure::Transient(e.to_string()))?;
     let Some(layout) =
         by_key.or_else(|| Layout::detect(&object.key, body.content_type.as_deref(), body.content_encoding.as_deref()))
     else {
@@ -255,133 +453,96 @@ pub async fn ingest_object<S: StateStore, O: ObjectSource>(
         let q = Quarantined::new(format!("s3/{}", object.bucket), format!("{}@{revision}", object.key), &reason, "");
         store.quarantine(&[q]).await.map_err(store_failure)?;
         summary.quarantined += 1;
-        let manifest = Manifest {
-            bucket: object.bucket.clone(),
-            key: object.key.clone(),
-            revision: revision.clone(),
-            status: ObjectStatus::Failed,
-            counts,
-            checkpoint,
-            csv_header: None,
-            started_at,
-            finished_at: Some(Utc::now()),
+        let write = ManifestWrite {
+            manifest: manifest(ObjectStatus::Failed, counts, checkpoint, None, Some(Utc::now())),
+            expected,
         };
-        let write = ManifestWrite { manifest, expected };
         store.apply_orders(&[], None, Some(&move |_: &[Outcome]| write.clone())).await.map_err(store_failure)?;
         return Ok(report("REJECTED", counts));
     };
-    let reader = decoded(body.reader, layout.gzip);
-    let mut lines = if ranged {
-        LineReader::new(reader, config.max_line_bytes, checkpoint.line + 1, checkpoint.byte)
-    } else {
-        LineReader::new(reader, config.max_line_bytes, 1, 0)
+    let csv_header = existing.as_ref().and_then(|m| m.csv_header.clone());
+    let mut reader = Reader {
+        lines: if ranged {
+            LineReader::new(
+                decoded(body.reader, layout.gzip),
+                config.max_line_bytes,
+                checkpoint.line + 1,
+                checkpoint.byte,
+            )
+        } else {
+            LineReader::new(decoded(body.reader, layout.gzip), config.max_line_bytes, 1, 0)
+        },
+        layout,
+        header: csv_header.as_deref().and_then(|h| split_csv(h).ok()),
+        csv_header,
+        skip_through: checkpoint.line,
+        source: format!("s3/{}/{}", object.bucket, object.key),
+        max_line_bytes: config.max_line_bytes,
+        uri: object.uri(),
     };
-    let header_fields = |h: &Option<String>| h.as_deref().map(split_csv).transpose();
-    let mut header: Option<Vec<String>> = header_fields(&csv_header).ok().flatten();
-    let source = format!("s3/{}/{}", object.bucket, object.key);
+    let mut rejects_report = Report::new(object, &revision);
 
+    let mut current = reader.read_chunk().await?;
     loop {
         if deadline.near(config.deadline_margin) {
-            tracing::info!(line = checkpoint.line, "deadline near; stopping at the checkpoint");
+            // The read-ahead chunk is dropped uncommitted: the next invocation
+            // reads it again from the committed checkpoint.
+            rejects_report.flush(objects, true).await?;
+            tracing::info!(line = expected.map_or(0, |c| c.line), "deadline near; stopping at the checkpoint");
             return Ok(report("UNFINISHED", counts));
         }
-        let mut events: Vec<OrderEvent> = Vec::new();
-        let mut rejects: Vec<Quarantined> = Vec::new();
-        let mut finished = false;
-        while events.len() + rejects.len() < CHUNK_RECORDS {
-            let line = lines.next_line().await.map_err(|e| {
-                ObjectFailure::Transient(format!("failed to read {} at byte {}: {e}", object.uri(), lines.offset()))
-            })?;
-            let Some(line) = line else {
-                finished = true;
-                break;
-            };
-            if line.number <= checkpoint.line {
-                continue; // Done by an earlier invocation (compressed resume).
+        let Chunk { events, rejects, report: report_lines, next, finished, csv_header } = current;
+        let commit = async {
+            if !rejects.is_empty() {
+                store.quarantine(&rejects).await.map_err(store_failure)?;
             }
-            let parsed: Result<OrderEvent, (LineError, String)> = match &line.content {
-                LineContent::Text(text) if text.trim().is_empty() => continue,
-                LineContent::Text(text) if layout.format == shared::object::Format::Csv && header.is_none() => {
-                    match split_csv(text) {
-                        Ok(fields) => {
-                            header = Some(fields.into_iter().map(|f| f.trim().to_owned()).collect());
-                            csv_header = Some(text.clone());
-                        }
-                        Err(e) => {
-                            let err = LineError::Csv(format!("header row: {e}"));
-                            rejects.push(Quarantined::new(
-                                &source,
-                                format!("line-{}", line.number),
-                                err.to_string(),
-                                text,
-                            ));
-                        }
+            let base = Counts {
+                lines: counts.lines + (events.len() + rejects.len()) as u64,
+                rejected: counts.rejected + rejects.len() as u64,
+                ..counts
+            };
+            let status = if finished { ObjectStatus::Completed } else { ObjectStatus::InProgress };
+            let template = manifest(status, base, next, csv_header, finished.then(Utc::now));
+            let build = |outcomes: &[Outcome]| {
+                let mut m = template.clone();
+                for o in outcomes {
+                    match o {
+                        Outcome::Applied => m.counts.accepted += 1,
+                        Outcome::Stale => m.counts.stale += 1,
+                        // No per-line markers: the checkpoint committed with each
+                        // chunk is what makes every line count once.
+                        Outcome::Duplicate | Outcome::KeyReused => m.counts.duplicates += 1,
                     }
-                    continue;
                 }
-                LineContent::Text(text) => {
-                    parse_record(layout.format, header.as_deref(), text).map_err(|e| (e, text.clone()))
-                }
-                LineContent::TooLong { length, prefix } => Err((
-                    LineError::TooLong { length: *length, limit: config.max_line_bytes },
-                    String::from_utf8_lossy(prefix).into_owned(),
-                )),
-                LineContent::InvalidUtf8(bytes) => {
-                    Err((LineError::InvalidUtf8, String::from_utf8_lossy(bytes).into_owned()))
-                }
+                ManifestWrite { manifest: m, expected }
             };
-            match parsed {
-                Ok(e) => events.push(e),
-                Err((err, raw)) => {
-                    tracing::info!(line = line.number, reason = %err, "line rejected");
-                    rejects.push(Quarantined::new(&source, format!("line-{}", line.number), err.to_string(), &raw));
-                }
-            }
-        }
-        if !rejects.is_empty() {
-            store.quarantine(&rejects).await.map_err(store_failure)?;
-        }
-        let next = Checkpoint { line: lines.next_number() - 1, byte: lines.offset() };
-        let base = Counts {
-            lines: counts.lines + (events.len() + rejects.len()) as u64,
-            rejected: counts.rejected + rejects.len() as u64,
-            ..counts
+            let outcomes = store.apply_orders(&events, None, Some(&build)).await.map_err(store_failure)?;
+            Ok::<_, ObjectFailure>((build(&outcomes).manifest.counts, outcomes, rejects.len()))
         };
-        let template = Manifest {
-            bucket: object.bucket.clone(),
-            key: object.key.clone(),
-            revision: revision.clone(),
-            status: if finished { ObjectStatus::Completed } else { ObjectStatus::InProgress },
-            counts: base,
-            checkpoint: next,
-            csv_header: csv_header.clone(),
-            started_at,
-            finished_at: finished.then(Utc::now),
+        let (committed, read_ahead) = if finished {
+            (commit.await, None)
+        } else {
+            let (c, r) = tokio::join!(commit, reader.read_chunk());
+            (c, Some(r))
         };
-        let build = |outcomes: &[Outcome]| {
-            let mut manifest = template.clone();
-            for o in outcomes {
-                match o {
-                    Outcome::Applied => manifest.counts.accepted += 1,
-                    Outcome::Stale => manifest.counts.stale += 1,
-                    // No markers here: the checkpoint committed with each chunk
-                    // is what makes every line count once.
-                    Outcome::Duplicate | Outcome::KeyReused => manifest.counts.duplicates += 1,
-                }
-            }
-            ManifestWrite { manifest, expected }
-        };
-        let outcomes = store.apply_orders(&events, None, Some(&build)).await.map_err(store_failure)?;
-        counts = build(&outcomes).manifest.counts;
-        summary.quarantined += rejects.len() as u64;
+        let (new_counts, outcomes, rejected) = committed?;
+        counts = new_counts;
+        expected = Some(next);
+        summary.quarantined += rejected as u64;
         for o in outcomes {
             summary.count(o);
         }
-        checkpoint = next;
-        expected = Some(next);
-        if finished {
-            tracing::info!(?counts, "object completed");
-            return Ok(report("COMPLETED", counts));
+        rejects_report.add(report_lines);
+        match read_ahead {
+            None => {
+                rejects_report.flush(objects, true).await?;
+                tracing::info!(?counts, report_parts = rejects_report.parts, "object completed");
+                return Ok(report("COMPLETED", counts));
+            }
+            Some(next_chunk) => {
+                rejects_report.flush(objects, false).await?;
+                current = next_chunk?;
+            }
         }
     }
 }

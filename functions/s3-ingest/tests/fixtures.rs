@@ -1,7 +1,7 @@
 //! Handler tests over the fixture events and sample data, with in-memory
 //! stores: every S3 notification shape, every format, rejected lines, resume.
 
-use s3_ingest::{Deadline, handle};
+use s3_ingest::{Deadline, Handoff, handle};
 use serde_json::{Value, json};
 use shared::batch::Summary;
 use shared::config::Config;
@@ -37,14 +37,31 @@ fn fixture(text: &str) -> Value {
 }
 
 async fn run(event: &Value) -> (MemoryStore, Value, Summary) {
+    run_with(event).await.0
+}
+
+async fn run_with(event: &Value) -> ((MemoryStore, Value, Summary), MemorySource) {
     let store = MemoryStore::new();
-    let (response, summary, _) = handle(&store, &sources(), &config(), event, &Deadline::None).await.unwrap();
-    (store, response, summary)
+    let source = sources();
+    let (response, summary, _) =
+        handle(&store, &source, &Handoff::Retry, &config(), event, &Deadline::None).await.unwrap();
+    ((store, response, summary), source)
 }
 
 #[tokio::test]
 async fn direct_s3_event_ingests_ndjson_and_rejects_bad_lines() {
-    let (store, response, summary) = run(&fixture(include_str!("../../../events/s3-direct.json"))).await;
+    let ((store, response, summary), source) = run_with(&fixture(include_str!("../../../events/s3-direct.json"))).await;
+    let written = source.written();
+    assert_eq!(written.len(), 1, "one rejects report");
+    let (bucket, key, body) = &written[0];
+    assert_eq!(bucket, BUCKET);
+    assert!(key.starts_with("rejected/incoming/orders.ndjson.") && key.ends_with(".lines-4-7.ndjson"), "{key}");
+    let report: Vec<Value> =
+        std::str::from_utf8(body).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(report.len(), 2);
+    assert_eq!(report[0]["line"], 4);
+    assert_eq!(report[0]["raw"], "{\"eventId\": \"e-bad-json\", \"orderId\": ");
+    assert_eq!(report[1]["reason"], "currency: must be an ISO 4217 code (3 upper-case letters), got \"usd\"");
     assert_eq!(response["objects"][0]["result"], "COMPLETED");
     assert_eq!(summary, Summary { applied: 3, stale: 2, quarantined: 2, ..Summary::default() });
     let manifest = &store.manifests()[0];
@@ -111,9 +128,10 @@ async fn re_notified_completed_object_is_skipped() {
     let event = fixture(include_str!("../../../events/s3-direct.json"));
     let store = MemoryStore::new();
     let source = sources();
-    handle(&store, &source, &config(), &event, &Deadline::None).await.unwrap();
+    handle(&store, &source, &Handoff::Retry, &config(), &event, &Deadline::None).await.unwrap();
     let orders = store.orders();
-    let (response, summary, _) = handle(&store, &source, &config(), &event, &Deadline::None).await.unwrap();
+    let (response, summary, _) =
+        handle(&store, &source, &Handoff::Retry, &config(), &event, &Deadline::None).await.unwrap();
     assert_eq!(response["objects"][0]["result"], "SKIPPED");
     assert_eq!(summary, Summary { duplicate: 1, ..Summary::default() });
     assert_eq!(store.orders(), orders);
@@ -126,7 +144,7 @@ async fn empty_object_completes_with_zero_counts() {
     source.insert(BUCKET, "incoming/empty.ndjson", Vec::new());
     let event = json!({"Records": [{"eventName": "ObjectCreated:Put",
         "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/empty.ndjson", "eTag": "d41d8cd9"}}}]});
-    let (response, _, _) = handle(&store, &source, &config(), &event, &Deadline::None).await.unwrap();
+    let (response, _, _) = handle(&store, &source, &Handoff::Retry, &config(), &event, &Deadline::None).await.unwrap();
     assert_eq!(response["objects"][0]["result"], "COMPLETED");
     assert_eq!(store.manifests()[0].counts, Counts::default());
 }
@@ -138,7 +156,7 @@ async fn unsupported_format_is_quarantined_not_retried() {
     source.insert(BUCKET, "incoming/picture.png", vec![0x89, b'P', b'N', b'G']);
     let event = json!({"Records": [{"eventName": "ObjectCreated:Put",
         "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/picture.png", "eTag": "abc"}}}]});
-    let (response, _, _) = handle(&store, &source, &config(), &event, &Deadline::None).await.unwrap();
+    let (response, _, _) = handle(&store, &source, &Handoff::Retry, &config(), &event, &Deadline::None).await.unwrap();
     assert_eq!(response["objects"][0]["result"], "REJECTED");
     assert!(store.quarantined()[0].reason.starts_with("unsupported object format"));
     assert_eq!(store.manifests()[0].status, ObjectStatus::Failed);
@@ -169,7 +187,7 @@ async fn interrupted_then_resumed(key: &str, body: Vec<u8>) {
         "s3": {"bucket": {"name": BUCKET}, "object": {"key": key, "eTag": "e1"}}}]}).to_string()}]});
 
     let clean = MemoryStore::new();
-    handle(&clean, &source, &config(), &event, &Deadline::None).await.unwrap();
+    handle(&clean, &source, &Handoff::Retry, &config(), &event, &Deadline::None).await.unwrap();
 
     let interrupted = MemoryStore::new();
     let mut invocations = 0;
@@ -178,7 +196,9 @@ async fn interrupted_then_resumed(key: &str, body: Vec<u8>) {
         assert!(invocations < 50, "no progress");
         // Two deadline checks per invocation: the message, then one chunk.
         let (response, _, _) =
-            handle(&interrupted, &source, &config(), &event, &Deadline::after_chunks(2)).await.unwrap();
+            handle(&interrupted, &source, &Handoff::Retry, &config(), &event, &Deadline::after_chunks(2))
+                .await
+                .unwrap();
         if response["batchItemFailures"].as_array().unwrap().is_empty() {
             break;
         }
@@ -206,6 +226,25 @@ async fn interrupted_gzip_resumes_by_skipping_done_lines_to_the_clean_result() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&big_object(400)).unwrap();
     interrupted_then_resumed("incoming/big.ndjson.gz", gz.finish().unwrap()).await;
+}
+
+#[tokio::test]
+async fn unfinished_object_is_handed_on_to_the_queue_and_its_message_acknowledged() {
+    let mut source = MemorySource::new();
+    source.insert(BUCKET, "incoming/big.ndjson", big_object(300));
+    let body = json!({"Records": [{"eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/big.ndjson", "eTag": "e1"}}}]})
+    .to_string();
+    let event = json!({"Records": [{"eventSource": "aws:sqs", "messageId": "m-1", "body": body.clone()}]});
+    let store = MemoryStore::new();
+    let handoff = Handoff::Memory(Default::default());
+    let (response, _, reports) =
+        handle(&store, &source, &handoff, &config(), &event, &Deadline::after_chunks(2)).await.unwrap();
+    assert_eq!(response, json!({"batchItemFailures": []}), "acknowledged: the queue has its continuation");
+    assert_eq!(reports[0].result, "UNFINISHED");
+    let Handoff::Memory(bodies) = handoff else { unreachable!() };
+    assert_eq!(bodies.into_inner().unwrap(), vec![body]);
+    assert_eq!(store.manifests()[0].status, ObjectStatus::InProgress);
 }
 
 #[test]
