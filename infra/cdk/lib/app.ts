@@ -1,0 +1,47 @@
+/** Builds the stack from context, shared by bin/app.ts and the tests. */
+import * as fs from 'fs';
+import * as path from 'path';
+import { App, Validations } from 'aws-cdk-lib';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { loadSpec, repoRoot } from './spec';
+import { StreamProcessorStack } from './stack';
+
+export const FUNCTIONS = ['s3-ingest', 'sqs-consumer', 'stream-aggregator'];
+
+export function architectureFrom(value: string | undefined): lambda.Architecture {
+  switch (value ?? 'arm64') {
+    case 'arm64':
+      return lambda.Architecture.ARM_64;
+    case 'x86_64':
+      return lambda.Architecture.X86_64;
+    default:
+      throw new Error(`architecture must be arm64 or x86_64, not ${JSON.stringify(value)}`);
+  }
+}
+
+/** Adds the stack (and the cdk-nag AwsSolutions checks) to `app`. */
+export function buildApp(app: App): StreamProcessorStack {
+  const spec = loadSpec();
+  const context = (key: string): string | undefined => app.node.tryGetContext(key);
+  const assetDir = path.resolve(context('assetDir') ?? process.env.LAMBDA_ASSET_DIR ?? path.join(repoRoot(), 'target', 'lambda'));
+  const missing = FUNCTIONS.filter((f) => !fs.existsSync(path.join(assetDir, f, 'bootstrap')));
+  if (missing.length > 0) {
+    throw new Error(
+      `no function binaries in ${assetDir} (missing ${missing.join(', ')}): run ` +
+        '`cargo lambda build --release --arm64` (or `--x86-64` with -c architecture=x86_64) in the repository root, ' +
+        'or point -c assetDir=... at a directory of <function>/bootstrap',
+    );
+  }
+  const stack = new StreamProcessorStack(app, context('stackName') ?? spec.stackName, {
+    spec,
+    assetDir,
+    architecture: architectureFrom(context('architecture')),
+    description:
+      'Event-driven stream processor: S3 uploads, SQS order queues and the state table stream, each handled by a Rust function.',
+  });
+  // cdk-nag runs as a policy validation plugin: `cdk synth` fails on any
+  // finding that is not acknowledged with a reason (lib/stack.ts).
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { verbose: true }));
+  return stack;
+}
