@@ -72,21 +72,6 @@ impl Summary {
             crate::state::Outcome::KeyReused => self.quarantined += 1,
         }
     }
-
-    /// Logs the one summary line of an invocation.
-    pub fn log(&self, function: &str) {
-        tracing::info!(
-            function,
-            applied = self.applied,
-            stale = self.stale,
-            duplicate = self.duplicate,
-            quarantined = self.quarantined,
-            ignored = self.ignored,
-            failed = self.failed,
-            records = self.total(),
-            "invocation summary"
-        );
-    }
 }
 
 /// An invocation-level failure: the mapping retries the whole batch.
@@ -99,6 +84,14 @@ pub struct InvocationError {
 impl InvocationError {
     pub fn new(message: impl Into<String>) -> Self {
         Self { message: message.into() }
+    }
+}
+
+/// Lambda reports the error type in the invocation result and in the
+/// function's logs; a stable name makes failed invocations easy to find.
+impl From<InvocationError> for lambda_runtime::Diagnostic {
+    fn from(e: InvocationError) -> Self {
+        Self { error_type: "StreamProcessor.InvocationError".into(), error_message: e.message }
     }
 }
 

@@ -108,9 +108,13 @@ pub async fn aws_sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
 }
 
-/// The DynamoDB client.
-pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::new(sdk)
+/// The DynamoDB client, counting its requests (retries included) into `requests`.
+pub fn dynamodb_client(
+    sdk: &aws_config::SdkConfig,
+    requests: &crate::telemetry::RequestCounter,
+) -> aws_sdk_dynamodb::Client {
+    let config = aws_sdk_dynamodb::config::Builder::from(sdk).interceptor(requests.clone()).build();
+    aws_sdk_dynamodb::Client::from_conf(config)
 }
 
 /// The S3 client. Path-style addressing when an endpoint override is set:

@@ -10,5 +10,6 @@ pub mod event;
 pub mod idempotency;
 pub mod object;
 pub mod order;
+pub mod runtime;
 pub mod state;
 pub mod telemetry;

@@ -3,32 +3,39 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use lambda_runtime::{Error, LambdaEvent, service_fn};
 use s3_ingest::{Deadline, Handoff};
-use serde_json::Value;
 use shared::config::{Config, aws_sdk_config, dynamodb_client, s3_client, sqs_client};
 use shared::object::S3Source;
+use shared::runtime::{Telemetry, serve};
 use shared::state::dynamo::DynamoStore;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
     let config = Config::from_env()?;
+    let telemetry = Telemetry::default();
     let sdk = aws_sdk_config().await;
-    let store = DynamoStore::new(dynamodb_client(&sdk), config.state_table.clone(), config.idempotency_table.clone())
-        .with_marker_ttl(config.idempotency_ttl);
+    let store = DynamoStore::new(
+        dynamodb_client(&sdk, &telemetry.requests),
+        config.state_table.clone(),
+        config.idempotency_table.clone(),
+    )
+    .with_marker_ttl(config.idempotency_ttl)
+    .with_capacity_meter(telemetry.capacity.clone());
     let objects = S3Source::new(s3_client(&sdk));
     let handoff = match &config.ingest_queue_url {
         Some(url) => Handoff::Queue { client: sqs_client(&sdk), queue_url: url.clone() },
         None => Handoff::Retry,
     };
-    let (store, objects, handoff, config) = (&store, &objects, &handoff, &config);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let deadline = Deadline::At(UNIX_EPOCH + Duration::from_millis(event.context.deadline));
-        let (response, summary, _) =
-            s3_ingest::handle(store, objects, handoff, config, &event.payload, &deadline).await?;
-        summary.log("s3-ingest");
-        Ok::<_, Error>(response)
-    }))
+    serve("s3-ingest", &telemetry, |payload, context| {
+        let deadline = Deadline::At(UNIX_EPOCH + Duration::from_millis(context.deadline));
+        let (store, objects, handoff, config) = (&store, &objects, &handoff, &config);
+        async move {
+            // Boxed: the ingest future is deep, and a boxed one keeps main's small.
+            let (response, summary, _) =
+                Box::pin(s3_ingest::handle(store, objects, handoff, config, &payload, &deadline)).await?;
+            Ok((response, summary))
+        }
+    })
     .await
 }

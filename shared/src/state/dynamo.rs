@@ -49,12 +49,23 @@ pub struct DynamoStore {
     state_table: String,
     idempotency_table: String,
     marker_ttl: Duration,
+    capacity: crate::telemetry::CapacityMeter,
 }
 
 impl DynamoStore {
     /// A store over the state table and the idempotency table (for markers).
     pub fn new(client: Client, state_table: String, idempotency_table: String) -> Self {
-        Self { client, state_table, idempotency_table, marker_ttl: MARKER_TTL }
+        Self { client, state_table, idempotency_table, marker_ttl: MARKER_TTL, capacity: Default::default() }
+    }
+
+    /// Sums the capacity DynamoDB reports consuming into `meter`.
+    pub fn with_capacity_meter(mut self, meter: crate::telemetry::CapacityMeter) -> Self {
+        self.capacity = meter;
+        self
+    }
+
+    fn meter(&self, consumed: &[aws_sdk_dynamodb::types::ConsumedCapacity]) {
+        self.capacity.add(consumed.iter().filter_map(|c| c.capacity_units).sum());
     }
 
     /// Keeps idempotency markers this long (default a week).
@@ -176,8 +187,18 @@ impl DynamoStore {
     /// Runs one transaction; on cancellation returns the reasons (code and the
     /// item that failed its condition, per action).
     async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<TxResult, StoreError> {
-        match self.client.transact_write_items().set_transact_items(Some(actions)).send().await {
-            Ok(_) => Ok(TxResult::Committed),
+        let sent = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                self.meter(out.consumed_capacity());
+                Ok(TxResult::Committed)
+            }
             Err(err) => {
                 if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
                     let reasons = cancelled
