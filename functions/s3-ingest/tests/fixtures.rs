@@ -269,3 +269,40 @@ fn fixtures_round_trip_through_aws_lambda_events() {
         assert_eq!(parsed, reparsed);
     }
 }
+
+#[tokio::test]
+async fn invalid_utf8_over_long_and_malformed_lines_are_rejected_and_the_object_completes() {
+    let store = MemoryStore::new();
+    let mut source = MemorySource::new();
+    let good = |i: u32| {
+        json!({"eventId": format!("e-{i}"), "orderId": format!("o-{i}"), "customerId": "c-1", "status": "PAID",
+               "amount": 2, "currency": "EUR", "occurredAt": "2026-11-28T10:00:00Z"})
+        .to_string()
+    };
+    let mut body = Vec::new();
+    body.extend_from_slice(good(1).as_bytes());
+    body.extend_from_slice(b"\n\xff\xfe{\"eventId\": \"bad utf8\"}\n");
+    body.extend_from_slice(format!("{{\"eventId\": \"{}\"}}\n", "y".repeat(3000)).as_bytes());
+    body.extend_from_slice(b"not json at all\r\n");
+    body.extend_from_slice(good(2).as_bytes());
+    source.insert(BUCKET, "incoming/mixed.ndjson", body);
+    let config = Config::from_lookup(|name| match name {
+        "STATE_TABLE" => Some("state".into()),
+        "IDEMPOTENCY_TABLE" => Some("idempotency".into()),
+        "MAX_LINE_BYTES" => Some("1024".into()),
+        _ => None,
+    })
+    .unwrap();
+    let event = json!({"Records": [{"eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/mixed.ndjson", "eTag": "m"}}}]});
+    let (response, summary, _) =
+        handle(&store, &source, &Handoff::Retry, &config, &event, &Deadline::None).await.unwrap();
+    assert_eq!(response["objects"][0]["result"], "COMPLETED");
+    assert_eq!(summary, Summary { applied: 2, quarantined: 3, ..Summary::default() });
+    let mut reasons: Vec<(String, String)> = store.quarantined().into_iter().map(|q| (q.record_id, q.reason)).collect();
+    reasons.sort();
+    assert_eq!(reasons[0], ("line-2".into(), "line is not valid UTF-8".into()));
+    assert_eq!(reasons[1], ("line-3".into(), "line is 3015 bytes, over the limit of 1024".into()));
+    assert_eq!(reasons[2].0, "line-4");
+    assert!(reasons[2].1.starts_with("malformed JSON"), "{reasons:?}");
+}

@@ -134,3 +134,57 @@ async fn reused_event_id_with_a_different_payload_is_quarantined_not_applied() {
     );
     assert_eq!(store.orders()["o-6001"].amount.to_string(), "30");
 }
+
+#[tokio::test]
+async fn mixed_batch_of_every_kind_of_bad_input_applies_the_valid_and_quarantines_the_rest_with_reasons() {
+    let store = MemoryStore::new();
+    let valid = |i: u32| {
+        json!({"eventId": format!("e-{i}"), "orderId": format!("o-{i}"), "customerId": "c-1", "status": "PLACED",
+               "amount": "1.00", "currency": "USD", "occurredAt": "2026-11-28T10:00:00Z"})
+        .to_string()
+    };
+    let with = |field: &str, value: Value| {
+        let mut v: Value = serde_json::from_str(&valid(99)).unwrap();
+        v[field] = value;
+        v.to_string()
+    };
+    let bodies: Vec<(String, Option<&str>)> = vec![
+        (valid(1), None),
+        ("{\"eventId\": ".into(), Some("malformed JSON")),
+        (with("amount", json!([1])), Some("amount: must be a decimal string or a JSON number, got an array")),
+        (with("orderId", json!(7)), Some("orderId: must be a string, got a number")),
+        (
+            {
+                let mut v: Value = serde_json::from_str(&valid(98)).unwrap();
+                v.as_object_mut().unwrap().remove("customerId");
+                v.to_string()
+            },
+            Some("customerId: missing"),
+        ),
+        (with("eventId", json!("x".repeat(5000))), Some("eventId: must be at most 128 characters, got 5000")),
+        ("[\"not\", \"an\", \"object\"]".into(), Some("malformed JSON: expected a JSON object")),
+        ("\u{0}\u{1}binary".into(), Some("malformed JSON")),
+        (valid(2), None),
+    ];
+    let records: Vec<Value> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, (body, _))| {
+            json!({"messageId": format!("m-{i}"), "body": body, "eventSource": "aws:sqs",
+                   "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "attributes": {}})
+        })
+        .collect();
+    let (response, summary) = handle(&store, &config(), &json!({ "Records": records })).await.unwrap();
+    assert!(response.batch_item_failures.is_empty(), "nothing transient happened: {response:?}");
+    assert_eq!(summary, Summary { applied: 2, quarantined: 7, ..Summary::default() });
+    let quarantined: std::collections::HashMap<String, String> =
+        store.quarantined().into_iter().map(|q| (q.record_id, q.reason)).collect();
+    for (i, (_, expected)) in bodies.iter().enumerate() {
+        let id = format!("m-{i}");
+        match expected {
+            None => assert!(!quarantined.contains_key(&id)),
+            Some(reason) => assert!(quarantined[&id].starts_with(reason), "{id}: {} !~ {reason}", quarantined[&id]),
+        }
+    }
+    assert!(store.quarantined().iter().all(|q| q.raw.len() <= shared::state::MAX_QUARANTINED_RAW_BYTES));
+}
