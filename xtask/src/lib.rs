@@ -1,5 +1,23 @@
 //! Dev tooling for the stream processor: the local AWS stack (moto server +
 //! `cargo lambda watch`), the event source mapping driver, and the commands
-//! behind `cargo xtask demo | stack | test | bench`.
+//! behind `cargo xtask demo | stack | test`.
+//!
+//! The library is what the integration tests use: [`stack::Stack`] starts an
+//! isolated stack on free ports, [`driver::Driver`] plays the event source
+//! mappings, [`report`] reads the pipeline's results back through the AWS API.
 
+pub mod commands;
+pub mod driver;
+pub mod filter;
 pub mod infra;
+pub mod lambda;
+pub mod process;
+pub mod report;
+pub mod scenario;
+pub mod spec;
+pub mod stack;
+pub mod venv;
+
+pub use driver::Driver;
+pub use lambda::{Invocation, Lambda};
+pub use stack::Stack;

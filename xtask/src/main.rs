@@ -1,1 +1,58 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's dev commands. See `usage()`.
+
+use std::process::ExitCode;
+
+use xtask::commands;
+
+fn usage() -> &'static str {
+    "usage: cargo xtask <command>
+
+commands:
+  demo               run the whole pipeline locally and check the invariant
+  stack [--no-driver] start the local stack for `cargo lambda invoke`, until Ctrl-C
+  test               formatting, lints, builds, all tests, infra checks (what CI runs)"
+}
+
+/// Runs `work`, or stops at Ctrl-C. Dropping `work` drops its stack, which
+/// stops every child process (they run in their own process groups, which
+/// the terminal's Ctrl-C does not reach).
+async fn interruptible(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::select! {
+        result = work => result,
+        signal = tokio::signal::ctrl_c() => {
+            signal?;
+            eprintln!("\ninterrupted: stopping the local stack");
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["test"] => commands::test::run(),
+        ["demo"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::demo::run()))),
+        ["stack"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::stack::run(true)))),
+        ["stack", "--no-driver"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::stack::run(false)))),
+        ["help" | "--help" | "-h"] => {
+            println!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -1,0 +1,552 @@
+//! The local AWS stack: a moto server on a free port of 127.0.0.1 with every
+//! resource of `infra/stack.json` created, and (optionally) `cargo lambda
+//! watch` serving the function binaries against it. [`Stack`] owns all child
+//! processes and stops them when dropped.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, PointInTimeRecoverySpecification, ScalarAttributeType,
+    StreamSpecification, StreamViewType, TimeToLiveSpecification,
+};
+use aws_sdk_s3::types::{
+    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter, QueueConfiguration,
+    S3KeyFilter,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use crate::lambda::Lambda;
+use crate::process::{ChildGroup, RunDir};
+use crate::spec::StackSpec;
+use crate::venv::Venv;
+
+/// Attempts at starting moto on a fresh free port: another process can take
+/// the port between our probe and moto's bind.
+const START_ATTEMPTS: u32 = 5;
+/// Longest wait for moto to answer: it imports every service (~2-5 s on a
+/// 2-core machine; more while cargo compiles beside it).
+const MOTO_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Between readiness probes.
+const READY_POLL: Duration = Duration::from_millis(100);
+/// moto prints this once it has bound its port (werkzeug's banner).
+const MOTO_READY_LINE: &str = "Running on http://127.0.0.1:";
+/// moto's fixed account id: part of every ARN it returns.
+pub const ACCOUNT_ID: &str = "123456789012";
+/// Dummy credentials: moto accepts anything, the SDK insists on some.
+pub const ACCESS_KEY_ID: &str = "testing";
+pub const SECRET_ACCESS_KEY: &str = "testing";
+
+/// The workspace root (the parent of `xtask/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("probing for a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Polls `probe` until it is true, `child` exits, or `timeout` passes.
+pub(crate) async fn wait_ready<F, Fut>(child: &mut ChildGroup, timeout: Duration, mut probe: F) -> Result<bool>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.exited() {
+            return Ok(false);
+        }
+        if probe(child.log_text()).await {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            bail!("{} did not become ready within {timeout:?}; its log ends:\n{}", child.name(), child.log_tail(20));
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+/// Resolved resource names, URLs and ARNs.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    /// Queue key -> URL (including DLQs under `<key>Dlq`).
+    pub queue_urls: BTreeMap<String, String>,
+    /// Queue key -> ARN.
+    pub queue_arns: BTreeMap<String, String>,
+    /// Table key -> stream ARN, for tables with a stream.
+    pub stream_arns: BTreeMap<String, String>,
+}
+
+/// The key under which a queue's dead-letter queue is recorded.
+pub fn dlq_key(queue_key: &str) -> String {
+    format!("{queue_key}Dlq")
+}
+
+/// The running local stack.
+pub struct Stack {
+    pub spec: StackSpec,
+    pub root: PathBuf,
+    pub venv: Venv,
+    /// `http://127.0.0.1:<port>`: moto, every service.
+    pub endpoint: String,
+    pub sdk: aws_config::SdkConfig,
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub resources: Resources,
+    lambda: Option<Lambda>,
+    // Dropped after `lambda` (field order): functions stop before moto.
+    moto: ChildGroup,
+    run: RunDir,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").field("endpoint", &self.endpoint).field("run", &self.run.path()).finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    /// Ensures the venv, starts moto and creates every resource.
+    pub async fn start() -> Result<Self> {
+        let root = workspace_root();
+        let spec = StackSpec::load()?;
+        let venv = Venv::at(&root);
+        tokio::task::spawn_blocking({
+            let venv = venv.clone();
+            move || venv.ensure()
+        })
+        .await
+        .context("venv task panicked")??;
+        let run = RunDir::create(&root)?;
+        let (moto, port) = start_moto(&run, &venv, &root).await?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let sdk = sdk_config(&endpoint, &spec.region).await;
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+        let mut stack = Self {
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            s3,
+            sdk,
+            spec,
+            root,
+            venv,
+            endpoint,
+            resources: Resources::default(),
+            lambda: None,
+            moto,
+            run,
+        };
+        stack.create_resources().await?;
+        Ok(stack)
+    }
+
+    /// Starts `cargo lambda watch` serving the functions against this stack
+    /// (builds the function binaries first).
+    pub async fn start_lambda(&mut self) -> Result<&Lambda> {
+        if self.lambda.is_none() {
+            let lambda = Lambda::start(self).await?;
+            self.lambda = Some(lambda);
+        }
+        Ok(self.lambda.as_ref().expect("just set"))
+    }
+
+    /// The running `cargo lambda watch`, if started.
+    pub fn lambda(&self) -> Option<&Lambda> {
+        self.lambda.as_ref()
+    }
+
+    /// The run directory (logs).
+    pub fn run_dir(&self) -> &Path {
+        self.run.path()
+    }
+
+    /// Keeps the logs after the stack stops (a failed demo prints the path).
+    pub fn keep_logs(&self) {
+        self.run.keep();
+    }
+
+    pub(crate) fn run(&self) -> &RunDir {
+        &self.run
+    }
+
+    /// moto's log so far.
+    pub fn moto_log(&self) -> String {
+        self.moto.log_text()
+    }
+
+    /// The environment the functions get: the tables (and queues) of
+    /// stack.json's `environment`, the emulator endpoint, region, dummy
+    /// credentials, JSON logs.
+    pub fn function_env(&self) -> Result<Vec<(String, String)>> {
+        let mut env = Vec::new();
+        for (name, source) in &self.spec.environment {
+            let value = match source {
+                crate::spec::EnvSource::Table { table } => self.spec.table(table)?.name.clone(),
+                crate::spec::EnvSource::Queue { queue } => self.queue_url(queue)?.to_owned(),
+                crate::spec::EnvSource::Value(v) => v.clone(),
+            };
+            env.push((name.clone(), value));
+        }
+        env.extend(self.client_env());
+        env.push(("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into()));
+        env.push(("AWS_LAMBDA_LOG_LEVEL".into(), "INFO".into()));
+        Ok(env)
+    }
+
+    /// What an AWS client needs to talk to this stack (also printed by
+    /// `cargo xtask stack` for the user's own tools).
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("AWS_REGION".into(), self.spec.region.clone()),
+            ("AWS_DEFAULT_REGION".into(), self.spec.region.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_ACCESS_KEY.into()),
+        ]
+    }
+
+    /// A queue's URL by its key in stack.json (`orders`, `ordersDlq`, ...).
+    pub fn queue_url(&self, key: &str) -> Result<&str> {
+        self.resources
+            .queue_urls
+            .get(key)
+            .map(String::as_str)
+            .with_context(|| format!("no queue {key:?} in the local stack"))
+    }
+
+    /// A queue's ARN by its key.
+    pub fn queue_arn(&self, key: &str) -> Result<&str> {
+        self.resources
+            .queue_arns
+            .get(key)
+            .map(String::as_str)
+            .with_context(|| format!("no queue {key:?} in the local stack"))
+    }
+
+    /// Sends one message; FIFO queues get `group` (default `"default"`).
+    pub async fn send(&self, queue_key: &str, body: &str, group: Option<&str>) -> Result<String> {
+        let queue = self.spec.queue(queue_key)?;
+        let mut req = self.sqs.send_message().queue_url(self.queue_url(queue_key)?).message_body(body);
+        if queue.fifo {
+            req = req.message_group_id(group.unwrap_or("default"));
+            if !queue.content_based_deduplication {
+                req = req.message_deduplication_id(format!("{:x}", fnv1a(body.as_bytes())));
+            }
+        }
+        let out = req.send().await.with_context(|| format!("sending to queue {}", queue.name))?;
+        Ok(out.message_id().unwrap_or_default().to_owned())
+    }
+
+    /// Messages waiting or in flight in a queue.
+    pub async fn queue_depth(&self, queue_key: &str) -> Result<u64> {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(self.queue_url(queue_key)?)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .with_context(|| format!("reading the depth of queue {queue_key}"))?;
+        Ok(out.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0))
+    }
+
+    /// Uploads a file's bytes under `key`.
+    pub async fn put_object(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        self.s3
+            .put_object()
+            .bucket(&self.spec.bucket.name)
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .with_context(|| format!("uploading s3://{}/{key}", self.spec.bucket.name))?;
+        Ok(())
+    }
+
+    /// Uploads every file of `events/data/` as `incoming/<file name>` (the
+    /// notification prefix of stack.json). Returns the keys, sorted.
+    pub async fn upload_sample_data(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("events").join("data");
+        let prefix =
+            &self.spec.bucket.notifications.first().context("stack.json declares no bucket notification")?.prefix;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        let mut keys = Vec::new();
+        for file in files {
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .with_context(|| format!("{} has no UTF-8 file name", file.display()))?;
+            let key = format!("{prefix}{name}");
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            self.put_object(&key, bytes).await?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// Every item of a table (scan, all pages).
+    pub async fn scan(
+        &self,
+        table_key: &str,
+    ) -> Result<Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>> {
+        let table = &self.spec.table(table_key)?.name;
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .dynamodb
+                .scan()
+                .table_name(table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .with_context(|| format!("scanning table {table}"))?;
+            items.extend(out.items().iter().cloned());
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
+    async fn create_resources(&mut self) -> Result<()> {
+        self.create_queues().await?;
+        self.create_tables().await?;
+        self.create_bucket().await
+    }
+
+    async fn create_queues(&mut self) -> Result<()> {
+        let spec = self.spec.clone();
+        for (key, queue) in &spec.queues {
+            let mut redrive = None;
+            if let Some(dlq) = &queue.dead_letter_queue {
+                let (url, arn) = self.create_queue(dlq, queue.fifo, false, None).await?;
+                let max =
+                    queue.max_receive_count.with_context(|| format!("queue {key} has a DLQ but no maxReceiveCount"))?;
+                redrive = Some(serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": max }).to_string());
+                self.resources.queue_urls.insert(dlq_key(key), url);
+                self.resources.queue_arns.insert(dlq_key(key), arn);
+            }
+            let (url, arn) =
+                self.create_queue(&queue.name, queue.fifo, queue.content_based_deduplication, redrive).await?;
+            self.resources.queue_urls.insert(key.clone(), url);
+            self.resources.queue_arns.insert(key.clone(), arn);
+        }
+        Ok(())
+    }
+
+    async fn create_queue(
+        &self,
+        name: &str,
+        fifo: bool,
+        content_dedup: bool,
+        redrive: Option<String>,
+    ) -> Result<(String, String)> {
+        let mut req = self.sqs.create_queue().queue_name(name).attributes(
+            QueueAttributeName::VisibilityTimeout,
+            // The one local deviation (stack.json `local`): retries reappear
+            // within a test instead of minutes later.
+            self.spec.local.visibility_timeout_seconds.to_string(),
+        );
+        if fifo {
+            req = req.attributes(QueueAttributeName::FifoQueue, "true");
+            if content_dedup {
+                req = req.attributes(QueueAttributeName::ContentBasedDeduplication, "true");
+            }
+        }
+        if let Some(policy) = redrive {
+            req = req.attributes(QueueAttributeName::RedrivePolicy, policy);
+        }
+        let url = req
+            .send()
+            .await
+            .with_context(|| format!("creating queue {name}"))?
+            .queue_url()
+            .context("CreateQueue returned no URL")?
+            .to_owned();
+        let arn = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .with_context(|| format!("reading the ARN of queue {name}"))?
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .context("GetQueueAttributes returned no QueueArn")?;
+        Ok((url, arn))
+    }
+
+    async fn create_tables(&mut self) -> Result<()> {
+        let spec = self.spec.clone();
+        for (key, table) in &spec.tables {
+            let mut req = self
+                .dynamodb
+                .create_table()
+                .table_name(&table.name)
+                .billing_mode(BillingMode::PayPerRequest)
+                .key_schema(key_element(&table.hash_key, KeyType::Hash)?)
+                .attribute_definitions(attribute(&table.hash_key)?);
+            if let Some(range) = &table.range_key {
+                req = req.key_schema(key_element(range, KeyType::Range)?).attribute_definitions(attribute(range)?);
+            }
+            if let Some(view) = &table.stream_view_type {
+                req = req.stream_specification(
+                    StreamSpecification::builder()
+                        .stream_enabled(true)
+                        .stream_view_type(StreamViewType::from(view.as_str()))
+                        .build()
+                        .context("stream specification")?,
+                );
+            }
+            let out = req.send().await.with_context(|| format!("creating table {}", table.name))?;
+            if let Some(arn) = out.table_description().and_then(|d| d.latest_stream_arn()) {
+                self.resources.stream_arns.insert(key.clone(), arn.to_owned());
+            }
+            if let Some(ttl) = &table.ttl_attribute {
+                self.dynamodb
+                    .update_time_to_live()
+                    .table_name(&table.name)
+                    .time_to_live_specification(
+                        TimeToLiveSpecification::builder()
+                            .enabled(true)
+                            .attribute_name(ttl)
+                            .build()
+                            .context("TTL specification")?,
+                    )
+                    .send()
+                    .await
+                    .with_context(|| format!("enabling TTL on table {}", table.name))?;
+            }
+            if table.point_in_time_recovery {
+                self.dynamodb
+                    .update_continuous_backups()
+                    .table_name(&table.name)
+                    .point_in_time_recovery_specification(
+                        PointInTimeRecoverySpecification::builder()
+                            .point_in_time_recovery_enabled(true)
+                            .build()
+                            .context("PITR specification")?,
+                    )
+                    .send()
+                    .await
+                    .with_context(|| format!("enabling PITR on table {}", table.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_bucket(&self) -> Result<()> {
+        let bucket = &self.spec.bucket;
+        self.s3
+            .create_bucket()
+            .bucket(&bucket.name)
+            .send()
+            .await
+            .with_context(|| format!("creating bucket {}", bucket.name))?;
+        let mut config = NotificationConfiguration::builder();
+        for n in &bucket.notifications {
+            let filter = NotificationConfigurationFilter::builder()
+                .key(
+                    S3KeyFilter::builder()
+                        .filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value(&n.prefix).build())
+                        .build(),
+                )
+                .build();
+            let mut queue = QueueConfiguration::builder().queue_arn(self.queue_arn(&n.queue)?).filter(filter);
+            for e in &n.events {
+                queue = queue.events(Event::from(e.as_str()));
+            }
+            config = config.queue_configurations(queue.build().context("queue notification")?);
+        }
+        self.s3
+            .put_bucket_notification_configuration()
+            .bucket(&bucket.name)
+            .notification_configuration(config.build())
+            .send()
+            .await
+            .with_context(|| format!("configuring notifications of bucket {}", bucket.name))?;
+        Ok(())
+    }
+}
+
+fn key_element(name: &str, kind: KeyType) -> Result<KeySchemaElement> {
+    KeySchemaElement::builder().attribute_name(name).key_type(kind).build().context("key schema element")
+}
+
+fn attribute(name: &str) -> Result<AttributeDefinition> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .context("attribute definition")
+}
+
+/// A tiny stable hash for FIFO deduplication ids (queues without
+/// content-based deduplication).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// SDK configuration for the emulator at `endpoint`.
+pub async fn sdk_config(endpoint: &str, region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new(region.to_owned()))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            ACCESS_KEY_ID,
+            SECRET_ACCESS_KEY,
+            None,
+            None,
+            "local-stack",
+        ))
+        .load()
+        .await
+}
+
+async fn start_moto(run: &RunDir, venv: &Venv, root: &Path) -> Result<(ChildGroup, u16)> {
+    let http = reqwest::Client::new();
+    let mut last_log = String::new();
+    for attempt in 1..=START_ATTEMPTS {
+        let port = free_port()?;
+        let mut child = ChildGroup::spawn(
+            run,
+            &format!("moto-{attempt}"),
+            &venv.tool("moto_server"),
+            &["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()],
+            &[],
+            root,
+        )?;
+        let url = format!("http://127.0.0.1:{port}/");
+        let banner = format!("{MOTO_READY_LINE}{port}");
+        // Ready = our moto printed that it bound the port (so the answer
+        // cannot come from another process on it) and it answers HTTP.
+        let ready = wait_ready(&mut child, MOTO_READY_TIMEOUT, |log| {
+            let http = http.clone();
+            let url = url.clone();
+            let bound = log.contains(&banner);
+            async move { bound && http.get(&url).send().await.is_ok() }
+        })
+        .await?;
+        if ready {
+            return Ok((child, port));
+        }
+        last_log = child.log_tail(20);
+    }
+    bail!("moto_server did not start after {START_ATTEMPTS} attempts; last log:\n{last_log}")
+}
