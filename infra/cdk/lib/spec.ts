@@ -35,6 +35,8 @@ export interface TableSpec {
   pointInTimeRecovery?: boolean;
 }
 
+export type EnvSource = { table: string } | { queue: string } | string;
+
 export type SourceSpec = { queue: string } | { table: string };
 
 export interface MappingSpec {
@@ -58,7 +60,8 @@ export interface StackSpec {
   queues: Record<string, QueueSpec>;
   tables: Record<string, TableSpec>;
   mappings: MappingSpec[];
-  environment: Record<string, { table: string }>;
+  /** Every function gets every variable: a table's name, a queue's URL, or a literal. */
+  environment: Record<string, EnvSource>;
 }
 
 /** The placeholder for the stack name in resource names. */

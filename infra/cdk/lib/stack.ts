@@ -235,16 +235,16 @@ export class StreamProcessorStack extends Stack {
     }
     const environment: Record<string, string> = {};
     for (const [variable, source] of Object.entries(spec.environment)) {
-      environment[variable] = this.tables[source.table].tableName;
+      environment[variable] =
+        typeof source === 'string' ? source : 'table' in source ? this.tables[source.table].tableName : this.queues[source.queue].queueUrl;
     }
     if (name === 's3-ingest') {
       // Objects arrive through the notification queues; unfinished objects are
-      // handed on to the same queue (INGEST_QUEUE_URL) to resume.
+      // handed on to the same queue (INGEST_QUEUE_URL) to resume there.
       for (const n of spec.bucket.notifications) {
         const queue = this.queues[n.queue];
         statements.push(statement('ContinueOnIngestQueue', ['sqs:SendMessage'], [queue.queueArn]));
         statements.push(statement('ReadUploads', ['s3:GetObject'], [this.bucket.arnForObjects(`${n.prefix}*`)]));
-        environment.INGEST_QUEUE_URL = queue.queueUrl;
       }
       statements.push(statement('WriteRejectReports', ['s3:PutObject'], [this.bucket.arnForObjects(`${spec.bucket.rejectsPrefix}*`)]));
     }
@@ -300,7 +300,8 @@ export class StreamProcessorStack extends Stack {
       // The role already allows sqs:SendMessage on this queue; `SqsDlq` would
       // add a second, broader grant.
       onFailure: failures ? { bind: () => ({ destination: failures.queueArn }) } : undefined,
-      filters: m.filterPatterns?.map((p) => JSON.parse(p)),
+      // Lambda takes each filter as a JSON string: pass stack.json's as they are.
+      filters: m.filterPatterns?.map((pattern) => ({ pattern })),
     });
     logicalId(mapping, id);
   }

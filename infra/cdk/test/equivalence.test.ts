@@ -1,0 +1,83 @@
+/**
+ * The SAM template and the CDK app declare the same stack, and both declare
+ * what stack.json (which xtask's local stack creates) says.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import { loadSpec, repoRoot } from '../lib/spec';
+import { canonical, diffModels, Doc, expandSam, loadSam, mappingsOf, model, outputs, specMappings, specProblems, synth } from './support';
+
+const spec = loadSpec();
+const sam = loadSam();
+const samModel = model(expandSam(sam));
+const cdk = synth();
+const cdkModel = model(cdk.json);
+
+describe('SAM and CDK', () => {
+  it('declare the same resources with the same settings and permissions', () => {
+    assert.deepEqual(diffModels(samModel, cdkModel, 'template.yaml', 'the CDK app'), []);
+  });
+
+  it('declare the same event source mappings', () => {
+    assert.deepEqual(mappingsOf(samModel, spec), mappingsOf(cdkModel, spec));
+    assert.equal(mappingsOf(samModel, spec).length, spec.mappings.length);
+  });
+
+  it('declare the same outputs', () => {
+    assert.deepEqual(outputs(sam), outputs(cdk.json));
+  });
+
+  it('default to the same architecture, arm64', () => {
+    const parameter = (sam.Parameters as Doc).Architecture as Doc;
+    assert.equal(parameter.Default, 'arm64');
+    cdk.template.hasResourceProperties('AWS::Lambda::Function', { Architectures: ['arm64'] });
+  });
+
+  it('a changed mapping setting in one definition only is caught', () => {
+    // Mutate a copy of each definition in turn: the comparison must fail.
+    const changedSam = JSON.parse(JSON.stringify(sam)) as Doc;
+    const events = ((changedSam.Resources as Doc).SqsConsumerFunction as Doc).Properties as Doc;
+    (((events.Events as Doc).FromOrders as Doc).Properties as Doc).BatchSize = 11;
+    assert.notDeepEqual(diffModels(model(expandSam(changedSam)), cdkModel, 'sam', 'cdk'), []);
+    assert.notDeepEqual(specProblems(model(expandSam(changedSam)), spec), []);
+
+    const changedCdk = JSON.parse(JSON.stringify(cdk.json)) as Doc;
+    const mapping = (changedCdk.Resources as Doc).StreamAggregatorFunctionFromStateStream as Doc;
+    (mapping.Properties as Doc).MaximumRetryAttempts = 4;
+    assert.notDeepEqual(diffModels(samModel, model(changedCdk), 'sam', 'cdk'), []);
+    assert.notDeepEqual(specProblems(model(changedCdk), spec), []);
+  });
+});
+
+describe('stack.json', () => {
+  it('is what the SAM template declares', () => {
+    assert.deepEqual(specProblems(samModel, spec), []);
+  });
+
+  it('is what the CDK app declares', () => {
+    assert.deepEqual(specProblems(cdkModel, spec), []);
+  });
+
+  it('mappings are all declared, with the stream filter passing only order items', () => {
+    assert.deepEqual(mappingsOf(cdkModel, spec), specMappings(spec));
+    const stream = spec.mappings.find((m) => 'table' in m.source)!;
+    assert.deepEqual(stream.filterPatterns!.map((p) => canonical(JSON.parse(p))), [canonical({ dynamodb: { Keys: { sk: { S: ['ORDER'] } } } })]);
+  });
+});
+
+describe('SAM build settings', () => {
+  for (const [id, resource] of Object.entries(sam.Resources as Doc) as [string, Doc][]) {
+    if (resource.Type !== 'AWS::Serverless::Function') continue;
+    it(`${id} builds its crate with cargo-lambda`, () => {
+      assert.deepEqual(resource.Metadata, { BuildMethod: 'rust-cargolambda' });
+      const props = resource.Properties as Doc;
+      const crate = path.resolve(path.dirname(path.join(repoRoot(), 'infra', 'template.yaml')), String(props.CodeUri));
+      assert.ok(fs.existsSync(path.join(crate, 'Cargo.toml')), `${props.CodeUri} is not a crate`);
+      const globals = (sam.Globals as Doc).Function as Doc;
+      assert.equal(globals.Runtime, 'provided.al2023');
+      assert.equal(globals.Handler, 'bootstrap');
+    });
+  }
+});
