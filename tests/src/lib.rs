@@ -1,0 +1,103 @@
+//! Helpers for the integration and end-to-end tests. Every test starts its own
+//! local stack ([`xtask::Stack`]: moto and `cargo lambda watch` on free ports),
+//! so tests run in parallel without sharing state, and reads its results back
+//! through the AWS API from the emulator: a test cannot pass without it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_dynamodb::types::AttributeValue;
+pub use xtask::{Driver, Stack};
+
+/// Bound on one drain: a few invocations, or `maxReceiveCount` visibility
+/// timeouts for a message that keeps failing, with room for a slow machine.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A DynamoDB item as the SDK returns it.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// A stack with every resource and the functions served by `cargo lambda
+/// watch`.
+pub async fn stack_with_functions() -> Result<Stack> {
+    let mut stack = Stack::start().await?;
+    stack.start_lambda().await?;
+    Ok(stack)
+}
+
+/// Runs the event source mappings until the pipeline is drained; prints each
+/// invocation (shown for failing tests).
+pub async fn drain(stack: &Stack) -> Result<()> {
+    let lambda = stack.lambda().context("start the functions first")?;
+    let mut driver = Driver::new(stack, lambda)?;
+    driver.drain(DRAIN_TIMEOUT, &mut |r| println!("invoked {r:?}")).await?;
+    Ok(())
+}
+
+/// Reads one item of the state table (strongly consistent).
+pub async fn state_item(stack: &Stack, pk: &str, sk: &str) -> Result<Option<Item>> {
+    let table = &stack.spec.table("state")?.name;
+    let out = stack
+        .dynamodb
+        .get_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(pk.to_owned()))
+        .key("sk", AttributeValue::S(sk.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .with_context(|| format!("GetItem pk={pk} sk={sk}"))?;
+    Ok(out.item().cloned())
+}
+
+/// Items of the state table whose `pk` starts with `prefix`.
+pub async fn state_items_with_prefix(stack: &Stack, prefix: &str) -> Result<Vec<Item>> {
+    Ok(stack
+        .scan("state")
+        .await?
+        .into_iter()
+        .filter(|i| matches!(i.get("pk"), Some(AttributeValue::S(pk)) if pk.starts_with(prefix)))
+        .collect())
+}
+
+/// A string attribute.
+pub fn s<'a>(item: &'a Item, name: &str) -> Result<&'a str> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v),
+        other => bail!("attribute {name} is not a string (S): {other:?}"),
+    }
+}
+
+/// A number attribute, normalised (`25.50` and `25.5` compare equal).
+pub fn n(item: &Item, name: &str) -> Result<rust_decimal::Decimal> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => {
+            Ok(v.parse::<rust_decimal::Decimal>().with_context(|| format!("attribute {name}: {v}"))?.normalize())
+        }
+        other => bail!("attribute {name} is not a number (N): {other:?}"),
+    }
+}
+
+/// A decimal literal, normalised.
+pub fn dec(text: &str) -> rust_decimal::Decimal {
+    text.parse::<rust_decimal::Decimal>().expect("a decimal literal").normalize()
+}
+
+/// The `totals` map of a customer totals item, normalised.
+pub fn totals(item: &Item) -> Result<std::collections::BTreeMap<String, rust_decimal::Decimal>> {
+    match item.get("totals") {
+        Some(AttributeValue::M(m)) => m
+            .iter()
+            .map(|(currency, v)| match v {
+                AttributeValue::N(n) => Ok((currency.clone(), n.parse::<rust_decimal::Decimal>()?.normalize())),
+                other => bail!("totals.{currency} is not a number: {other:?}"),
+            })
+            .collect(),
+        other => bail!("attribute totals is not a map (M): {other:?}"),
+    }
+}
+
+/// Messages in a queue (visible, in flight or delayed).
+pub async fn depth(stack: &Stack, queue_key: &str) -> Result<u64> {
+    stack.queue_depth(queue_key).await
+}
