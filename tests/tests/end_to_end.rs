@@ -6,6 +6,9 @@
 use integration_tests::{dec, drain, n, stack_with_functions, state_item, totals};
 use xtask::scenario::{self, FIFO_QUEUE, STANDARD_QUEUE};
 
+/// customer, orderCount, (currency, sum) pairs.
+type ExpectedTotals = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_pipeline_holds_the_invariant_and_accounts_for_every_record() -> anyhow::Result<()> {
     let stack = stack_with_functions().await?;
@@ -26,12 +29,30 @@ async fn demo_pipeline_holds_the_invariant_and_accounts_for_every_record() -> an
     assert!(sqs.duplicate >= 1, "the re-sent event is a duplicate: {sqs:?}");
     assert!(sqs.stale >= 1, "the older event is stale: {sqs:?}");
 
-    // Customers only the queues touch: exact totals.
-    let gina = state_item(&stack, "CUSTOMER#c-gina", "TOTALS").await?.expect("c-gina");
-    assert_eq!(n(&gina, "orderCount")?, dec("2"));
-    assert_eq!(totals(&gina)?.get("EUR"), Some(&dec("17.34")));
-    let hal = state_item(&stack, "CUSTOMER#c-hal", "TOTALS").await?.expect("c-hal");
-    assert_eq!(n(&hal, "orderCount")?, dec("1"));
-    assert_eq!(totals(&hal)?.get("GBP"), Some(&dec("70")));
+    // The totals the README promises: sample files plus xtask/demo/, by the
+    // apply rule (latest event per order wins) and the aggregation rule
+    // (non-CANCELLED orders count).
+    let expected: [ExpectedTotals; 8] = [
+        ("c-alice", "4", &[("USD", "63.74")]),
+        ("c-bob", "1", &[("EUR", "12")]),
+        ("c-carol", "1", &[("GBP", "40")]),
+        ("c-dave", "1", &[("USD", "100")]),
+        ("c-erin", "2", &[("EUR", "20")]),
+        ("c-frank", "2", &[("CHF", "20")]),
+        ("c-gina", "2", &[("EUR", "17.34")]),
+        ("c-hal", "1", &[("GBP", "70")]),
+    ];
+    for (customer, count, sums) in expected {
+        let item = state_item(&stack, &format!("CUSTOMER#{customer}"), "TOTALS")
+            .await?
+            .unwrap_or_else(|| panic!("no totals for {customer}"));
+        assert_eq!(n(&item, "orderCount")?, dec(count), "{customer}");
+        let got: std::collections::BTreeMap<String, _> =
+            totals(&item)?.into_iter().filter(|(_, v)| !v.is_zero()).collect();
+        let want: std::collections::BTreeMap<String, _> = sums.iter().map(|(c, v)| ((*c).to_owned(), dec(v))).collect();
+        assert_eq!(got, want, "{customer}");
+    }
+    let quarantined = verdict.snapshot.quarantine.len();
+    assert_eq!(quarantined, 8, "6 bad lines in the files, 2 poison messages");
     Ok(())
 }

@@ -60,7 +60,10 @@ pub async fn run(with_driver: bool) -> Result<()> {
     fixtures.sort();
     for f in fixtures {
         if let Some(function) = function_for_fixture(&f) {
-            println!("  cargo lambda invoke {function} --invoke-port {} --data-file events/{f}", lambda.port());
+            println!(
+                "  cargo lambda invoke {function} --invoke-address 127.0.0.1 --invoke-port {} --data-file events/{f}",
+                lambda.port()
+            );
         }
     }
     if with_driver {
