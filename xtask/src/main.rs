@@ -16,13 +16,17 @@ commands:
 /// Runs `work`, or stops at Ctrl-C. Dropping `work` drops its stack, which
 /// stops every child process (they run in their own process groups, which
 /// the terminal's Ctrl-C does not reach).
-async fn interruptible(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+/// `until_ctrl_c`: Ctrl-C is the normal end (`stack`), not a failure.
+async fn interruptible(
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+    until_ctrl_c: bool,
+) -> anyhow::Result<()> {
     tokio::select! {
         result = work => result,
         signal = tokio::signal::ctrl_c() => {
             signal?;
             eprintln!("\ninterrupted: stopping the local stack");
-            Ok(())
+            if until_ctrl_c { Ok(()) } else { anyhow::bail!("interrupted") }
         }
     }
 }
@@ -32,9 +36,11 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["test"] => commands::test::run(),
-        ["demo"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::demo::run()))),
-        ["stack"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::stack::run(true)))),
-        ["stack", "--no-driver"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::stack::run(false)))),
+        ["demo"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::demo::run(), false))),
+        ["stack"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::stack::run(true), true))),
+        ["stack", "--no-driver"] => {
+            runtime().and_then(|rt| rt.block_on(interruptible(commands::stack::run(false), true)))
+        }
         ["help" | "--help" | "-h"] => {
             println!("{}", usage());
             return ExitCode::SUCCESS;

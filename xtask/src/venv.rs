@@ -19,6 +19,9 @@ const STAMP_FILE: &str = "xtask-requirements.txt";
 /// The tools the stack needs, each checked after install.
 const TOOLS: [&str; 3] = ["moto_server", "cargo-lambda", "cfn-lint"];
 
+/// Serialises installs within this process.
+static INSTALL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The venv of the workspace at `root`.
 #[derive(Debug, Clone)]
 pub struct Venv {
@@ -59,6 +62,9 @@ impl Venv {
     /// Creates or updates the venv when needed. Prints what it does: the first
     /// install downloads about 100 MB.
     pub fn ensure(&self) -> Result<()> {
+        // Tests of one binary start stacks in parallel: one installs, the
+        // others wait and find the venv current.
+        let _guard = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_current() {
             return Ok(());
         }
