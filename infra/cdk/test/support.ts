@@ -57,6 +57,11 @@ export interface Synth {
   json: Doc;
 }
 
+// CDK's built-in CloudFormation schema validation costs seconds of WASM per
+// synth; the `cdk synth` step of `cargo xtask test` runs it (as errors, see
+// cdk.json), so the in-process synths here skip it.
+process.env.CDK_VALIDATION = 'false';
+
 /** Synthesizes the app in-process, as `cdk synth` would, with extra context. */
 export function synth(context: Record<string, string> = {}): Synth {
   const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'stream-processor-cdk-out-'));
