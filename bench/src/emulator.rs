@@ -1,0 +1,225 @@
+//! Figures against the local emulator (moto): the issue-4 cost workload
+//! (DynamoDB requests per record, records per second) and S3 ingest
+//! end to end. The bench starts its own moto on a free port and creates its
+//! own tables, independent of the dev stack.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, StreamSpecification,
+    StreamViewType,
+};
+use serde_json::Value;
+use shared::state::dynamo::DynamoStore;
+use shared::telemetry::RequestCounter;
+
+/// A moto server this process started; stopped on drop.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts `.venv/bin/moto_server` of the workspace and waits until it answers.
+    pub fn start(workspace: &Path) -> anyhow::Result<Self> {
+        let exe = workspace.join(".venv/bin/moto_server");
+        anyhow::ensure!(
+            exe.exists(),
+            "{} not found (python3 -m venv .venv && .venv/bin/pip install 'moto[server]')",
+            exe.display()
+        );
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(&exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let moto = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "moto did not start within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(moto)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SDK configuration for the emulator: fixed region, dummy credentials.
+pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "bench"))
+        .load()
+        .await
+}
+
+/// Creates the state table (`pk`/`sk`, stream of new and old images) and the
+/// idempotency table (`id`), as DESIGN.md declares them.
+pub async fn create_tables(client: &aws_sdk_dynamodb::Client, state: &str, idempotency: &str) -> anyhow::Result<()> {
+    let key = |name: &str, kind| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
+    let attr =
+        |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
+    client
+        .create_table()
+        .table_name(state)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .attribute_definitions(attr("pk")?)
+        .attribute_definitions(attr("sk")?)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()?,
+        )
+        .send()
+        .await
+        .with_context(|| format!("creating table {state}"))?;
+    client
+        .create_table()
+        .table_name(idempotency)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key("id", KeyType::Hash)?)
+        .attribute_definitions(attr("id")?)
+        .send()
+        .await
+        .with_context(|| format!("creating table {idempotency}"))?;
+    Ok(())
+}
+
+/// One measured delivery of the cost workload.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub label: String,
+    pub records: u64,
+    pub requests: u64,
+    pub seconds: f64,
+    pub applied: u64,
+    pub duplicates: u64,
+}
+
+impl Delivery {
+    pub fn requests_per_record(&self) -> f64 {
+        self.requests as f64 / self.records as f64
+    }
+    pub fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+}
+
+/// The SQS workload of issue 4: `n` order events, idempotent per event, applied
+/// by `sqs_consumer::handle` with the DynamoDB store: as one batch, the same
+/// batch delivered again, and as batches of `small` (the mapping's default 10).
+pub async fn cost(endpoint: &str, n: u64, small: u64) -> anyhow::Result<Vec<Delivery>> {
+    let sdk = sdk_config(endpoint).await;
+    let counter = RequestCounter::default();
+    let client = shared::config::dynamodb_client(&sdk, &counter);
+    let mut out = Vec::new();
+    for (scenario, batch) in [("one", n), ("small", small)] {
+        let (state, idempotency) = (format!("cost-{scenario}-state"), format!("cost-{scenario}-idempotency"));
+        create_tables(&client, &state, &idempotency).await?;
+        let store = DynamoStore::new(client.clone(), state.clone(), idempotency.clone());
+        let config = crate::ingest::config(&state, &idempotency);
+        let records: Vec<Value> = (0..n)
+            .map(|i| crate::data::sqs_record(scenario, i, &crate::data::order_event(scenario, i, u64::MAX)))
+            .collect();
+        let batches: Vec<Value> =
+            records.chunks(batch.max(1) as usize).map(|c| serde_json::json!({ "Records": c })).collect();
+        let deliveries = if scenario == "one" { 2 } else { 1 };
+        for delivery in 0..deliveries {
+            let before = counter.get();
+            let started = Instant::now();
+            let mut applied = 0;
+            let mut duplicates = 0;
+            for payload in &batches {
+                let (response, summary) = sqs_consumer::handle(&store, &config, payload)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("sqs-consumer failed: {e}"))?;
+                anyhow::ensure!(response.batch_item_failures.is_empty(), "item failures: {response:?}");
+                applied += summary.applied;
+                duplicates += summary.duplicate;
+            }
+            let label = match (scenario, delivery) {
+                ("one", 0) => format!("1 batch of {n}"),
+                ("one", _) => format!("1 batch of {n}, delivered again"),
+                _ => format!("{} batches of {batch}", batches.len()),
+            };
+            out.push(Delivery {
+                label,
+                records: n,
+                requests: counter.get() - before,
+                seconds: started.elapsed().as_secs_f64(),
+                applied,
+                duplicates,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Creates a bucket and uploads an NDJSON object of about `kib` KiB (order ids
+/// repeat every 1,000 events); returns its size in bytes.
+pub async fn upload_object(endpoint: &str, bucket: &str, key: &str, kib: u64) -> anyhow::Result<u64> {
+    let sdk = sdk_config(endpoint).await;
+    let s3 = shared::config::s3_client(&sdk);
+    s3.create_bucket().bucket(bucket).send().await.with_context(|| format!("creating bucket {bucket}"))?;
+    let mut body = Vec::new();
+    crate::data::write_ndjson(&mut body, kib * 1024, 1000)?;
+    let size = body.len() as u64;
+    s3.put_object().bucket(bucket).key(key).body(body.into()).send().await.context("uploading the object")?;
+    Ok(size)
+}
+
+/// Runs s3-ingest over `bucket/key` with the real S3 source and DynamoDB store
+/// (tables created here), counting DynamoDB requests.
+pub async fn ingest_s3(endpoint: &str, bucket: &str, key: &str, size: u64) -> anyhow::Result<crate::ingest::IngestRun> {
+    let sdk = sdk_config(endpoint).await;
+    let counter = RequestCounter::default();
+    let client = shared::config::dynamodb_client(&sdk, &counter);
+    let (state, idempotency) = ("ingest-state", "ingest-idempotency");
+    create_tables(&client, state, idempotency).await?;
+    let store = DynamoStore::new(client, state.to_owned(), idempotency.to_owned());
+    let objects = shared::object::S3Source::new(shared::config::s3_client(&sdk));
+    let config = crate::ingest::config(state, idempotency);
+    let payload = crate::ingest::s3_event(bucket, key, size);
+    let start_rss_kib = crate::rss::vm("VmRSS");
+    let before = counter.get();
+    let started = Instant::now();
+    let (_, summary, reports) = Box::pin(s3_ingest::handle(
+        &store,
+        &objects,
+        &s3_ingest::Handoff::Retry,
+        &config,
+        &payload,
+        &s3_ingest::Deadline::None,
+    ))
+    .await
+    .map_err(|e| anyhow::anyhow!("ingest failed: {e}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(summary.failed == 0, "ingest reported failures: {summary:?}");
+    let counts = reports.first().map(|r| r.counts).unwrap_or_default();
+    Ok(crate::ingest::IngestRun {
+        bytes: size,
+        lines: counts.lines,
+        accepted: counts.accepted,
+        seconds,
+        requests: counter.get() - before,
+        peak_rss_kib: crate::rss::vm("VmHWM"),
+        start_rss_kib,
+    })
+}

@@ -1,0 +1,117 @@
+//! `bench`: runs the whole suite, prints one table, and writes
+//! `target/bench/report.json` and `target/bench/chart.svg`.
+//!
+//! ```text
+//! bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--out DIR]
+//! ```
+
+use std::process::Command;
+
+use anyhow::Context as _;
+use bench::report::Report;
+use bench::suite::{self, Options};
+
+const USAGE: &str = "usage: bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--out DIR]";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        let value = suite::run_child(&args[1..])?;
+        println!("{value}");
+        return Ok(());
+    }
+    let workspace = suite::workspace();
+    // --smoke sets the sizes; the other flags then override them, in any order.
+    let mut opts =
+        if args.iter().any(|a| a == "--smoke") { Options::smoke(&workspace) } else { Options::full(&workspace) };
+    let (mut build, mut with_emulator) = (true, true);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value\n{USAGE}"));
+        match arg.as_str() {
+            "--smoke" => {}
+            "--runs" => opts.runs = value()?.parse().context("--runs")?,
+            "--ingest-mib" => opts.ingest_mib = value()?.parse().context("--ingest-mib")?,
+            "--out" => opts.out = value()?.into(),
+            "--no-build" => build = false,
+            "--skip-emulator" => with_emulator = false,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => anyhow::bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+
+    if build && with_emulator {
+        // The binaries measured: release builds of the functions and the echo baseline.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&workspace)
+            .args(["build", "--release", "-p", "sqs-consumer", "-p", "stream-aggregator", "-p", "s3-ingest"])
+            .args([
+                "-p",
+                "bench",
+                "--bin",
+                "echo",
+                "--bin",
+                "sqs-consumer",
+                "--bin",
+                "stream-aggregator",
+                "--bin",
+                "s3-ingest",
+            ])
+            .status()
+            .context("running cargo build")?;
+        anyhow::ensure!(status.success(), "building the release binaries failed");
+    }
+
+    let mut report = Report {
+        command: std::iter::once("bench".to_owned()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" "),
+        smoke: opts.smoke,
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        machine: machine(),
+        ..Report::default()
+    };
+    let step = |name: &str| eprintln!("bench: {name}...");
+
+    // First, each in a fresh process: nothing has warmed the handler yet.
+    step("first invocation in process");
+    suite::first_invocation(&opts, &mut report, true)?;
+    step("throughput, logging off");
+    let off = suite::throughput(&opts, &mut report);
+    step(&format!("ingest of {} MiB", opts.ingest_mib));
+    if let Err(e) = suite::ingest(&opts, &mut report, true) {
+        report.skip(format!("ingest: {e:#}"));
+    }
+    if with_emulator {
+        step("emulator: cost, S3 ingest, cold start, memory");
+        if let Err(e) = suite::emulator(&opts, &mut report) {
+            report.skip(format!("emulator: {e:#}"));
+        }
+    } else {
+        report.skip("emulator figures (--skip-emulator)");
+    }
+    suite::sizes(&opts, &mut report);
+    // Last: installs the global log subscriber for good.
+    step("throughput, logging on");
+    suite::logging_overhead(&opts, &mut report, &off)?;
+
+    print!("{}", report.table());
+    report.write(&opts.out)?;
+    eprintln!("bench: wrote {} and {}", opts.out.join("report.json").display(), opts.out.join("chart.svg").display());
+    Ok(())
+}
+
+/// CPU model and count, for the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{cpu}, {cores} cores")
+}

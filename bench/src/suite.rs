@@ -1,0 +1,462 @@
+//! The suite: which figures, at which sizes, in which order, each turned into
+//! report rows. Order matters: in-process figures with logging off run before
+//! the global log subscriber is installed for the logging-on pass.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::coldstart::{Start, lambda_env, release_dir, run_once};
+use crate::inproc::Function;
+use crate::report::{Better, Report, Row, median};
+use crate::runtime_api::RuntimeApi;
+
+/// Sizes and repetitions.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub smoke: bool,
+    /// Starts per binary (cold start) and fresh processes (first invocation).
+    pub runs: usize,
+    pub batch_sizes: Vec<u64>,
+    pub rounds: usize,
+    pub round: Duration,
+    /// The large-object ingest (issue 6), MiB.
+    pub ingest_mib: u64,
+    /// The object ingested through the emulator, KiB.
+    pub s3_kib: u64,
+    /// The cost workload (issue 4): events, and the small batch size.
+    pub cost_events: u64,
+    pub cost_small_batch: u64,
+    /// Largest batches for peak memory: SQS records, stream records.
+    pub memory_sqs: u64,
+    pub memory_stream: u64,
+    /// Where the report, the logs and temporary files go.
+    pub out: PathBuf,
+    pub workspace: PathBuf,
+}
+
+impl Options {
+    pub fn full(workspace: &Path) -> Self {
+        Self {
+            smoke: false,
+            runs: 9,
+            batch_sizes: vec![10, 100, 1_000, 10_000],
+            rounds: 3,
+            round: Duration::from_millis(400),
+            ingest_mib: 1024,
+            s3_kib: 8 * 1024,
+            cost_events: 1_000,
+            cost_small_batch: 10,
+            memory_sqs: 10_000,
+            memory_stream: 1_000,
+            out: target_dir(workspace).join("bench"),
+            workspace: workspace.to_owned(),
+        }
+    }
+
+    /// Tiny sizes: seconds, for tests.
+    pub fn smoke(workspace: &Path) -> Self {
+        Self {
+            smoke: true,
+            runs: 1,
+            batch_sizes: vec![10, 100],
+            rounds: 1,
+            round: Duration::from_millis(20),
+            ingest_mib: 1,
+            s3_kib: 64,
+            cost_events: 20,
+            cost_small_batch: 10,
+            memory_sqs: 100,
+            memory_stream: 20,
+            ..Self::full(workspace)
+        }
+    }
+}
+
+/// `target/` of the workspace (or `CARGO_TARGET_DIR`).
+pub fn target_dir(workspace: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from)
+}
+
+/// The workspace root: the parent of this crate.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_owned)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// First invocation in a fresh process, in-process handler, 10 records.
+pub fn first_invocation(opts: &Options, report: &mut Report, in_children: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(opts.out.join("tmp"))?;
+    for function in [Function::SqsConsumer, Function::StreamAggregator] {
+        let bytes = function.event("first", 10);
+        let samples: Vec<f64> = if in_children {
+            let file = opts.out.join("tmp").join(format!("first-{}.json", function.name()));
+            std::fs::write(&file, &bytes)?;
+            let mut samples = Vec::new();
+            for _ in 0..opts.runs {
+                let v = child(&["first-invocation", function.name(), &file.to_string_lossy()])?;
+                samples.push(v["ms"].as_f64().context("child gave no ms")?);
+            }
+            samples
+        } else {
+            vec![crate::inproc::first_invocation_ms(function, &bytes)]
+        };
+        report.push(
+            Row::new(
+                "first invocation",
+                format!("{} in process, 10 records", function.name()),
+                median(&samples),
+                "ms",
+                Better::Lower,
+            )
+            .target(5.0, "< 5 ms")
+            .note(format!("median of {} fresh processes; parse + handler, in-memory store", samples.len())),
+        );
+    }
+    Ok(())
+}
+
+/// Handler vs plain `serde_json` throughput, logging off.
+pub fn throughput(opts: &Options, report: &mut Report) -> Vec<(Function, u64, f64)> {
+    let mut handler_rates = Vec::new();
+    for function in [Function::SqsConsumer, Function::StreamAggregator] {
+        for &n in &opts.batch_sizes {
+            let t = crate::inproc::throughput(function, n, opts.rounds, opts.round);
+            handler_rates.push((function, n, t.handler));
+            report.push(
+                Row::new("throughput", format!("{} batch {n}", function.name()), t.handler, "rec/s", Better::Higher)
+                    .baseline(t.plain, "serde_json limit")
+                    .target(t.plain / 2.0, ">= 1/2 limit")
+                    .note(format!("{:.0}% of the limit; one core, logging off", 100.0 * t.handler / t.plain)),
+            );
+        }
+    }
+    handler_rates
+}
+
+/// Logging on (JSON to a sink, INFO) vs the logging-off rates.
+pub fn logging_overhead(opts: &Options, report: &mut Report, off: &[(Function, u64, f64)]) -> anyhow::Result<()> {
+    crate::inproc::enable_json_logs().map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
+    for &(function, n, off_rate) in off {
+        let on_rate = crate::inproc::handler_rate(function, n, opts.rounds, opts.round);
+        let overhead = 100.0 * (off_rate / on_rate - 1.0);
+        report.push(
+            Row::new("logging", format!("{} batch {n}: JSON logs on", function.name()), overhead, "%", Better::Lower)
+                .target(5.0, "< 5% overhead")
+                .note(format!("{on_rate:.0} rec/s on vs {off_rate:.0} rec/s off")),
+        );
+    }
+    Ok(())
+}
+
+/// The large-object ingest: stage vs plain in this process, the handler in a
+/// child (`in_child`) for its peak memory.
+pub fn ingest(opts: &Options, report: &mut Report, in_child: bool) -> anyhow::Result<()> {
+    let dir = opts.out.join("tmp");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("ingest.ndjson");
+    let lines = crate::ingest::generate(&path, opts.ingest_mib)?;
+    let result = (|| {
+        let (stage, plain, parsed) = crate::ingest::stage_vs_plain(&path)?;
+        anyhow::ensure!(parsed == lines, "parsed {parsed} of {lines} lines");
+        let run: crate::ingest::IngestRun = if in_child {
+            serde_json::from_value(child(&["ingest-file", &path.to_string_lossy()])?)?
+        } else {
+            crate::inproc::runtime().block_on(crate::ingest::ingest_file(&path))?
+        };
+        anyhow::ensure!(run.accepted == lines, "ingest accepted {} of {lines} lines", run.accepted);
+        let size = format!("{} MiB NDJSON", opts.ingest_mib);
+        report.push(
+            Row::new("ingest", format!("parse+validate stage, {size}"), stage, "lines/s", Better::Higher)
+                .baseline(plain, "serde_json limit")
+                .target(plain / 2.0, ">= 1/2 limit")
+                .note(format!("{:.0}% of the limit; {lines} lines; one core", 100.0 * stage / plain)),
+        );
+        report.push(
+            Row::new("ingest", format!("s3-ingest end to end, {size}"), run.mib_per_s(), "MiB/s", Better::Higher)
+                .note(format!("{:.0} lines/s; file source, in-memory store holding 1,000 orders", run.lines_per_s())),
+        );
+        if let Some(peak) = run.peak_rss_kib {
+            report.push(
+                Row::new("ingest", format!("s3-ingest peak RSS, {size}"), peak as f64 / 1024.0, "MiB", Better::Lower)
+                    .target(64.0, "< 64 MiB")
+                    .note(format!(
+                        "process RSS before the ingest: {:.1} MiB",
+                        run.start_rss_kib.unwrap_or(0) as f64 / 1024.0
+                    )),
+            );
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// Figures against the emulator: the cost workload, S3 ingest, cold starts and
+/// peak memory of the release binaries.
+pub fn emulator(opts: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let moto = crate::emulator::Moto::start(&opts.workspace)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+
+    // Issue 4: requests per record and records per second.
+    match runtime.block_on(crate::emulator::cost(&moto.endpoint, opts.cost_events, opts.cost_small_batch)) {
+        Ok(deliveries) => {
+            for d in deliveries {
+                let requests = d.requests_per_record();
+                report.push(
+                    Row::new(
+                        "emulator cost",
+                        format!("{}: DynamoDB requests/record", d.label),
+                        requests,
+                        "req/rec",
+                        Better::Lower,
+                    )
+                    .baseline(3.0, "Powertools")
+                    .target(0.1, "<= 0.1")
+                    .note(format!("{} requests; applied {}, duplicates {}", d.requests, d.applied, d.duplicates)),
+                );
+                report.push(
+                    Row::new(
+                        "emulator cost",
+                        format!("{}: records/s", d.label),
+                        d.records_per_s(),
+                        "rec/s",
+                        Better::Higher,
+                    )
+                    .baseline(60.0, "Powertools (issue 4)")
+                    .target(1200.0, ">= 20x peer"),
+                );
+            }
+        }
+        Err(e) => report.skip(format!("emulator cost workload: {e:#}")),
+    }
+
+    // S3 ingest through the emulator (the real S3 source and DynamoDB store).
+    let s3 = (|| {
+        let (bucket, key) = ("bench-ingest", "incoming/bench.ndjson");
+        let size = runtime.block_on(crate::emulator::upload_object(&moto.endpoint, bucket, key, opts.s3_kib))?;
+        let run: crate::ingest::IngestRun =
+            serde_json::from_value(child(&["ingest-s3", &moto.endpoint, bucket, key, &size.to_string()])?)?;
+        let label = format!("{:.0} KiB object", size as f64 / 1024.0);
+        report.push(
+            Row::new(
+                "emulator ingest",
+                format!("s3-ingest via moto, {label}"),
+                run.mib_per_s(),
+                "MiB/s",
+                Better::Higher,
+            )
+            .note(format!(
+                "{:.0} lines/s, {} lines, {} DynamoDB requests ({:.3}/line)",
+                run.lines_per_s(),
+                run.lines,
+                run.requests,
+                run.requests as f64 / run.lines.max(1) as f64
+            )),
+        );
+        if let Some(peak) = run.peak_rss_kib {
+            report.push(
+                Row::new(
+                    "emulator ingest",
+                    format!("s3-ingest via moto peak RSS, {label}"),
+                    peak as f64 / 1024.0,
+                    "MiB",
+                    Better::Lower,
+                )
+                .target(64.0, "< 64 MiB"),
+            );
+        }
+        Ok::<_, anyhow::Error>(())
+    })();
+    if let Err(e) = s3 {
+        report.skip(format!("emulator S3 ingest: {e:#}"));
+    }
+
+    if let Err(e) = binaries(opts, report, &runtime, &moto.endpoint) {
+        report.skip(format!("cold start and memory of the release binaries: {e:#}"));
+    }
+    Ok(())
+}
+
+/// The release binaries: cold start (spawn to first `next`), first invocation
+/// against the emulator, peak memory on the largest batches.
+fn binaries(
+    opts: &Options,
+    report: &mut Report,
+    runtime: &tokio::runtime::Runtime,
+    endpoint: &str,
+) -> anyhow::Result<()> {
+    let release = release_dir(&opts.workspace);
+    let logs = opts.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let api = RuntimeApi::start()?;
+    let sdk = runtime.block_on(crate::emulator::sdk_config(endpoint));
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let s3 = shared::config::s3_client(&sdk);
+    // The s3-ingest fixture's object, in the emulator.
+    let fixture_bucket = "stream-processor-uploads";
+    runtime.block_on(async {
+        s3.create_bucket().bucket(fixture_bucket).send().await?;
+        let body = std::fs::read(opts.workspace.join("events/data/orders.ndjson"))?;
+        s3.put_object().bucket(fixture_bucket).key("incoming/orders.ndjson").body(body.into()).send().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let fixture = |name: &str| std::fs::read(opts.workspace.join("events").join(name));
+    let functions: [(&str, Vec<u8>); 4] = [
+        ("echo", fixture("sqs-standard.json")?),
+        ("sqs-consumer", fixture("sqs-standard.json")?),
+        ("stream-aggregator", fixture("stream-orders.json")?),
+        ("s3-ingest", fixture("s3-direct.json")?),
+    ];
+    let mut table_no = 0;
+    let mut fresh_tables = |name: &str| -> anyhow::Result<(String, String)> {
+        table_no += 1;
+        let (state, idempotency) = (format!("cs-{name}-{table_no}-state"), format!("cs-{name}-{table_no}-idempotency"));
+        runtime.block_on(crate::emulator::create_tables(&dynamodb, &state, &idempotency))?;
+        Ok((state, idempotency))
+    };
+    let mut starts: Vec<(&str, Vec<Start>)> = functions.iter().map(|(n, _)| (*n, Vec::new())).collect();
+    for run in 0..opts.runs {
+        // Interleaved, so drift on a shared machine hits every binary alike.
+        for (i, (name, event)) in functions.iter().enumerate() {
+            let tables = if *name == "echo" { None } else { Some(fresh_tables(name)?) };
+            let env = lambda_env(&api, name, Some(endpoint), tables.as_ref().map(|(s, i)| (s.as_str(), i.as_str())));
+            let log = logs.join(format!("{name}-{run}.log"));
+            let start = run_once(&api, &release.join(name), &env, event.clone(), &log)?;
+            starts[i].1.push(start);
+        }
+    }
+    let med = |s: &[Start], f: fn(&Start) -> f64| median(&s.iter().map(f).collect::<Vec<_>>());
+    let echo_next = med(&starts[0].1, |s| s.to_first_next_ms);
+    let echo_first = med(&starts[0].1, |s| s.first_invocation_ms);
+    for (name, s) in &starts[1..] {
+        report.push(
+            Row::new(
+                "cold start",
+                format!("{name}: spawn to first next"),
+                med(s, |s| s.to_first_next_ms),
+                "ms",
+                Better::Lower,
+            )
+            .baseline(echo_next, "echo")
+            .target(2.0 * echo_next, "<= 2x echo")
+            .note(format!("median of {} runs", s.len())),
+        );
+    }
+    report.push(
+        Row::new("cold start", "echo: spawn to first next", echo_next, "ms", Better::Lower)
+            .note(format!("the baseline; median of {} runs", starts[0].1.len())),
+    );
+    for (name, s) in &starts[1..] {
+        report.push(
+            Row::new(
+                "first invocation",
+                format!("{name}: fixture via runtime API + moto"),
+                med(s, |s| s.first_invocation_ms),
+                "ms",
+                Better::Lower,
+            )
+            .baseline(echo_first, "echo")
+            .note("includes the SDK's first connection and the emulator's DynamoDB calls"),
+        );
+    }
+
+    // Peak memory on the largest batches.
+    let echo_rss = starts[0].1.iter().filter_map(|s| s.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+    for (function, n) in [(Function::SqsConsumer, opts.memory_sqs), (Function::StreamAggregator, opts.memory_stream)] {
+        let tables = fresh_tables(function.name())?;
+        let env = lambda_env(&api, function.name(), Some(endpoint), Some((&tables.0, &tables.1)));
+        let event = function.event("mem", n);
+        let event_mib = event.len() as f64 / MIB;
+        let log = logs.join(format!("{}-memory.log", function.name()));
+        let start = run_once(&api, &release.join(function.name()), &env, event, &log)?;
+        report.push(
+            Row::new(
+                "memory",
+                format!("{} peak RSS, {n} records", function.name()),
+                start.peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
+                "MiB",
+                Better::Lower,
+            )
+            .baseline(echo_rss, "echo idle")
+            .target(64.0, "< 64 MiB")
+            .note(format!("event {event_mib:.1} MiB; invocation {:.0} ms against moto", start.first_invocation_ms)),
+        );
+    }
+    Ok(())
+}
+
+/// Stripped release binary sizes (cargo-lambda's output when present).
+pub fn sizes(opts: &Options, report: &mut Report) {
+    let release = release_dir(&opts.workspace);
+    let target = target_dir(&opts.workspace);
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / MIB).ok();
+    let echo = size(&release.join("echo"));
+    for name in ["sqs-consumer", "stream-aggregator", "s3-ingest"] {
+        let lambda = target.join("lambda").join(name).join("bootstrap");
+        let (path, how) = if lambda.exists() {
+            (lambda, "cargo lambda build --release (bootstrap)")
+        } else {
+            (release.join(name), "target/release, profile strips")
+        };
+        match size(&path) {
+            Some(mib) => {
+                let mut row =
+                    Row::new("binary size", name, mib, "MiB", Better::Lower).target(10.0, "< 10 MiB").note(how);
+                if let Some(echo) = echo {
+                    row = row.baseline(echo, "echo");
+                }
+                report.push(row);
+            }
+            None => report.skip(format!("binary size of {name}: {} not built", path.display())),
+        }
+    }
+}
+
+/// Runs this executable as a child (`--child ...`) and parses the JSON it prints.
+pub fn child(args: &[&str]) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe()?;
+    let out =
+        Command::new(&exe).arg("--child").args(args).output().with_context(|| format!("running {}", exe.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "child {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).lines().rev().take(5).collect::<Vec<_>>().join(" / ")
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().context("child printed nothing")?;
+    serde_json::from_str(last).with_context(|| format!("child output {last:?}"))
+}
+
+/// The child side of [`child`].
+pub fn run_child(args: &[String]) -> anyhow::Result<Value> {
+    match args.first().map(String::as_str) {
+        Some("first-invocation") => {
+            let function = match args.get(1).map(String::as_str) {
+                Some("sqs-consumer") => Function::SqsConsumer,
+                Some("stream-aggregator") => Function::StreamAggregator,
+                other => anyhow::bail!("unknown function {other:?}"),
+            };
+            let bytes = std::fs::read(args.get(2).context("no event file")?)?;
+            Ok(serde_json::json!({ "ms": crate::inproc::first_invocation_ms(function, &bytes) }))
+        }
+        Some("ingest-file") => {
+            let path = PathBuf::from(args.get(1).context("no file")?);
+            // The functions' runtime: tokio's multi-threaded scheduler.
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            Ok(serde_json::to_value(runtime.block_on(crate::ingest::ingest_file(&path))?)?)
+        }
+        Some("ingest-s3") => {
+            let [endpoint, bucket, key, size] = [1, 2, 3, 4].map(|i| args.get(i).cloned().unwrap_or_default());
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let run = runtime.block_on(crate::emulator::ingest_s3(&endpoint, &bucket, &key, size.parse()?))?;
+            Ok(serde_json::to_value(run)?)
+        }
+        other => anyhow::bail!("unknown child {other:?}"),
+    }
+}
