@@ -175,13 +175,11 @@ pub(crate) fn cargo() -> String {
 }
 
 /// `cargo build` of the function binaries, so watch does not compile them
-/// lazily inside the first invocation's timeout.
+/// lazily inside the first invocation's timeout. Output is captured (and shown
+/// on failure); the commands call [`build_functions_visibly`] first so a
+/// first build's progress is on screen.
 pub async fn build_functions(root: &std::path::Path, functions: &[String]) -> Result<()> {
-    let mut cmd = Command::new(cargo());
-    cmd.arg("build").current_dir(root);
-    for f in functions {
-        cmd.arg("-p").arg(f);
-    }
+    let mut cmd = build_command(root, functions);
     let output = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .context("build task panicked")?
@@ -190,4 +188,23 @@ pub async fn build_functions(root: &std::path::Path, functions: &[String]) -> Re
         bail!("cargo build of the functions failed:\n{}", String::from_utf8_lossy(&output.stderr));
     }
     Ok(())
+}
+
+/// `cargo build` of the function binaries with cargo's progress on the
+/// terminal.
+pub fn build_functions_visibly(root: &std::path::Path, functions: &[String]) -> Result<()> {
+    let status = build_command(root, functions).status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the functions failed ({status})");
+    }
+    Ok(())
+}
+
+fn build_command(root: &std::path::Path, functions: &[String]) -> Command {
+    let mut cmd = Command::new(cargo());
+    cmd.arg("build").current_dir(root);
+    for f in functions {
+        cmd.arg("-p").arg(f);
+    }
+    cmd
 }

@@ -17,10 +17,17 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 /// Runs the demo; fails when the invariant does not hold.
 pub async fn run() -> Result<()> {
     let start = Instant::now();
+    header("building the functions");
+    let spec = crate::spec::StackSpec::load()?;
+    let functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
+    let root = crate::stack::workspace_root();
+    tokio::task::spawn_blocking(move || crate::lambda::build_functions_visibly(&root, &functions))
+        .await
+        .context("build task panicked")??;
     header("starting the local stack (moto) and creating the resources of infra/stack.json");
     let mut stack = Stack::start().await?;
     println!("  moto on {} ({})", stack.endpoint, elapsed(start));
-    header("building the functions and starting `cargo lambda watch`");
+    header("starting `cargo lambda watch`");
     let lambda_port = stack.start_lambda().await?.port();
     println!("  functions on http://127.0.0.1:{lambda_port} ({})", elapsed(start));
     let result = scenario_run(&stack, start).await;
