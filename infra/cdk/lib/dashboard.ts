@@ -1,5 +1,112 @@
-/** The operations dashboard (filled in below). */
-import { Stack } from 'aws-cdk-lib';
-import { StackSpec } from './spec';
+/**
+ * The operations dashboard: alarm states, dead-letter queue depth, stream
+ * iterator age, function errors and duration, and the functions' own EMF
+ * metrics (namespace `StreamProcessor`, dimension `function` = the Lambda
+ * function name) counting records by outcome.
+ *
+ * The body is plain CloudWatch dashboard JSON, the same the SAM template
+ * writes out, so the equivalence test can compare the two widget by widget.
+ */
+import { Aws, Stack } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
 
-export function addDashboard(_stack: Stack, _spec: StackSpec): void {}
+/** Namespace of the functions' Embedded Metric Format metrics. */
+export const EMF_NAMESPACE = 'StreamProcessor';
+/** The dimension the functions put their name in. */
+export const EMF_FUNCTION_DIMENSION = 'function';
+/** Record outcomes the functions count, per invocation. */
+export const EMF_RECORD_METRICS = ['records', 'applied', 'stale', 'duplicate', 'quarantined', 'failed'];
+
+export interface DashboardRefs {
+  /** Function name (package) -> function, in stack.json order. */
+  functions: [string, lambda.IFunction][];
+  /** Label -> queue whose depth means records were given up on. */
+  parkedQueues: [string, sqs.IQueue][];
+  alarms: cloudwatch.IAlarm[];
+  /** The stream consumer, for iterator age. */
+  streamFunction: lambda.IFunction;
+  iteratorAgeThresholdMs: number;
+}
+
+type Widget = Record<string, unknown>;
+
+function metricWidget(x: number, y: number, width: number, title: string, metrics: unknown[][], extra: Widget = {}): Widget {
+  return {
+    type: 'metric',
+    x,
+    y,
+    width,
+    height: 6,
+    properties: { title, region: Aws.REGION, view: 'timeSeries', stacked: false, period: 60, metrics, ...extra },
+  };
+}
+
+/** The dashboard body as JSON-able data (tokens for names and ARNs). */
+export function dashboardBody(r: DashboardRefs): { widgets: Widget[] } {
+  const fnName = (f: lambda.IFunction) => f.functionName;
+  const widgets: Widget[] = [
+    {
+      type: 'text',
+      x: 0,
+      y: 0,
+      width: 24,
+      height: 2,
+      properties: {
+        markdown:
+          '## Stream processor\nA dead-letter message or a stream failure means records were given up on: ' +
+          'see infra/README.md, "When an alarm fires". Quarantined records are in the state table under `QUARANTINE#`.',
+      },
+    },
+    { type: 'alarm', x: 0, y: 2, width: 24, height: 3, properties: { title: 'Alarms', alarms: r.alarms.map((a) => a.alarmArn) } },
+    metricWidget(
+      0,
+      5,
+      12,
+      'Dead-letter queue depth (messages given up on)',
+      r.parkedQueues.map(([label, q]) => ['AWS/SQS', 'ApproximateNumberOfMessagesVisible', 'QueueName', q.queueName, { label, stat: 'Maximum' }]),
+    ),
+    metricWidget(
+      12,
+      5,
+      12,
+      'Stream iterator age (ms behind the state table)',
+      [['AWS/Lambda', 'IteratorAge', 'FunctionName', fnName(r.streamFunction), { label: 'iterator age', stat: 'Maximum' }]],
+      { annotations: { horizontal: [{ label: 'alarm', value: r.iteratorAgeThresholdMs }] } },
+    ),
+    metricWidget(
+      0,
+      11,
+      12,
+      'Function errors (failed invocations)',
+      r.functions.map(([name, f]) => ['AWS/Lambda', 'Errors', 'FunctionName', fnName(f), { label: name, stat: 'Sum' }]),
+    ),
+    metricWidget(
+      12,
+      11,
+      12,
+      'Function duration (p99, ms)',
+      r.functions.map(([name, f]) => ['AWS/Lambda', 'Duration', 'FunctionName', fnName(f), { label: name, stat: 'p99' }]),
+    ),
+    ...r.functions.map(([name, f], i) =>
+      metricWidget(
+        i * 8,
+        17,
+        8,
+        `${name}: records by outcome`,
+        EMF_RECORD_METRICS.map((metric) => [EMF_NAMESPACE, metric, EMF_FUNCTION_DIMENSION, fnName(f), { label: metric, stat: 'Sum' }]),
+      ),
+    ),
+  ];
+  return { widgets };
+}
+
+export function addDashboard(stack: Stack, refs: DashboardRefs): cloudwatch.CfnDashboard {
+  const dashboard = new cloudwatch.CfnDashboard(stack, 'Dashboard', {
+    dashboardName: Aws.STACK_NAME,
+    dashboardBody: stack.toJsonString(dashboardBody(refs)),
+  });
+  dashboard.overrideLogicalId('Dashboard');
+  return dashboard;
+}

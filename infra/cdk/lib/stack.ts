@@ -33,6 +33,9 @@ export const LOG_RETENTION = logs.RetentionDays.ONE_MONTH;
 /** Days a dead-letter queue keeps a message: SQS's maximum, time to investigate. */
 export const DLQ_RETENTION = Duration.days(14);
 
+/** Alarm when the stream consumer is this far behind (ms). */
+export const ITERATOR_AGE_ALARM_MS = 60_000;
+
 /** The actions each function needs on the tables (TransactWriteItems is authorised per item action). */
 export const STATE_TABLE_ACTIONS = [
   'dynamodb:GetItem',
@@ -73,6 +76,9 @@ export class StreamProcessorStack extends Stack {
   readonly deadLetterQueues: Record<string, sqs.Queue> = {};
   readonly tables: Record<string, dynamodb.Table> = {};
   readonly functions: Record<string, lambda.Function> = {};
+  readonly alarms: cloudwatch.Alarm[] = [];
+  /** Label -> queue for the dead-letter queues and the stream's failure destination. */
+  private readonly parkedQueues: [string, sqs.Queue][] = [];
 
   constructor(scope: Construct, id: string, props: StreamProcessorProps) {
     super(scope, id, props);
@@ -150,9 +156,20 @@ export class StreamProcessorStack extends Stack {
 
     // ------------------------------------------------ alarms, dashboard
     this.addAlarms(spec);
-    addDashboard(this, spec);
+    const stream = spec.mappings.find((m) => !isQueueSource(m.source));
+    const dashboard = addDashboard(this, {
+      functions: Object.entries(this.functions),
+      parkedQueues: this.parkedQueues,
+      alarms: this.alarms,
+      streamFunction: this.functions[stream!.function],
+      iteratorAgeThresholdMs: ITERATOR_AGE_ALARM_MS,
+    });
 
     // ------------------------------------------------------------ outputs
+    new CfnOutput(this, 'DashboardUrl', {
+      description: 'The operations dashboard.',
+      value: `https://${Aws.REGION}.console.aws.amazon.com/cloudwatch/home?region=${Aws.REGION}#dashboards/dashboard/${dashboard.ref}`,
+    });
     new CfnOutput(this, 'UploadsBucketName', {
       description: 'Upload order files (NDJSON or CSV, optionally gzipped) under incoming/.',
       value: this.bucket.bucketName,
@@ -309,17 +326,27 @@ export class StreamProcessorStack extends Stack {
   }
 
   private addAlarms(spec: StackSpec): void {
-    // Depth of every dead-letter queue, and of the stream's on-failure destination.
-    const parked: [string, sqs.Queue][] = [
-      ...Object.entries(this.deadLetterQueues).map(([key, q]): [string, sqs.Queue] => [`${pascal(key)}DeadLetterQueueAlarm`, q]),
+    // Depth of every dead-letter queue, and of the stream's on-failure
+    // destination: [alarm ID, queue key, stack.json name, queue].
+    const label = (name: string) => name.replace(`${STACK_PLACEHOLDER}-`, '');
+    const parked: [string, string, string, sqs.Queue][] = [
+      ...Object.entries(this.deadLetterQueues).map(([key, q]): [string, string, string, sqs.Queue] => [
+        `${pascal(key)}DeadLetterQueueAlarm`,
+        key,
+        label(spec.queues[key].deadLetterQueue!),
+        q,
+      ]),
       ...spec.mappings
         .filter((m) => m.onFailure)
-        .map((m): [string, sqs.Queue] => [`${pascal(m.onFailure!.queue)}QueueAlarm`, this.queues[m.onFailure!.queue]]),
+        .map((m): [string, string, string, sqs.Queue] => {
+          const key = m.onFailure!.queue;
+          return [`${pascal(key)}QueueAlarm`, key, label(spec.queues[key].name), this.queues[key]];
+        }),
     ];
-    for (const [id, queue] of parked) {
-      const key = id.replace(/(DeadLetterQueue|Queue)Alarm$/, '');
+    for (const [id, key, name, queue] of parked) {
+      this.parkedQueues.push([name, queue]);
       const alarm = new cloudwatch.Alarm(this, id, {
-        alarmDescription: DLQ_ALARM_DESCRIPTIONS[key],
+        alarmDescription: DLQ_ALARM_DESCRIPTIONS[pascal(key)],
         metric: new cloudwatch.Metric({
           namespace: 'AWS/SQS',
           metricName: 'ApproximateNumberOfMessagesVisible',
@@ -333,6 +360,7 @@ export class StreamProcessorStack extends Stack {
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       });
       logicalId(alarm, id);
+      this.alarms.push(alarm);
     }
     for (const [name, fn] of Object.entries(this.functions)) {
       const id = `${pascal(name)}ErrorsAlarm`;
@@ -345,17 +373,19 @@ export class StreamProcessorStack extends Stack {
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       });
       logicalId(alarm, id);
+      this.alarms.push(alarm);
     }
     for (const m of spec.mappings.filter((m) => !isQueueSource(m.source))) {
       const alarm = new cloudwatch.Alarm(this, 'StreamIteratorAgeAlarm', {
         alarmDescription: "The aggregator is more than a minute behind the state table's stream.",
         metric: this.functions[m.function].metric('IteratorAge', { statistic: 'Maximum', period: Duration.minutes(1) }),
         evaluationPeriods: 5,
-        threshold: 60_000,
+        threshold: ITERATOR_AGE_ALARM_MS,
         comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       });
       logicalId(alarm, 'StreamIteratorAgeAlarm');
+      this.alarms.push(alarm);
     }
   }
 

@@ -11,7 +11,7 @@ import { App } from 'aws-cdk-lib';
 import { Match } from 'aws-cdk-lib/assertions';
 import { buildApp } from '../lib/app';
 import { loadSpec } from '../lib/spec';
-import { Doc, permissions, resolve, synth } from './support';
+import { Doc, Json, permissions, resolve, synth } from './support';
 
 const spec = loadSpec();
 const { template, json } = synth();
@@ -289,5 +289,36 @@ describe('alarms', () => {
       Dimensions: [{ Name: 'QueueName', Value: { 'Fn::GetAtt': ['OrdersFifoDeadLetterQueue', 'QueueName'] } }],
       Threshold: 1,
     });
+  });
+});
+
+describe('dashboard', () => {
+  const body = JSON.parse(String(resolve(((resources.Dashboard as Doc).Properties as Doc).DashboardBody))) as {
+    widgets: { type: string; properties: { alarms?: string[]; metrics?: Json[][] } }[];
+  };
+  const metrics = body.widgets.flatMap((w) => w.properties.metrics ?? []).map((m) => m.slice(0, 4).join(' '));
+
+  it('shows every alarm', () => {
+    const alarms = body.widgets.find((w) => w.type === 'alarm')!.properties.alarms!;
+    assert.deepEqual(alarms.sort(), ofType('AWS::CloudWatch::Alarm').map(([id]) => `<${id}.Arn>`).sort());
+  });
+
+  it('shows DLQ depth, iterator age, errors and duration', () => {
+    for (const q of ['IngestDeadLetterQueue', 'OrdersDeadLetterQueue', 'OrdersFifoDeadLetterQueue', 'StreamFailuresQueue']) {
+      assert.ok(metrics.includes(`AWS/SQS ApproximateNumberOfMessagesVisible QueueName <${q}.QueueName>`), q);
+    }
+    assert.ok(metrics.includes('AWS/Lambda IteratorAge FunctionName <StreamAggregatorFunction>'));
+    for (const f of ['S3IngestFunction', 'SqsConsumerFunction', 'StreamAggregatorFunction']) {
+      assert.ok(metrics.includes(`AWS/Lambda Errors FunctionName <${f}>`), f);
+      assert.ok(metrics.includes(`AWS/Lambda Duration FunctionName <${f}>`), f);
+    }
+  });
+
+  it("shows each function's EMF record outcomes", () => {
+    for (const f of ['S3IngestFunction', 'SqsConsumerFunction', 'StreamAggregatorFunction']) {
+      for (const m of ['records', 'applied', 'stale', 'duplicate', 'quarantined', 'failed']) {
+        assert.ok(metrics.includes(`StreamProcessor ${m} function <${f}>`), `${f} ${m}`);
+      }
+    }
   });
 });

@@ -251,9 +251,9 @@ function normalizeProperties(type: string, props: Doc): Json {
       return { ...props, FilterCriteria: { Filters: filters } };
     }
     case 'AWS::CloudWatch::Dashboard':
-      // The body is a JSON string built differently by each tool; the
-      // dashboard test compares the widgets it shows instead.
-      return { DashboardName: props.DashboardName ?? null };
+      // The body is a JSON string (spaced differently by each tool): compare
+      // what it says.
+      return { ...props, DashboardBody: JSON.parse(props.DashboardBody as string) as Json };
     default:
       return props;
   }
