@@ -9,7 +9,7 @@
  * - `assetDir` / `LAMBDA_ASSET_DIR` (default `<repo>/target/lambda`): where
  *   `<function>/bootstrap` are.
  */
-import { App } from 'aws-cdk-lib';
+import { App } from 'aws-cdk-lib/core';
 import { buildApp } from '../lib/app';
 
 buildApp(new App());

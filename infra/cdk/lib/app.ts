@@ -1,7 +1,7 @@
 /** Builds the stack from context, shared by bin/app.ts and the tests. */
 import * as fs from 'fs';
 import * as path from 'path';
-import { App, Validations } from 'aws-cdk-lib';
+import { App, Validations } from 'aws-cdk-lib/core';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { loadSpec, repoRoot } from './spec';

@@ -7,7 +7,7 @@
  * The body is plain CloudWatch dashboard JSON, the same the SAM template
  * writes out, so the equivalence test can compare the two widget by widget.
  */
-import { Aws, Stack } from 'aws-cdk-lib';
+import { Aws, Stack } from 'aws-cdk-lib/core';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sqs from 'aws-cdk-lib/aws-sqs';

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { App } from 'aws-cdk-lib';
+import { App } from 'aws-cdk-lib/core';
 import { Match } from 'aws-cdk-lib/assertions';
 import { buildApp } from '../lib/app';
 import { loadSpec } from '../lib/spec';
