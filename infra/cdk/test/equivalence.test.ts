@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { loadSpec, repoRoot } from '../lib/spec';
-import { canonical, diffModels, Doc, expandSam, loadSam, mappingsOf, model, outputs, specMappings, specProblems, synth } from './support';
+import { canonical, diffModels, Doc, expandSam, loadSam, mappingsOf, model, outputs, resolve, specMappings, specProblems, synth } from './support';
 
 const spec = loadSpec();
 const sam = loadSam();
@@ -68,16 +68,31 @@ describe('stack.json', () => {
 });
 
 describe('SAM build settings', () => {
-  for (const [id, resource] of Object.entries(sam.Resources as Doc) as [string, Doc][]) {
-    if (resource.Type !== 'AWS::Serverless::Function') continue;
-    it(`${id} builds its crate with cargo-lambda`, () => {
-      assert.deepEqual(resource.Metadata, { BuildMethod: 'rust-cargolambda' });
+  const functionIds = Object.entries(sam.Resources as Doc).filter(([, r]) => (r as Doc).Type === 'AWS::Serverless::Function');
+
+  it('declares one function per stack.json function', () => {
+    assert.equal(functionIds.length, Object.keys(spec.functions).length);
+  });
+
+  for (const [id, resource] of functionIds as [string, Doc][]) {
+    it(`${id} builds its binary from the Cargo workspace with cargo-lambda`, () => {
       const props = resource.Properties as Doc;
-      const crate = path.resolve(path.dirname(path.join(repoRoot(), 'infra', 'template.yaml')), String(props.CodeUri));
-      assert.ok(fs.existsSync(path.join(crate, 'Cargo.toml')), `${props.CodeUri} is not a crate`);
-      const globals = (sam.Globals as Doc).Function as Doc;
-      assert.equal(globals.Runtime, 'provided.al2023');
-      assert.equal(globals.Handler, 'bootstrap');
+      const binary = String(((resource.Metadata as Doc).BuildProperties as Doc).Binary);
+      assert.equal((resource.Metadata as Doc).BuildMethod, 'rust-cargolambda');
+      assert.equal(props.FunctionName && String(resolve(props.FunctionName)), `{stack}-${binary}`);
+      // cargo-lambda runs in CodeUri and SAM copies target/lambda/<Binary>/bootstrap from there:
+      // CodeUri must be the workspace root (a member's target/ would be empty).
+      const workspace = path.resolve(path.join(repoRoot(), 'infra'), String(props.CodeUri));
+      assert.equal(workspace, repoRoot());
+      assert.match(fs.readFileSync(path.join(workspace, 'Cargo.toml'), 'utf8'), /^\[workspace\]/m);
+      const crate = fs.readFileSync(path.join(workspace, 'functions', binary, 'Cargo.toml'), 'utf8');
+      assert.match(crate, new RegExp(`\\[\\[bin\\]\\]\\s*\\nname = "${binary}"`));
     });
   }
+
+  it('run provided.al2023 with handler bootstrap', () => {
+    const globals = (sam.Globals as Doc).Function as Doc;
+    assert.equal(globals.Runtime, 'provided.al2023');
+    assert.equal(globals.Handler, 'bootstrap');
+  });
 });
