@@ -144,9 +144,9 @@ impl Lambda {
             response.headers().get(FUNCTION_ERROR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = response.text().await.with_context(|| format!("reading the response of {function}"))?;
         let json: Option<Value> = serde_json::from_str(&body).ok();
-        let is_runtime_error =
-            json.as_ref().is_some_and(|j| j.get("errorType").is_some() || j.get("errorMessage").is_some());
-        if error_header.is_some() || (status.is_server_error() && is_runtime_error) {
+        // A 5xx without the runtime's error body is a crash or a timeout
+        // inside watch: to the mapping, an unhandled function error too.
+        if error_header.is_some() || status.is_server_error() {
             let field = |name: &str| {
                 json.as_ref().and_then(|j| j.get(name)).and_then(Value::as_str).unwrap_or_default().to_owned()
             };
@@ -158,7 +158,11 @@ impl Lambda {
                         if t.is_empty() { h } else { t }
                     },
                 ),
-                message: field("errorMessage"),
+                message: if is_empty(&field("errorMessage")) {
+                    format!("HTTP {status}: {body}")
+                } else {
+                    field("errorMessage")
+                },
             });
         }
         if !status.is_success() {
@@ -167,6 +171,10 @@ impl Lambda {
         // A function may return nothing (`null`): that is a success.
         Ok(Invocation::Ok(json.unwrap_or(Value::Null)))
     }
+}
+
+fn is_empty(s: &str) -> bool {
+    s.trim().is_empty()
 }
 
 /// The cargo that runs us (set by cargo for `cargo run`/`cargo test`).
