@@ -48,7 +48,7 @@ export const STATE_TABLE_ACTIONS = [
 ];
 export const IDEMPOTENCY_TABLE_ACTIONS = ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'];
 /** What a Lambda SQS event source mapping needs on its queue. */
-export const QUEUE_CONSUME_ACTIONS = ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueAttributes'];
+export const QUEUE_CONSUME_ACTIONS = ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'];
 /** What a Lambda DynamoDB stream event source mapping needs on its stream. */
 export const STREAM_READ_ACTIONS = ['dynamodb:DescribeStream', 'dynamodb:GetRecords', 'dynamodb:GetShardIterator'];
 
@@ -263,7 +263,8 @@ export class StreamProcessorStack extends Stack {
       for (const n of spec.bucket.notifications) {
         const queue = this.queues[n.queue];
         statements.push(statement('ContinueOnIngestQueue', ['sqs:SendMessage'], [queue.queueArn]));
-        statements.push(statement('ReadUploads', ['s3:GetObject'], [this.bucket.arnForObjects(`${n.prefix}*`)]));
+        // GetObjectVersion: notifications of a versioned bucket name the version.
+        statements.push(statement('ReadUploads', ['s3:GetObject', 's3:GetObjectVersion'], [this.bucket.arnForObjects(`${n.prefix}*`)]));
       }
       statements.push(statement('WriteRejectReports', ['s3:PutObject'], [this.bucket.arnForObjects(`${spec.bucket.rejectsPrefix}*`)]));
     }

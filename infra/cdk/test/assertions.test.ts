@@ -242,7 +242,11 @@ describe('IAM', () => {
 
   it('lets s3-ingest read incoming/ and write rejected/ only', () => {
     const s3 = granted('S3IngestRole').filter((p) => p.includes(' s3:'));
-    assert.deepEqual(s3, ['Allow - s3:GetObject <UploadsBucket.Arn>/incoming/*', 'Allow - s3:PutObject <UploadsBucket.Arn>/rejected/*']);
+    assert.deepEqual(s3, [
+      'Allow - s3:GetObject <UploadsBucket.Arn>/incoming/*',
+      'Allow - s3:GetObjectVersion <UploadsBucket.Arn>/incoming/*',
+      'Allow - s3:PutObject <UploadsBucket.Arn>/rejected/*',
+    ]);
     assert.ok(granted('S3IngestRole').includes('Allow - sqs:SendMessage <IngestQueue.Arn>'));
   });
 

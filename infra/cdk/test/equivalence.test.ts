@@ -60,6 +60,11 @@ describe('stack.json', () => {
     assert.deepEqual(specProblems(cdkModel, spec), []);
   });
 
+  it("is what xtask's local stack is built from", () => {
+    const specRs = fs.readFileSync(path.join(repoRoot(), 'xtask', 'src', 'spec.rs'), 'utf8');
+    assert.match(specRs, /include_str!\("\.\.\/\.\.\/infra\/stack\.json"\)/);
+  });
+
   it('mappings are all declared, with the stream filter passing only order items', () => {
     assert.deepEqual(mappingsOf(cdkModel, spec), specMappings(spec));
     const stream = spec.mappings.find((m) => 'table' in m.source)!;
