@@ -10,11 +10,13 @@
 import * as path from 'path';
 import { Aws, CfnOutput, CfnResource, Duration, RemovalPolicy, Stack, StackProps, Validations } from 'aws-cdk-lib/core';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as cloudwatchActions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct, IConstruct } from 'constructs';
 import { isQueueSource, MappingSpec, StackSpec, STACK_PLACEHOLDER } from './spec';
@@ -77,6 +79,7 @@ export class StreamProcessorStack extends Stack {
   readonly tables: Record<string, dynamodb.Table> = {};
   readonly functions: Record<string, lambda.Function> = {};
   readonly alarms: cloudwatch.Alarm[] = [];
+  alarmTopic!: sns.Topic;
   /** Label -> queue for the dead-letter queues and the stream's failure destination. */
   private readonly parkedQueues: [string, sqs.Queue][] = [];
 
@@ -169,6 +172,10 @@ export class StreamProcessorStack extends Stack {
     new CfnOutput(this, 'DashboardUrl', {
       description: 'The operations dashboard.',
       value: `https://${Aws.REGION}.console.aws.amazon.com/cloudwatch/home?region=${Aws.REGION}#dashboards/dashboard/${dashboard.ref}`,
+    });
+    new CfnOutput(this, 'AlarmTopicArn', {
+      description: 'Subscribe to this topic to be notified when an alarm fires.',
+      value: this.alarmTopic.topicArn,
     });
     new CfnOutput(this, 'UploadsBucketName', {
       description: 'Upload order files (NDJSON or CSV, optionally gzipped) under incoming/.',
@@ -327,6 +334,28 @@ export class StreamProcessorStack extends Stack {
   }
 
   private addAlarms(spec: StackSpec): void {
+    // Every alarm notifies this topic: subscribe email, chat or paging to it.
+    // Unencrypted: CloudWatch cannot publish to a topic under the aws/sns key,
+    // and alarm notifications carry no record data.
+    this.alarmTopic = new sns.Topic(this, 'AlarmTopic', { topicName: physicalName(`${STACK_PLACEHOLDER}-alarms`), enforceSSL: true });
+    logicalId(this.alarmTopic, 'AlarmTopic');
+    this.alarmTopic.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'AllowAlarmsOfThisAccount',
+        principals: [new iam.ServicePrincipal('cloudwatch.amazonaws.com')],
+        actions: ['sns:Publish'],
+        resources: [this.alarmTopic.topicArn],
+        conditions: {
+          ArnLike: { 'aws:SourceArn': `arn:${Aws.PARTITION}:cloudwatch:${Aws.REGION}:${Aws.ACCOUNT_ID}:alarm:*` },
+          StringEquals: { 'aws:SourceAccount': Aws.ACCOUNT_ID },
+        },
+      }),
+    );
+    const topicPolicy = this.alarmTopic.node.tryFindChild('Policy');
+    if (!(topicPolicy instanceof sns.TopicPolicy)) throw new Error('the alarm topic has no topic policy');
+    logicalId(topicPolicy, 'AlarmTopicPolicy');
+    const notify = new cloudwatchActions.SnsAction(this.alarmTopic);
+
     // Depth of every dead-letter queue, and of the stream's on-failure
     // destination: [alarm ID, queue key, stack.json name, queue].
     const label = (name: string) => name.replace(`${STACK_PLACEHOLDER}-`, '');
@@ -361,6 +390,7 @@ export class StreamProcessorStack extends Stack {
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       });
       logicalId(alarm, id);
+      alarm.addAlarmAction(notify);
       this.alarms.push(alarm);
     }
     for (const [name, fn] of Object.entries(this.functions)) {
@@ -374,6 +404,7 @@ export class StreamProcessorStack extends Stack {
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       });
       logicalId(alarm, id);
+      alarm.addAlarmAction(notify);
       this.alarms.push(alarm);
     }
     for (const m of spec.mappings.filter((m) => !isQueueSource(m.source))) {
@@ -386,6 +417,7 @@ export class StreamProcessorStack extends Stack {
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       });
       logicalId(alarm, 'StreamIteratorAgeAlarm');
+      alarm.addAlarmAction(notify);
       this.alarms.push(alarm);
     }
   }

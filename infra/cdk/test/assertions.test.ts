@@ -296,6 +296,21 @@ describe('alarms', () => {
   });
 });
 
+describe('alarm notifications', () => {
+  it('every alarm notifies the alarm topic', () => {
+    template.allResourcesProperties('AWS::CloudWatch::Alarm', { AlarmActions: [{ Ref: 'AlarmTopic' }] });
+  });
+
+  it("the topic takes only TLS publishes, and this account's alarms may publish", () => {
+    const [, policy] = ofType('AWS::SNS::TopicPolicy')[0];
+    assert.deepEqual(permissions(resolve((policy.Properties as Doc).PolicyDocument)), [
+      'Allow {"Service":"cloudwatch.amazonaws.com"} sns:Publish <AlarmTopic> if ' +
+        '{"ArnLike":{"aws:SourceArn":"arn:{partition}:cloudwatch:{region}:{account}:alarm:*"},"StringEquals":{"aws:SourceAccount":"{account}"}}',
+      'Deny "*" sns:Publish <AlarmTopic> if {"Bool":{"aws:SecureTransport":"false"}}',
+    ]);
+  });
+});
+
 describe('dashboard', () => {
   const body = JSON.parse(String(resolve(((resources.Dashboard as Doc).Properties as Doc).DashboardBody))) as {
     widgets: { type: string; properties: { alarms?: string[]; metrics?: Json[][] } }[];
