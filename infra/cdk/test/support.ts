@@ -28,14 +28,15 @@ export type Doc = { [key: string]: Json };
 let assetDirCache: string | undefined;
 
 /**
- * The function binaries to synthesize with: `target/lambda` when
+ * The function binaries to synthesize with: `LAMBDA_ASSET_DIR` (xtask sets
+ * it) or else `target/lambda`, when
  * `cargo lambda build --release` (x86_64 here, `--arm64` for deployment) has
  * produced all three, else a temporary directory of placeholder `bootstrap`
  * files: synth only hashes and copies them, the tests never run them.
  */
 export function assetDir(): string {
   if (assetDirCache) return assetDirCache;
-  const built = path.join(repoRoot(), 'target', 'lambda');
+  const built = process.env.LAMBDA_ASSET_DIR ?? path.join(repoRoot(), 'target', 'lambda');
   if (FUNCTIONS.every((f) => fs.existsSync(path.join(built, f, 'bootstrap')))) {
     assetDirCache = built;
   } else {
