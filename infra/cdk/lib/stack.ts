@@ -19,7 +19,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct, IConstruct } from 'constructs';
-import { isQueueSource, MappingSpec, StackSpec, STACK_PLACEHOLDER } from './spec';
+import { isQueueSource, MappingSpec, QueueSpec, StackSpec, STACK_PLACEHOLDER } from './spec';
 import { addDashboard } from './dashboard';
 
 export interface StreamProcessorProps extends StackProps {
@@ -78,6 +78,7 @@ export class StreamProcessorStack extends Stack {
   readonly deadLetterQueues: Record<string, sqs.Queue> = {};
   readonly tables: Record<string, dynamodb.Table> = {};
   readonly functions: Record<string, lambda.Function> = {};
+  private readonly stackSpec: StackSpec;
   readonly alarms: cloudwatch.Alarm[] = [];
   alarmTopic!: sns.Topic;
   /** Label -> queue for the dead-letter queues and the stream's failure destination. */
@@ -86,6 +87,7 @@ export class StreamProcessorStack extends Stack {
   constructor(scope: Construct, id: string, props: StreamProcessorProps) {
     super(scope, id, props);
     const { spec } = props;
+    this.stackSpec = spec;
 
     // ------------------------------------------------------------ queues
     // Dead-letter queues first: the main queues' redrive policies name them.
@@ -304,6 +306,10 @@ export class StreamProcessorStack extends Stack {
     this.functions[name] = fn;
   }
 
+  private spec(queueKey: string): QueueSpec {
+    return this.stackSpec.queues[queueKey];
+  }
+
   private sourceQueue(m: MappingSpec): sqs.Queue {
     return this.queues[(m.source as { queue: string }).queue];
   }
@@ -315,11 +321,16 @@ export class StreamProcessorStack extends Stack {
     const id = `${pascal(m.function)}Function${event}`;
     const eventSourceArn = isQueueSource(m.source) ? this.sourceQueue(m).queueArn : this.tables[m.source.table].tableStreamArn!;
     const failures = m.onFailure ? this.queues[m.onFailure.queue] : undefined;
+    // Lambda rejects any batching window on a FIFO queue, even 0 (its only value there).
+    const fifo = isQueueSource(m.source) && this.spec(m.source.queue).fifo;
+    if (fifo && m.maximumBatchingWindowSeconds !== 0) {
+      throw new Error(`stack.json: a batching window is not supported for FIFO queue ${JSON.stringify(m.source)}`);
+    }
     const mapping = new lambda.EventSourceMapping(this, id, {
       target: fn,
       eventSourceArn,
       batchSize: m.batchSize,
-      maxBatchingWindow: Duration.seconds(m.maximumBatchingWindowSeconds),
+      maxBatchingWindow: fifo ? undefined : Duration.seconds(m.maximumBatchingWindowSeconds),
       reportBatchItemFailures: m.reportBatchItemFailures,
       startingPosition: m.startingPosition ? (m.startingPosition as lambda.StartingPosition) : undefined,
       bisectBatchOnError: m.bisectBatchOnFunctionError,

@@ -203,6 +203,14 @@ describe('event source mappings', () => {
     });
   });
 
+  it('set no batching window on the FIFO queue (Lambda rejects one)', () => {
+    const fifo = ofType('AWS::Lambda::EventSourceMapping').find(
+      ([, r]) => JSON.stringify((r.Properties as Doc).EventSourceArn) === JSON.stringify({ 'Fn::GetAtt': ['OrdersFifoQueue', 'Arn'] }),
+    );
+    assert.ok(fifo);
+    assert.equal((fifo[1].Properties as Doc).MaximumBatchingWindowInSeconds, undefined);
+  });
+
   it('on the stream: bisect, bounded retries, an on-failure queue, and only order items', () => {
     template.hasResourceProperties('AWS::Lambda::EventSourceMapping', {
       EventSourceArn: { 'Fn::GetAtt': ['StateTable', 'StreamArn'] },

@@ -367,7 +367,8 @@ export function mappingsOf(m: Model, spec: StackSpec): MappingView[] {
       function: functionOf(p.FunctionName),
       source: arn.endsWith('.StreamArn>') ? { table: tableKeyOf(arn) } : { queue: queueKeyOf(arn) },
       batchSize: p.BatchSize,
-      maximumBatchingWindowSeconds: p.MaximumBatchingWindowInSeconds,
+      // Absent is Lambda's default, 0 (the only value a FIFO queue accepts).
+      maximumBatchingWindowSeconds: p.MaximumBatchingWindowInSeconds ?? 0,
       startingPosition: p.StartingPosition,
       reportBatchItemFailures: list(p.FunctionResponseTypes).includes('ReportBatchItemFailures'),
       bisectBatchOnFunctionError: p.BisectBatchOnFunctionError,
