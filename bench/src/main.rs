@@ -2,7 +2,7 @@
 //! `target/bench/report.json` and `target/bench/chart.svg`.
 //!
 //! ```text
-//! bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--out DIR]
+//! bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--out DIR] [--bin-dir DIR]
 //! ```
 
 use std::process::Command;
@@ -11,7 +11,8 @@ use anyhow::Context as _;
 use bench::report::Report;
 use bench::suite::{self, Options};
 
-const USAGE: &str = "usage: bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--out DIR]";
+const USAGE: &str =
+    "usage: bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--out DIR] [--bin-dir DIR]";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +34,10 @@ fn main() -> anyhow::Result<()> {
             "--runs" => opts.runs = value()?.parse().context("--runs")?,
             "--ingest-mib" => opts.ingest_mib = value()?.parse().context("--ingest-mib")?,
             "--out" => opts.out = value()?.into(),
+            "--bin-dir" => {
+                opts.bin_dir = value()?.into();
+                build = false;
+            }
             "--no-build" => build = false,
             "--skip-emulator" => with_emulator = false,
             "-h" | "--help" => {

@@ -36,6 +36,8 @@ pub struct Options {
     /// Where the report, the logs and temporary files go.
     pub out: PathBuf,
     pub workspace: PathBuf,
+    /// Where the measured binaries are (default `target/release`).
+    pub bin_dir: PathBuf,
 }
 
 impl Options {
@@ -54,6 +56,7 @@ impl Options {
             memory_stream: 1_000,
             out: target_dir(workspace).join("bench"),
             workspace: workspace.to_owned(),
+            bin_dir: release_dir(workspace),
         }
     }
 
@@ -290,7 +293,7 @@ fn binaries(
     runtime: &tokio::runtime::Runtime,
     endpoint: &str,
 ) -> anyhow::Result<()> {
-    let release = release_dir(&opts.workspace);
+    let release = &opts.bin_dir;
     let logs = opts.out.join("logs");
     std::fs::create_dir_all(&logs)?;
     let api = RuntimeApi::start()?;
@@ -392,7 +395,7 @@ fn binaries(
 
 /// Stripped release binary sizes (cargo-lambda's output when present).
 pub fn sizes(opts: &Options, report: &mut Report) {
-    let release = release_dir(&opts.workspace);
+    let release = &opts.bin_dir;
     let target = target_dir(&opts.workspace);
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / MIB).ok();
     let echo = size(&release.join("echo"));
