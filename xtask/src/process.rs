@@ -243,3 +243,26 @@ impl Drop for ChildGroup {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_runs_of_dead_owners_are_removed_live_ones_kept() {
+        let parent = std::env::temp_dir().join(format!("xtask-runs-test-{}", std::process::id()));
+        // Above Linux's pid_max (2^22): no process has this pid.
+        let dead = parent.join("4194399-0");
+        let live = parent.join(format!("{}-7", std::process::id()));
+        let unrelated = parent.join("notes");
+        for dir in [&dead, &live, &unrelated] {
+            fs::create_dir_all(dir).unwrap();
+        }
+        fs::write(dead.join(PGIDS_FILE), "4194399\n").unwrap();
+        cleanup_stale_runs(&parent);
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert!(unrelated.exists());
+        fs::remove_dir_all(&parent).unwrap();
+    }
+}

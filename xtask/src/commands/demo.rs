@@ -32,8 +32,8 @@ pub async fn run() -> Result<()> {
     println!("  functions on http://127.0.0.1:{lambda_port} ({})", elapsed(start));
     let result = scenario_run(&stack, start).await;
     if result.is_err() {
+        // The run directory reports its path when it is dropped.
         stack.keep_logs();
-        eprintln!("logs kept in {}", stack.run_dir().display());
     }
     result
 }
