@@ -1,8 +1,9 @@
 /**
  * The operations dashboard: alarm states, dead-letter queue depth, stream
  * iterator age, function errors and duration, and the functions' own EMF
- * metrics (namespace `StreamProcessor`, dimension `function` = the Lambda
- * function name) counting records by outcome.
+ * metrics (shared::telemetry: namespace `StreamProcessor`, dimension
+ * `function` = the logical function name such as `sqs-consumer`): records by
+ * outcome, DynamoDB requests and per-record duration.
  *
  * The body is plain CloudWatch dashboard JSON, the same the SAM template
  * writes out, so the equivalence test can compare the two widget by widget.
@@ -12,12 +13,20 @@ import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 
-/** Namespace of the functions' Embedded Metric Format metrics. */
+/** Namespace of the functions' Embedded Metric Format metrics (shared::telemetry::NAMESPACE). */
 export const EMF_NAMESPACE = 'StreamProcessor';
-/** The dimension the functions put their name in. */
+/** The one dimension: the logical function name (`s3-ingest`, ...), not the deployed name. */
 export const EMF_FUNCTION_DIMENSION = 'function';
-/** Record outcomes the functions count, per invocation. */
-export const EMF_RECORD_METRICS = ['records', 'applied', 'stale', 'duplicate', 'quarantined', 'failed'];
+/** Per-invocation counts the functions write, with the label shown: BatchSize summed is records. */
+export const EMF_RECORD_METRICS: [string, string][] = [
+  ['BatchSize', 'records'],
+  ['Applied', 'applied'],
+  ['Stale', 'stale'],
+  ['Duplicate', 'duplicate'],
+  ['Quarantined', 'quarantined'],
+  ['Ignored', 'ignored'],
+  ['Failed', 'failed'],
+];
 
 export interface DashboardRefs {
   /** Function name (package) -> function, in stack.json order. */
@@ -89,14 +98,28 @@ export function dashboardBody(r: DashboardRefs): { widgets: Widget[] } {
       'Function duration (p99, ms)',
       r.functions.map(([name, f]) => ['AWS/Lambda', 'Duration', 'FunctionName', fnName(f), { label: name, stat: 'p99' }]),
     ),
-    ...r.functions.map(([name, f], i) =>
+    ...r.functions.map(([name], i) =>
       metricWidget(
         i * 8,
         17,
         8,
         `${name}: records by outcome`,
-        EMF_RECORD_METRICS.map((metric) => [EMF_NAMESPACE, metric, EMF_FUNCTION_DIMENSION, fnName(f), { label: metric, stat: 'Sum' }]),
+        EMF_RECORD_METRICS.map(([metric, label]) => [EMF_NAMESPACE, metric, EMF_FUNCTION_DIMENSION, name, { label, stat: 'Sum' }]),
       ),
+    ),
+    metricWidget(
+      0,
+      23,
+      12,
+      'DynamoDB requests',
+      r.functions.map(([name]) => [EMF_NAMESPACE, 'DynamoDBRequests', EMF_FUNCTION_DIMENSION, name, { label: name, stat: 'Sum' }]),
+    ),
+    metricWidget(
+      12,
+      23,
+      12,
+      'Time per record (p99, ms)',
+      r.functions.map(([name]) => [EMF_NAMESPACE, 'RecordDuration', EMF_FUNCTION_DIMENSION, name, { label: name, stat: 'p99' }]),
     ),
   ];
   return { widgets };

@@ -10,7 +10,7 @@ import { describe, it } from 'node:test';
 import { App } from 'aws-cdk-lib/core';
 import { Match } from 'aws-cdk-lib/assertions';
 import { buildApp } from '../lib/app';
-import { loadSpec } from '../lib/spec';
+import { loadSpec, repoRoot } from '../lib/spec';
 import { Doc, Json, permissions, resolve, synth } from './support';
 
 const spec = loadSpec();
@@ -341,11 +341,17 @@ describe('dashboard', () => {
     }
   });
 
-  it("shows each function's EMF record outcomes", () => {
-    for (const f of ['S3IngestFunction', 'SqsConsumerFunction', 'StreamAggregatorFunction']) {
-      for (const m of ['records', 'applied', 'stale', 'duplicate', 'quarantined', 'failed']) {
-        assert.ok(metrics.includes(`StreamProcessor ${m} function <${f}>`), `${f} ${m}`);
+  it("shows each function's EMF metrics under the dimension shared::telemetry writes", () => {
+    for (const f of Object.keys(spec.functions)) {
+      for (const m of ['BatchSize', 'Applied', 'Stale', 'Duplicate', 'Quarantined', 'Ignored', 'Failed', 'DynamoDBRequests', 'RecordDuration']) {
+        assert.ok(metrics.includes(`StreamProcessor ${m} function ${f}`), `${f} ${m}`);
       }
+    }
+    // The metric names as the toolkit emits them.
+    const telemetry = fs.readFileSync(path.join(repoRoot(), 'shared', 'src', 'telemetry.rs'), 'utf8');
+    assert.match(telemetry, /NAMESPACE: &str = "StreamProcessor"/);
+    for (const m of ['Applied', 'Stale', 'Duplicate', 'Quarantined', 'Ignored', 'Failed', 'BatchSize', 'DynamoDBRequests', 'RecordDuration']) {
+      assert.ok(telemetry.includes(`"${m}"`), `shared::telemetry no longer writes ${m}`);
     }
   });
 });
