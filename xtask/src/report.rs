@@ -266,12 +266,17 @@ impl StateSnapshot {
     }
 }
 
-/// `12.50 EUR + 3 USD`, normalised, sorted by currency.
+/// `12.5 EUR + 3 USD`: normalised, sorted by currency, zero sums left out.
 pub fn money(totals: &BTreeMap<String, Decimal>) -> String {
-    if totals.is_empty() {
+    if totals.values().all(Decimal::is_zero) {
         return "-".into();
     }
-    totals.iter().map(|(c, v)| format!("{} {c}", v.normalize())).collect::<Vec<_>>().join(" + ")
+    totals
+        .iter()
+        .filter(|(_, v)| !v.is_zero())
+        .map(|(c, v)| format!("{} {c}", v.normalize()))
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 /// A plain-text table with a header rule.

@@ -103,9 +103,27 @@ async fn scenario_run(stack: &Stack, start: Instant) -> Result<()> {
     );
     header("invariant: customer totals == sum of each customer's non-CANCELLED orders");
     let expected = snap.expected_totals();
-    for (customer, row) in &expected {
-        println!("  {customer}: {} order(s), {}", row.order_count, money(&row.totals));
-    }
+    let stored: std::collections::BTreeMap<&str, &crate::report::TotalsRow> =
+        snap.totals.iter().map(|t| (t.customer_id.as_str(), t)).collect();
+    let describe_totals = |t: Option<&crate::report::TotalsRow>| {
+        t.map_or_else(|| "-".to_owned(), |t| format!("{} order(s), {}", t.order_count, money(&t.totals)))
+    };
+    print!(
+        "{}",
+        table(
+            &["customer", "stored totals", "from the orders"],
+            expected
+                .iter()
+                .map(|(customer, row)| {
+                    vec![
+                        customer.clone(),
+                        describe_totals(stored.get(customer.as_str()).copied()),
+                        describe_totals(Some(row)),
+                    ]
+                })
+                .collect()
+        )
+    );
     println!("  finished in {}", elapsed(start));
     if verdict.holds() {
         println!("\nINVARIANT HOLDS: every record is accounted for and the totals match the orders.");
