@@ -111,6 +111,8 @@ pub struct Delivery {
     pub seconds: f64,
     pub applied: u64,
     pub duplicates: u64,
+    /// CPU time of this process over the delivery: the function's side.
+    pub cpu_seconds: f64,
 }
 
 impl Delivery {
@@ -125,12 +127,14 @@ impl Delivery {
 /// The SQS workload of issue 4: `n` order events, idempotent per event, applied
 /// by `sqs_consumer::handle` with the DynamoDB store: as one batch, the same
 /// batch delivered again, and as batches of `small` (the mapping's default 10).
-pub async fn cost(endpoint: &str, n: u64, small: u64) -> anyhow::Result<Vec<Delivery>> {
+///
+/// `scenarios`: (name, batch size, deliveries of the same events).
+pub async fn cost(endpoint: &str, n: u64, scenarios: &[(&str, u64, usize)]) -> anyhow::Result<Vec<Delivery>> {
     let sdk = sdk_config(endpoint).await;
     let counter = RequestCounter::default();
     let client = shared::config::dynamodb_client(&sdk, &counter);
     let mut out = Vec::new();
-    for (scenario, batch) in [("one", n), ("small", small)] {
+    for &(scenario, batch, deliveries) in scenarios {
         let (state, idempotency) = (format!("cost-{scenario}-state"), format!("cost-{scenario}-idempotency"));
         create_tables(&client, &state, &idempotency).await?;
         let store = DynamoStore::new(client.clone(), state.clone(), idempotency.clone());
@@ -140,9 +144,9 @@ pub async fn cost(endpoint: &str, n: u64, small: u64) -> anyhow::Result<Vec<Deli
             .collect();
         let batches: Vec<Value> =
             records.chunks(batch.max(1) as usize).map(|c| serde_json::json!({ "Records": c })).collect();
-        let deliveries = if scenario == "one" { 2 } else { 1 };
         for delivery in 0..deliveries {
             let before = counter.get();
+            let cpu_before = crate::rss::cpu_seconds().unwrap_or(0.0);
             let started = Instant::now();
             let mut applied = 0;
             let mut duplicates = 0;
@@ -154,10 +158,10 @@ pub async fn cost(endpoint: &str, n: u64, small: u64) -> anyhow::Result<Vec<Deli
                 applied += summary.applied;
                 duplicates += summary.duplicate;
             }
-            let label = match (scenario, delivery) {
-                ("one", 0) => format!("1 batch of {n}"),
-                ("one", _) => format!("1 batch of {n}, delivered again"),
-                _ => format!("{} batches of {batch}", batches.len()),
+            let label = match (batches.len(), delivery) {
+                (1, 0) => format!("1 batch of {n}"),
+                (1, _) => format!("1 batch of {n}, delivered again"),
+                (b, _) => format!("{b} batches of {batch}"),
             };
             out.push(Delivery {
                 label,
@@ -166,6 +170,7 @@ pub async fn cost(endpoint: &str, n: u64, small: u64) -> anyhow::Result<Vec<Deli
                 seconds: started.elapsed().as_secs_f64(),
                 applied,
                 duplicates,
+                cpu_seconds: crate::rss::cpu_seconds().unwrap_or(0.0) - cpu_before,
             });
         }
     }
@@ -187,10 +192,17 @@ pub async fn upload_object(endpoint: &str, bucket: &str, key: &str, kib: u64) ->
 
 /// Runs s3-ingest over `bucket/key` with the real S3 source and DynamoDB store
 /// (tables created here), counting DynamoDB requests.
-pub async fn ingest_s3(endpoint: &str, bucket: &str, key: &str, size: u64) -> anyhow::Result<crate::ingest::IngestRun> {
+/// `dynamodb_endpoint` may differ from S3's (the null endpoint).
+pub async fn ingest_s3(
+    endpoint: &str,
+    dynamodb_endpoint: &str,
+    bucket: &str,
+    key: &str,
+    size: u64,
+) -> anyhow::Result<crate::ingest::IngestRun> {
     let sdk = sdk_config(endpoint).await;
     let counter = RequestCounter::default();
-    let client = shared::config::dynamodb_client(&sdk, &counter);
+    let client = shared::config::dynamodb_client(&sdk_config(dynamodb_endpoint).await, &counter);
     let (state, idempotency) = ("ingest-state", "ingest-idempotency");
     create_tables(&client, state, idempotency).await?;
     let store = DynamoStore::new(client, state.to_owned(), idempotency.to_owned());
@@ -199,6 +211,7 @@ pub async fn ingest_s3(endpoint: &str, bucket: &str, key: &str, size: u64) -> an
     let payload = crate::ingest::s3_event(bucket, key, size);
     let start_rss_kib = crate::rss::vm("VmRSS");
     let before = counter.get();
+    let cpu_before = crate::rss::cpu_seconds().unwrap_or(0.0);
     let started = Instant::now();
     let (_, summary, reports) = Box::pin(s3_ingest::handle(
         &store,
@@ -220,6 +233,7 @@ pub async fn ingest_s3(endpoint: &str, bucket: &str, key: &str, size: u64) -> an
         seconds,
         requests: counter.get() - before,
         peak_rss_kib: crate::rss::vm("VmHWM"),
+        cpu_seconds: crate::rss::cpu_seconds().unwrap_or(0.0) - cpu_before,
         start_rss_kib,
     })
 }

@@ -149,6 +149,8 @@ pub struct IngestRun {
     pub peak_rss_kib: Option<u64>,
     /// Resident set before the ingest started (KiB).
     pub start_rss_kib: Option<u64>,
+    /// CPU time of the process over the ingest (all threads).
+    pub cpu_seconds: f64,
 }
 
 impl IngestRun {
@@ -179,6 +181,7 @@ pub async fn ingest_file(path: &Path) -> anyhow::Result<IngestRun> {
     let payload = s3_event("bench", "big.ndjson", bytes);
     let config = config("state", "idempotency");
     let start_rss_kib = crate::rss::vm("VmRSS");
+    let cpu_before = crate::rss::cpu_seconds().unwrap_or(0.0);
     let started = Instant::now();
     let (_, summary, reports) = Box::pin(s3_ingest::handle(
         &store,
@@ -200,6 +203,7 @@ pub async fn ingest_file(path: &Path) -> anyhow::Result<IngestRun> {
         seconds,
         requests: 0,
         peak_rss_kib: crate::rss::vm("VmHWM"),
+        cpu_seconds: crate::rss::cpu_seconds().unwrap_or(0.0) - cpu_before,
         start_rss_kib,
     })
 }

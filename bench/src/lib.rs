@@ -6,6 +6,7 @@ pub mod data;
 pub mod emulator;
 pub mod ingest;
 pub mod inproc;
+pub mod null_dynamo;
 pub mod report;
 pub mod rss;
 pub mod runtime_api;

@@ -72,33 +72,9 @@ fn serve(stream: TcpStream, queue: &Mutex<VecDeque<Vec<u8>>>, tx: &Sender<Hit>) 
     let mut reader = BufReader::new(stream);
     let mut request_id = 0u64;
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
+        let Some((method, path, body)) = read_request(&mut reader)? else {
             return Ok(()); // The function closed the connection (or exited).
-        }
-        let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
-        let mut length = 0usize;
-        let mut chunked = false;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header)? == 0 {
-                return Ok(());
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-                if name == "content-length" {
-                    length = value.parse().unwrap_or(0);
-                } else if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
-                    chunked = true;
-                }
-            }
-        }
-        let body = if chunked { read_chunked(&mut reader)? } else { read_exact(&mut reader, length)? };
+        };
         let received = Instant::now();
         if method == "GET" && path.ends_with("/runtime/invocation/next") {
             let event = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
@@ -142,6 +118,38 @@ fn serve(stream: TcpStream, queue: &Mutex<VecDeque<Vec<u8>>>, tx: &Sender<Hit>) 
             let _ = tx.send(hit);
         }
     }
+}
+
+/// Reads one HTTP/1.1 request: method, path and body. `None` at the end of the connection.
+pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<(String, String, Vec<u8>)>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+    let mut length = 0usize;
+    let mut chunked = false;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            return Ok(None);
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            if name == "content-length" {
+                length = value.parse().unwrap_or(0);
+            } else if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    let body = if chunked { read_chunked(reader)? } else { read_exact(reader, length)? };
+    Ok(Some((method, path, body)))
 }
 
 fn read_exact(reader: &mut impl Read, length: usize) -> std::io::Result<Vec<u8>> {
