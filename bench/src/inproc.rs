@@ -137,3 +137,140 @@ pub fn handler_rate(function: Function, n: u64, rounds: usize, round: Duration) 
 pub fn enable_json_logs() -> Result<(), String> {
     shared::telemetry::init_with(true, tracing::level_filters::LevelFilter::INFO, || Box::new(std::io::sink()))
 }
+
+/// Microseconds per record of `work` over a batch of `n` records (median of
+/// `rounds` rounds of at least `round`).
+fn per_record_us(n: u64, rounds: usize, round: Duration, mut work: impl FnMut()) -> f64 {
+    let per_s = rate(rounds, round, || {
+        work();
+        n
+    });
+    1e6 / per_s
+}
+
+/// Where a handler's time goes, stage by stage, on one batch of `n`
+/// records: (stage, microseconds per record). Each stage is timed alone over
+/// the batch, with the inputs the previous stages produced.
+pub fn breakdown(function: Function, n: u64, rounds: usize, round: Duration) -> Vec<(&'static str, f64)> {
+    use shared::event::{sqs, stream};
+    use shared::idempotency::{IdempotencyKey, KeySource, payload_hash};
+    use shared::state::StateStore;
+    let bytes = function.event("b", n);
+    let runtime = runtime();
+    let config = config();
+    let keys = IdempotencyKey::new(&config.idempotency_key_prefix);
+    let payload: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let records: Vec<Value> = payload["Records"].as_array().cloned().unwrap_or_default();
+    let t = |work: &mut dyn FnMut()| per_record_us(n, rounds, round, work);
+    let mut out = vec![
+        (
+            "whole handler (bytes to response)",
+            t(&mut || {
+                invoke(&runtime, function, &config, &bytes);
+            }),
+        ),
+        (
+            "serde_json limit (bytes to plain structs)",
+            t(&mut || {
+                plain(function, &bytes);
+            }),
+        ),
+        (
+            "event bytes -> serde_json::Value",
+            t(&mut || {
+                std::hint::black_box(serde_json::from_slice::<Value>(&bytes).ok());
+            }),
+        ),
+    ];
+    match function {
+        Function::SqsConsumer => {
+            let messages: Vec<sqs::Message> = records.iter().filter_map(|r| sqs::Message::parse(r).ok()).collect();
+            let events: Vec<_> =
+                messages.iter().filter_map(|m| shared::order::parse_order_event(&m.body).ok()).collect();
+            let source = KeySource::BodyPointer("/eventId".into());
+            let markers: Vec<_> = messages
+                .iter()
+                .map(|m| shared::state::Marker {
+                    key: keys.sqs(&source, m).ok().flatten().unwrap_or_default(),
+                    validation: Some(payload_hash(m.body.as_bytes())),
+                })
+                .collect();
+            out.push((
+                "sqs::Message::parse",
+                t(&mut || {
+                    records.iter().for_each(|r| drop(std::hint::black_box(sqs::Message::parse(r))));
+                }),
+            ));
+            out.push((
+                "parse_order_event (parse + validate)",
+                t(&mut || {
+                    messages.iter().for_each(|m| drop(std::hint::black_box(shared::order::parse_order_event(&m.body))));
+                }),
+            ));
+            out.push((
+                "idempotency key from body /eventId",
+                t(&mut || {
+                    messages.iter().for_each(|m| drop(std::hint::black_box(keys.sqs(&source, m))));
+                }),
+            ));
+            out.push((
+                "payload hash (SHA-256 of body)",
+                t(&mut || {
+                    messages.iter().for_each(|m| drop(std::hint::black_box(payload_hash(m.body.as_bytes()))));
+                }),
+            ));
+            out.push((
+                "MemoryStore::apply_orders with markers",
+                t(&mut || {
+                    let store = MemoryStore::new();
+                    drop(std::hint::black_box(runtime.block_on(store.apply_orders(&events, Some(&markers), None))));
+                }),
+            ));
+        }
+        Function::StreamAggregator => {
+            let parsed: Vec<stream::Record> = records.iter().filter_map(|r| stream::Record::parse(r).ok()).collect();
+            let read =
+                |i: &Option<serde_dynamo::Item>| i.as_ref().and_then(|i| shared::state::item::order_from_item(i).ok());
+            let orders: Vec<_> = parsed.iter().map(|p| (read(&p.old_image), read(&p.new_image))).collect();
+            let deltas: Vec<_> = parsed
+                .iter()
+                .zip(&orders)
+                .map(|(p, (old, new))| shared::state::DeltaRecord {
+                    idempotency_key: keys.stream(p).ok().flatten().unwrap_or_default(),
+                    deltas: shared::order::totals_delta(old.as_ref(), new.as_ref()),
+                })
+                .collect();
+            out.push((
+                "stream::Record::parse",
+                t(&mut || {
+                    records.iter().for_each(|r| drop(std::hint::black_box(stream::Record::parse(r))));
+                }),
+            ));
+            out.push((
+                "order_from_item of the images",
+                t(&mut || {
+                    parsed.iter().for_each(|p| drop(std::hint::black_box((read(&p.old_image), read(&p.new_image)))));
+                }),
+            ));
+            out.push((
+                "idempotency key + totals_delta",
+                t(&mut || {
+                    parsed.iter().zip(&orders).for_each(|(p, (old, new))| {
+                        drop(std::hint::black_box((
+                            keys.stream(p),
+                            shared::order::totals_delta(old.as_ref(), new.as_ref()),
+                        )))
+                    });
+                }),
+            ));
+            out.push((
+                "MemoryStore::apply_deltas",
+                t(&mut || {
+                    let store = MemoryStore::new();
+                    drop(std::hint::black_box(runtime.block_on(store.apply_deltas(&deltas))));
+                }),
+            ));
+        }
+    }
+    out
+}

@@ -85,6 +85,7 @@ fn main() -> anyhow::Result<()> {
     suite::first_invocation(&opts, &mut report, true)?;
     step("throughput, logging off");
     let off = suite::throughput(&opts, &mut report);
+    suite::breakdown(&opts, &mut report);
     step(&format!("ingest of {} MiB", opts.ingest_mib));
     if let Err(e) = suite::ingest(&opts, &mut report, true) {
         report.skip(format!("ingest: {e:#}"));

@@ -145,6 +145,19 @@ pub fn throughput(opts: &Options, report: &mut Report) -> Vec<(Function, u64, f6
     handler_rates
 }
 
+/// Where the handlers' time goes, stage by stage, on a batch of 1,000.
+pub fn breakdown(opts: &Options, report: &mut Report) {
+    let n = if opts.smoke { 10 } else { 1_000 };
+    for function in [Function::SqsConsumer, Function::StreamAggregator] {
+        for (stage, us) in crate::inproc::breakdown(function, n, opts.rounds, opts.round) {
+            report.push(
+                Row::new("breakdown", format!("{}: {stage}", function.name()), us, "us/rec", Better::Lower)
+                    .note(format!("batch of {n}, one core, logging off")),
+            );
+        }
+    }
+}
+
 /// Logging on (JSON to a sink, INFO) vs the logging-off rates.
 pub fn logging_overhead(opts: &Options, report: &mut Report, off: &[(Function, u64, f64)]) -> anyhow::Result<()> {
     crate::inproc::enable_json_logs().map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;

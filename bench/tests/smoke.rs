@@ -12,11 +12,12 @@ fn in_process_parts_of_the_smoke_suite_run_and_report() {
 
     suite::first_invocation(&opts, &mut report, false).unwrap();
     let off = suite::throughput(&opts, &mut report);
+    suite::breakdown(&opts, &mut report);
     suite::ingest(&opts, &mut report, false).unwrap();
     suite::logging_overhead(&opts, &mut report, &off).unwrap();
 
     let sections: Vec<&str> = report.rows.iter().map(|r| r.section.as_str()).collect();
-    for section in ["first invocation", "throughput", "ingest", "logging"] {
+    for section in ["first invocation", "throughput", "breakdown", "ingest", "logging"] {
         assert!(sections.contains(&section), "no {section} figures in {sections:?}");
     }
     assert!(report.rows.iter().all(|r| r.measured.is_finite()), "{}", report.table());
