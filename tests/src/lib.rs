@@ -3,6 +3,8 @@
 //! so tests run in parallel without sharing state, and reads its results back
 //! through the AWS API from the emulator: a test cannot pass without it.
 
+pub mod fault_proxy;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -100,6 +100,9 @@ pub struct Stack {
     pub sqs: aws_sdk_sqs::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub resources: Resources,
+    /// Where the functions send their AWS calls, when not straight to moto
+    /// (a fault-injecting proxy in front of it, in tests).
+    pub function_endpoint: Option<String>,
     lambda: Option<Lambda>,
     // Dropped after `lambda` (field order): functions stop before moto.
     moto: ChildGroup,
@@ -139,6 +142,7 @@ impl Stack {
             venv,
             endpoint,
             resources: Resources::default(),
+            function_endpoint: None,
             lambda: None,
             moto,
             run,
@@ -195,6 +199,13 @@ impl Stack {
             env.push((name.clone(), value));
         }
         env.extend(self.client_env());
+        if let Some(endpoint) = &self.function_endpoint {
+            for (name, value) in &mut env {
+                if name == "AWS_ENDPOINT_URL" {
+                    value.clone_from(endpoint);
+                }
+            }
+        }
         env.push(("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into()));
         env.push(("AWS_LAMBDA_LOG_LEVEL".into(), "INFO".into()));
         Ok(env)
