@@ -99,9 +99,8 @@ fn main() -> anyhow::Result<()> {
         report.skip("emulator figures (--skip-emulator)");
     }
     suite::sizes(&opts, &mut report);
-    // Last: installs the global log subscriber for good.
-    step("throughput, logging on");
-    suite::logging_overhead(&opts, &mut report, &off)?;
+    step("throughput, logging on vs off");
+    suite::logging_overhead(&opts, &mut report, &off, true)?;
 
     print!("{}", report.table());
     report.write(&opts.out)?;

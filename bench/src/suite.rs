@@ -158,11 +158,37 @@ pub fn breakdown(opts: &Options, report: &mut Report) {
     }
 }
 
-/// Logging on (JSON to a sink, INFO) vs the logging-off rates.
-pub fn logging_overhead(opts: &Options, report: &mut Report, off: &[(Function, u64, f64)]) -> anyhow::Result<()> {
-    crate::inproc::enable_json_logs().map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
-    for &(function, n, off_rate) in off {
-        let on_rate = crate::inproc::handler_rate(function, n, opts.rounds, opts.round);
+/// Logging on (JSON to a sink, INFO, the functions' own layer) vs off. The
+/// log subscriber is global and for good, so with `in_children` each round
+/// runs in a fresh process, rounds of the two settings alternating (the same
+/// machine conditions for both); without, the logging-on pass runs here after
+/// the logging-off figures `off` (the smoke test).
+pub fn logging_overhead(
+    opts: &Options,
+    report: &mut Report,
+    off: &[(Function, u64, f64)],
+    in_children: bool,
+) -> anyhow::Result<()> {
+    let mut points: Vec<(Function, u64, f64, f64)> = Vec::new();
+    if in_children {
+        let round_ms = opts.round.as_millis().to_string();
+        for &(function, n, _) in off {
+            let (mut on, mut off) = (Vec::new(), Vec::new());
+            for _ in 0..opts.rounds.max(3) {
+                for (logs, out) in [("off", &mut off), ("on", &mut on)] {
+                    let v = child(&["rate", function.name(), &n.to_string(), &round_ms, logs])?;
+                    out.push(v["rate"].as_f64().context("child gave no rate")?);
+                }
+            }
+            points.push((function, n, median(&off), median(&on)));
+        }
+    } else {
+        crate::inproc::enable_json_logs().map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
+        for &(function, n, off_rate) in off {
+            points.push((function, n, off_rate, crate::inproc::handler_rate(function, n, opts.rounds, opts.round)));
+        }
+    }
+    for (function, n, off_rate, on_rate) in points {
         let overhead = 100.0 * (off_rate / on_rate - 1.0);
         report.push(
             Row::new("logging", format!("{} batch {n}: JSON logs on", function.name()), overhead, "%", Better::Lower)
@@ -335,6 +361,17 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
         ("stream-aggregator", fixture("stream-orders.json")?),
         ("s3-ingest", fixture("s3-direct.json")?),
     ];
+    // Diagnostics of what bounds the start: sqs-consumer again with the root
+    // certificates read from one bundle file instead of the certificate
+    // directory, and with none at all (SSL_CERT_FILE is read by
+    // rustls-native-certs, which the SDK's default HTTPS client loads at start).
+    let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    let diagnostics: Vec<(&str, &str)> =
+        [("one CA bundle file", bundle.to_str().unwrap_or("")), ("no CA certificates", "/dev/null")]
+            .into_iter()
+            .filter(|(_, file)| Path::new(file).exists())
+            .collect();
+    let mut diagnostic_starts: Vec<Vec<Start>> = vec![Vec::new(); diagnostics.len()];
     let object = std::fs::read(opts.workspace.join("events/data/orders.ndjson"))?;
     let mut starts: Vec<(&str, Vec<Start>)> = functions.iter().map(|(n, _)| (*n, Vec::new())).collect();
     for run in 0..opts.runs {
@@ -367,6 +404,23 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
             let start = run_once(&api, &release.join(name), &env, event.clone(), &log)?;
             starts[i].1.push(start);
         }
+        for (d, (label, file)) in diagnostics.iter().enumerate() {
+            let mut env = lambda_env(
+                &api,
+                "sqs-consumer",
+                Some(&moto.endpoint),
+                Some(("sqs-consumer-state", "sqs-consumer-idempotency")),
+            );
+            env.push(("SSL_CERT_FILE".into(), (*file).to_owned()));
+            let log = logs.join(format!("sqs-consumer-{}-{run}.log", label.replace(' ', "-")));
+            diagnostic_starts[d].push(run_once(
+                &api,
+                &release.join("sqs-consumer"),
+                &env,
+                functions[1].1.clone(),
+                &log,
+            )?);
+        }
     }
     let med = |s: &[Start], f: fn(&Start) -> f64| median(&s.iter().map(f).collect::<Vec<_>>());
     let echo_next = med(&starts[0].1, |s| s.to_first_next_ms);
@@ -383,6 +437,19 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
             .baseline(echo_next, "echo")
             .target(2.0 * echo_next, "<= 2x echo")
             .note(format!("median of {} runs", s.len())),
+        );
+    }
+    for ((label, file), s) in diagnostics.iter().zip(&diagnostic_starts) {
+        report.push(
+            Row::new(
+                "cold start",
+                format!("sqs-consumer, {label}"),
+                med(s, |s| s.to_first_next_ms),
+                "ms",
+                Better::Lower,
+            )
+            .baseline(echo_next, "echo")
+            .note(format!("diagnostic: SSL_CERT_FILE={file}; median of {} runs", s.len())),
         );
     }
     report.push(
@@ -481,13 +548,18 @@ pub fn child(args: &[&str]) -> anyhow::Result<Value> {
 pub fn run_child(args: &[String]) -> anyhow::Result<Value> {
     match args.first().map(String::as_str) {
         Some("first-invocation") => {
-            let function = match args.get(1).map(String::as_str) {
-                Some("sqs-consumer") => Function::SqsConsumer,
-                Some("stream-aggregator") => Function::StreamAggregator,
-                other => anyhow::bail!("unknown function {other:?}"),
-            };
+            let function = function_named(args.get(1).map(String::as_str))?;
             let bytes = std::fs::read(args.get(2).context("no event file")?)?;
             Ok(serde_json::json!({ "ms": crate::inproc::first_invocation_ms(function, &bytes) }))
+        }
+        Some("rate") => {
+            let function = function_named(args.get(1).map(String::as_str))?;
+            let n: u64 = args.get(2).context("no batch size")?.parse()?;
+            let round = Duration::from_millis(args.get(3).context("no round")?.parse()?);
+            if args.get(4).map(String::as_str) == Some("on") {
+                crate::inproc::enable_json_logs().map_err(|e| anyhow::anyhow!("log subscriber: {e}"))?;
+            }
+            Ok(serde_json::json!({ "rate": crate::inproc::handler_rate(function, n, 1, round) }))
         }
         Some("ingest-file") => {
             let path = PathBuf::from(args.get(1).context("no file")?);
@@ -506,5 +578,13 @@ pub fn run_child(args: &[String]) -> anyhow::Result<Value> {
             Ok(serde_json::to_value(run)?)
         }
         other => anyhow::bail!("unknown child {other:?}"),
+    }
+}
+
+fn function_named(name: Option<&str>) -> anyhow::Result<Function> {
+    match name {
+        Some("sqs-consumer") => Ok(Function::SqsConsumer),
+        Some("stream-aggregator") => Ok(Function::StreamAggregator),
+        other => anyhow::bail!("unknown function {other:?}"),
     }
 }

@@ -14,7 +14,7 @@ fn in_process_parts_of_the_smoke_suite_run_and_report() {
     let off = suite::throughput(&opts, &mut report);
     suite::breakdown(&opts, &mut report);
     suite::ingest(&opts, &mut report, false).unwrap();
-    suite::logging_overhead(&opts, &mut report, &off).unwrap();
+    suite::logging_overhead(&opts, &mut report, &off, false).unwrap();
 
     let sections: Vec<&str> = report.rows.iter().map(|r| r.section.as_str()).collect();
     for section in ["first invocation", "throughput", "breakdown", "ingest", "logging"] {
