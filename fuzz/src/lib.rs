@@ -53,6 +53,14 @@ fn known_unstorable_timestamp(t: &DateTime<Utc>) -> bool {
     SKIP_KNOWN_BUGS.load(Ordering::Relaxed) && parse_timestamp(&format_timestamp(t)).is_none()
 }
 
+/// Known bug: `sqs::Message::parse` accepts a JSON array as a record (serde
+/// reads a struct from a sequence, by field position), taking its first element
+/// as `messageId`, while `message_id_of` finds none. Input:
+/// `fuzz/corpus/sqs_record/known-bug-sqs-record-array-parses`.
+fn known_array_record(record: &Value) -> bool {
+    SKIP_KNOWN_BUGS.load(Ordering::Relaxed) && record.is_array()
+}
+
 /// `parse_order_event` on the input (invalid UTF-8 replaced, so every input
 /// reaches the parser; raw bytes are the line reader's business). A valid
 /// event, written back as JSON and parsed again, must give the same event.
@@ -99,6 +107,9 @@ pub fn s3_notification(data: &[u8]) {
 /// reportable: `message_id_of` (used when parsing fails) agrees with it.
 pub fn sqs_record(data: &[u8]) {
     let Ok(record) = serde_json::from_slice::<Value>(data) else { return };
+    if known_array_record(&record) {
+        return;
+    }
     let id_of = sqs::message_id_of(&record);
     if let Ok(message) = sqs::Message::parse(&record) {
         assert_eq!(id_of, Some(message.message_id.as_str()), "message_id_of disagrees with Message::parse");
