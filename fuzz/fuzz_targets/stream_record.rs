@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(init: harness::init_from_env(), |data: &[u8]| harness::stream_record(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::stream_record(data));

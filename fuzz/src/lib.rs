@@ -8,13 +8,10 @@
 //! by failing one of the invariants asserted here (cheap ones, stated at each
 //! assertion). Inputs that are merely invalid must return quietly.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::event::{s3, sqs, stream};
 use shared::object::{Format, Line, LineContent, LineReader, parse_record, split_csv};
-use shared::order::{OrderEvent, format_timestamp, parse_order_event, parse_timestamp};
+use shared::order::{OrderEvent, format_timestamp, parse_order_event};
 use shared::state::item::{order_from_item, order_to_item};
 
 /// Line bound of the `object_lines` target: small, so that short inputs reach
@@ -33,43 +30,12 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("object_lines", object_lines),
 ];
 
-/// Set (from the environment, by the fuzz targets only) to step over the known
-/// bugs below, so a long run can look for others. The corpus test never sets it.
-static SKIP_KNOWN_BUGS: AtomicBool = AtomicBool::new(false);
-
-/// Reads `FUZZ_SKIP_KNOWN_BUGS=1` (see fuzz/README.md); called once by each target.
-#[allow(dead_code)] // Called by fuzz_targets/*, not by the corpus test.
-pub fn init_from_env() {
-    let skip = std::env::var_os("FUZZ_SKIP_KNOWN_BUGS").is_some_and(|v| v == "1");
-    SKIP_KNOWN_BUGS.store(skip, Ordering::Relaxed);
-}
-
-/// Known bug: `parse_order_event` accepts an `occurredAt` whose UTC instant is
-/// outside the years 0000-9999 (`0000-01-01T00:00:00+01:00`), but the stored
-/// form `format_timestamp` writes for it (`-0001-12-31T23:00:00.000000000Z`)
-/// is not RFC 3339 and `parse_timestamp` rejects it, so such an order item
-/// cannot be read back. Inputs: `fuzz/corpus/*/known-bug-timestamp-*`.
-fn known_unstorable_timestamp(t: &DateTime<Utc>) -> bool {
-    SKIP_KNOWN_BUGS.load(Ordering::Relaxed) && parse_timestamp(&format_timestamp(t)).is_none()
-}
-
-/// Known bug: `sqs::Message::parse` accepts a JSON array as a record (serde
-/// reads a struct from a sequence, by field position), taking its first element
-/// as `messageId`, while `message_id_of` finds none. Input:
-/// `fuzz/corpus/sqs_record/known-bug-sqs-record-array-parses`.
-fn known_array_record(record: &Value) -> bool {
-    SKIP_KNOWN_BUGS.load(Ordering::Relaxed) && record.is_array()
-}
-
 /// `parse_order_event` on the input (invalid UTF-8 replaced, so every input
 /// reaches the parser; raw bytes are the line reader's business). A valid
 /// event, written back as JSON and parsed again, must give the same event.
 pub fn order_event(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(event) = parse_order_event(&text) {
-        if known_unstorable_timestamp(&event.occurred_at) {
-            return;
-        }
         let json = order_event_json(&event);
         match parse_order_event(&json) {
             Ok(again) => assert_eq!(again, event, "re-parsing {json} changed the event"),
@@ -107,9 +73,6 @@ pub fn s3_notification(data: &[u8]) {
 /// reportable: `message_id_of` (used when parsing fails) agrees with it.
 pub fn sqs_record(data: &[u8]) {
     let Ok(record) = serde_json::from_slice::<Value>(data) else { return };
-    if known_array_record(&record) {
-        return;
-    }
     let id_of = sqs::message_id_of(&record);
     if let Ok(message) = sqs::Message::parse(&record) {
         assert_eq!(id_of, Some(message.message_id.as_str()), "message_id_of disagrees with Message::parse");
@@ -127,9 +90,6 @@ pub fn stream_record(data: &[u8]) {
     let Ok(record) = stream::Record::parse(&value) else { return };
     for image in [&record.new_image, &record.old_image].into_iter().flatten() {
         if let Ok(order) = order_from_item(image) {
-            if known_unstorable_timestamp(&order.occurred_at) {
-                continue;
-            }
             let item = order_to_item(&order);
             match order_from_item(&item) {
                 Ok(again) => assert_eq!(again, order, "order changed through its item {item:?}"),

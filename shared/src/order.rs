@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -186,7 +186,7 @@ pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
             parse_timestamp(&s).ok_or_else(|| {
                 ValidationError::invalid(
                     "occurredAt",
-                    format!("must be an RFC 3339 timestamp, got {:?}", truncate(&s, 40)),
+                    format!("must be an RFC 3339 timestamp in the years 0000-9999 UTC, got {:?}", truncate(&s, 40)),
                 )
             })?
         },
@@ -194,9 +194,13 @@ pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
     Ok(event)
 }
 
-/// Parses an RFC 3339 timestamp into UTC.
+/// Parses an RFC 3339 timestamp into UTC. The instant must fall in the years
+/// 0000-9999 in UTC: RFC 3339 has four-digit years only, so an instant outside
+/// them (`0000-01-01T00:00:00+01:00` is in year -1) has no stored form that
+/// reads back or sorts as text.
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    let t = DateTime::parse_from_rfc3339(s).ok()?.with_timezone(&Utc);
+    (0..=9999).contains(&t.year()).then_some(t)
 }
 
 /// The stored form of `occurredAt`: UTC with a fixed nanosecond width, so that
@@ -471,7 +475,17 @@ mod tests {
             (
                 "occurredAt",
                 json!("2026-11-28 10:00"),
-                "occurredAt: must be an RFC 3339 timestamp, got \"2026-11-28 10:00\"",
+                "occurredAt: must be an RFC 3339 timestamp in the years 0000-9999 UTC, got \"2026-11-28 10:00\"",
+            ),
+            (
+                "occurredAt",
+                json!("0000-01-01T00:00:00+01:00"),
+                "occurredAt: must be an RFC 3339 timestamp in the years 0000-9999 UTC, got \"0000-01-01T00:00:00+01:00\"",
+            ),
+            (
+                "occurredAt",
+                json!("9999-12-31T23:00:00-01:00"),
+                "occurredAt: must be an RFC 3339 timestamp in the years 0000-9999 UTC, got \"9999-12-31T23:00:00-01:00\"",
             ),
         ];
         for (field, value, expected) in cases {

@@ -2,6 +2,7 @@
 //! deduplication id, receive count) and typed JSON bodies.
 
 use aws_lambda_events::event::sqs::SqsMessage;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -29,7 +30,12 @@ impl Message {
     /// Parses one raw SQS record. A record without `messageId` cannot be
     /// reported in a partial batch response, so it is an error here.
     pub fn parse(record: &Value) -> Result<Self, EventError> {
-        let raw: SqsMessage = serde_json::from_value(record.clone()).map_err(|e| json_error(WHAT, e))?;
+        // serde reads a struct from an array too (by field position), which
+        // would give a message that `message_id_of` cannot report.
+        if !record.is_object() {
+            return Err(EventError::Shape { what: WHAT, message: "expected a JSON object".into() });
+        }
+        let raw = SqsMessage::deserialize(record).map_err(|e| json_error(WHAT, e))?;
         let message_id = raw
             .message_id
             .clone()
@@ -63,4 +69,36 @@ impl Message {
 /// failed to parse).
 pub fn message_id_of(record: &Value) -> Option<&str> {
     record.get("messageId").and_then(Value::as_str).filter(|id| !id.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_record_that_is_not_an_object_is_a_shape_error() {
+        for record in [json!(["m-1", "receipt", "body"]), json!("m-1"), json!(null)] {
+            assert_eq!(
+                Message::parse(&record),
+                Err(EventError::Shape { what: WHAT, message: "expected a JSON object".into() }),
+                "{record}"
+            );
+        }
+    }
+
+    #[test]
+    fn fifo_attributes_and_receive_count_are_read() {
+        let record = json!({
+            "messageId": "m-1",
+            "body": "{}",
+            "attributes": {"MessageGroupId": "g", "MessageDeduplicationId": "d", "ApproximateReceiveCount": "3"},
+        });
+        let message = Message::parse(&record).unwrap();
+        assert_eq!(message.group_id.as_deref(), Some("g"));
+        assert_eq!(message.deduplication_id.as_deref(), Some("d"));
+        assert_eq!(message.receive_count, 3);
+        assert!(message.is_fifo());
+    }
 }
