@@ -8,9 +8,11 @@ fn usage() -> &'static str {
     "usage: cargo xtask <command>
 
 commands:
-  demo               run the whole pipeline locally and check the invariant
-  stack [--no-driver] start the local stack for `cargo lambda invoke`, until Ctrl-C
-  test               formatting, lints, builds, all tests, infra checks (what CI runs)"
+  bench [FLAGS]        release benchmarks: one table, target/bench/report.json and chart.svg
+                       (FLAGS: --smoke, --runs N, --skip-emulator, ...; see bench/README.md)
+  demo                 run the whole pipeline locally and check the invariant
+  stack [--no-driver]  start the local stack for `cargo lambda invoke`, until Ctrl-C
+  test                 formatting, lints, builds, all tests, infra checks (what CI runs)"
 }
 
 /// Runs `work`, or stops at Ctrl-C. Dropping `work` drops its stack, which
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["test"] => commands::test::run(),
+        ["bench", rest @ ..] => commands::bench::run(rest),
         ["demo"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::demo::run(), false))),
         ["stack"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::stack::run(true), true))),
         ["stack", "--no-driver"] => {

@@ -12,10 +12,6 @@ use crate::lambda::cargo;
 use crate::stack::workspace_root;
 use crate::venv::Venv;
 
-/// The exact error of the `infra::check` stub, the one failure that is only a
-/// warning (until the infra checks land).
-const INFRA_STUB_MESSAGE: &str = "infra checks are not implemented yet";
-
 /// What a step runs.
 enum Action {
     Cargo(&'static [&'static str]),
@@ -72,12 +68,6 @@ fn run_step(root: &Path, action: &Action) -> Result<()> {
             }
             Ok(())
         }
-        Action::Infra => match crate::infra::check(root) {
-            Err(e) if e.to_string() == INFRA_STUB_MESSAGE => {
-                println!("    WARNING: {e}; skipped (xtask/src/infra.rs is still the stub)");
-                Ok(())
-            }
-            other => other,
-        },
+        Action::Infra => crate::infra::check(root),
     }
 }
