@@ -229,9 +229,8 @@ pub fn breakdown(function: Function, n: u64, rounds: usize, round: Duration) -> 
         }
         Function::StreamAggregator => {
             let parsed: Vec<stream::Record> = records.iter().filter_map(|r| stream::Record::parse(r).ok()).collect();
-            let read =
-                |i: &Option<serde_dynamo::Item>| i.as_ref().and_then(|i| shared::state::item::order_from_item(i).ok());
-            let orders: Vec<_> = parsed.iter().map(|p| (read(&p.old_image), read(&p.new_image))).collect();
+            let read = |i: Option<&serde_dynamo::Item>| i.and_then(|i| shared::state::item::order_from_item(i).ok());
+            let orders: Vec<_> = parsed.iter().map(|p| (read(p.old_image()), read(p.new_image()))).collect();
             let deltas: Vec<_> = parsed
                 .iter()
                 .zip(&orders)
@@ -249,7 +248,7 @@ pub fn breakdown(function: Function, n: u64, rounds: usize, round: Duration) -> 
             out.push((
                 "order_from_item of the images",
                 t(&mut || {
-                    parsed.iter().for_each(|p| drop(std::hint::black_box((read(&p.old_image), read(&p.new_image)))));
+                    parsed.iter().for_each(|p| drop(std::hint::black_box((read(p.old_image()), read(p.new_image())))));
                 }),
             ));
             out.push((

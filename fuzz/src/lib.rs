@@ -88,7 +88,7 @@ pub fn stream_record(data: &[u8]) {
     let Ok(value) = serde_json::from_slice::<Value>(data) else { return };
     let _ = stream::sequence_number_of(&value);
     let Ok(record) = stream::Record::parse(&value) else { return };
-    for image in [&record.new_image, &record.old_image].into_iter().flatten() {
+    for image in [record.new_image(), record.old_image()].into_iter().flatten() {
         if let Ok(order) = order_from_item(image) {
             let item = order_to_item(&order);
             match order_from_item(&item) {

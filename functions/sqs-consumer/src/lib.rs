@@ -10,7 +10,7 @@ use serde_json::Value;
 use shared::batch::{BatchResponse, InvocationError, Summary, finish};
 use shared::config::Config;
 use shared::event::{self, sqs};
-use shared::idempotency::{IdempotencyKey, payload_hash};
+use shared::idempotency::{IdempotencyKey, KeyError, KeySource, payload_hash};
 use shared::order::{OrderEvent, parse_order_event};
 use shared::state::{ErrorClass, Marker, Outcome, Quarantined, StateStore};
 
@@ -30,9 +30,11 @@ pub async fn handle<S: StateStore>(
     let mut summary = Summary::default();
     let mut failed: Vec<String> = Vec::new();
     let mut quarantine: Vec<(String, Quarantined)> = Vec::new();
-    let mut events: Vec<(String, OrderEvent)> = Vec::new();
+    // The valid events, with their message ids, markers and record positions.
+    let mut events: Vec<OrderEvent> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     let mut markers: Vec<Marker> = Vec::new();
-    let mut bodies: Vec<(String, String)> = Vec::new(); // (source, body) per event
+    let mut positions: Vec<usize> = Vec::new();
     let keys = IdempotencyKey::new(&config.idempotency_key_prefix);
 
     for (index, record) in records.iter().enumerate() {
@@ -46,9 +48,10 @@ pub async fn handle<S: StateStore>(
                 continue;
             }
         };
-        let _span = tracing::info_span!("record", message_id = %message.message_id).entered();
+        // No span per record: its fields would cost every record; the lines
+        // about one record name it themselves.
         let parsed = parse_order_event(&message.body).map_err(|e| e.to_string()).and_then(|event| {
-            match keys.sqs(&config.idempotency_key_source, &message) {
+            match key_of(&keys, &config.idempotency_key_source, &message, &event) {
                 Ok(Some(key)) => Ok((event, key)),
                 Ok(None) => Err("no idempotency key".to_owned()),
                 Err(e) => Err(e.to_string()),
@@ -57,11 +60,12 @@ pub async fn handle<S: StateStore>(
         match parsed {
             Ok((order_event, key)) => {
                 markers.push(Marker { key, validation: Some(payload_hash(message.body.as_bytes())) });
-                bodies.push((source_of(message.event_source_arn.as_deref()), message.body.clone()));
-                events.push((message.message_id.clone(), order_event));
+                positions.push(index);
+                ids.push(message.message_id);
+                events.push(order_event);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "invalid order event quarantined");
+                tracing::warn!(message_id = %message.message_id, error = %e, "invalid order event quarantined");
                 let source = source_of(message.event_source_arn.as_deref());
                 quarantine.push((
                     message.message_id.clone(),
@@ -87,17 +91,22 @@ pub async fn handle<S: StateStore>(
     }
 
     if !events.is_empty() {
-        let batch: Vec<OrderEvent> = events.iter().map(|(_, e)| e.clone()).collect();
-        match store.apply_orders(&batch, Some(&markers), None).await {
+        match store.apply_orders(&events, Some(&markers), None).await {
             Ok(outcomes) => {
                 let mut reused = Vec::new();
-                for (((message_id, e), outcome), (source, body)) in events.iter().zip(outcomes).zip(&bodies) {
-                    tracing::info!(message_id, order_id = %e.order_id, event_id = %e.event_id, ?outcome, "order event");
+                for (i, outcome) in outcomes.into_iter().enumerate() {
+                    let (message_id, e) = (&ids[i], &events[i]);
+                    // DEBUG: a line per record would cost more than the record's own work
+                    // (the summary line counts the outcomes; AWS_LAMBDA_LOG_LEVEL=DEBUG shows these).
+                    tracing::debug!(message_id, order_id = %e.order_id, event_id = %e.event_id, ?outcome, "order event");
                     if outcome == Outcome::KeyReused {
-                        let reason = format!(
-                            "idempotency key {} was already used with a different payload",
-                            markers_key(&markers, &events, message_id)
-                        );
+                        let reason =
+                            format!("idempotency key {} was already used with a different payload", markers[i].key);
+                        // The record parsed before, so it parses again.
+                        let record = &records[positions[i]];
+                        let source = source_of(record.get("eventSourceARN").and_then(Value::as_str));
+                        let body = record.get("body").and_then(Value::as_str).unwrap_or_default();
+                        tracing::warn!(message_id, reason, "order event quarantined");
                         reused.push((message_id.clone(), Quarantined::new(source, message_id, reason, body)));
                     } else {
                         summary.count(outcome);
@@ -120,8 +129,8 @@ pub async fn handle<S: StateStore>(
             }
             Err(e) => {
                 tracing::error!(error = %e, "applying order events failed; reporting them for retry");
-                failed.extend(events.iter().map(|(id, _)| id.clone()));
-                summary.failed += events.len() as u64;
+                summary.failed += ids.len() as u64;
+                failed.extend(ids);
             }
         }
     }
@@ -136,8 +145,20 @@ pub async fn handle<S: StateStore>(
     Ok((response, summary))
 }
 
-fn markers_key<'a>(markers: &'a [Marker], events: &[(String, OrderEvent)], message_id: &str) -> &'a str {
-    events.iter().position(|(id, _)| id == message_id).map_or("?", |i| markers[i].key.as_str())
+/// The message's idempotency key. The default source, `/eventId`, is a field
+/// the order event has already read, so the body is not parsed again.
+fn key_of(
+    keys: &IdempotencyKey,
+    source: &KeySource,
+    message: &sqs::Message,
+    event: &OrderEvent,
+) -> Result<Option<String>, KeyError> {
+    match source {
+        KeySource::BodyPointer(pointer) if pointer == "/eventId" => {
+            Ok(Some(keys.sqs_body_string(pointer, &event.event_id)))
+        }
+        _ => keys.sqs(source, message),
+    }
 }
 
 /// Adds, for each FIFO message group with a failed message, every later
@@ -145,13 +166,14 @@ fn markers_key<'a>(markers: &'a [Marker], events: &[(String, OrderEvent)], messa
 fn extend_fifo_failures(records: &[Value], failed: Vec<String>) -> Vec<String> {
     let group_of = |r: &Value| r.pointer("/attributes/MessageGroupId").and_then(Value::as_str).map(str::to_owned);
     let mut failed_groups = std::collections::HashSet::new();
+    let failed_ids: std::collections::HashSet<&str> = failed.iter().map(String::as_str).collect();
     let mut out = Vec::with_capacity(failed.len());
     for record in records {
         let Some(id) = sqs::message_id_of(record) else {
             continue;
         };
         let group = group_of(record);
-        let is_failed = failed.iter().any(|f| f == id);
+        let is_failed = failed_ids.contains(id);
         let blocked = group.as_ref().is_some_and(|g| failed_groups.contains(g));
         if is_failed || blocked {
             out.push(id.to_owned());
@@ -161,8 +183,9 @@ fn extend_fifo_failures(records: &[Value], failed: Vec<String>) -> Vec<String> {
         }
     }
     // Failures of records without an id in the event keep their synthetic ids.
+    let mut reported: std::collections::HashSet<String> = out.iter().cloned().collect();
     for f in failed {
-        if !out.contains(&f) {
+        if reported.insert(f.clone()) {
             out.push(f);
         }
     }

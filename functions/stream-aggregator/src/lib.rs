@@ -44,13 +44,13 @@ fn plan(keys: &IdempotencyKey, record: &Value, index: usize) -> (String, Planned
     // Reported on failure; records without one (DynamoDB via Kinesis) fall
     // back to their eventID.
     let seq = parsed.sequence_number.clone().unwrap_or_else(|| parsed.event_id.clone());
-    let order_image = |image: &Option<serde_dynamo::Item>| image.as_ref().is_some_and(is_order);
-    let is_order_record = is_order(&parsed.keys) || order_image(&parsed.new_image) || order_image(&parsed.old_image);
+    let order_image = |image: Option<&serde_dynamo::Item>| image.is_some_and(is_order);
+    let is_order_record = is_order(parsed.keys()) || order_image(parsed.new_image()) || order_image(parsed.old_image());
     if !is_order_record {
         return (seq, Planned::Ignore);
     }
-    let read = |image: &Option<serde_dynamo::Item>| image.as_ref().map(order_from_item).transpose();
-    match (read(&parsed.old_image), read(&parsed.new_image)) {
+    let read = |image: Option<&serde_dynamo::Item>| image.map(order_from_item).transpose();
+    match (read(parsed.old_image()), read(parsed.new_image())) {
         (Ok(old), Ok(new)) => match keys.stream(&parsed) {
             Ok(Some(key)) => {
                 let deltas = totals_delta(old.as_ref(), new.as_ref());
@@ -86,6 +86,9 @@ pub async fn handle<S: StateStore>(
         .filter_map(|(_, p)| if let Planned::Quarantine(q) = p { Some(q.clone()) } else { None })
         .collect();
     let mut first_failure: Option<usize> = None;
+    for q in &quarantine {
+        tracing::warn!(sequence_number = %q.record_id, reason = %q.reason, "stream record quarantined");
+    }
     if !quarantine.is_empty() {
         match store.quarantine(&quarantine).await {
             Ok(()) => summary.quarantined = quarantine.len() as u64,
@@ -113,7 +116,8 @@ pub async fn handle<S: StateStore>(
         .collect();
     let (outcomes, error) = store.apply_deltas(&deltas).await;
     for (i, outcome) in delta_positions.iter().zip(&outcomes) {
-        tracing::info!(sequence_number = %planned[*i].0, ?outcome, "stream record");
+        // DEBUG, as in sqs-consumer: the summary line counts the outcomes.
+        tracing::debug!(sequence_number = %planned[*i].0, ?outcome, "stream record");
         summary.count(*outcome);
     }
     if let Some(e) = error {

@@ -2,6 +2,7 @@
 
 use aws_lambda_events::event::dynamodb::EventRecord;
 use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{EventError, json_error};
@@ -23,10 +24,8 @@ pub struct Record {
     pub change: Change,
     /// Absent in records of DynamoDB change data delivered through Kinesis.
     pub sequence_number: Option<String>,
-    pub keys: serde_dynamo::Item,
-    pub old_image: Option<serde_dynamo::Item>,
-    pub new_image: Option<serde_dynamo::Item>,
-    /// The record as `aws_lambda_events` parsed it.
+    /// The record as `aws_lambda_events` parsed it; the images are read
+    /// through [`Record::keys`], [`Record::old_image`] and [`Record::new_image`].
     pub raw: EventRecord,
 }
 
@@ -35,30 +34,26 @@ impl Record {
     /// epoch seconds (number or numeric string) or as a date-time string, and
     /// `SizeBytes` as a number or numeric string, as emulators send them.
     pub fn parse(record: &Value) -> Result<Self, EventError> {
-        let mut record = record
+        let object = record
             .as_object()
-            .cloned()
             .ok_or_else(|| EventError::Shape { what: WHAT, message: "record is not an object".into() })?;
-        fill(&mut record, "awsRegion", Value::String(String::new()));
-        let change = record
-            .get_mut("dynamodb")
-            .and_then(Value::as_object_mut)
+        let change = object
+            .get("dynamodb")
+            .and_then(Value::as_object)
             .ok_or(EventError::MissingField { what: WHAT, field: "dynamodb" })?;
-        normalize_creation_time(change)?;
-        match change.get("SizeBytes") {
-            None | Some(Value::Null) => {
-                change.insert("SizeBytes".into(), Value::from(0));
-            }
-            Some(Value::String(s)) => {
-                let n: i64 = s.parse().map_err(|_| EventError::Shape {
-                    what: WHAT,
-                    message: format!("dynamodb.SizeBytes is not a number: {s:?}"),
-                })?;
-                change.insert("SizeBytes".into(), Value::from(n));
-            }
-            Some(_) => {}
+        // Records as Lambda delivers them deserialize as they are; the shapes
+        // emulators send are normalized on a copy first.
+        let raw: EventRecord = if needs_normalizing(object, change) {
+            let mut record = object.clone();
+            fill(&mut record, "awsRegion", Value::String(String::new()));
+            let change = record.get_mut("dynamodb").and_then(Value::as_object_mut).expect("checked above");
+            normalize_creation_time(change)?;
+            normalize_size(change)?;
+            serde_json::from_value(Value::Object(record))
+        } else {
+            EventRecord::deserialize(record)
         }
-        let raw: EventRecord = serde_json::from_value(Value::Object(record)).map_err(|e| json_error(WHAT, e))?;
+        .map_err(|e| json_error(WHAT, e))?;
         let sequence_number = raw.change.sequence_number.clone().filter(|s| !s.is_empty());
         let change = match raw.event_name.as_str() {
             "INSERT" => Change::Insert,
@@ -68,17 +63,51 @@ impl Record {
                 return Err(EventError::Shape { what: WHAT, message: format!("unknown eventName {other:?}") });
             }
         };
-        let image = |item: &serde_dynamo::Item| (!item.is_empty()).then(|| item.clone());
-        Ok(Self {
-            event_id: raw.event_id.clone(),
-            change,
-            sequence_number,
-            keys: raw.change.keys.clone(),
-            old_image: image(&raw.change.old_image),
-            new_image: image(&raw.change.new_image),
-            raw,
-        })
+        Ok(Self { event_id: raw.event_id.clone(), change, sequence_number, raw })
     }
+
+    /// The item's key attributes.
+    pub fn keys(&self) -> &serde_dynamo::Item {
+        &self.raw.change.keys
+    }
+
+    /// The item before the change (absent for INSERT, or for a stream view
+    /// type without old images).
+    pub fn old_image(&self) -> Option<&serde_dynamo::Item> {
+        Some(&self.raw.change.old_image).filter(|i| !i.is_empty())
+    }
+
+    /// The item after the change (absent for REMOVE, or for a stream view
+    /// type without new images).
+    pub fn new_image(&self) -> Option<&serde_dynamo::Item> {
+        Some(&self.raw.change.new_image).filter(|i| !i.is_empty())
+    }
+}
+
+/// True when the record needs a fix before `aws_lambda_events` reads it:
+/// no `awsRegion`, or `ApproximateCreationDateTime` or `SizeBytes` as a
+/// string or missing, as emulators send them.
+fn needs_normalizing(record: &Map<String, Value>, change: &Map<String, Value>) -> bool {
+    record.get("awsRegion").is_none_or(Value::is_null)
+        || matches!(change.get("ApproximateCreationDateTime"), Some(Value::String(_)))
+        || !matches!(change.get("SizeBytes"), Some(Value::Number(_)))
+}
+
+fn normalize_size(change: &mut Map<String, Value>) -> Result<(), EventError> {
+    match change.get("SizeBytes") {
+        None | Some(Value::Null) => {
+            change.insert("SizeBytes".into(), Value::from(0));
+        }
+        Some(Value::String(s)) => {
+            let n: i64 = s.parse().map_err(|_| EventError::Shape {
+                what: WHAT,
+                message: format!("dynamodb.SizeBytes is not a number: {s:?}"),
+            })?;
+            change.insert("SizeBytes".into(), Value::from(n));
+        }
+        Some(_) => {}
+    }
+    Ok(())
 }
 
 /// The sequence number of a raw record, if it has one (to report a record

@@ -122,9 +122,7 @@ impl IdempotencyKey {
                     .ok()
                     .and_then(|body| body.pointer(pointer).cloned());
                 match value {
-                    Some(serde_json::Value::String(s)) if !s.is_empty() => {
-                        Ok(Some(self.key("sqs-body", &format!("{pointer}={s}"))))
-                    }
+                    Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(self.sqs_body_string(pointer, &s))),
                     Some(v @ serde_json::Value::Number(_)) => Ok(Some(self.key("sqs-body", &format!("{pointer}={v}")))),
                     _ => self.missing(format!(
                         "message {} has no string or number at {pointer} in its body",
@@ -133,6 +131,13 @@ impl IdempotencyKey {
                 }
             }
         }
+    }
+
+    /// The key [`sqs`](Self::sqs) derives for a body whose `pointer` selects
+    /// the string `value`: for handlers that have already parsed the body and
+    /// read that field, so the body is not parsed a second time.
+    pub fn sqs_body_string(&self, pointer: &str, value: &str) -> String {
+        self.key("sqs-body", &format!("{pointer}={value}"))
     }
 
     /// The key of a DynamoDB stream record.
@@ -159,6 +164,7 @@ mod tests {
         let m = message(r#"{"eventId":"e-1"}"#, json!({"MessageDeduplicationId": "d-1"}));
         assert_eq!(keys.sqs(&KeySource::MessageId, &m).unwrap().unwrap(), "orders#sqs#m-1");
         assert_eq!(keys.sqs(&"/eventId".parse().unwrap(), &m).unwrap().unwrap(), "orders#sqs-body#/eventId=e-1");
+        assert_eq!(keys.sqs_body_string("/eventId", "e-1"), "orders#sqs-body#/eventId=e-1");
         assert_eq!(keys.sqs(&KeySource::DeduplicationId, &m).unwrap().unwrap(), "orders#sqs-dedup#d-1");
         let object = ObjectRef {
             bucket: "b".into(),

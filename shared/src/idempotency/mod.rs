@@ -251,7 +251,13 @@ pub fn payload_hash(payload: &[u8]) -> String {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 pub(crate) fn epoch_seconds(t: SystemTime) -> i64 {
@@ -271,6 +277,12 @@ mod tests {
 
     fn core() -> Idempotency<MemoryIdempotencyStore> {
         Idempotency::new(MemoryIdempotencyStore::default(), Options::default())
+    }
+
+    #[test]
+    fn payload_hash_is_lower_case_hex_sha256() {
+        // FIPS 180-2, appendix B.1.
+        assert_eq!(payload_hash(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     fn in_a_minute() -> Option<SystemTime> {
