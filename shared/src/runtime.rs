@@ -18,6 +18,27 @@ pub struct Telemetry {
     pub capacity: CapacityMeter,
 }
 
+/// Runs a function's async `main` on a multi-threaded Tokio runtime. Before
+/// the runtime starts any thread, it points `SSL_CERT_FILE` at the system's
+/// CA bundle file when neither `SSL_CERT_FILE` nor `SSL_CERT_DIR` is set: the
+/// SDK's HTTPS client then loads the root certificates from that one file
+/// instead of also parsing every file of the certificate directory (which on
+/// Debian holds the same roots again as ~150 files). That is most of a
+/// function's start-up time beyond the runtime's own (see the README's
+/// performance section). A variable the user set is left as it is.
+pub fn block_on<F>(main: F) -> Result<(), lambda_runtime::Error>
+where
+    F: Future<Output = Result<(), lambda_runtime::Error>>,
+{
+    let user_set = ["SSL_CERT_FILE", "SSL_CERT_DIR"].iter().any(|v| std::env::var_os(v).is_some());
+    if !user_set && let Some(file) = openssl_probe::probe().cert_file {
+        // SAFETY: no other thread exists yet (the runtime starts below), so
+        // nothing reads the environment while it changes.
+        unsafe { std::env::set_var("SSL_CERT_FILE", file) };
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(main)
+}
+
 /// Serves invocations with `handler` until the runtime stops. `function` is
 /// the logical function name, the `function` dimension of its metrics.
 pub async fn serve<F, Fut, R>(

@@ -9,8 +9,11 @@ use shared::object::S3Source;
 use shared::runtime::{Telemetry, serve};
 use shared::state::dynamo::DynamoStore;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+fn main() -> Result<(), lambda_runtime::Error> {
+    shared::runtime::block_on(run())
+}
+
+async fn run() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
     let config = Config::from_env()?;
     let telemetry = Telemetry::default();

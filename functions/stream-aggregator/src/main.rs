@@ -5,8 +5,11 @@ use shared::config::{Config, aws_sdk_config, dynamodb_client};
 use shared::runtime::{Telemetry, serve};
 use shared::state::dynamo::DynamoStore;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+fn main() -> Result<(), lambda_runtime::Error> {
+    shared::runtime::block_on(run())
+}
+
+async fn run() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
     let config = Config::from_env()?;
     let telemetry = Telemetry::default();
