@@ -42,7 +42,7 @@ pub async fn handle<S: StateStore>(
             Ok(m) => m,
             Err(e) => {
                 let id = sqs::message_id_of(record).map_or_else(|| format!("record-{index}"), str::to_owned);
-                tracing::warn!(message_id = %id, error = %e, "unparseable SQS record quarantined");
+                tracing::warn!(message_id = %id, reason = %e, "unparseable SQS record quarantined");
                 let source = source_of(record.get("eventSourceARN").and_then(Value::as_str));
                 quarantine.push((id.clone(), Quarantined::new(source, id, e.to_string(), &record.to_string())));
                 continue;
@@ -65,7 +65,7 @@ pub async fn handle<S: StateStore>(
                 events.push(order_event);
             }
             Err(e) => {
-                tracing::warn!(message_id = %message.message_id, error = %e, "invalid order event quarantined");
+                tracing::warn!(message_id = %message.message_id, reason = %e, "invalid order event quarantined");
                 let source = source_of(message.event_source_arn.as_deref());
                 quarantine.push((
                     message.message_id.clone(),
