@@ -287,7 +287,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 break;
             }
             saw_any = true;
-            let newline = available.iter().position(|b| *b == b'\n');
+            let newline = memchr::memchr(b'\n', available);
             let used = newline.map_or(available.len(), |i| i + 1);
             let content_end = newline.unwrap_or(available.len());
             // Keep at most the bound (+1 to know it was exceeded) of the content.
@@ -315,11 +315,15 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
         if terminator == 2 && self.buffer.len() as u64 > content_length {
             self.buffer.pop(); // The `\r` of `\r\n`.
         }
+        // The line takes the buffer; the next line's starts at this one's size,
+        // so a line costs one allocation rather than a series of regrowths.
+        let next_capacity = self.buffer.len().max(64).min(self.max_line_bytes + 1);
+        let mut bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(next_capacity));
         let content = if content_length > self.max_line_bytes as u64 {
-            self.buffer.truncate(TOO_LONG_PREFIX);
-            LineContent::TooLong { length: content_length, prefix: std::mem::take(&mut self.buffer) }
+            bytes.truncate(TOO_LONG_PREFIX);
+            LineContent::TooLong { length: content_length, prefix: bytes }
         } else {
-            match String::from_utf8(std::mem::take(&mut self.buffer)) {
+            match String::from_utf8(bytes) {
                 Ok(text) => LineContent::Text(text),
                 Err(e) => LineContent::InvalidUtf8(e.into_bytes()),
             }
