@@ -5,10 +5,12 @@ use std::future::Future;
 
 use lambda_runtime::{Context, LambdaEvent, service_fn};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::batch::{InvocationError, Summary};
+use crate::event::RawBatch;
 use crate::telemetry::{CapacityMeter, Invocation, RequestCounter};
 
 /// Counters the AWS clients feed during an invocation.
@@ -39,21 +41,42 @@ where
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(main)
 }
 
+/// An event payload a function takes: a `Value`, or a [`RawBatch`] whose
+/// records stay JSON text until each is parsed into its typed form.
+pub trait Payload: DeserializeOwned + Send {
+    /// The records in the event, for the summary and the metrics (1 for an
+    /// event that is not a batch).
+    fn batch_size(&self) -> usize;
+}
+
+impl Payload for Value {
+    fn batch_size(&self) -> usize {
+        self.get("Records").and_then(Value::as_array).map_or(1, Vec::len)
+    }
+}
+
+impl Payload for RawBatch {
+    fn batch_size(&self) -> usize {
+        self.records().map_or(1, <[_]>::len)
+    }
+}
+
 /// Serves invocations with `handler` until the runtime stops. `function` is
 /// the logical function name, the `function` dimension of its metrics.
-pub async fn serve<F, Fut, R>(
+pub async fn serve<P, F, Fut, R>(
     function: &'static str,
     telemetry: &Telemetry,
     handler: F,
 ) -> Result<(), lambda_runtime::Error>
 where
-    F: Fn(Value, Context) -> Fut,
+    P: Payload,
+    F: Fn(P, Context) -> Fut,
     Fut: Future<Output = Result<(R, Summary), InvocationError>>,
     R: Serialize,
 {
     let handler = &handler;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let batch_size = event.payload.get("Records").and_then(Value::as_array).map_or(1, Vec::len);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<P>| async move {
+        let batch_size = event.payload.batch_size();
         let invocation = Invocation::start(
             function,
             &event.context.env_config.function_name,
@@ -77,4 +100,30 @@ where
         }
     }))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Lambda runtime reads events through `serde_path_to_error`; a raw
+    /// batch must come through it with its records intact.
+    #[test]
+    fn a_raw_batch_deserializes_as_the_lambda_runtime_reads_events() {
+        let body = br#"{"Records": [{"messageId": "m-1"}, {"messageId": "m-2", "body": "{}"}]}"#;
+        let batch: RawBatch =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).expect("deserializes");
+        let records: Vec<&str> = batch.records().unwrap().iter().map(|r| r.get()).collect();
+        assert_eq!(records, [r#"{"messageId": "m-1"}"#, r#"{"messageId": "m-2", "body": "{}"}"#]);
+        assert_eq!(batch.batch_size(), 2);
+    }
+
+    #[test]
+    fn an_event_without_records_is_an_error_naming_them() {
+        let missing: RawBatch = serde_json::from_str(r#"{"detail": {}}"#).unwrap();
+        assert_eq!(missing.records().unwrap_err().to_string(), "event: missing field `Records`");
+        assert_eq!(missing.batch_size(), 1);
+        let not_array: RawBatch = serde_json::from_str(r#"{"Records": {}}"#).unwrap();
+        assert_eq!(not_array.records().unwrap_err().to_string(), "event: `Records` is not an array");
+    }
 }

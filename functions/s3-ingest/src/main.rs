@@ -30,7 +30,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         Some(url) => Handoff::Queue { client: sqs_client(&sdk), queue_url: url.clone() },
         None => Handoff::Retry,
     };
-    serve("s3-ingest", &telemetry, |payload, context| {
+    serve("s3-ingest", &telemetry, |payload: serde_json::Value, context| {
         let deadline = Deadline::At(deadline_of(context.deadline));
         let (store, objects, handoff, config) = (&store, &objects, &handoff, &config);
         async move {

@@ -9,7 +9,7 @@
 use serde_json::Value;
 use shared::batch::{BatchResponse, InvocationError, Summary, finish};
 use shared::config::Config;
-use shared::event::{self, sqs};
+use shared::event::{RawBatch, sqs};
 use shared::idempotency::{IdempotencyKey, KeyError, KeySource, payload_hash};
 use shared::order::{OrderEvent, parse_order_event};
 use shared::state::{ErrorClass, Marker, Outcome, Quarantined, StateStore};
@@ -20,13 +20,23 @@ fn source_of(arn: Option<&str>) -> String {
     format!("sqs/{queue}")
 }
 
-/// Handles one SQS event.
+/// Handles one SQS event given as a `Value` (tests, tools): [`handle_batch`].
 pub async fn handle<S: StateStore>(
     store: &S,
     config: &Config,
     payload: &Value,
 ) -> Result<(BatchResponse, Summary), InvocationError> {
-    let records = event::records(payload).map_err(|e| InvocationError::new(e.to_string()))?;
+    let batch = RawBatch::from_value(payload).map_err(|e| InvocationError::new(e.to_string()))?;
+    handle_batch(store, config, &batch).await
+}
+
+/// Handles one SQS event.
+pub async fn handle_batch<S: StateStore>(
+    store: &S,
+    config: &Config,
+    batch: &RawBatch,
+) -> Result<(BatchResponse, Summary), InvocationError> {
+    let records = batch.records().map_err(|e| InvocationError::new(e.to_string()))?;
     let mut summary = Summary::default();
     let mut failed: Vec<String> = Vec::new();
     let mut quarantine: Vec<(String, Quarantined)> = Vec::new();
@@ -35,19 +45,26 @@ pub async fn handle<S: StateStore>(
     let mut ids: Vec<String> = Vec::new();
     let mut markers: Vec<Marker> = Vec::new();
     let mut positions: Vec<usize> = Vec::new();
+    // Every record's message id and FIFO group, in batch order.
+    let mut delivered: Vec<(Option<String>, Option<String>)> = Vec::with_capacity(records.len());
     let keys = IdempotencyKey::new(&config.idempotency_key_prefix);
 
     for (index, record) in records.iter().enumerate() {
-        let message = match sqs::Message::parse(record) {
+        let message = match sqs::Message::parse_raw(record) {
             Ok(m) => m,
             Err(e) => {
-                let id = sqs::message_id_of(record).map_or_else(|| format!("record-{index}"), str::to_owned);
+                // The rare path: read what can be read for the report.
+                let value: Value = serde_json::from_str(record.get()).unwrap_or(Value::Null);
+                let group = value.pointer("/attributes/MessageGroupId").and_then(Value::as_str).map(str::to_owned);
+                delivered.push((sqs::message_id_of(&value).map(str::to_owned), group));
+                let id = sqs::message_id_of(&value).map_or_else(|| format!("record-{index}"), str::to_owned);
                 tracing::warn!(message_id = %id, reason = %e, "unparseable SQS record quarantined");
-                let source = source_of(record.get("eventSourceARN").and_then(Value::as_str));
-                quarantine.push((id.clone(), Quarantined::new(source, id, e.to_string(), &record.to_string())));
+                let source = source_of(value.get("eventSourceARN").and_then(Value::as_str));
+                quarantine.push((id.clone(), Quarantined::new(source, id, e.to_string(), record.get())));
                 continue;
             }
         };
+        delivered.push((Some(message.message_id.clone()), message.group_id.clone()));
         // No span per record: its fields would cost every record; the lines
         // about one record name it themselves.
         let parsed = parse_order_event(&message.body).map_err(|e| e.to_string()).and_then(|event| {
@@ -102,10 +119,10 @@ pub async fn handle<S: StateStore>(
                     if outcome == Outcome::KeyReused {
                         let reason =
                             format!("idempotency key {} was already used with a different payload", markers[i].key);
-                        // The record parsed before, so it parses again.
-                        let record = &records[positions[i]];
-                        let source = source_of(record.get("eventSourceARN").and_then(Value::as_str));
-                        let body = record.get("body").and_then(Value::as_str).unwrap_or_default();
+                        // The rare path: the record parsed before, so it parses again.
+                        let message = sqs::Message::parse_raw(&records[positions[i]]).ok();
+                        let source = source_of(message.as_ref().and_then(|m| m.event_source_arn.as_deref()));
+                        let body = message.as_ref().map_or("", |m| m.body.as_str());
                         tracing::warn!(message_id, reason, "order event quarantined");
                         reused.push((message_id.clone(), Quarantined::new(source, message_id, reason, body)));
                     } else {
@@ -139,7 +156,7 @@ pub async fn handle<S: StateStore>(
     // must not be acknowledged out of order. Every failure above covers whole
     // groups' pending events together, except quarantine failures; extend
     // failures to the later messages of each failed group.
-    let failed = extend_fifo_failures(records, failed);
+    let failed = extend_fifo_failures(&delivered, failed);
     summary.failed = summary.failed.max(failed.len() as u64);
     let response = finish(BatchResponse::failed(failed), records.len(), config.fail_on_all_failed)?;
     Ok((response, summary))
@@ -162,21 +179,19 @@ fn key_of(
 }
 
 /// Adds, for each FIFO message group with a failed message, every later
-/// message of that group.
-fn extend_fifo_failures(records: &[Value], failed: Vec<String>) -> Vec<String> {
-    let group_of = |r: &Value| r.pointer("/attributes/MessageGroupId").and_then(Value::as_str).map(str::to_owned);
+/// message of that group. `delivered`: each record's message id and group.
+fn extend_fifo_failures(delivered: &[(Option<String>, Option<String>)], failed: Vec<String>) -> Vec<String> {
     let mut failed_groups = std::collections::HashSet::new();
     let failed_ids: std::collections::HashSet<&str> = failed.iter().map(String::as_str).collect();
     let mut out = Vec::with_capacity(failed.len());
-    for record in records {
-        let Some(id) = sqs::message_id_of(record) else {
+    for (id, group) in delivered {
+        let Some(id) = id else {
             continue;
         };
-        let group = group_of(record);
-        let is_failed = failed_ids.contains(id);
+        let is_failed = failed_ids.contains(id.as_str());
         let blocked = group.as_ref().is_some_and(|g| failed_groups.contains(g));
         if is_failed || blocked {
-            out.push(id.to_owned());
+            out.push(id.clone());
             if let Some(g) = group {
                 failed_groups.insert(g);
             }

@@ -9,9 +9,10 @@
 //! sequence number, so Lambda retries from there.
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use shared::batch::{BatchResponse, InvocationError, Summary, finish};
 use shared::config::Config;
-use shared::event::{self, stream};
+use shared::event::{RawBatch, stream};
 use shared::idempotency::IdempotencyKey;
 use shared::order::totals_delta;
 use shared::state::item::{is_order, order_from_item};
@@ -23,24 +24,24 @@ enum Planned {
     Ignore,
 }
 
-fn source_of(record: &Value) -> String {
+fn source_of(arn: Option<&str>) -> String {
     // arn:aws:dynamodb:region:account:table/NAME/stream/LABEL
-    let table =
-        record.get("eventSourceARN").and_then(Value::as_str).and_then(|arn| arn.split('/').nth(1)).unwrap_or("unknown");
+    let table = arn.and_then(|arn| arn.split('/').nth(1)).unwrap_or("unknown");
     format!("ddb-stream/{table}")
 }
 
-fn plan(keys: &IdempotencyKey, record: &Value, index: usize) -> (String, Planned) {
-    let parsed = match stream::Record::parse(record) {
+fn plan(keys: &IdempotencyKey, record: &RawValue, index: usize) -> (String, Planned) {
+    let parsed = match stream::Record::parse_raw(record) {
         Ok(r) => r,
         Err(e) => {
-            let id = stream::sequence_number_of(record).map_or_else(|| format!("record-{index}"), str::to_owned);
-            return (
-                id.clone(),
-                Planned::Quarantine(Quarantined::new(source_of(record), id, e.to_string(), &record.to_string())),
-            );
+            // The rare path: read what can be read for the report.
+            let value: Value = serde_json::from_str(record.get()).unwrap_or(Value::Null);
+            let id = stream::sequence_number_of(&value).map_or_else(|| format!("record-{index}"), str::to_owned);
+            let source = source_of(value.get("eventSourceARN").and_then(Value::as_str));
+            return (id.clone(), Planned::Quarantine(Quarantined::new(source, id, e.to_string(), record.get())));
         }
     };
+    let source = || source_of(parsed.raw.event_source_arn.as_deref());
     // Reported on failure; records without one (DynamoDB via Kinesis) fall
     // back to their eventID.
     let seq = parsed.sequence_number.clone().unwrap_or_else(|| parsed.event_id.clone());
@@ -57,24 +58,34 @@ fn plan(keys: &IdempotencyKey, record: &Value, index: usize) -> (String, Planned
                 (seq, Planned::Delta(DeltaRecord { idempotency_key: key, deltas }))
             }
             Ok(None) | Err(_) => {
-                let q = Quarantined::new(source_of(record), &seq, "no eventID to deduplicate by", &record.to_string());
+                let q = Quarantined::new(source(), &seq, "no eventID to deduplicate by", record.get());
                 (seq, Planned::Quarantine(q))
             }
         },
         (Err(e), _) | (_, Err(e)) => {
-            let q = Quarantined::new(source_of(record), &seq, format!("order image: {e}"), &record.to_string());
+            let q = Quarantined::new(source(), &seq, format!("order image: {e}"), record.get());
             (seq, Planned::Quarantine(q))
         }
     }
 }
 
-/// Handles one DynamoDB stream event.
+/// Handles one DynamoDB stream event given as a `Value` (tests, tools): [`handle_batch`].
 pub async fn handle<S: StateStore>(
     store: &S,
     config: &Config,
     payload: &Value,
 ) -> Result<(BatchResponse, Summary), InvocationError> {
-    let records = event::records(payload).map_err(|e| InvocationError::new(e.to_string()))?;
+    let batch = RawBatch::from_value(payload).map_err(|e| InvocationError::new(e.to_string()))?;
+    handle_batch(store, config, &batch).await
+}
+
+/// Handles one DynamoDB stream event.
+pub async fn handle_batch<S: StateStore>(
+    store: &S,
+    config: &Config,
+    batch: &RawBatch,
+) -> Result<(BatchResponse, Summary), InvocationError> {
+    let records = batch.records().map_err(|e| InvocationError::new(e.to_string()))?;
     let mut summary = Summary::default();
     let keys = IdempotencyKey::new(&config.idempotency_key_prefix);
     let planned: Vec<(String, Planned)> = records.iter().enumerate().map(|(i, r)| plan(&keys, r, i)).collect();

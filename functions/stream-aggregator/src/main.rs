@@ -2,6 +2,7 @@
 //! handler once, then serves invocations.
 
 use shared::config::{Config, aws_sdk_config, dynamodb_client};
+use shared::event::RawBatch;
 use shared::runtime::{Telemetry, serve};
 use shared::state::dynamo::DynamoStore;
 
@@ -21,9 +22,9 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     )
     .with_marker_ttl(config.idempotency_ttl)
     .with_capacity_meter(telemetry.capacity.clone());
-    serve("stream-aggregator", &telemetry, |payload, _| {
+    serve("stream-aggregator", &telemetry, |payload: RawBatch, _| {
         let (store, config) = (&store, &config);
-        async move { stream_aggregator::handle(store, config, &payload).await }
+        async move { stream_aggregator::handle_batch(store, config, &payload).await }
     })
     .await
 }

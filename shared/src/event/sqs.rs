@@ -5,6 +5,7 @@ use aws_lambda_events::event::sqs::SqsMessage;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{EventError, json_error};
 
@@ -33,9 +34,21 @@ impl Message {
         // serde reads a struct from an array too (by field position), which
         // would give a message that `message_id_of` cannot report.
         if !record.is_object() {
-            return Err(EventError::Shape { what: WHAT, message: "expected a JSON object".into() });
+            return Err(not_an_object());
         }
-        let raw = SqsMessage::deserialize(record).map_err(|e| json_error(WHAT, e))?;
+        Self::from_raw(SqsMessage::deserialize(record).map_err(|e| json_error(WHAT, e))?)
+    }
+
+    /// [`parse`](Self::parse) of a record still in its JSON text: straight
+    /// into the typed form, without a `Value` tree first.
+    pub fn parse_raw(record: &RawValue) -> Result<Self, EventError> {
+        if !record.get().starts_with('{') {
+            return Err(not_an_object());
+        }
+        Self::from_raw(serde_json::from_str(record.get()).map_err(|e| json_error(WHAT, e))?)
+    }
+
+    fn from_raw(raw: SqsMessage) -> Result<Self, EventError> {
         let message_id = raw
             .message_id
             .clone()
@@ -65,6 +78,10 @@ impl Message {
     }
 }
 
+fn not_an_object() -> EventError {
+    EventError::Shape { what: WHAT, message: "expected a JSON object".into() }
+}
+
 /// The message id of a raw record, if it has one (to report a record that
 /// failed to parse).
 pub fn message_id_of(record: &Value) -> Option<&str> {
@@ -85,6 +102,23 @@ mod tests {
                 Err(EventError::Shape { what: WHAT, message: "expected a JSON object".into() }),
                 "{record}"
             );
+        }
+    }
+
+    #[test]
+    fn a_raw_record_parses_as_its_value_does() {
+        let record = json!({
+            "messageId": "m-1",
+            "body": "{\"eventId\":\"e-1\"}",
+            "attributes": {"MessageGroupId": "g", "ApproximateReceiveCount": "2"},
+            "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:orders.fifo",
+        });
+        let raw = RawValue::from_string(record.to_string()).unwrap();
+        assert_eq!(Message::parse_raw(&raw).unwrap(), Message::parse(&record).unwrap());
+        for bad in ["[\"m-1\"]", "\"m-1\"", "{\"body\": \"x\"}"] {
+            let raw = RawValue::from_string(bad.to_owned()).unwrap();
+            let value: Value = serde_json::from_str(bad).unwrap();
+            assert_eq!(Message::parse_raw(&raw), Message::parse(&value), "{bad}");
         }
     }
 

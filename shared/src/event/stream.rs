@@ -3,6 +3,7 @@
 use aws_lambda_events::event::dynamodb::EventRecord;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{EventError, json_error};
@@ -54,6 +55,23 @@ impl Record {
             EventRecord::deserialize(record)
         }
         .map_err(|e| json_error(WHAT, e))?;
+        Self::from_raw(raw)
+    }
+
+    /// [`parse`](Self::parse) of a record still in its JSON text: records as
+    /// Lambda delivers them go straight into the typed form; anything else
+    /// (emulator shapes to normalize, errors to report) takes the `Value` path.
+    pub fn parse_raw(record: &RawValue) -> Result<Self, EventError> {
+        if record.get().starts_with('{')
+            && let Ok(raw) = serde_json::from_str::<EventRecord>(record.get())
+        {
+            return Self::from_raw(raw);
+        }
+        let value: Value = serde_json::from_str(record.get()).map_err(|e| json_error(WHAT, e))?;
+        Self::parse(&value)
+    }
+
+    fn from_raw(raw: EventRecord) -> Result<Self, EventError> {
         let sequence_number = raw.change.sequence_number.clone().filter(|s| !s.is_empty());
         let change = match raw.event_name.as_str() {
             "INSERT" => Change::Insert,
@@ -176,6 +194,25 @@ mod tests {
             .collect();
         // aws_lambda_events keeps whole seconds of this field.
         assert!(times.iter().all(|t| *t == 1_795_884_005_000), "{times:?}");
+    }
+
+    #[test]
+    fn a_raw_record_parses_as_its_value_does() {
+        let shapes = [
+            record(Value::from(1_795_884_005.288)),
+            record(Value::from("2026-11-28T16:40:05.288Z")),
+            serde_json::json!({"eventID": "e1", "eventName": "INSERT"}),
+            serde_json::json!(["e1", "INSERT"]),
+        ];
+        for value in shapes {
+            let raw = RawValue::from_string(value.to_string()).unwrap();
+            assert_eq!(Record::parse_raw(&raw), Record::parse(&value), "{value}");
+        }
+        let mut full = record(Value::from(1_795_884_005));
+        full["awsRegion"] = Value::from("eu-west-1");
+        full["dynamodb"]["SizeBytes"] = Value::from(26);
+        let raw = RawValue::from_string(full.to_string()).unwrap();
+        assert_eq!(Record::parse_raw(&raw).unwrap(), Record::parse(&full).unwrap());
     }
 
     #[test]
