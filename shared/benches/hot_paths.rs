@@ -7,6 +7,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use shared::event::{s3, sqs, stream};
 use shared::idempotency::{IdempotencyKey, KeySource};
 use shared::order::{ApplyOutcome, apply, parse_order_event};
@@ -24,6 +25,11 @@ fn event_parsing(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("event");
     group.throughput(Throughput::Elements(1));
+    // The functions' path: each record parsed from its JSON text (RawBatch).
+    let raw = |record: &Value| RawValue::from_string(record.to_string()).expect("a record is JSON");
+    let (sqs_raw, stream_raw) = (raw(&sqs_record), raw(&stream_record));
+    group.bench_function("sqs::Message::parse_raw", |b| b.iter(|| sqs::Message::parse_raw(black_box(&sqs_raw))));
+    group.bench_function("stream::Record::parse_raw", |b| b.iter(|| stream::Record::parse_raw(black_box(&stream_raw))));
     group.bench_function("sqs::Message::parse", |b| b.iter(|| sqs::Message::parse(black_box(&sqs_record))));
     group.bench_function("stream::Record::parse", |b| b.iter(|| stream::Record::parse(black_box(&stream_record))));
     group.bench_function("s3::from_sqs_body", |b| b.iter(|| s3::from_sqs_body(black_box(&notification_body))));
