@@ -72,6 +72,8 @@ struct State {
     rng: Mutex<u64>,
     matching: AtomicU64,
     stats: Mutex<Stats>,
+    /// When set, requests reach the upstream one at a time (see `serializing`).
+    one_at_a_time: Option<tokio::sync::Mutex<()>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -86,6 +88,20 @@ impl FaultProxy {
     /// Starts a proxy on a free port of 127.0.0.1 in front of `upstream`
     /// (for example `http://127.0.0.1:5000`).
     pub async fn start(upstream: &str, target: Target, plan: Plan) -> std::io::Result<Self> {
+        Self::start_with(upstream, target, plan, false).await
+    }
+
+    /// A proxy without faults that forwards one request at a time: in front
+    /// of moto, whose `TransactWriteItems` is not isolated from a concurrent
+    /// one (it rolls back by restoring a copy of every table taken when it
+    /// started, which can undo another transaction's commit), it gives each
+    /// transaction the isolation DynamoDB guarantees, so tests of concurrent
+    /// clients test the clients.
+    pub async fn serializing(upstream: &str) -> std::io::Result<Self> {
+        Self::start_with(upstream, Target::All, Plan::Schedule(Vec::new()), true).await
+    }
+
+    async fn start_with(upstream: &str, target: Target, plan: Plan, serialize: bool) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seed = match &plan {
@@ -99,6 +115,7 @@ impl FaultProxy {
             rng: Mutex::new(seed),
             matching: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
+            one_at_a_time: serialize.then(|| tokio::sync::Mutex::new(())),
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
         let serving = state.clone();
@@ -212,9 +229,15 @@ async fn handle(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = format!("{}{path}", state.upstream).parse()?;
     parts.headers.remove("host");
-    let upstream = state.client.request(Request::from_parts(parts, Full::new(body))).await?;
-    let (parts, body) = upstream.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let (parts, body) = {
+        let _turn = match &state.one_at_a_time {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let upstream = state.client.request(Request::from_parts(parts, Full::new(body))).await?;
+        let (parts, body) = upstream.into_parts();
+        (parts, body.collect().await?.to_bytes())
+    };
     if let Some(Fault::Slow(delay)) = fault {
         bump(|s| s.slowed += 1);
         tokio::time::sleep(delay).await;

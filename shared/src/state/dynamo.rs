@@ -459,6 +459,12 @@ impl StateStore for DynamoStore {
                                 }
                                 Some((s, ActionKind::Order)) => {
                                     let slot = &mut group[*s];
+                                    if !slot.order {
+                                        // Its marker's condition failed too (a
+                                        // concurrent delivery committed it): the
+                                        // marker says duplicate, whatever the order.
+                                        continue;
+                                    }
                                     decided[slot.event] = Some(classify_existing(&events[slot.event], item.as_ref()));
                                     slot.order = false;
                                 }
