@@ -148,7 +148,7 @@ async fn the_lock_path_runs_once_and_takes_over_a_crashed_lock_only_after_its_ex
     let crashed = {
         let idempotency = idempotency.clone();
         tokio::spawn(async move {
-            idempotency.run("k-crash", b"p", Some(deadline), || std::future::pending::<Result<u32, String>>()).await
+            idempotency.run("k-crash", b"p", Some(deadline), std::future::pending::<Result<u32, String>>).await
         })
     };
     while idempotency.store().get("k-crash").await.map_err(anyhow::Error::msg)?.is_none() {
