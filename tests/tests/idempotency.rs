@@ -143,8 +143,8 @@ async fn the_lock_path_runs_once_and_takes_over_a_crashed_lock_only_after_its_ex
     ));
 
     // An invocation takes the lock and crashes before completing (its task is
-    // aborted while the effect runs); its deadline is 2 s away.
-    let deadline = SystemTime::now() + Duration::from_secs(2);
+    // aborted while the effect runs); its deadline is 5 s away (room for a loaded machine before the early retry).
+    let deadline = SystemTime::now() + Duration::from_secs(5);
     let crashed = {
         let idempotency = idempotency.clone();
         tokio::spawn(async move {
