@@ -56,8 +56,9 @@ pub async fn handle_batch<S: StateStore>(
                 // The rare path: read what can be read for the report.
                 let value: Value = serde_json::from_str(record.get()).unwrap_or(Value::Null);
                 let group = value.pointer("/attributes/MessageGroupId").and_then(Value::as_str).map(str::to_owned);
-                delivered.push((sqs::message_id_of(&value).map(str::to_owned), group));
-                let id = sqs::message_id_of(&value).map_or_else(|| format!("record-{index}"), str::to_owned);
+                let message_id = sqs::message_id_of(&value).map(str::to_owned);
+                delivered.push((message_id.clone(), group));
+                let id = message_id.unwrap_or_else(|| format!("record-{index}"));
                 tracing::warn!(message_id = %id, reason = %e, "unparseable SQS record quarantined");
                 let source = source_of(value.get("eventSourceARN").and_then(Value::as_str));
                 quarantine.push((id.clone(), Quarantined::new(source, id, e.to_string(), record.get())));

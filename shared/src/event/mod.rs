@@ -81,16 +81,6 @@ impl RawBatch {
         Self::from_json(&payload.to_string())
     }
 
-    /// The number of records, or 0 when `Records` is missing or not an array.
-    pub fn len(&self) -> usize {
-        self.records.as_ref().map_or(0, Vec::len)
-    }
-
-    /// True when there are no records.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The raw records. Fails, like [`records`], only when `Records` is
     /// missing or not an array.
     pub fn records(&self) -> Result<&[Box<RawValue>], EventError> {

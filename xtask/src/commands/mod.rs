@@ -5,7 +5,30 @@ pub mod demo;
 pub mod stack;
 pub mod test;
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::lambda::cargo;
+use crate::venv::Venv;
+
+/// Runs `cargo <args>` in the workspace `root` with the project's `.venv`
+/// first on `PATH` (the tests and benchmarks start moto and `cargo lambda`
+/// from it); fails, naming the command, when it does not succeed.
+pub(crate) fn cargo_with_venv(root: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new(cargo())
+        .args(args)
+        .current_dir(root)
+        .env("PATH", Venv::at(root).path_env())
+        .status()
+        .with_context(|| format!("could not run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} exited with {status}", args.join(" "));
+    }
+    Ok(())
+}
 
 /// Prints a step header.
 pub(crate) fn header(text: &str) {

@@ -2,13 +2,11 @@
 //! failing step with a message that names it.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::elapsed;
-use crate::lambda::cargo;
 use crate::stack::workspace_root;
 use crate::venv::Venv;
 
@@ -54,20 +52,7 @@ pub fn run() -> Result<()> {
 fn run_step(root: &Path, action: &Action) -> Result<()> {
     match action {
         Action::Venv => Venv::at(root).ensure(),
-        Action::Cargo(args) => {
-            let venv = Venv::at(root);
-            let status = Command::new(cargo())
-                .args(*args)
-                .current_dir(root)
-                // The tests start moto and `cargo lambda watch` from .venv.
-                .env("PATH", venv.path_env())
-                .status()
-                .with_context(|| format!("could not run cargo {}", args.join(" ")))?;
-            if !status.success() {
-                bail!("cargo {} exited with {status}", args.join(" "));
-            }
-            Ok(())
-        }
+        Action::Cargo(args) => super::cargo_with_venv(root, args),
         Action::Infra => crate::infra::check(root),
     }
 }
