@@ -41,6 +41,9 @@ pub enum Fault {
 pub enum Target {
     /// DynamoDB API calls (`X-Amz-Target: DynamoDB_20120810.*`).
     DynamoDb,
+    /// One DynamoDB operation (`X-Amz-Target: DynamoDB_20120810.<name>`), for
+    /// example `TransactWriteItems`: a schedule then counts only its calls.
+    DynamoDbOperation(&'static str),
     /// Every request.
     All,
 }
@@ -71,7 +74,7 @@ struct State {
     plan: Plan,
     rng: Mutex<u64>,
     matching: AtomicU64,
-    stats: Mutex<Stats>,
+    stats: tokio::sync::watch::Sender<Stats>,
     /// When set, requests reach the upstream one at a time (see `serializing`).
     one_at_a_time: Option<tokio::sync::Mutex<()>>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -114,7 +117,7 @@ impl FaultProxy {
             plan,
             rng: Mutex::new(seed),
             matching: AtomicU64::new(0),
-            stats: Mutex::new(Stats::default()),
+            stats: tokio::sync::watch::Sender::new(Stats::default()),
             one_at_a_time: serialize.then(|| tokio::sync::Mutex::new(())),
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
@@ -139,7 +142,15 @@ impl FaultProxy {
     }
 
     pub fn stats(&self) -> Stats {
-        *self.state.stats.lock().unwrap_or_else(|e| e.into_inner())
+        *self.state.stats.borrow()
+    }
+
+    /// Waits until the stats satisfy `condition` (for example, a slowed
+    /// request: its upstream answer is in and held back), and returns them.
+    pub async fn wait_for(&self, condition: impl FnMut(&Stats) -> bool) -> Stats {
+        let mut stats = self.state.stats.subscribe();
+        // The sender lives in `state`, which `self` keeps alive.
+        *stats.wait_for(condition).await.expect("the proxy's state outlives this call")
     }
 }
 
@@ -194,17 +205,18 @@ async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
-    let is_dynamodb = request
+    let operation = request
         .headers()
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("DynamoDB_20120810."));
+        .and_then(|t| t.strip_prefix("DynamoDB_20120810."));
     let matches = match state.target {
-        Target::DynamoDb => is_dynamodb,
+        Target::DynamoDb => operation.is_some(),
+        Target::DynamoDbOperation(name) => operation == Some(name),
         Target::All => true,
     };
     let fault = choose(&state, matches);
-    let bump = |f: fn(&mut Stats)| f(&mut state.stats.lock().unwrap_or_else(|e| e.into_inner()));
+    let bump = |f: fn(&mut Stats)| state.stats.send_modify(f);
     match fault {
         Some(Fault::Throttle) => {
             bump(|s| s.throttled += 1);

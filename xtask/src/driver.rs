@@ -50,8 +50,6 @@ const SQS_MAX_MESSAGES: usize = 10;
 /// Pause between rounds in which no poller found anything: the emulator has
 /// no push API, so a poller can only ask again.
 const IDLE_POLL: Duration = Duration::from_millis(200);
-/// The DynamoDB Streams API version of `X-Amz-Target`.
-const STREAMS_TARGET_PREFIX: &str = "DynamoDBStreams_20120810";
 
 /// What one poller has done so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,7 +91,6 @@ pub struct Driver<'a> {
     lambda: &'a Lambda,
     sqs: Vec<SqsPoller>,
     streams: Vec<StreamPoller>,
-    http: reqwest::Client,
     request_seq: u64,
 }
 
@@ -160,7 +157,7 @@ impl<'a> Driver<'a> {
                 MappingSource::Table { table } => streams.push(stream_poller(stack, m, table)?),
             }
         }
-        Ok(Self { stack, lambda, sqs, streams, http: reqwest::Client::new(), request_seq: 0 })
+        Ok(Self { stack, lambda, sqs, streams, request_seq: 0 })
     }
 
     /// Per-mapping statistics, by label (`function <- source`).
@@ -309,7 +306,7 @@ impl<'a> Driver<'a> {
 
     async fn poll_stream(&mut self, index: usize, progress: &mut dyn FnMut(&InvocationReport)) -> Result<bool> {
         let arn = self.streams[index].stream_arn.clone();
-        let description = match self.streams_call("DescribeStream", json!({ "StreamArn": arn })).await {
+        let description = match self.stack.streams_call("DescribeStream", json!({ "StreamArn": arn })).await {
             Ok(d) => d,
             // The table (and with it the stream) was deleted: nothing to
             // read, as for a mapping whose source is gone. Tests delete
@@ -364,11 +361,12 @@ impl<'a> Driver<'a> {
         if let Some(s) = sequence {
             request["SequenceNumber"] = json!(s);
         }
-        let iterator = self.streams_call("GetShardIterator", request).await?;
+        let iterator = self.stack.streams_call("GetShardIterator", request).await?;
         let Some(iterator) = iterator.get("ShardIterator").and_then(Value::as_str) else {
             return Ok(false);
         };
-        let page = self.streams_call("GetRecords", json!({ "ShardIterator": iterator, "Limit": state.limit })).await?;
+        let page =
+            self.stack.streams_call("GetRecords", json!({ "ShardIterator": iterator, "Limit": state.limit })).await?;
         let records: Vec<Value> = page.get("Records").and_then(Value::as_array).cloned().unwrap_or_default();
         if records.is_empty() {
             if page.get("NextShardIterator").is_none_or(Value::is_null) {
@@ -528,34 +526,6 @@ impl<'a> Driver<'a> {
                 "streamArn": poller.stream_arn,
             }
         })
-    }
-
-    /// One DynamoDB Streams API call as raw JSON (moto routes it by the
-    /// `X-Amz-Target` prefix and the credential scope's service).
-    async fn streams_call(&self, operation: &str, body: Value) -> Result<Value> {
-        let region = &self.stack.spec.region;
-        let response = self
-            .http
-            .post(&self.stack.endpoint)
-            .header("Content-Type", "application/x-amz-json-1.0")
-            .header("X-Amz-Target", format!("{STREAMS_TARGET_PREFIX}.{operation}"))
-            .header(
-                "Authorization",
-                format!(
-                    "AWS4-HMAC-SHA256 Credential={}/20260101/{region}/dynamodb/aws4_request, SignedHeaders=host, Signature=0",
-                    crate::stack::ACCESS_KEY_ID
-                ),
-            )
-            .body(body.to_string())
-            .send()
-            .await
-            .with_context(|| format!("DynamoDB Streams {operation}"))?;
-        let status = response.status();
-        let text = response.text().await.with_context(|| format!("reading DynamoDB Streams {operation}"))?;
-        if !status.is_success() {
-            bail!("DynamoDB Streams {operation}: HTTP {status}: {text}");
-        }
-        serde_json::from_str(&text).with_context(|| format!("DynamoDB Streams {operation} returned non-JSON: {text}"))
     }
 }
 

@@ -5,15 +5,24 @@
 //! with the runtime's `{"errorType", "errorMessage"}` body and no
 //! `X-Amz-Function-Error` header (AWS answers 200 with that header). Both are
 //! read as a function error here.
+//!
+//! A crashed function ([`Lambda::kill_function`]): watch 1.9 neither answers
+//! the invocation the dead process held nor starts a new process for the
+//! next one (verified: the next invoke hangs). So the kill plays Lambda: the
+//! invocation in flight fails with `Runtime.ExitError`, and a new process of
+//! the same binary, with the environment watch gave the dead one, takes the
+//! next invocations from watch's runtime API (a fresh execution environment,
+//! cold start included).
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::process::ChildGroup;
+use crate::process::{ChildGroup, RunDir, descendants_named, kill_and_wait};
 use crate::stack::{Stack, free_port, wait_ready};
 
 /// Attempts at binding a fresh free port.
@@ -28,6 +37,10 @@ const WATCH_READY_LINE: &str = "starting Runtime server";
 const FIRST_START_ALLOWANCE: Duration = Duration::from_secs(300);
 /// AWS's header for function errors.
 const FUNCTION_ERROR_HEADER: &str = "x-amz-function-error";
+/// Lambda's error type for an invocation whose runtime process died.
+pub const RUNTIME_EXIT_ERROR: &str = "Runtime.ExitError";
+/// How long a SIGKILLed process may take to die.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The outcome of one synchronous invocation.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +58,11 @@ pub struct Lambda {
     http: reqwest::Client,
     child: ChildGroup,
     env_file: PathBuf,
+    /// Function processes started in place of killed ones.
+    respawned: Mutex<Vec<ChildGroup>>,
+    /// The last killed function, with a count of kills: wakes its invocations
+    /// in flight.
+    crashes: tokio::sync::watch::Sender<(u64, String)>,
 }
 
 impl Lambda {
@@ -95,7 +113,14 @@ impl Lambda {
             })
             .await?;
             if ready && !child.exited() {
-                return Ok(Self { port, http, child, env_file });
+                return Ok(Self {
+                    port,
+                    http,
+                    child,
+                    env_file,
+                    respawned: Mutex::new(Vec::new()),
+                    crashes: tokio::sync::watch::Sender::new((0, String::new())),
+                });
             }
             last_log = child.log_tail(20);
         }
@@ -112,9 +137,50 @@ impl Lambda {
         &self.env_file
     }
 
-    /// watch's output so far, including the functions' logs.
+    /// watch's output so far, including the functions' logs (and those of
+    /// processes started after a kill).
     pub fn log_text(&self) -> String {
-        self.child.log_text()
+        let mut text = self.child.log_text();
+        for group in self.respawned.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            text.push_str(&group.log_text());
+        }
+        text
+    }
+
+    /// Kills `function`'s process with SIGKILL, as a crash or an
+    /// out-of-memory kill would, and plays Lambda's part (see the module
+    /// documentation): its invocation in flight fails with
+    /// [`RUNTIME_EXIT_ERROR`], and a new process serves the next ones.
+    /// Fails if the function has no running process (not invoked yet).
+    pub(crate) async fn kill_function(&self, run: &RunDir, function: &str) -> Result<()> {
+        let mut ancestors = vec![self.child.pid()];
+        ancestors.extend(self.respawned.lock().unwrap_or_else(|e| e.into_inner()).iter().map(ChildGroup::pid));
+        let found: Vec<_> = ancestors.iter().flat_map(|a| descendants_named(*a, function)).collect();
+        let [process] = found.as_slice() else {
+            bail!("expected one running process of {function}, found {}: {found:?}", found.len());
+        };
+        let pid = process.pid;
+        tokio::task::spawn_blocking(move || kill_and_wait(pid, KILL_TIMEOUT)).await.context("kill task panicked")??;
+        self.crashes.send_modify(|(count, name)| {
+            *count += 1;
+            function.clone_into(name);
+        });
+        let mut respawned = self.respawned.lock().unwrap_or_else(|e| e.into_inner());
+        let name = format!("{function}-restart-{}", respawned.len() + 1);
+        let group = ChildGroup::spawn_with_exact_env(run, &name, &process.exe, &[], &process.env, &process.cwd)?;
+        respawned.push(group);
+        Ok(())
+    }
+
+    /// Resolves once `function` is killed after this call.
+    async fn killed(mut crashes: tokio::sync::watch::Receiver<(u64, String)>, function: &str) {
+        while crashes.changed().await.is_ok() {
+            if crashes.borrow_and_update().1 == function {
+                return;
+            }
+        }
+        // The sender is gone with the Lambda: never a crash.
+        std::future::pending::<()>().await;
     }
 
     pub fn log_path(&self) -> &std::path::Path {
@@ -124,6 +190,17 @@ impl Lambda {
     /// Invokes `function` synchronously with `payload` (Lambda Invoke API,
     /// `RequestResponse`).
     pub async fn invoke(&self, function: &str, payload: &Value) -> Result<Invocation> {
+        let crashes = self.crashes.subscribe();
+        tokio::select! {
+            result = self.invoke_http(function, payload) => result,
+            () = Self::killed(crashes, function) => Ok(Invocation::FunctionError {
+                error_type: RUNTIME_EXIT_ERROR.into(),
+                message: format!("{function}: Runtime exited with error: signal: killed"),
+            }),
+        }
+    }
+
+    async fn invoke_http(&self, function: &str, payload: &Value) -> Result<Invocation> {
         let url = format!("http://127.0.0.1:{}/2015-03-31/functions/{function}/invocations", self.port);
         let response = match self.http.post(&url).json(payload).send().await {
             Ok(r) => r,

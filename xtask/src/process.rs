@@ -153,13 +153,39 @@ pub struct ChildGroup {
 }
 
 impl ChildGroup {
-    /// Starts `program args` with `envs`, output appended to `<run>/<name>.log`.
+    /// Starts `program args` with our environment plus `envs`, output
+    /// appended to `<run>/<name>.log`.
     pub fn spawn(
         run: &RunDir,
         name: &str,
         program: &Path,
         args: &[String],
         envs: &[(String, String)],
+        cwd: &Path,
+    ) -> Result<Self> {
+        Self::spawn_inner(run, name, program, args, envs, false, cwd)
+    }
+
+    /// Starts `program args` with exactly the environment `envs` (which must
+    /// hold a `PATH` for the guardian's `sleep`).
+    pub fn spawn_with_exact_env(
+        run: &RunDir,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(String, String)],
+        cwd: &Path,
+    ) -> Result<Self> {
+        Self::spawn_inner(run, name, program, args, envs, true, cwd)
+    }
+
+    fn spawn_inner(
+        run: &RunDir,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(String, String)],
+        clear_env: bool,
         cwd: &Path,
     ) -> Result<Self> {
         let log = run.path().join(format!("{name}.log"));
@@ -174,7 +200,11 @@ impl ChildGroup {
 while kill -0 {owner} 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep {GUARDIAN_PERIOD_SECONDS}; done
 kill -TERM 0"#
         );
-        let child = Command::new("sh")
+        let mut command = Command::new("sh");
+        if clear_env {
+            command.env_clear();
+        }
+        let child = command
             .arg("-c")
             .arg(script)
             .arg(format!("{GUARDIAN_MARKER}{owner}"))
@@ -217,6 +247,11 @@ kill -TERM 0"#
         &self.name
     }
 
+    /// The guardian's pid: every process the program starts descends from it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Ends the group: SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&mut self) {
         if self.exited() {
@@ -244,6 +279,92 @@ impl Drop for ChildGroup {
     }
 }
 
+/// A running process as Linux's `/proc` shows it.
+#[derive(Debug, Clone)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub exe: PathBuf,
+    pub cwd: PathBuf,
+    /// `KEY=VALUE` pairs, in order.
+    pub env: Vec<(String, String)>,
+}
+
+/// Processes descending from `ancestor` whose executable's file name is
+/// `name` (zombies excluded: they have no executable).
+pub fn descendants_named(ancestor: u32, name: &str) -> Vec<ProcessInfo> {
+    let mut parent_of = std::collections::HashMap::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some(ppid) = fs::read_to_string(entry.path().join("stat")).ok().as_deref().and_then(parent_pid) {
+            parent_of.insert(pid, ppid);
+        }
+    }
+    let descends = |mut pid: u32| {
+        // Bounded: a pid cycle cannot happen, but a racing /proc read is no
+        // reason to loop forever.
+        for _ in 0..64 {
+            match parent_of.get(&pid) {
+                Some(&p) if p == ancestor => return true,
+                Some(&p) if p > 1 => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut found: Vec<ProcessInfo> = parent_of
+        .keys()
+        .filter(|pid| descends(**pid))
+        .filter_map(|&pid| {
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            (exe.file_name()? == name).then_some(())?;
+            let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+            let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let env = env
+                .split(|b| *b == 0)
+                .filter_map(|kv| {
+                    let kv = String::from_utf8_lossy(kv);
+                    kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
+                })
+                .collect();
+            Some(ProcessInfo { pid, exe, cwd, env })
+        })
+        .collect();
+    found.sort_by_key(|p| p.pid);
+    found
+}
+
+/// The parent pid from the text of `/proc/<pid>/stat` (the command name, in
+/// parentheses, may itself hold spaces and parentheses).
+fn parent_pid(stat: &str) -> Option<u32> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Sends SIGKILL to `pid` and waits until it has died (gone, or a zombie its
+/// parent has not reaped yet).
+pub fn kill_and_wait(pid: u32, timeout: Duration) -> Result<()> {
+    let status = Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(status.success(), "kill -KILL {pid} failed ({status})");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned)));
+        if state.as_deref().is_none_or(|s| s == "Z" || s == "X") {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "process {pid} still alive {timeout:?} after SIGKILL");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +385,36 @@ mod tests {
         assert!(live.exists());
         assert!(unrelated.exists());
         fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn parent_pid_reads_past_a_command_name_with_spaces_and_parentheses() {
+        assert_eq!(parent_pid("4242 (a b) c)) S 17 4242 4242 0 -1"), Some(17));
+        assert_eq!(parent_pid("garbage"), None);
+    }
+
+    #[test]
+    fn a_killed_descendant_is_found_then_dies() {
+        let root = std::env::temp_dir().join(format!("xtask-proc-test-{}", std::process::id()));
+        let run = RunDir::create(&root).unwrap();
+        // A copy of sleep under its own name: the guardian runs `sleep` too.
+        let sleeper = root.join("xtask-test-sleeper");
+        fs::copy("/usr/bin/sleep", &sleeper).unwrap();
+        let group = ChildGroup::spawn(&run, "sleeper", &sleeper, &["30".into()], &[], Path::new("/")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            let found = descendants_named(group.pid(), "xtask-test-sleeper");
+            if !found.is_empty() || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].env.iter().any(|(k, _)| k == "PATH"));
+        kill_and_wait(found[0].pid, Duration::from_secs(5)).unwrap();
+        assert!(descendants_named(group.pid(), "xtask-test-sleeper").is_empty());
+        drop(group);
+        drop(run);
+        fs::remove_dir_all(&root).unwrap();
     }
 }

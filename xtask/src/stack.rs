@@ -34,6 +34,8 @@ const MOTO_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const READY_POLL: Duration = Duration::from_millis(100);
 /// moto prints this once it has bound its port (werkzeug's banner).
 const MOTO_READY_LINE: &str = "Running on http://127.0.0.1:";
+/// The DynamoDB Streams API version of `X-Amz-Target`.
+const STREAMS_TARGET_PREFIX: &str = "DynamoDBStreams_20120810";
 /// moto's fixed account id: part of every ARN it returns.
 pub const ACCOUNT_ID: &str = "123456789012";
 /// Dummy credentials: moto accepts anything, the SDK insists on some.
@@ -103,6 +105,8 @@ pub struct Stack {
     /// Where the functions send their AWS calls, when not straight to moto
     /// (a fault-injecting proxy in front of it, in tests).
     pub function_endpoint: Option<String>,
+    /// Raw JSON calls (the Streams API: see [`Stack::streams_call`]).
+    http: reqwest::Client,
     lambda: Option<Lambda>,
     // Dropped after `lambda` (field order): functions stop before moto.
     moto: ChildGroup,
@@ -143,6 +147,7 @@ impl Stack {
             endpoint,
             resources: Resources::default(),
             function_endpoint: None,
+            http: reqwest::Client::new(),
             lambda: None,
             moto,
             run,
@@ -164,6 +169,12 @@ impl Stack {
     /// The running `cargo lambda watch`, if started.
     pub fn lambda(&self) -> Option<&Lambda> {
         self.lambda.as_ref()
+    }
+
+    /// Kills a function's process mid-invocation (SIGKILL); see
+    /// [`Lambda::kill_function`].
+    pub async fn kill_function(&self, function: &str) -> Result<()> {
+        self.lambda.as_ref().context("start the functions first")?.kill_function(&self.run, function).await
     }
 
     /// The run directory (logs).
@@ -332,6 +343,67 @@ impl Stack {
                 return Ok(items);
             }
         }
+    }
+
+    /// One DynamoDB Streams API call as raw JSON (moto routes it by the
+    /// `X-Amz-Target` prefix and the credential scope's service): records
+    /// come back in the emulator's own shape, not an SDK round-trip of it.
+    pub async fn streams_call(&self, operation: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let region = &self.spec.region;
+        let response = self
+            .http
+            .post(&self.endpoint)
+            .header("Content-Type", "application/x-amz-json-1.0")
+            .header("X-Amz-Target", format!("{STREAMS_TARGET_PREFIX}.{operation}"))
+            .header(
+                "Authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20260101/{region}/dynamodb/aws4_request, SignedHeaders=host, Signature=0",
+                ),
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .with_context(|| format!("DynamoDB Streams {operation}"))?;
+        let status = response.status();
+        let text = response.text().await.with_context(|| format!("reading DynamoDB Streams {operation}"))?;
+        if !status.is_success() {
+            bail!("DynamoDB Streams {operation}: HTTP {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("DynamoDB Streams {operation} returned non-JSON: {text}"))
+    }
+
+    /// Every record of a table's stream so far, shard by shard, each shard
+    /// in order: the order in which the table's writes happened.
+    pub async fn stream_records(&self, table_key: &str) -> Result<Vec<serde_json::Value>> {
+        use serde_json::{Value, json};
+        let arn =
+            self.resources.stream_arns.get(table_key).with_context(|| format!("table {table_key} has no stream"))?;
+        let description = self.streams_call("DescribeStream", json!({ "StreamArn": arn })).await?;
+        let shards: Vec<String> = description
+            .pointer("/StreamDescription/Shards")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.get("ShardId").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        let mut records = Vec::new();
+        for shard in shards {
+            let start = json!({ "StreamArn": arn, "ShardId": shard, "ShardIteratorType": "TRIM_HORIZON" });
+            let mut iterator = self.streams_call("GetShardIterator", start).await?.get("ShardIterator").cloned();
+            // An open shard always hands out a next iterator: its end so far
+            // is the first empty page.
+            while let Some(Value::String(it)) = iterator {
+                let page = self.streams_call("GetRecords", json!({ "ShardIterator": it, "Limit": 1000 })).await?;
+                let batch = page.get("Records").and_then(Value::as_array).cloned().unwrap_or_default();
+                if batch.is_empty() {
+                    break;
+                }
+                records.extend(batch);
+                iterator = page.get("NextShardIterator").cloned();
+            }
+        }
+        Ok(records)
     }
 
     async fn create_resources(&mut self) -> Result<()> {
