@@ -108,6 +108,29 @@ pub async fn handle_batch<S: StateStore>(
         }
     }
 
+    // FIFO: a message after a failed one in its group must not take effect
+    // before it does; it is reported failed, unprocessed (other groups go on).
+    if !failed.is_empty() && !events.is_empty() {
+        let blocked: std::collections::HashSet<String> = extend_fifo_failures(&delivered, failed.clone())
+            .into_iter()
+            .filter(|id| !failed.contains(id))
+            .collect();
+        if !blocked.is_empty() {
+            let keep: Vec<bool> = ids.iter().map(|id| !blocked.contains(id)).collect();
+            let mut flags = keep.iter();
+            events.retain(|_| *flags.next().unwrap_or(&true));
+            let mut flags = keep.iter();
+            markers.retain(|_| *flags.next().unwrap_or(&true));
+            let mut flags = keep.iter();
+            positions.retain(|_| *flags.next().unwrap_or(&true));
+            let (kept, skipped): (Vec<String>, Vec<String>) = ids.into_iter().partition(|id| !blocked.contains(id));
+            ids = kept;
+            tracing::warn!(count = skipped.len(), "FIFO messages after a failed one in their group left unprocessed");
+            summary.failed += skipped.len() as u64;
+            failed.extend(skipped);
+        }
+    }
+
     if !events.is_empty() {
         match store.apply_orders(&events, Some(&markers), None).await {
             Ok(outcomes) => {
@@ -154,9 +177,9 @@ pub async fn handle_batch<S: StateStore>(
     }
 
     // FIFO: after a failure in a message group, later messages of that group
-    // must not be acknowledged out of order. Every failure above covers whole
-    // groups' pending events together, except quarantine failures; extend
-    // failures to the later messages of each failed group.
+    // must not be acknowledged out of order: a failed transaction fails every
+    // event it held, so the later messages of each failed group (poison ones,
+    // acknowledged above) are reported too.
     let failed = extend_fifo_failures(&delivered, failed);
     summary.failed = summary.failed.max(failed.len() as u64);
     let response = finish(BatchResponse::failed(failed), records.len(), config.fail_on_all_failed)?;

@@ -188,3 +188,78 @@ async fn mixed_batch_of_every_kind_of_bad_input_applies_the_valid_and_quarantine
     }
     assert!(store.quarantined().iter().all(|q| q.raw.len() <= shared::state::MAX_QUARANTINED_RAW_BYTES));
 }
+
+/// The in-memory store, except that writing to quarantine fails as a
+/// throttled DynamoDB call would (after the SDK's retries).
+struct QuarantineThrottled(MemoryStore);
+
+impl shared::state::StateStore for QuarantineThrottled {
+    async fn apply_orders(
+        &self,
+        events: &[shared::order::OrderEvent],
+        markers: Option<&[shared::state::Marker]>,
+        manifest: Option<&shared::state::ManifestFn<'_>>,
+    ) -> Result<Vec<shared::state::Outcome>, shared::state::StoreError> {
+        self.0.apply_orders(events, markers, manifest).await
+    }
+
+    async fn apply_deltas(
+        &self,
+        records: &[shared::state::DeltaRecord],
+    ) -> (Vec<shared::state::Outcome>, Option<shared::state::StoreError>) {
+        self.0.apply_deltas(records).await
+    }
+
+    async fn get_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        revision: &str,
+    ) -> Result<Option<shared::state::Manifest>, shared::state::StoreError> {
+        self.0.get_manifest(bucket, key, revision).await
+    }
+
+    async fn quarantine(&self, _: &[shared::state::Quarantined]) -> Result<(), shared::state::StoreError> {
+        Err(shared::state::StoreError::Dynamo {
+            operation: "BatchWriteItem",
+            table: "state".into(),
+            message: "ProvisionedThroughputExceededException".into(),
+            class: shared::state::ErrorClass::Transient,
+        })
+    }
+}
+
+fn fifo_record(id: &str, group: &str, body: &str) -> Value {
+    json!({
+        "messageId": id, "receiptHandle": format!("rh-{id}"), "body": body,
+        "attributes": {"MessageGroupId": group, "ApproximateReceiveCount": "1"},
+        "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:orders.fifo",
+    })
+}
+
+fn paid(event_id: &str, order_id: &str, hour: u32) -> String {
+    json!({"eventId": event_id, "orderId": order_id, "customerId": "c-fifo", "status": "PAID",
+        "amount": "1.00", "currency": "EUR", "occurredAt": format!("2026-11-07T{hour:02}:00:00Z")})
+    .to_string()
+}
+
+#[tokio::test]
+async fn fifo_messages_after_a_failed_one_in_their_group_are_reported_unprocessed_other_groups_applied() {
+    let store = QuarantineThrottled(MemoryStore::new());
+    let event = json!({"Records": [
+        fifo_record("a1", "A", &paid("e-a1", "o-a", 10)),
+        fifo_record("b1", "B", &paid("e-b1", "o-b", 10)),
+        fifo_record("a-poison", "A", "{not json"),
+        fifo_record("a2", "A", &paid("e-a2", "o-a", 11)),
+        fifo_record("b2", "B", &paid("e-b2", "o-b", 11)),
+    ]});
+    let (response, summary) = handle(&store, &config(), &event).await.unwrap();
+    let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+    // The poison message could not be quarantined: it and the later message
+    // of its group are retried; a1 (before it) and group B take effect.
+    assert_eq!(failed, ["a-poison", "a2"]);
+    assert_eq!(summary.failed, 2);
+    let orders = store.0.orders();
+    assert_eq!(orders["o-a"].last_event_id, "e-a1", "a2 must not take effect before the poison message is dealt with");
+    assert_eq!(orders["o-b"].last_event_id, "e-b2");
+}
