@@ -13,7 +13,14 @@
 //! received `maxReceiveCount` times (verified with moto 5.2.5, so the driver
 //! does not redrive). FIFO: moto returns a group's messages in order and
 //! withholds a group while any of its messages is in flight (verified), as SQS
-//! does, so a failed message blocks only its own group.
+//! does, so a failed message blocks only its own group. One moto 5.2.5 bug is
+//! worked around: when several messages of a group time out together, its
+//! receive releases them from its in-flight set one at a time while scanning
+//! and so returns the group's *last* message first (seen: a failed `[p, a3,
+//! a4]` came back as `[a4]`, then `[p, a3]`). Once their visibility timeout
+//! has passed, the driver marks a FIFO batch's failed messages visible itself
+//! (`ChangeMessageVisibility` 0, what SQS's own clock does), so moto returns
+//! them in order.
 //!
 //! DynamoDB Streams (<https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-batchfailurereporting.html>):
 //! each shard is read in order from a checkpoint. Records are fetched with
@@ -37,7 +44,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName,
+};
 use serde_json::{Value, json};
 
 use crate::filter::{Pattern, passes};
@@ -102,6 +111,10 @@ struct SqsPoller {
     arn: String,
     batch_size: usize,
     report_failures: bool,
+    /// FIFO only: failed messages' receipt handles, with the time their
+    /// visibility timeout ends (see the module documentation).
+    to_release: Vec<(Instant, String)>,
+    visibility_timeout: Duration,
     stats: MappingStats,
 }
 
@@ -152,6 +165,8 @@ impl<'a> Driver<'a> {
                     arn: stack.queue_arn(queue)?.to_owned(),
                     batch_size: m.batch_size,
                     report_failures: m.report_batch_item_failures,
+                    to_release: Vec::new(),
+                    visibility_timeout: Duration::from_secs(stack.spec.local.visibility_timeout_seconds),
                     stats: MappingStats::default(),
                 }),
                 MappingSource::Table { table } => streams.push(stream_poller(stack, m, table)?),
@@ -215,6 +230,7 @@ impl<'a> Driver<'a> {
     }
 
     async fn poll_sqs(&mut self, index: usize, progress: &mut dyn FnMut(&InvocationReport)) -> Result<bool> {
+        self.release_timed_out(index).await?;
         let sqs = &self.stack.sqs;
         let poller = &self.sqs[index];
         let mut messages: Vec<Message> = Vec::new();
@@ -239,6 +255,8 @@ impl<'a> Driver<'a> {
         if messages.is_empty() {
             return Ok(false);
         }
+        // After every receive: no message's timeout ends before this plus it.
+        let received_at = Instant::now();
         let region = &self.stack.spec.region;
         let records: Vec<Value> = messages.iter().map(|m| sqs_record(m, &poller.arn, region)).collect();
         let event = json!({ "Records": records });
@@ -286,6 +304,15 @@ impl<'a> Driver<'a> {
             }
         }
         let poller = &mut self.sqs[index];
+        if self.stack.spec.queue(&poller.queue_key)?.fifo {
+            let visible_again = received_at + poller.visibility_timeout;
+            poller.to_release.extend(
+                messages
+                    .iter()
+                    .filter(|m| failed.contains(m.message_id().unwrap_or_default()))
+                    .filter_map(|m| Some((visible_again, m.receipt_handle()?.to_owned()))),
+            );
+        }
         poller.stats.invocations += 1;
         poller.stats.records += messages.len() as u64;
         poller.stats.deleted += to_delete.len() as u64;
@@ -302,6 +329,39 @@ impl<'a> Driver<'a> {
             sent_to_on_failure: false,
         });
         Ok(true)
+    }
+
+    /// Marks the FIFO messages whose visibility timeout has passed visible
+    /// (see the module documentation). A message that has since gone (to the
+    /// dead-letter queue) is no error.
+    async fn release_timed_out(&mut self, index: usize) -> Result<()> {
+        let poller = &mut self.sqs[index];
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = poller.to_release.drain(..).partition(|(at, _)| *at <= now);
+        poller.to_release = later;
+        for chunk in due.chunks(SQS_MAX_MESSAGES) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (_, handle))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .visibility_timeout(0)
+                        .build()
+                        .context("visibility entry")
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.stack
+                .sqs
+                .change_message_visibility_batch()
+                .queue_url(&poller.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .with_context(|| format!("releasing timed-out messages of queue {}", poller.queue_key))?;
+        }
+        Ok(())
     }
 
     async fn poll_stream(&mut self, index: usize, progress: &mut dyn FnMut(&InvocationReport)) -> Result<bool> {

@@ -111,10 +111,8 @@ pub async fn handle_batch<S: StateStore>(
     // FIFO: a message after a failed one in its group must not take effect
     // before it does; it is reported failed, unprocessed (other groups go on).
     if !failed.is_empty() && !events.is_empty() {
-        let blocked: std::collections::HashSet<String> = extend_fifo_failures(&delivered, failed.clone())
-            .into_iter()
-            .filter(|id| !failed.contains(id))
-            .collect();
+        let blocked: std::collections::HashSet<String> =
+            extend_fifo_failures(&delivered, failed.clone()).into_iter().filter(|id| !failed.contains(id)).collect();
         if !blocked.is_empty() {
             let keep: Vec<bool> = ids.iter().map(|id| !blocked.contains(id)).collect();
             let mut flags = keep.iter();
