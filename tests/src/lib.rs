@@ -52,6 +52,14 @@ pub async fn state_item(stack: &Stack, pk: &str, sk: &str) -> Result<Option<Item
     Ok(out.item().cloned())
 }
 
+/// Writes an item to the state table (as a function would: its stream
+/// carries the change).
+pub async fn put_state_item(stack: &Stack, item: Item) -> Result<()> {
+    let table = &stack.spec.table("state")?.name;
+    stack.dynamodb.put_item().table_name(table).set_item(Some(item)).send().await.context("PutItem")?;
+    Ok(())
+}
+
 /// Items of the state table whose `pk` starts with `prefix`.
 pub async fn state_items_with_prefix(stack: &Stack, prefix: &str) -> Result<Vec<Item>> {
     Ok(stack
@@ -97,6 +105,28 @@ pub fn totals(item: &Item) -> Result<std::collections::BTreeMap<String, rust_dec
             .collect(),
         other => bail!("attribute totals is not a map (M): {other:?}"),
     }
+}
+
+/// An order item of the state table as the functions write it (one applied
+/// event: `lastEventId` `e-<order id>`, version 1, occurred 2026-11-01 10:00).
+pub fn order_item(order_id: &str, customer_id: &str, status: &str, amount: &str, currency: &str) -> Item {
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    [
+        ("pk", s(&format!("ORDER#{order_id}"))),
+        ("sk", s("ORDER")),
+        ("entity", s("order")),
+        ("orderId", s(order_id)),
+        ("customerId", s(customer_id)),
+        ("status", s(status)),
+        ("amount", AttributeValue::N(amount.to_owned())),
+        ("currency", s(currency)),
+        ("occurredAt", s("2026-11-01T10:00:00Z")),
+        ("lastEventId", s(&format!("e-{order_id}"))),
+        ("version", AttributeValue::N("1".into())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// Messages in a queue (visible, in flight or delayed).

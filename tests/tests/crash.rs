@@ -9,9 +9,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aws_sdk_dynamodb::types::AttributeValue;
 use integration_tests::fault_proxy::{Fault, FaultProxy, Plan, Target};
-use integration_tests::{DRAIN_TIMEOUT, Item, dec, depth, n, s, state_item, state_items_with_prefix, totals};
+use integration_tests::{
+    DRAIN_TIMEOUT, dec, depth, n, order_item, put_state_item, s, state_item, state_items_with_prefix, totals,
+};
 use serde_json::Value;
 use xtask::driver::InvocationReport;
 use xtask::lambda::RUNTIME_EXIT_ERROR;
@@ -146,34 +147,17 @@ async fn s3_ingest_killed_after_its_first_chunk_resumes_from_the_checkpoint() ->
     Ok(())
 }
 
-fn order_item(i: usize) -> Item {
-    let s = |v: String| AttributeValue::S(v);
-    [
-        ("pk", s(format!("ORDER#o-{i}"))),
-        ("sk", s("ORDER".into())),
-        ("entity", s("order".into())),
-        ("orderId", s(format!("o-{i}"))),
-        ("customerId", s(format!("c-{}", i % 3))),
-        ("status", s("PAID".into())),
-        ("amount", AttributeValue::N(format!("{i}.50"))),
-        ("currency", s("EUR".into())),
-        ("occurredAt", s("2026-11-29T10:00:00Z".into())),
-        ("lastEventId", s(format!("e-{i}"))),
-        ("version", AttributeValue::N("1".into())),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_aggregator_killed_after_its_first_chunk_is_retried_to_the_same_totals() -> Result<()> {
     let (stack, proxy) = stack_holding_the_first_commit().await?;
-    let table = stack.spec.table("state")?.name.clone();
     // 150 stream records: a batch of 100 commits in chunks of 97 markers and
     // the 3 customers; the kill comes after the first chunk.
     for i in 0..150 {
-        stack.dynamodb.put_item().table_name(&table).set_item(Some(order_item(i))).send().await?;
+        put_state_item(
+            &stack,
+            order_item(&format!("o-{i}"), &format!("c-{}", i % 3), "PAID", &format!("{i}.50"), "EUR"),
+        )
+        .await?;
     }
     let reports = drain_killing(&stack, &proxy, "stream-aggregator").await?;
 

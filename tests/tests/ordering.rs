@@ -5,9 +5,8 @@
 //! table's own DynamoDB stream.
 
 use anyhow::{Context, Result};
-use aws_sdk_dynamodb::types::AttributeValue;
 use integration_tests::fault_proxy::{Fault, FaultProxy, Plan, Target};
-use integration_tests::{DRAIN_TIMEOUT, Item, dec, n, state_item, totals};
+use integration_tests::{DRAIN_TIMEOUT, dec, n, order_item, put_state_item, state_item, totals};
 use serde_json::Value;
 use xtask::driver::InvocationReport;
 use xtask::{Driver, Stack};
@@ -139,28 +138,6 @@ async fn fifo_groups_take_effect_in_group_order_when_a_message_fails_mid_batch()
     Ok(())
 }
 
-/// An order item as the functions write it, for customer `c-NNN`
-/// (zero-padded: customers sort as the records do).
-fn order_item(i: usize) -> Item {
-    let s = |v: String| AttributeValue::S(v);
-    [
-        ("pk", s(format!("ORDER#o-{i:03}"))),
-        ("sk", s("ORDER".into())),
-        ("entity", s("order".into())),
-        ("orderId", s(format!("o-{i:03}"))),
-        ("customerId", s(format!("c-{i:03}"))),
-        ("status", s("PAID".into())),
-        ("amount", AttributeValue::N(format!("{}", i + 1))),
-        ("currency", s("EUR".into())),
-        ("occurredAt", s("2026-11-29T10:00:00Z".into())),
-        ("lastEventId", s(format!("e-{i:03}"))),
-        ("version", AttributeValue::N("1".into())),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_records_take_effect_in_shard_order_when_a_chunk_fails() -> Result<()> {
     // 150 records, one customer each: a batch of 100 commits in two chunks of
@@ -169,10 +146,13 @@ async fn stream_records_take_effect_in_shard_order_when_a_chunk_fails() -> Resul
     // fails on the next (a failure in the middle of a batch).
     let failing = (0..SDK_ATTEMPTS).chain(SDK_ATTEMPTS + 1..2 * SDK_ATTEMPTS + 1);
     let (stack, proxy) = stack_failing("TransactWriteItems", failing).await?;
-    let table = stack.spec.table("state")?.name.clone();
     let records = 150;
     for i in 0..records {
-        stack.dynamodb.put_item().table_name(&table).set_item(Some(order_item(i))).send().await?;
+        put_state_item(
+            &stack,
+            order_item(&format!("o-{i:03}"), &format!("c-{i:03}"), "PAID", &(i + 1).to_string(), "EUR"),
+        )
+        .await?;
     }
     let reports = drain(&stack).await?;
     // The customers' totals writes, in the order they reached the table.

@@ -4,41 +4,18 @@
 //! customer totals read back.
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::{dec, depth, drain, n, s, stack_with_functions, state_item, state_items_with_prefix, totals};
-use xtask::Stack;
-
-fn order_item(order_id: &str, status: &str, amount: &str, currency: &str) -> integration_tests::Item {
-    let s = |v: &str| AttributeValue::S(v.to_owned());
-    [
-        ("pk", s(&format!("ORDER#{order_id}"))),
-        ("sk", s("ORDER")),
-        ("entity", s("order")),
-        ("orderId", s(order_id)),
-        ("customerId", s("c-stream")),
-        ("status", s(status)),
-        ("amount", AttributeValue::N(amount.to_owned())),
-        ("currency", s(currency)),
-        ("occurredAt", s("2026-11-01T10:00:00Z")),
-        ("lastEventId", s(&format!("e-{order_id}"))),
-        ("version", AttributeValue::N("1".into())),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
-async fn put(stack: &Stack, item: integration_tests::Item) -> anyhow::Result<()> {
-    stack.dynamodb.put_item().table_name(&stack.spec.table("state")?.name).set_item(Some(item)).send().await?;
-    Ok(())
-}
+use integration_tests::{
+    dec, depth, drain, n, order_item, put_state_item, s, stack_with_functions, state_item, state_items_with_prefix,
+    totals,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_records_of_orders_become_customer_totals() -> anyhow::Result<()> {
     let stack = stack_with_functions().await?;
     let table = stack.spec.table("state")?.name.clone();
-    put(&stack, order_item("o-s1", "PAID", "10.00", "USD")).await?;
-    put(&stack, order_item("o-s2", "PLACED", "5", "EUR")).await?;
-    put(&stack, order_item("o-s3", "CANCELLED", "7.00", "USD")).await?;
+    put_state_item(&stack, order_item("o-s1", "c-stream", "PAID", "10.00", "USD")).await?;
+    put_state_item(&stack, order_item("o-s2", "c-stream", "PLACED", "5", "EUR")).await?;
+    put_state_item(&stack, order_item("o-s3", "c-stream", "CANCELLED", "7.00", "USD")).await?;
     // Created by UpdateItem, as the functions write orders: moto emits an extra
     // key-only INSERT for it, which the driver must not pass on as an order.
     stack
@@ -63,10 +40,10 @@ async fn stream_records_of_orders_become_customer_totals() -> anyhow::Result<()>
         .send()
         .await?;
     // Not an order (sk != ORDER): the mapping's filter drops it.
-    let mut other = order_item("x", "PAID", "1000", "USD");
+    let mut other = order_item("x", "c-stream", "PAID", "1000", "USD");
     other.insert("pk".into(), AttributeValue::S("OBJECT#bucket/key".into()));
     other.insert("sk".into(), AttributeValue::S("etag".into()));
-    put(&stack, other).await?;
+    put_state_item(&stack, other).await?;
     drain(&stack).await?;
 
     let t = state_item(&stack, "CUSTOMER#c-stream", "TOTALS").await?.expect("customer totals written");
@@ -77,7 +54,7 @@ async fn stream_records_of_orders_become_customer_totals() -> anyhow::Result<()>
     assert_eq!(sums.get("EUR"), Some(&dec("5.25")));
 
     // A MODIFY: o-s2 is cancelled, its contribution leaves the totals.
-    put(&stack, order_item("o-s2", "CANCELLED", "5", "EUR")).await?;
+    put_state_item(&stack, order_item("o-s2", "c-stream", "CANCELLED", "5", "EUR")).await?;
     drain(&stack).await?;
     let t = state_item(&stack, "CUSTOMER#c-stream", "TOTALS").await?.expect("customer totals kept");
     assert_eq!(n(&t, "orderCount")?, dec("2"));
