@@ -148,32 +148,40 @@ async fn objects_interrupted_by_the_deadline_resume_to_exactly_one_clean_pass() 
     let body = orders_body(400);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&body)?;
-    for (key, bytes) in [("incoming/big.ndjson", body.clone()), ("incoming/big.ndjson.gz", gz.finish()?)] {
-        // The clean pass and the interrupted one, each on its own stack.
-        let clean = integration_tests::Stack::start().await?;
-        let event = upload(&clean, key, bytes.clone()).await?;
-        assert!(Ingest::new(&clean)?.invoke(&event, &s3_ingest::Deadline::None).await?, "{key}: one clean pass");
+    // The two objects side by side: each waits mostly on its own emulators.
+    tokio::try_join!(
+        interrupted_pass_matches_a_clean_one("incoming/big.ndjson", body),
+        interrupted_pass_matches_a_clean_one("incoming/big.ndjson.gz", gz.finish()?),
+    )?;
+    Ok(())
+}
 
-        let interrupted = integration_tests::Stack::start().await?;
-        let event = upload(&interrupted, key, bytes).await?;
-        let ingest = Ingest::new(&interrupted)?;
-        let mut invocations = 0;
-        // Two deadline checks per invocation: the message, then one chunk.
-        while !ingest.invoke(&event, &s3_ingest::Deadline::after_chunks(2)).await? {
-            invocations += 1;
-            assert!(invocations < 50, "{key}: no progress");
-        }
-        assert!(invocations >= 3, "{key}: interrupted only {invocations} times");
+/// Ingests the object `key` once cleanly and once interrupted by the deadline
+/// after every chunk, each on its own stack, and compares the results.
+async fn interrupted_pass_matches_a_clean_one(key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+    let clean = integration_tests::Stack::start().await?;
+    let event = upload(&clean, key, bytes.clone()).await?;
+    assert!(Ingest::new(&clean)?.invoke(&event, &s3_ingest::Deadline::None).await?, "{key}: one clean pass");
 
-        let (clean_orders, clean_manifest) = outcome(&clean).await?;
-        let (orders, manifest) = outcome(&interrupted).await?;
-        assert_eq!(orders.len(), 150, "{key}");
-        assert_eq!(orders, clean_orders, "{key}: the orders of one clean pass");
-        for field in ["status", "lines", "accepted", "stale", "duplicates", "rejected"] {
-            assert_eq!(manifest.get(field), clean_manifest.get(field), "{key}: manifest {field}");
-        }
-        assert_eq!(n(&manifest, "lines")?, dec("400"));
+    let interrupted = integration_tests::Stack::start().await?;
+    let event = upload(&interrupted, key, bytes).await?;
+    let ingest = Ingest::new(&interrupted)?;
+    let mut invocations = 0;
+    // Two deadline checks per invocation: the message, then one chunk.
+    while !ingest.invoke(&event, &s3_ingest::Deadline::after_chunks(2)).await? {
+        invocations += 1;
+        assert!(invocations < 50, "{key}: no progress");
     }
+    assert!(invocations >= 3, "{key}: interrupted only {invocations} times");
+
+    let (clean_orders, clean_manifest) = outcome(&clean).await?;
+    let (orders, manifest) = outcome(&interrupted).await?;
+    assert_eq!(orders.len(), 150, "{key}");
+    assert_eq!(orders, clean_orders, "{key}: the orders of one clean pass");
+    for field in ["status", "lines", "accepted", "stale", "duplicates", "rejected"] {
+        assert_eq!(manifest.get(field), clean_manifest.get(field), "{key}: manifest {field}");
+    }
+    assert_eq!(n(&manifest, "lines")?, dec("400"));
     Ok(())
 }
 
