@@ -338,7 +338,12 @@ pub fn descendants_named(ancestor: u32, name: &str) -> Vec<ProcessInfo> {
 /// The parent pid from the text of `/proc/<pid>/stat` (the command name, in
 /// parentheses, may itself hold spaces and parentheses).
 fn parent_pid(stat: &str) -> Option<u32> {
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(stat)?.nth(1)?.parse().ok()
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, ...
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat.rsplit_once(')')?.1.split_whitespace())
 }
 
 /// Sends SIGKILL to `pid` and waits until it has died (gone, or a zombie its
@@ -356,7 +361,7 @@ pub fn kill_and_wait(pid: u32, timeout: Duration) -> Result<()> {
     loop {
         let state = fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned)));
+            .and_then(|s| stat_fields(&s)?.next().map(str::to_owned));
         if state.as_deref().is_none_or(|s| s == "Z" || s == "X") {
             return Ok(());
         }

@@ -115,12 +115,9 @@ pub async fn handle_batch<S: StateStore>(
             extend_fifo_failures(&delivered, failed.clone()).into_iter().filter(|id| !failed.contains(id)).collect();
         if !blocked.is_empty() {
             let keep: Vec<bool> = ids.iter().map(|id| !blocked.contains(id)).collect();
-            let mut flags = keep.iter();
-            events.retain(|_| *flags.next().unwrap_or(&true));
-            let mut flags = keep.iter();
-            markers.retain(|_| *flags.next().unwrap_or(&true));
-            let mut flags = keep.iter();
-            positions.retain(|_| *flags.next().unwrap_or(&true));
+            retain_where(&mut events, &keep);
+            retain_where(&mut markers, &keep);
+            retain_where(&mut positions, &keep);
             let (kept, skipped): (Vec<String>, Vec<String>) = ids.into_iter().partition(|id| !blocked.contains(id));
             ids = kept;
             tracing::warn!(count = skipped.len(), "FIFO messages after a failed one in their group left unprocessed");
@@ -198,6 +195,12 @@ fn key_of(
         }
         _ => keys.sqs(source, message),
     }
+}
+
+/// Keeps the items of `items` whose flag in `keep` (same positions) is set.
+fn retain_where<T>(items: &mut Vec<T>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    items.retain(|_| flags.next().copied().unwrap_or(true));
 }
 
 /// Adds, for each FIFO message group with a failed message, every later
