@@ -52,9 +52,11 @@ pub fn invoke(runtime: &tokio::runtime::Runtime, function: Function, config: &Co
         return 0;
     };
     let result = match function {
-        Function::SqsConsumer => runtime.block_on(sqs_consumer::handle_batch(&store, config, &payload)).map(|(_, s)| s),
+        Function::SqsConsumer => {
+            runtime.block_on(sqs_consumer::handle_batch(&store, config, &payload, None)).map(|(_, s)| s)
+        }
         Function::StreamAggregator => {
-            runtime.block_on(stream_aggregator::handle_batch(&store, config, &payload)).map(|(_, s)| s)
+            runtime.block_on(stream_aggregator::handle_batch(&store, config, &payload, None)).map(|(_, s)| s)
         }
     };
     result.map_or(0, |s| s.total())

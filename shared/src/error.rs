@@ -3,60 +3,7 @@
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
-pub use crate::state::ErrorClass;
-
-/// Error codes AWS services return for conditions that pass with time:
-/// throttling, capacity, conflicts and server faults.
-/// <https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html>
-const TRANSIENT_CODES: &[&str] = &[
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "Throttling",
-    "ThrottledException",
-    "RequestLimitExceeded",
-    "RequestThrottled",
-    "SlowDown",
-    "InternalServerError",
-    "InternalFailure",
-    "InternalError",
-    "ServiceUnavailable",
-    "TransactionConflict",
-    "TransactionConflictException",
-    "TransactionInProgressException",
-    "ItemCollectionSizeLimitExceededException",
-    "RequestTimeout",
-    "RequestTimeoutException",
-];
-
-/// Codes that mean nothing this function does can succeed.
-const FATAL_CODES: &[&str] = &[
-    "ResourceNotFoundException",
-    "AccessDeniedException",
-    "AccessDenied",
-    "UnrecognizedClientException",
-    "InvalidClientTokenId",
-    "NoSuchBucket",
-    "AWS.SimpleQueueService.NonExistentQueue",
-    "QueueDoesNotExist",
-];
-
-/// Classifies a service response by its error code and HTTP status.
-pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorClass {
-    if let Some(code) = code {
-        if TRANSIENT_CODES.contains(&code) {
-            return ErrorClass::Transient;
-        }
-        if FATAL_CODES.contains(&code) {
-            return ErrorClass::Fatal;
-        }
-    }
-    match status {
-        Some(429) | Some(500..=599) => ErrorClass::Transient,
-        Some(403) => ErrorClass::Fatal,
-        _ if code.is_none() => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
-    }
-}
+pub use shared_core::error::{ErrorClass, classify_code};
 
 /// Classifies any AWS SDK error: timeouts, dispatch failures (connection
 /// refused or reset) and unparseable responses are transient; service errors
@@ -72,6 +19,7 @@ pub fn classify_sdk<E: ProvideErrorMetadata, R: HttpStatus>(err: &SdkError<E, R>
 
 /// The HTTP status of a raw response (implemented for the SDK's response type).
 pub trait HttpStatus {
+    /// The response's HTTP status code.
     fn status_code(&self) -> u16;
 }
 

@@ -95,11 +95,35 @@ where
                 span.in_scope(|| tracing::error!(error = %e, "invocation failed; the whole batch will be retried"));
                 let summary = Summary { failed: batch_size as u64, ..Summary::default() };
                 invocation.finish(&summary, batch_size, &telemetry.requests, &telemetry.capacity);
-                Err(e)
+                Err(diagnostic(e))
             }
         }
     }))
     .await
+}
+
+/// The invocation's deadline from `Lambda-Runtime-Deadline-Ms`: epoch
+/// milliseconds on AWS. `cargo lambda watch` 1.9 sends a duration (600000)
+/// instead; a value too small to be a date since 2001 is taken as relative,
+/// so the local stack gets a real deadline rather than one in 1970.
+pub fn deadline(context: &Context) -> std::time::SystemTime {
+    deadline_from_header(context.deadline)
+}
+
+fn deadline_from_header(header_ms: u64) -> std::time::SystemTime {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    const EPOCH_MS_2001: u64 = 1_000_000_000_000;
+    if header_ms < EPOCH_MS_2001 {
+        SystemTime::now() + Duration::from_millis(header_ms)
+    } else {
+        UNIX_EPOCH + Duration::from_millis(header_ms)
+    }
+}
+
+/// Lambda reports the error type in the invocation result and in the
+/// function's logs; a stable name makes failed invocations easy to find.
+pub fn diagnostic(e: InvocationError) -> lambda_runtime::Diagnostic {
+    lambda_runtime::Diagnostic { error_type: InvocationError::ERROR_TYPE.into(), error_message: e.message }
 }
 
 #[cfg(test)]

@@ -1,8 +1,6 @@
 //! Lambda entry point of `s3-ingest`: wires configuration, clients and the
 //! handler once, then serves invocations.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use s3_ingest::{Deadline, Handoff};
 use shared::config::{Config, aws_sdk_config, dynamodb_client, s3_client, sqs_client};
 use shared::object::S3Source;
@@ -31,7 +29,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         None => Handoff::Retry,
     };
     serve("s3-ingest", &telemetry, |payload: serde_json::Value, context| {
-        let deadline = Deadline::At(deadline_of(context.deadline));
+        let deadline = Deadline::At(shared::runtime::deadline(&context));
         let (store, objects, handoff, config) = (&store, &objects, &handoff, &config);
         async move {
             // Boxed: the ingest future is deep, and a boxed one keeps main's small.
@@ -41,17 +39,4 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         }
     })
     .await
-}
-
-/// The invocation deadline from `Lambda-Runtime-Deadline-Ms`: epoch
-/// milliseconds on AWS. `cargo lambda watch` 1.9 sends a duration (600000)
-/// instead; a value too small to be a date since 2001 is taken as relative,
-/// so the local stack gets a real deadline rather than one in 1970.
-fn deadline_of(header_ms: u64) -> SystemTime {
-    const EPOCH_MS_2001: u64 = 1_000_000_000_000;
-    if header_ms < EPOCH_MS_2001 {
-        SystemTime::now() + Duration::from_millis(header_ms)
-    } else {
-        UNIX_EPOCH + Duration::from_millis(header_ms)
-    }
 }

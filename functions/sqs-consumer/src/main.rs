@@ -22,9 +22,12 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     )
     .with_marker_ttl(config.idempotency_ttl)
     .with_capacity_meter(telemetry.capacity.clone());
-    serve("sqs-consumer", &telemetry, |payload: RawBatch, _| {
+    serve("sqs-consumer", &telemetry, |payload: RawBatch, context| {
         let (store, config) = (&store, &config);
-        async move { sqs_consumer::handle_batch(store, config, &payload).await }
+        async move {
+            let deadline = Some(shared::runtime::deadline(&context));
+            Box::pin(sqs_consumer::handle_batch(store, config, &payload, deadline)).await
+        }
     })
     .await
 }

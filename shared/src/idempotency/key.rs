@@ -14,81 +14,40 @@
 //! Identities longer than [`MAX_IDENTITY_BYTES`] are replaced by their SHA-256
 //! (DynamoDB keys are limited to 2048 bytes; object keys alone may take 1024).
 
-use std::str::FromStr;
-
-use sha2::{Digest, Sha256};
-
 use crate::event::s3::ObjectRef;
 use crate::event::{sqs, stream};
 
-/// Longest identity kept readable in a key.
-pub const MAX_IDENTITY_BYTES: usize = 512;
+pub use shared_core::key::{KeyError, KeySource, Keys, MAX_IDENTITY_BYTES};
 
-/// Where an SQS message's key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// The SQS `messageId` (the default): deduplicates redeliveries of one message.
-    MessageId,
-    /// A JSON pointer into the body, such as `/eventId`: deduplicates
-    /// producers that send the same event twice.
-    BodyPointer(String),
-    /// The FIFO queue's `MessageDeduplicationId`.
-    DeduplicationId,
-}
-
-impl FromStr for KeySource {
-    type Err = KeyError;
-
-    /// `messageId`, `deduplicationId`, or a JSON pointer starting with `/`.
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        match s {
-            "messageId" => Ok(Self::MessageId),
-            "deduplicationId" => Ok(Self::DeduplicationId),
-            p if p.starts_with('/') && p.len() > 1 => Ok(Self::BodyPointer(p.to_owned())),
-            other => Err(KeyError::BadSource(other.to_owned())),
-        }
-    }
-}
-
-/// Why a record has no key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    #[error("no idempotency key: {0}")]
-    Missing(String),
-    #[error("idempotency key source {0:?} is not messageId, deduplicationId or a JSON pointer such as /eventId")]
-    BadSource(String),
-}
-
-/// Derives keys under one prefix.
+/// Derives keys under one prefix, from the identity of the toolkit's event
+/// types; [`custom`](Keys::custom) (through `Deref`) for identities of your own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
-    prefix: String,
-    allow_missing: bool,
+    keys: Keys,
+}
+
+impl std::ops::Deref for IdempotencyKey {
+    type Target = Keys;
+
+    fn deref(&self) -> &Keys {
+        &self.keys
+    }
 }
 
 impl IdempotencyKey {
     /// Keys under `prefix`. A record with no key is an error.
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into(), allow_missing: false }
+        Self { keys: Keys::new(prefix) }
     }
 
     /// Opt out explicitly: a record with no key is processed without
     /// idempotency (`Ok(None)`) instead of failing.
-    pub fn allowing_missing(mut self) -> Self {
-        self.allow_missing = true;
-        self
+    pub fn allowing_missing(self) -> Self {
+        Self { keys: self.keys.allowing_missing() }
     }
 
     fn key(&self, kind: &str, identity: &str) -> String {
-        if identity.len() > MAX_IDENTITY_BYTES {
-            format!("{}#{kind}#sha256:{}", self.prefix, super::hex(&Sha256::digest(identity.as_bytes())))
-        } else {
-            format!("{}#{kind}#{identity}", self.prefix)
-        }
-    }
-
-    fn missing(&self, why: String) -> Result<Option<String>, KeyError> {
-        if self.allow_missing { Ok(None) } else { Err(KeyError::Missing(why)) }
+        self.keys.custom(kind, identity)
     }
 
     /// The key of an S3 object revision.
@@ -102,7 +61,7 @@ impl IdempotencyKey {
                 let sequencer = sequencer.as_deref().unwrap_or("");
                 Ok(Some(self.key("s3", &format!("{base}/{e_tag}/{sequencer}"))))
             }
-            (None, _) => self.missing(format!("{} has neither versionId nor eTag", object.uri())),
+            (None, _) => self.keys.missing(format!("{} has neither versionId nor eTag", object.uri())),
         }
     }
 
@@ -112,7 +71,7 @@ impl IdempotencyKey {
             KeySource::MessageId => Ok(Some(self.key("sqs", &message.message_id))),
             KeySource::DeduplicationId => match &message.deduplication_id {
                 Some(id) => Ok(Some(self.key("sqs-dedup", id))),
-                None => self.missing(format!(
+                None => self.keys.missing(format!(
                     "message {} has no MessageDeduplicationId (not from a FIFO queue?)",
                     message.message_id
                 )),
@@ -124,7 +83,7 @@ impl IdempotencyKey {
                 match value {
                     Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(self.sqs_body_string(pointer, &s))),
                     Some(v @ serde_json::Value::Number(_)) => Ok(Some(self.key("sqs-body", &format!("{pointer}={v}")))),
-                    _ => self.missing(format!(
+                    _ => self.keys.missing(format!(
                         "message {} has no string or number at {pointer} in its body",
                         message.message_id
                     )),
@@ -137,13 +96,13 @@ impl IdempotencyKey {
     /// the string `value`: for handlers that have already parsed the body and
     /// read that field, so the body is not parsed a second time.
     pub fn sqs_body_string(&self, pointer: &str, value: &str) -> String {
-        self.key("sqs-body", &format!("{pointer}={value}"))
+        self.keys.body_string(pointer, value)
     }
 
     /// The key of a DynamoDB stream record.
     pub fn stream(&self, record: &stream::Record) -> Result<Option<String>, KeyError> {
         if record.event_id.is_empty() {
-            return self.missing("stream record has no eventID".into());
+            return self.keys.missing("stream record has no eventID".into());
         }
         Ok(Some(self.key("ddb-stream", &record.event_id)))
     }

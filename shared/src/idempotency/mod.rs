@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
 pub use key::{IdempotencyKey, KeyError, KeySource};
 
@@ -247,17 +246,7 @@ pub fn in_progress_expiry(deadline: Option<SystemTime>, now: SystemTime) -> i64 
 
 /// SHA-256 of a payload, hex: the `validation` attribute.
 pub fn payload_hash(payload: &[u8]) -> String {
-    hex(&Sha256::digest(payload))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
+    shared_core::key::fingerprint(payload)
 }
 
 pub(crate) fn epoch_seconds(t: SystemTime) -> i64 {

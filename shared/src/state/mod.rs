@@ -19,20 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::order::{CustomerTotals, OrderEvent};
 
-/// What a write did to one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The record's effect was committed now.
-    Applied,
-    /// An order event older than the stored state: counted, not applied.
-    Stale,
-    /// The record's effect had already been committed.
-    Duplicate,
-    /// The record's idempotency key was used before with a different payload:
-    /// nothing was applied; the record is quarantined by the caller.
-    KeyReused,
-}
+pub use shared_core::batch::Outcome;
+pub use shared_core::error::ErrorClass;
 
 /// An idempotency marker: written in the same transaction as the effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,17 +157,6 @@ pub enum StoreError {
     Contention { attempts: u32, message: String },
 }
 
-/// How an error should be handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Retry later: throttling, timeouts, 5xx, conflicts.
-    Transient,
-    /// The request itself is wrong; retrying cannot help.
-    Permanent,
-    /// Nothing can work: missing table, no permission.
-    Fatal,
-}
-
 impl StoreError {
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -224,59 +201,31 @@ pub trait StateStore: Send + Sync {
     fn quarantine(&self, records: &[Quarantined]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// Orders per transaction group: DynamoDB allows one action per item per
-/// transaction, so events on one order are pre-combined before this count.
-pub(crate) fn combine_orders(events: &[OrderEvent]) -> (Vec<usize>, Vec<Option<Outcome>>) {
-    // For each order, the index of the event with the greatest apply key; the
-    // others are decided here: stale against it, or duplicates of it.
-    let mut winners: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, event) in events.iter().enumerate() {
-        winners
-            .entry(&event.order_id)
-            .and_modify(|w| {
-                if crate::order::event_key(event) > crate::order::event_key(&events[*w]) {
-                    *w = i;
-                }
-            })
-            .or_insert(i);
-    }
-    let mut decided = vec![None; events.len()];
-    let winner_set: std::collections::BTreeSet<usize> = winners.values().copied().collect();
-    for (i, event) in events.iter().enumerate() {
-        if winner_set.contains(&i) {
-            continue;
-        }
-        let w = &events[winners[event.order_id.as_str()]];
-        decided[i] = Some(if crate::order::event_key(event) == crate::order::event_key(w) {
-            Outcome::Duplicate
-        } else {
-            Outcome::Stale
-        });
-    }
-    (winner_set.into_iter().collect(), decided)
+/// Where permanently bad records go, with their reason: the port the batch
+/// engine writes quarantine items through. Every [`StateStore`] is one.
+pub trait QuarantineStore: Send + Sync {
+    /// Writes records to quarantine (idempotent: same source and id overwrite).
+    fn write_quarantine(&self, records: &[Quarantined]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+impl<S: StateStore> QuarantineStore for S {
+    fn write_quarantine(&self, records: &[Quarantined]) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.quarantine(records)
+    }
+}
+
+pub(crate) use shared_core::order::combine as combine_orders;
 
 /// Decides events whose key repeats an earlier event's key in the same batch:
 /// duplicates, or reused keys when the payload hashes differ.
 pub(crate) fn dedupe_markers(len: usize, markers: Option<&[Marker]>) -> Vec<Option<Outcome>> {
-    let mut decided = vec![None; len];
-    if let Some(markers) = markers {
-        assert_eq!(markers.len(), len, "one marker per event");
-        let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        for (i, m) in markers.iter().enumerate() {
-            match first.get(m.key.as_str()) {
-                Some(&f) => {
-                    decided[i] = Some(if markers[f].validation == m.validation {
-                        Outcome::Duplicate
-                    } else {
-                        Outcome::KeyReused
-                    })
-                }
-                None => {
-                    first.insert(&m.key, i);
-                }
-            }
+    match markers {
+        Some(markers) => {
+            assert_eq!(markers.len(), len, "one marker per event");
+            let keys: Vec<(&str, Option<&str>)> =
+                markers.iter().map(|m| (m.key.as_str(), m.validation.as_deref())).collect();
+            shared_core::plan::repeated_keys(&keys)
         }
+        None => vec![None; len],
     }
-    decided
 }

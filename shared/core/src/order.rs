@@ -12,6 +12,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::batch::Outcome;
+
 /// Longest id accepted for `eventId`, `orderId` and `customerId`, in characters.
 pub const MAX_ID_CHARS: usize = 128;
 /// Most decimal places an amount may have (minor units of the currency).
@@ -21,9 +23,13 @@ pub const MAX_AMOUNT_SCALE: u32 = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
+    /// `PLACED`: the order exists.
     Placed,
+    /// `PAID`.
     Paid,
+    /// `SHIPPED`.
     Shipped,
+    /// `CANCELLED`: the order no longer counts in its customer's totals.
     Cancelled,
 }
 
@@ -58,12 +64,19 @@ impl fmt::Display for OrderStatus {
 /// A validated order event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderEvent {
+    /// `eventId`: unique id of this event.
     pub event_id: String,
+    /// `orderId`.
     pub order_id: String,
+    /// `customerId`.
     pub customer_id: String,
+    /// `status`.
     pub status: OrderStatus,
+    /// `amount`: exact, at most [`MAX_AMOUNT_SCALE`] decimal places.
     pub amount: Decimal,
+    /// `currency`.
     pub currency: Currency,
+    /// `occurredAt`.
     pub occurred_at: DateTime<Utc>,
 }
 
@@ -81,6 +94,7 @@ impl Currency {
         ISO_4217.binary_search(&s).ok().map(|_| Self(bytes))
     }
 
+    /// The three-letter code.
     pub fn as_str(&self) -> &str {
         // Constructed only from ASCII upper-case letters.
         std::str::from_utf8(&self.0).unwrap_or("???")
@@ -114,12 +128,23 @@ const ISO_4217: &[&str] = &[
 /// same way on every retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
+    /// Not JSON, or not a JSON object.
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
+    /// A required field is absent.
     #[error("{field}: missing")]
-    Missing { field: &'static str },
+    Missing {
+        /// The field's wire name.
+        field: &'static str,
+    },
+    /// A field breaks its rule.
     #[error("{field}: {rule}")]
-    Invalid { field: &'static str, rule: String },
+    Invalid {
+        /// The field's wire name.
+        field: &'static str,
+        /// The rule it breaks, and what it was.
+        rule: String,
+    },
 }
 
 impl ValidationError {
@@ -287,12 +312,19 @@ pub fn truncate(s: &str, max: usize) -> &str {
 /// The current state of an order, as stored in the state table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Order {
+    /// `orderId`.
     pub order_id: String,
+    /// `customerId` of the latest event.
     pub customer_id: String,
+    /// `status` of the latest event.
     pub status: OrderStatus,
+    /// `amount` of the latest event.
     pub amount: Decimal,
+    /// `currency` of the latest event.
     pub currency: Currency,
+    /// `occurredAt` of the latest event.
     pub occurred_at: DateTime<Utc>,
+    /// `lastEventId`: the latest event's id.
     pub last_event_id: String,
     /// Number of events applied to this order.
     pub version: u64,
@@ -346,7 +378,9 @@ pub fn apply(current: Option<&Order>, event: &OrderEvent) -> ApplyOutcome {
 /// A customer's running totals: order count and amount per currency.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerTotals {
+    /// Orders that count (not `CANCELLED`).
     pub order_count: i64,
+    /// Their amounts, summed per currency.
     pub totals: BTreeMap<Currency, Decimal>,
 }
 
@@ -397,6 +431,37 @@ pub fn totals_delta(old: Option<&Order>, new: Option<&Order>) -> BTreeMap<String
     }
     deltas.retain(|_, d| !d.is_zero());
     deltas
+}
+
+/// Combines events on one order before they are written: DynamoDB allows one
+/// action per item per transaction. Returns the events that win their order
+/// (the greatest apply key; to be written, in input order), and for every
+/// other event its outcome, decided here: stale against the winner, or a
+/// duplicate of it.
+pub fn combine(events: &[OrderEvent]) -> (Vec<usize>, Vec<Option<Outcome>>) {
+    // For each order, the index of the event with the greatest apply key; the
+    // others are decided here: stale against it, or duplicates of it.
+    let mut winners: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, event) in events.iter().enumerate() {
+        winners
+            .entry(&event.order_id)
+            .and_modify(|w| {
+                if event_key(event) > event_key(&events[*w]) {
+                    *w = i;
+                }
+            })
+            .or_insert(i);
+    }
+    let mut decided = vec![None; events.len()];
+    let winner_set: std::collections::BTreeSet<usize> = winners.values().copied().collect();
+    for (i, event) in events.iter().enumerate() {
+        if winner_set.contains(&i) {
+            continue;
+        }
+        let w = &events[winners[event.order_id.as_str()]];
+        decided[i] = Some(if event_key(event) == event_key(w) { Outcome::Duplicate } else { Outcome::Stale });
+    }
+    (winner_set.into_iter().collect(), decided)
 }
 
 impl Serialize for Currency {

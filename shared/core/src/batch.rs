@@ -1,4 +1,6 @@
-//! Partial batch responses and per-invocation accounting.
+//! Partial batch responses, per-record outcomes and per-invocation
+//! accounting, and the one implementation of each delivery's failure
+//! semantics ([`settle`]).
 //!
 //! SQS and DynamoDB stream mappings with `ReportBatchItemFailures` read the
 //! same response shape: `{"batchItemFailures":[{"itemIdentifier": id}]}`,
@@ -11,6 +13,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchResponse {
+    /// The records to retry; empty when the whole batch succeeded.
     pub batch_item_failures: Vec<ItemFailure>,
 }
 
@@ -18,6 +21,7 @@ pub struct BatchResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemFailure {
+    /// SQS `messageId`, or the stream record's `SequenceNumber`.
     pub item_identifier: String,
 }
 
@@ -40,6 +44,183 @@ impl BatchResponse {
     }
 }
 
+/// What committing one record's effect did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The record's effect was committed now.
+    Applied,
+    /// Older than the stored state (for orders: by the apply rule): counted,
+    /// not applied.
+    Stale,
+    /// The record's effect had already been committed.
+    Duplicate,
+    /// The record's idempotency key was used before with a different payload:
+    /// nothing was applied; the record is quarantined.
+    KeyReused,
+}
+
+/// One record of a batch as the delivery sees it: the id reported on failure
+/// and, for FIFO queues, its message group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRef {
+    /// SQS `messageId` or stream `SequenceNumber`.
+    pub id: String,
+    /// FIFO `MessageGroupId`; `None` elsewhere.
+    pub group: Option<String>,
+}
+
+/// How a source delivers batches, which decides what a failure means for the
+/// records after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// SQS standard queue: records are independent; each failed one is reported.
+    Standard,
+    /// SQS FIFO queue: after a failure in a message group, every later message
+    /// of that group is reported failed too (it must not take effect first);
+    /// other groups go on.
+    Fifo,
+    /// DynamoDB or Kinesis stream: processing stops at the first failure,
+    /// which alone is reported; Lambda retries the shard from there.
+    Stream,
+}
+
+/// Where one record of a batch ended, before the delivery's rules apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Its effect was decided: applied, stale or duplicate (a reused key is
+    /// quarantined, see [`Disposition::Quarantined`]).
+    Done(Outcome),
+    /// Not for this function (another entity, a test event): acknowledged.
+    Ignored,
+    /// Permanently bad: written to quarantine with its reason, acknowledged.
+    Quarantined,
+    /// Transient failure, with the reason: to be retried.
+    Failed(String),
+    /// Not attempted (an earlier failure in its group or shard, or the
+    /// deadline): to be retried.
+    Unprocessed(&'static str),
+}
+
+impl Disposition {
+    /// Whether the record must be retried.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Self::Failed(_) | Self::Unprocessed(_))
+    }
+}
+
+/// The partial batch response and the accounting of a batch whose records
+/// ended as `dispositions` (same positions as `records`), by the rules of
+/// `delivery`. Every record lands in exactly one counter of the summary: a
+/// record that will be delivered again counts as `failed`, whatever else it
+/// did (for FIFO, a later message of a failed group; for streams, every
+/// record from the first failure on).
+///
+/// With `fail_on_all_failed`, a batch in which nothing succeeded (for a
+/// stream: whose first record failed) fails the whole invocation instead.
+///
+/// ```
+/// use shared_core::batch::{Delivery, Disposition, Outcome, RecordRef, settle};
+///
+/// let records: Vec<RecordRef> = [("a1", "A"), ("a2", "A"), ("b1", "B")]
+///     .iter()
+///     .map(|(id, g)| RecordRef { id: (*id).into(), group: Some((*g).into()) })
+///     .collect();
+/// let ended = [
+///     Disposition::Failed("throttled".into()),
+///     Disposition::Unprocessed("an earlier message of its group failed"),
+///     Disposition::Done(Outcome::Applied),
+/// ];
+/// let (response, summary) = settle(Delivery::Fifo, &records, &ended, false).unwrap();
+/// assert_eq!(response.ids(), ["a1", "a2"]);
+/// assert_eq!((summary.failed, summary.applied), (2, 1));
+/// ```
+pub fn settle(
+    delivery: Delivery,
+    records: &[RecordRef],
+    dispositions: &[Disposition],
+    fail_on_all_failed: bool,
+) -> Result<(BatchResponse, Summary), InvocationError> {
+    debug_assert_eq!(records.len(), dispositions.len(), "one disposition per record");
+    let retried = retried(delivery, records, dispositions);
+    let mut summary = Summary::default();
+    for (disposition, retry) in dispositions.iter().zip(&retried) {
+        if *retry {
+            summary.failed += 1;
+            continue;
+        }
+        match disposition {
+            Disposition::Done(outcome) => summary.count(*outcome),
+            Disposition::Ignored => summary.ignored += 1,
+            Disposition::Quarantined => summary.quarantined += 1,
+            // A failure is always retried (see `retried`).
+            Disposition::Failed(_) | Disposition::Unprocessed(_) => summary.failed += 1,
+        }
+    }
+    let response = match delivery {
+        // Streams: the first failure only; Lambda resumes the shard from it.
+        Delivery::Stream => BatchResponse::failed(retried.iter().position(|r| *r).map(|i| records[i].id.clone())),
+        Delivery::Standard | Delivery::Fifo => BatchResponse::failed(
+            records.iter().zip(&retried).filter(|(_, r)| **r).map(|(record, _)| record.id.clone()),
+        ),
+    };
+    let nothing_succeeded = match delivery {
+        Delivery::Stream => retried.first().copied().unwrap_or(false),
+        Delivery::Standard | Delivery::Fifo => !records.is_empty() && retried.iter().all(|r| *r),
+    };
+    if fail_on_all_failed && nothing_succeeded {
+        let what = match delivery {
+            Delivery::Stream => "the first record of the shard's batch failed".to_owned(),
+            _ => format!("all {} records of the batch failed", records.len()),
+        };
+        return Err(InvocationError::new(what));
+    }
+    Ok((response, summary))
+}
+
+/// Which records the delivery will deliver again.
+fn retried(delivery: Delivery, records: &[RecordRef], dispositions: &[Disposition]) -> Vec<bool> {
+    match delivery {
+        Delivery::Standard => dispositions.iter().map(Disposition::is_failure).collect(),
+        Delivery::Fifo => {
+            let mut failed_groups: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            records
+                .iter()
+                .zip(dispositions)
+                .map(|(record, disposition)| {
+                    let group = record.group.as_deref();
+                    let blocked = group.is_some_and(|g| failed_groups.contains(g));
+                    let retry = blocked || disposition.is_failure();
+                    if retry && let Some(g) = group {
+                        failed_groups.insert(g);
+                    }
+                    retry
+                })
+                .collect()
+        }
+        Delivery::Stream => {
+            let first = dispositions.iter().position(Disposition::is_failure).unwrap_or(dispositions.len());
+            (0..dispositions.len()).map(|i| i >= first).collect()
+        }
+    }
+}
+
+/// The records that must not be attempted because an earlier record of
+/// their FIFO group (or, for streams, of the shard) already failed: for
+/// handlers that attempt records in stages, so that a later stage does not
+/// take effect before an earlier failure is retried. `failed[i]` says
+/// record `i` failed in an earlier stage.
+pub fn blocked_by_earlier_failures(delivery: Delivery, records: &[RecordRef], failed: &[bool]) -> Vec<bool> {
+    let dispositions: Vec<Disposition> =
+        failed.iter().map(|f| if *f { Disposition::Failed(String::new()) } else { Disposition::Ignored }).collect();
+    match delivery {
+        Delivery::Standard => vec![false; records.len()],
+        Delivery::Fifo | Delivery::Stream => {
+            retried(delivery, records, &dispositions).into_iter().zip(failed).map(|(r, f)| r && !*f).collect()
+        }
+    }
+}
+
 /// What happened to the records of one invocation. Every record ends in
 /// exactly one counter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,17 +240,18 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The records counted.
     pub fn total(&self) -> u64 {
         self.applied + self.stale + self.duplicate + self.quarantined + self.ignored + self.failed
     }
 
     /// Counts one store outcome.
-    pub fn count(&mut self, outcome: crate::state::Outcome) {
+    pub fn count(&mut self, outcome: Outcome) {
         match outcome {
-            crate::state::Outcome::Applied => self.applied += 1,
-            crate::state::Outcome::Stale => self.stale += 1,
-            crate::state::Outcome::Duplicate => self.duplicate += 1,
-            crate::state::Outcome::KeyReused => self.quarantined += 1,
+            Outcome::Applied => self.applied += 1,
+            Outcome::Stale => self.stale += 1,
+            Outcome::Duplicate => self.duplicate += 1,
+            Outcome::KeyReused => self.quarantined += 1,
         }
     }
 }
@@ -78,21 +260,21 @@ impl Summary {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct InvocationError {
+    /// What made the whole invocation fail.
     pub message: String,
 }
 
 impl InvocationError {
+    /// An invocation error with this message.
     pub fn new(message: impl Into<String>) -> Self {
         Self { message: message.into() }
     }
 }
 
-/// Lambda reports the error type in the invocation result and in the
-/// function's logs; a stable name makes failed invocations easy to find.
-impl From<InvocationError> for lambda_runtime::Diagnostic {
-    fn from(e: InvocationError) -> Self {
-        Self { error_type: "StreamProcessor.InvocationError".into(), error_message: e.message }
-    }
+impl InvocationError {
+    /// The error type Lambda reports for a failed invocation: a stable name
+    /// makes failed invocations easy to find in logs.
+    pub const ERROR_TYPE: &'static str = "StreamProcessor.InvocationError";
 }
 
 /// Applies the "every record failed" policy: with `fail_on_all_failed`, a
@@ -113,10 +295,16 @@ pub fn finish(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ordering {
     /// SQS standard queue: records are independent; up to `concurrency` at once.
-    Standard { concurrency: usize },
+    Standard {
+        /// Records in flight at once.
+        concurrency: usize,
+    },
     /// SQS FIFO queue: in order within a message group, groups concurrently;
     /// after a failure in a group, its later records fail unprocessed.
-    Fifo { concurrency: usize },
+    Fifo {
+        /// Message groups in flight at once.
+        concurrency: usize,
+    },
     /// DynamoDB or Kinesis stream: one at a time in order; stop at the first
     /// failure and report only it (Lambda retries the shard from there).
     Stream,
@@ -133,6 +321,7 @@ pub struct BatchRecord<T> {
     pub id: String,
     /// FIFO message group (ignored unless [`Ordering::Fifo`]).
     pub group: Option<String>,
+    /// What the handler gets.
     pub payload: T,
 }
 
@@ -150,6 +339,7 @@ pub enum RecordError {
 /// What happened to one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordOutcome {
+    /// The handler returned `Ok`.
     Succeeded,
     /// Permanent failure, with the reason to quarantine.
     Quarantine(String),
@@ -163,7 +353,9 @@ pub enum RecordOutcome {
 /// The result of a batch: outcomes in input order, and the response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchReport {
+    /// Each record's id and outcome, in input order.
     pub outcomes: Vec<(String, RecordOutcome)>,
+    /// The partial batch response.
     pub response: BatchResponse,
 }
 
@@ -174,18 +366,22 @@ type Group<T> = (Option<String>, Vec<(usize, BatchRecord<T>)>);
 /// partial batch response out.
 #[derive(Debug, Clone)]
 pub struct Processor {
+    /// How the records relate.
     pub ordering: Ordering,
     /// Records not started by `deadline - margin` are reported failed instead
     /// of being lost with the invocation's timeout.
     pub deadline: Option<std::time::SystemTime>,
+    /// How long before the deadline to stop starting records.
     pub margin: std::time::Duration,
 }
 
 impl Processor {
+    /// A processor without a deadline.
     pub fn new(ordering: Ordering) -> Self {
         Self { ordering, deadline: None, margin: std::time::Duration::ZERO }
     }
 
+    /// Stops starting records `margin` before `deadline`.
     pub fn with_deadline(mut self, deadline: std::time::SystemTime, margin: std::time::Duration) -> Self {
         self.deadline = Some(deadline);
         self.margin = margin;
@@ -333,60 +529,72 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn standard_batch_reports_transient_failures_and_panics_only() {
-        let p = Processor::new(Ordering::Standard { concurrency: 4 });
-        let report = p
-            .process(records(&[("a", None), ("bad1", None), ("flaky1", None), ("boom1", None), ("b", None)]), handler)
-            .await;
-        assert_eq!(report.response.ids(), ["flaky1", "boom1"]);
-        assert_eq!(report.outcomes[1].1, RecordOutcome::Quarantine("bad1 is malformed".into()));
-        assert_eq!(report.outcomes[3].1, RecordOutcome::Failed("handler panicked: handler bug on boom1".into()));
-        assert_eq!(report.outcomes[4].1, RecordOutcome::Succeeded);
+    #[test]
+    fn standard_batch_reports_transient_failures_and_panics_only() {
+        futures::executor::block_on(async {
+            let p = Processor::new(Ordering::Standard { concurrency: 4 });
+            let report = p
+                .process(
+                    records(&[("a", None), ("bad1", None), ("flaky1", None), ("boom1", None), ("b", None)]),
+                    handler,
+                )
+                .await;
+            assert_eq!(report.response.ids(), ["flaky1", "boom1"]);
+            assert_eq!(report.outcomes[1].1, RecordOutcome::Quarantine("bad1 is malformed".into()));
+            assert_eq!(report.outcomes[3].1, RecordOutcome::Failed("handler panicked: handler bug on boom1".into()));
+            assert_eq!(report.outcomes[4].1, RecordOutcome::Succeeded);
+        })
     }
 
-    #[tokio::test]
-    async fn fifo_failure_blocks_the_rest_of_its_group_only() {
-        let p = Processor::new(Ordering::Fifo { concurrency: 4 });
-        let order = std::sync::Mutex::new(Vec::new());
-        let report = p
-            .process(
-                records(&[
-                    ("g1-a", Some("1")),
-                    ("flaky-g1", Some("1")),
-                    ("g2-a", Some("2")),
-                    ("g1-c", Some("1")),
-                    ("g2-b", Some("2")),
-                ]),
-                |id: String| {
-                    order.lock().unwrap().push(id.clone());
-                    handler(id)
-                },
-            )
-            .await;
-        assert_eq!(report.response.ids(), ["flaky-g1", "g1-c"]);
-        assert_eq!(report.outcomes[3].1, RecordOutcome::Unprocessed("an earlier message of its group failed"));
-        let order = order.into_inner().unwrap();
-        assert!(!order.contains(&"g1-c".to_owned()), "never started after its group failed");
-        let g2: Vec<&String> = order.iter().filter(|i| i.starts_with("g2")).collect();
-        assert_eq!(g2, ["g2-a", "g2-b"], "in order within a group");
+    #[test]
+    fn fifo_failure_blocks_the_rest_of_its_group_only() {
+        futures::executor::block_on(async {
+            let p = Processor::new(Ordering::Fifo { concurrency: 4 });
+            let order = std::sync::Mutex::new(Vec::new());
+            let report = p
+                .process(
+                    records(&[
+                        ("g1-a", Some("1")),
+                        ("flaky-g1", Some("1")),
+                        ("g2-a", Some("2")),
+                        ("g1-c", Some("1")),
+                        ("g2-b", Some("2")),
+                    ]),
+                    |id: String| {
+                        order.lock().unwrap().push(id.clone());
+                        handler(id)
+                    },
+                )
+                .await;
+            assert_eq!(report.response.ids(), ["flaky-g1", "g1-c"]);
+            assert_eq!(report.outcomes[3].1, RecordOutcome::Unprocessed("an earlier message of its group failed"));
+            let order = order.into_inner().unwrap();
+            assert!(!order.contains(&"g1-c".to_owned()), "never started after its group failed");
+            let g2: Vec<&String> = order.iter().filter(|i| i.starts_with("g2")).collect();
+            assert_eq!(g2, ["g2-a", "g2-b"], "in order within a group");
+        })
     }
 
-    #[tokio::test]
-    async fn stream_stops_at_the_first_failure_and_reports_it_alone() {
-        let p = Processor::new(Ordering::Stream);
-        let report = p.process(records(&[("1", None), ("bad2", None), ("flaky3", None), ("4", None)]), handler).await;
-        assert_eq!(report.response.ids(), ["flaky3"]);
-        assert_eq!(report.outcomes[3].1, RecordOutcome::Unprocessed("an earlier record of its shard failed"));
+    #[test]
+    fn stream_stops_at_the_first_failure_and_reports_it_alone() {
+        futures::executor::block_on(async {
+            let p = Processor::new(Ordering::Stream);
+            let report =
+                p.process(records(&[("1", None), ("bad2", None), ("flaky3", None), ("4", None)]), handler).await;
+            assert_eq!(report.response.ids(), ["flaky3"]);
+            assert_eq!(report.outcomes[3].1, RecordOutcome::Unprocessed("an earlier record of its shard failed"));
+        })
     }
 
-    #[tokio::test]
-    async fn records_not_started_before_the_deadline_are_reported_failed() {
-        let p = Processor::new(Ordering::Standard { concurrency: 1 })
-            .with_deadline(std::time::SystemTime::now(), std::time::Duration::from_secs(1));
-        let report = p.process(records(&[("a", None), ("b", None)]), handler).await;
-        assert_eq!(report.response.ids(), ["a", "b"]);
-        assert!(report.outcomes.iter().all(|(_, o)| matches!(o, RecordOutcome::Unprocessed(_))));
+    #[test]
+    fn records_not_started_before_the_deadline_are_reported_failed() {
+        futures::executor::block_on(async {
+            let p = Processor::new(Ordering::Standard { concurrency: 1 })
+                .with_deadline(std::time::SystemTime::now(), std::time::Duration::from_secs(1));
+            let report = p.process(records(&[("a", None), ("b", None)]), handler).await;
+            assert_eq!(report.response.ids(), ["a", "b"]);
+            assert!(report.outcomes.iter().all(|(_, o)| matches!(o, RecordOutcome::Unprocessed(_))));
+        })
     }
 
     #[test]

@@ -1,0 +1,28 @@
+//! The platform-neutral core of the toolkit.
+//!
+//! Everything here is pure: it knows neither AWS nor Lambda nor an async
+//! runtime, so the same rules serve every platform the toolkit runs on (AWS
+//! Lambda through the `shared` crate's adapters, Cloudflare Workers next) and
+//! build for `wasm32-unknown-unknown`:
+//!
+//! - [`batch`]: partial batch responses, per-record outcomes and the one
+//!   implementation of each delivery's failure semantics (SQS standard, SQS
+//!   FIFO, streams), with the accounting that puts every record in exactly
+//!   one counter.
+//! - [`key`]: idempotency keys derived from event identity, and payload
+//!   fingerprints.
+//! - [`plan`]: the exactly-once plan: which records' writes may share one
+//!   atomic commit (action limits, one action per item), in order.
+//! - [`error`]: the one classification of failures into transient,
+//!   permanent and fatal.
+//! - [`lines`]: line formats of ingested objects (NDJSON, CSV with a header).
+//! - [`order`]: the reference domain, order events, built on the above like
+//!   any user's domain would be.
+#![deny(missing_docs)]
+
+pub mod batch;
+pub mod error;
+pub mod key;
+pub mod lines;
+pub mod order;
+pub mod plan;

@@ -1,0 +1,411 @@
+//! The batch engine: one implementation of partial batch processing for every
+//! function and every user of the toolkit.
+//!
+//! A handler says three things about its records: how to plan one (parse,
+//! validate, key: an effect, nothing to do, or a permanent error with its
+//! reason), and how to commit the planned effects (for DynamoDB,
+//! [`crate::exactly_once::ExactlyOnce`] commits each with its idempotency
+//! marker in one transaction). The engine does the rest, in this order:
+//!
+//! 1. splits the event into records and parses each on its own (an
+//!    unparseable record is quarantined, never the batch);
+//! 2. plans each record, isolating a panicking planner to its record;
+//! 3. writes every permanently bad record to quarantine with its reason;
+//! 4. holds back what the delivery forbids: after a failure, the later
+//!    messages of its FIFO group, or the rest of a stream shard's batch;
+//!    and everything, when the invocation's deadline is too near to start;
+//! 5. commits the effects and maps the results back to the records;
+//! 6. settles the batch by the delivery's rules ([`shared_core::batch::settle`]):
+//!    the partial batch response, and the summary that puts every record in
+//!    exactly one counter. With `FAIL_ON_ALL_FAILED`, a batch in which
+//!    nothing succeeded fails the invocation instead.
+//!
+//! ```no_run
+//! use shared::engine::{CommitError, Engine, Plan};
+//! use shared::event::{RawBatch, sqs};
+//! use shared::batch::{Outcome, RecordError};
+//! use shared::state::memory::MemoryStore;
+//!
+//! # async fn example(batch: RawBatch) -> Result<(), shared::batch::InvocationError> {
+//! let quarantine = MemoryStore::new();
+//! let engine = Engine::new(&quarantine);
+//! let (response, summary) = engine
+//!     .process(
+//!         &batch,
+//!         None,
+//!         |message: &sqs::Message| -> Result<Plan<String>, RecordError> {
+//!             if message.body.is_empty() {
+//!                 return Err(RecordError::Permanent("empty body".into()));
+//!             }
+//!             Ok(Plan::Effect(message.body.clone()))
+//!         },
+//!         |bodies: Vec<String>| async move {
+//!             bodies.iter().map(|_| Ok::<_, CommitError>(Outcome::Applied)).collect()
+//!         },
+//!     )
+//!     .await?;
+//! # let _ = (response, summary);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, SystemTime};
+
+use futures::FutureExt;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use shared_core::batch::{
+    BatchResponse, Delivery, Disposition, InvocationError, Outcome, RecordError, RecordRef, Summary,
+    blocked_by_earlier_failures, settle,
+};
+
+use crate::event::{EventError, RawBatch, sqs, stream};
+use crate::state::{ErrorClass, QuarantineStore, Quarantined, StoreError};
+
+/// What the planner decided for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan<E> {
+    /// An effect to commit.
+    Effect(E),
+    /// Nothing for this function to do (another entity, a test event):
+    /// acknowledged and counted as ignored.
+    Ignore,
+}
+
+/// Why committing one record's effect failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// Retry later: the record is reported as a batch item failure.
+    #[error("{0}")]
+    Transient(String),
+    /// The record can never be committed (for example, its idempotency key
+    /// was used before with a different payload): quarantined with this reason.
+    #[error("{0}")]
+    Permanent(String),
+    /// Nothing can be committed (a missing table, no permission): the
+    /// invocation fails and the whole batch is retried.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<&StoreError> for CommitError {
+    fn from(e: &StoreError) -> Self {
+        match e.class() {
+            ErrorClass::Transient => Self::Transient(e.to_string()),
+            ErrorClass::Permanent => Self::Permanent(e.to_string()),
+            ErrorClass::Fatal => Self::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// The results of a commit, one per effect, in the order given. A shorter
+/// list means the effects past its end were not attempted (a stream stops
+/// at its first failure); they are reported for retry.
+pub type Committed = Vec<Result<Outcome, CommitError>>;
+
+/// A record type the engine reads from a batch: SQS messages and DynamoDB
+/// stream records.
+pub trait BatchRecord: Sized {
+    /// Parses one raw record.
+    fn parse(raw: &RawValue) -> Result<Self, EventError>;
+    /// The id reported on failure and the FIFO group.
+    fn reference(&self) -> RecordRef;
+    /// The quarantine source: `sqs/<queue>`, `ddb-stream/<table>`.
+    fn source(&self) -> String;
+    /// What a quarantine item keeps of the record: the message body, or the
+    /// whole stream record.
+    fn kept<'a>(&'a self, raw: &'a str) -> &'a str;
+    /// The delivery semantics of a batch of these records.
+    fn delivery(records: &[RecordRef]) -> Delivery;
+    /// Id and source of a record that could not be parsed, read from what
+    /// can be read of it (`index` names it when it has no id).
+    fn unparsed(raw: &RawValue, index: usize) -> (RecordRef, String);
+}
+
+impl BatchRecord for sqs::Message {
+    fn parse(raw: &RawValue) -> Result<Self, EventError> {
+        sqs::Message::parse_raw(raw)
+    }
+
+    fn reference(&self) -> RecordRef {
+        RecordRef { id: self.message_id.clone(), group: self.group_id.clone() }
+    }
+
+    fn source(&self) -> String {
+        sqs_source(self.event_source_arn.as_deref())
+    }
+
+    fn kept<'a>(&'a self, _raw: &'a str) -> &'a str {
+        &self.body
+    }
+
+    fn delivery(records: &[RecordRef]) -> Delivery {
+        if records.iter().any(|r| r.group.is_some()) { Delivery::Fifo } else { Delivery::Standard }
+    }
+
+    fn unparsed(raw: &RawValue, index: usize) -> (RecordRef, String) {
+        // The rare path: read what can be read for the report.
+        let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        let group = value.pointer("/attributes/MessageGroupId").and_then(Value::as_str).map(str::to_owned);
+        let id = sqs::message_id_of(&value).map_or_else(|| format!("record-{index}"), str::to_owned);
+        (RecordRef { id, group }, sqs_source(value.get("eventSourceARN").and_then(Value::as_str)))
+    }
+}
+
+impl BatchRecord for stream::Record {
+    fn parse(raw: &RawValue) -> Result<Self, EventError> {
+        stream::Record::parse_raw(raw)
+    }
+
+    fn reference(&self) -> RecordRef {
+        // Records without a sequence number (DynamoDB via Kinesis) are
+        // reported by their eventID.
+        RecordRef { id: self.sequence_number.clone().unwrap_or_else(|| self.event_id.clone()), group: None }
+    }
+
+    fn source(&self) -> String {
+        stream_source(self.raw.event_source_arn.as_deref())
+    }
+
+    fn kept<'a>(&'a self, raw: &'a str) -> &'a str {
+        raw
+    }
+
+    fn delivery(_: &[RecordRef]) -> Delivery {
+        Delivery::Stream
+    }
+
+    fn unparsed(raw: &RawValue, index: usize) -> (RecordRef, String) {
+        let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        let id = stream::sequence_number_of(&value).map_or_else(|| format!("record-{index}"), str::to_owned);
+        (RecordRef { id, group: None }, stream_source(value.get("eventSourceARN").and_then(Value::as_str)))
+    }
+}
+
+/// The quarantine source of messages of a queue: `sqs/<queue name>`, from
+/// the queue's ARN.
+pub fn sqs_source(arn: Option<&str>) -> String {
+    let queue = arn.and_then(|a| a.rsplit(':').next()).filter(|q| !q.is_empty()).unwrap_or("unknown");
+    format!("sqs/{queue}")
+}
+
+/// The quarantine source of a table's stream records: `ddb-stream/<table>`,
+/// from the stream's ARN (`arn:aws:dynamodb:region:account:table/NAME/stream/LABEL`).
+pub fn stream_source(arn: Option<&str>) -> String {
+    let table = arn.and_then(|arn| arn.split('/').nth(1)).unwrap_or("unknown");
+    format!("ddb-stream/{table}")
+}
+
+/// The batch engine over a quarantine store.
+#[derive(Debug)]
+pub struct Engine<'q, Q> {
+    quarantine: &'q Q,
+    fail_on_all_failed: bool,
+    margin: Duration,
+}
+
+impl<'q, Q: QuarantineStore> Engine<'q, Q> {
+    /// An engine writing permanently bad records to `quarantine`.
+    pub fn new(quarantine: &'q Q) -> Self {
+        Self { quarantine, fail_on_all_failed: false, margin: Duration::ZERO }
+    }
+
+    /// Fails the invocation when nothing in a batch succeeded
+    /// (`FAIL_ON_ALL_FAILED`), instead of reporting every record.
+    pub fn fail_on_all_failed(mut self, yes: bool) -> Self {
+        self.fail_on_all_failed = yes;
+        self
+    }
+
+    /// Starts no commit this long before the invocation's deadline
+    /// (`DEADLINE_MARGIN_MS`): what is not started is reported for retry
+    /// instead of being lost with a timeout.
+    pub fn deadline_margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
+    /// Processes one batch: see the [module docs](self). `deadline` is the
+    /// invocation's (`Context::deadline()`); `plan` decides each parsed
+    /// record; `commit` commits the planned effects, in batch order.
+    pub async fn process<R, E, P, C, Fut>(
+        &self,
+        batch: &RawBatch,
+        deadline: Option<SystemTime>,
+        mut plan: P,
+        commit: C,
+    ) -> Result<(BatchResponse, Summary), InvocationError>
+    where
+        R: BatchRecord,
+        P: FnMut(&R) -> Result<Plan<E>, RecordError>,
+        C: FnOnce(Vec<E>) -> Fut,
+        Fut: Future<Output = Committed>,
+    {
+        let raws = batch.records().map_err(|e| InvocationError::new(e.to_string()))?;
+        let mut refs: Vec<RecordRef> = Vec::with_capacity(raws.len());
+        let mut ended: Vec<Option<Disposition>> = Vec::with_capacity(raws.len());
+        let mut quarantine: Vec<(usize, Quarantined)> = Vec::new();
+        // Each planned effect and its record's position; each record's parsed
+        // form, for a quarantine item after the commit.
+        let mut effects: Vec<(usize, E)> = Vec::new();
+        let mut parsed: Vec<Option<R>> = Vec::with_capacity(raws.len());
+
+        for (index, raw) in raws.iter().enumerate() {
+            let record = match R::parse(raw) {
+                Ok(record) => record,
+                Err(e) => {
+                    let (reference, source) = R::unparsed(raw, index);
+                    tracing::warn!(record_id = %reference.id, reason = %e, "unparseable record quarantined");
+                    quarantine.push((index, Quarantined::new(source, &reference.id, e.to_string(), raw.get())));
+                    refs.push(reference);
+                    ended.push(None);
+                    parsed.push(None);
+                    continue;
+                }
+            };
+            let reference = record.reference();
+            // No span per record: its fields would cost every record; the
+            // lines about one record name it themselves.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| plan(&record))) {
+                Ok(Ok(Plan::Effect(effect))) => {
+                    effects.push((index, effect));
+                    ended.push(None);
+                }
+                Ok(Ok(Plan::Ignore)) => ended.push(Some(Disposition::Ignored)),
+                Ok(Err(RecordError::Permanent(reason))) => {
+                    tracing::warn!(record_id = %reference.id, %reason, "record quarantined");
+                    let item = Quarantined::new(record.source(), &reference.id, reason, record.kept(raw.get()));
+                    quarantine.push((index, item));
+                    ended.push(None);
+                }
+                Ok(Err(RecordError::Transient(reason))) => {
+                    tracing::warn!(record_id = %reference.id, %reason, "record failed; reported for retry");
+                    ended.push(Some(Disposition::Failed(reason)));
+                }
+                Err(panic) => {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!(record_id = %reference.id, %message, "record planner panicked");
+                    ended.push(Some(Disposition::Failed(format!("planner panicked: {message}"))));
+                }
+            }
+            refs.push(reference);
+            parsed.push(Some(record));
+        }
+
+        self.write_quarantine(quarantine, &mut ended).await?;
+
+        // Hold back what must wait for an earlier failure of its group or shard.
+        let delivery = R::delivery(&refs);
+        let failed: Vec<bool> = ended.iter().map(|d| d.as_ref().is_some_and(Disposition::is_failure)).collect();
+        let blocked = blocked_by_earlier_failures(delivery, &refs, &failed);
+        let why = match delivery {
+            Delivery::Stream => "an earlier record of its shard failed",
+            _ => "an earlier message of its group failed",
+        };
+        let out_of_time = deadline.is_some_and(|d| SystemTime::now() + self.margin >= d);
+        let mut to_commit: Vec<E> = Vec::with_capacity(effects.len());
+        let mut positions: Vec<usize> = Vec::with_capacity(effects.len());
+        for (index, effect) in effects {
+            if out_of_time {
+                ended[index] = Some(Disposition::Unprocessed("the invocation was about to time out"));
+            } else if blocked[index] {
+                ended[index] = Some(Disposition::Unprocessed(why));
+            } else {
+                to_commit.push(effect);
+                positions.push(index);
+            }
+        }
+        if !positions.is_empty() {
+            let committed = match AssertUnwindSafe(commit(to_commit)).catch_unwind().await {
+                Ok(committed) => committed,
+                Err(panic) => {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!(%message, "commit panicked; reporting its records for retry");
+                    vec![Err(CommitError::Transient(format!("commit panicked: {message}"))); positions.len()]
+                }
+            };
+            let mut rejected: Vec<(usize, Quarantined)> = Vec::new();
+            let mut results = committed.into_iter();
+            for &index in &positions {
+                ended[index] = Some(match results.next() {
+                    Some(Ok(Outcome::KeyReused)) => {
+                        rejected.push((index, self.rejected(&refs[index], &parsed[index], raws[index].get(), None)));
+                        continue;
+                    }
+                    Some(Ok(outcome)) => Disposition::Done(outcome),
+                    Some(Err(CommitError::Permanent(reason))) => {
+                        let item = self.rejected(&refs[index], &parsed[index], raws[index].get(), Some(reason));
+                        rejected.push((index, item));
+                        continue;
+                    }
+                    Some(Err(CommitError::Transient(reason))) => {
+                        tracing::error!(record_id = %refs[index].id, %reason, "commit failed; reported for retry");
+                        Disposition::Failed(reason)
+                    }
+                    Some(Err(CommitError::Fatal(reason))) => return Err(InvocationError::new(reason)),
+                    None => Disposition::Unprocessed(why),
+                });
+            }
+            self.write_quarantine(rejected, &mut ended).await?;
+        }
+
+        let ended: Vec<Disposition> =
+            ended.into_iter().map(|d| d.unwrap_or(Disposition::Unprocessed("not reached"))).collect();
+        settle(delivery, &refs, &ended, self.fail_on_all_failed)
+    }
+
+    /// The quarantine item of a record whose commit was refused.
+    fn rejected<R: BatchRecord>(
+        &self,
+        reference: &RecordRef,
+        record: &Option<R>,
+        raw: &str,
+        reason: Option<String>,
+    ) -> Quarantined {
+        let reason = reason.unwrap_or_else(|| "idempotency key was already used with a different payload".into());
+        tracing::warn!(record_id = %reference.id, %reason, "record quarantined");
+        match record {
+            Some(r) => Quarantined::new(r.source(), &reference.id, reason, r.kept(raw)),
+            None => Quarantined::new("unknown", &reference.id, reason, raw),
+        }
+    }
+
+    /// Writes quarantine items; their records end quarantined, or failed
+    /// (to be retried) when the write fails transiently.
+    async fn write_quarantine(
+        &self,
+        items: Vec<(usize, Quarantined)>,
+        ended: &mut [Option<Disposition>],
+    ) -> Result<(), InvocationError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Quarantined> = items.iter().map(|(_, q)| q.clone()).collect();
+        match self.quarantine.write_quarantine(&records).await {
+            Ok(()) => {
+                for (index, _) in &items {
+                    ended[*index] = Some(Disposition::Quarantined);
+                }
+                Ok(())
+            }
+            Err(e) if e.class() == ErrorClass::Fatal => Err(InvocationError::new(e.to_string())),
+            Err(e) => {
+                tracing::error!(error = %e, "quarantine write failed; reporting the records for retry");
+                for (index, _) in &items {
+                    ended[*index] = Some(Disposition::Failed(format!("quarantine write failed: {e}")));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}
