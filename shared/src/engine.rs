@@ -228,8 +228,16 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
     }
 
     /// Processes one batch: see the [module docs](self). `deadline` is the
-    /// invocation's (`Context::deadline()`); `plan` decides each parsed
-    /// record; `commit` commits the planned effects, in batch order.
+    /// invocation's ([`crate::runtime::deadline`]); `plan` decides each
+    /// parsed record; `commit` commits the planned effects, given in batch
+    /// order, and returns one result per effect.
+    ///
+    /// The commit's one duty towards ordering: never apply an effect after
+    /// an earlier effect of the same FIFO group (or of the same shard) failed
+    /// transiently; report it failed too, or stop and return the results so
+    /// far. [`ExactlyOnce::commit`](crate::exactly_once::ExactlyOnce::commit)
+    /// does so (a transaction fails whole, and commits stop at the first one
+    /// that fails), as do the orders and totals stores.
     pub async fn process<R, E, P, C, Fut>(
         &self,
         batch: &RawBatch,

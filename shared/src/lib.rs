@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod exactly_once;
 pub mod idempotency;
 pub mod object;
 pub mod runtime;
