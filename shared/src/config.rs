@@ -6,10 +6,122 @@ use std::time::Duration;
 /// Why the configuration could not be read. Start-up fails with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A required variable is unset or empty.
     #[error("environment variable {0} is required but not set")]
     Missing(&'static str),
+    /// A variable is set to something it cannot be.
     #[error("environment variable {name} is invalid: {problem}")]
-    Invalid { name: &'static str, problem: String },
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
+}
+
+/// Reads variables through a lookup, with the errors that name them.
+struct Env<F> {
+    lookup: F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn optional(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.optional(name).ok_or(ConfigError::Missing(name))
+    }
+
+    fn number(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+        self.optional(name).map_or(Ok(default), |v| {
+            v.trim().parse().map_err(|_| ConfigError::Invalid { name, problem: format!("{v:?} is not a whole number") })
+        })
+    }
+
+    fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match self.optional(name).as_deref().map(str::trim) {
+            None => Ok(false),
+            Some("1" | "true" | "TRUE" | "True" | "yes") => Ok(true),
+            Some("0" | "false" | "FALSE" | "False" | "no") => Ok(false),
+            Some(v) => Err(ConfigError::Invalid { name, problem: format!("{v:?} is not true or false") }),
+        }
+    }
+}
+
+/// What any function built on the toolkit reads from its environment,
+/// whatever its domain: none of it is required, so a function of your own
+/// needs only the variables of its own tables.
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `POWERTOOLS_SERVICE_NAME` | unset | `service` field of the log lines (Powertools' name) |
+/// | `POWERTOOLS_METRICS_NAMESPACE` | `StreamProcessor` | namespace of the EMF metrics (Powertools' name) |
+/// | `POWERTOOLS_IDEMPOTENCY_DISABLED` | `false` | skip idempotency markers (local experiments only; Powertools' name) |
+/// | `IDEMPOTENCY_TABLE` | unset | table of the idempotency markers (Powertools' schema) |
+/// | `IDEMPOTENCY_KEY_PREFIX` | the service name, else `default` | namespace of idempotency keys |
+/// | `IDEMPOTENCY_TTL_SECONDS` | `604800` | how long markers live |
+/// | `DEADLINE_MARGIN_MS` | `5000` | start no commit this long before the deadline |
+/// | `FAIL_ON_ALL_FAILED` | `false` | fail the invocation when nothing in a batch succeeded |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `POWERTOOLS_SERVICE_NAME`.
+    pub service: Option<String>,
+    /// `POWERTOOLS_METRICS_NAMESPACE`.
+    pub metrics_namespace: String,
+    /// `POWERTOOLS_IDEMPOTENCY_DISABLED`.
+    pub idempotency_disabled: bool,
+    /// `IDEMPOTENCY_TABLE`.
+    pub idempotency_table: Option<String>,
+    /// `IDEMPOTENCY_KEY_PREFIX`.
+    pub idempotency_key_prefix: String,
+    /// `IDEMPOTENCY_TTL_SECONDS`.
+    pub idempotency_ttl: Duration,
+    /// `DEADLINE_MARGIN_MS`.
+    pub deadline_margin: Duration,
+    /// `FAIL_ON_ALL_FAILED`.
+    pub fail_on_all_failed: bool,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (for tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env { lookup };
+        let service = env.optional("POWERTOOLS_SERVICE_NAME");
+        Ok(Self {
+            metrics_namespace: env
+                .optional("POWERTOOLS_METRICS_NAMESPACE")
+                .unwrap_or_else(|| crate::telemetry::NAMESPACE.to_owned()),
+            idempotency_disabled: env.flag("POWERTOOLS_IDEMPOTENCY_DISABLED")?,
+            idempotency_table: env.optional("IDEMPOTENCY_TABLE"),
+            idempotency_key_prefix: env
+                .optional("IDEMPOTENCY_KEY_PREFIX")
+                .or_else(|| service.clone())
+                .unwrap_or_else(|| "default".into()),
+            idempotency_ttl: Duration::from_secs(env.number("IDEMPOTENCY_TTL_SECONDS", 7 * 24 * 3600)?),
+            deadline_margin: Duration::from_millis(
+                env.number("DEADLINE_MARGIN_MS", DEFAULT_DEADLINE_MARGIN.as_millis() as u64)?,
+            ),
+            fail_on_all_failed: env.flag("FAIL_ON_ALL_FAILED")?,
+            service,
+        })
+    }
+
+    /// The idempotency table, required here: the error names the variable.
+    pub fn require_idempotency_table(&self) -> Result<&str, ConfigError> {
+        self.idempotency_table.as_deref().ok_or(ConfigError::Missing("IDEMPOTENCY_TABLE"))
+    }
+}
+
+/// A required variable of your own function (a table name, a URL): the
+/// error names it.
+pub fn required(name: &'static str) -> Result<String, ConfigError> {
+    Env { lookup: |n: &str| std::env::var(n).ok() }.required(name)
 }
 
 /// Everything a function reads from its environment.
@@ -56,24 +168,11 @@ impl Config {
 
     /// Reads configuration through `lookup` (for tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let required =
-            |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty()).ok_or(ConfigError::Missing(name));
-        let optional = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
-            optional(name).map_or(Ok(default), |v| {
-                v.trim()
-                    .parse()
-                    .map_err(|_| ConfigError::Invalid { name, problem: format!("{v:?} is not a whole number") })
-            })
-        };
-        let flag = |name: &'static str| -> Result<bool, ConfigError> {
-            match optional(name).as_deref().map(str::trim) {
-                None => Ok(false),
-                Some("1" | "true" | "TRUE" | "yes") => Ok(true),
-                Some("0" | "false" | "FALSE" | "no") => Ok(false),
-                Some(v) => Err(ConfigError::Invalid { name, problem: format!("{v:?} is not true or false") }),
-            }
-        };
+        let env = Env { lookup };
+        let required = |name: &'static str| env.required(name);
+        let optional = |name: &str| env.optional(name);
+        let number = |name: &'static str, default: u64| env.number(name, default);
+        let flag = |name: &'static str| env.flag(name);
         let max_line_bytes = number("MAX_LINE_BYTES", DEFAULT_MAX_LINE_BYTES as u64)?;
         if max_line_bytes == 0 {
             return Err(ConfigError::Invalid { name: "MAX_LINE_BYTES", problem: "must be at least 1".into() });

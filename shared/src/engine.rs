@@ -242,6 +242,25 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
         &self,
         batch: &RawBatch,
         deadline: Option<SystemTime>,
+        plan: P,
+        commit: C,
+    ) -> Result<(BatchResponse, Summary), InvocationError>
+    where
+        R: BatchRecord,
+        P: FnMut(&R) -> Result<Plan<E>, RecordError>,
+        C: FnOnce(Vec<E>) -> Fut,
+        Fut: Future<Output = Committed>,
+    {
+        // Boxed: the engine's future is deep, and a caller's handler future
+        // (inside lambda_runtime's) would otherwise exceed the compiler's
+        // layout depth limit, asking every user for `#![recursion_limit]`.
+        Box::pin(self.process_batch(batch, deadline, plan, commit)).await
+    }
+
+    async fn process_batch<R, E, P, C, Fut>(
+        &self,
+        batch: &RawBatch,
+        deadline: Option<SystemTime>,
         mut plan: P,
         commit: C,
     ) -> Result<(BatchResponse, Summary), InvocationError>

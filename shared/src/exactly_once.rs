@@ -249,6 +249,11 @@ impl ExactlyOnce {
     /// reported for retry too (never applied ahead of an earlier failure,
     /// so FIFO groups and shards keep their order).
     pub async fn commit(&self, units: Vec<UnitOfWork>, deadline: Option<SystemTime>) -> Committed {
+        // Boxed for the same reason as the engine's future (see `Engine::process`).
+        Box::pin(self.commit_units(units, deadline)).await
+    }
+
+    async fn commit_units(&self, units: Vec<UnitOfWork>, deadline: Option<SystemTime>) -> Committed {
         let mut results: Vec<Option<Result<Outcome, CommitError>>> = vec![None; units.len()];
         let keys: Vec<(&str, Option<&str>)> =
             units.iter().map(|u| (u.key.as_str(), u.fingerprint.as_deref())).collect();

@@ -214,6 +214,7 @@ impl Invocation {
             function_name,
             cold_start,
             xray_trace_id = %trace,
+            service = service_name(),
         );
         Self {
             function: function.to_owned(),
@@ -284,16 +285,43 @@ impl Invocation {
     }
 }
 
+/// The metrics namespace: `POWERTOOLS_METRICS_NAMESPACE` (Powertools'
+/// variable, so teams that run both share dashboards), else [`NAMESPACE`].
+/// Read once.
+pub fn namespace() -> &'static str {
+    static NS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NS.get_or_init(|| {
+        std::env::var("POWERTOOLS_METRICS_NAMESPACE")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| NAMESPACE.to_owned())
+    })
+}
+
+/// The service name of the log lines: `POWERTOOLS_SERVICE_NAME`, as
+/// Powertools' Logger writes it; `None` when unset. Read once.
+pub fn service_name() -> Option<&'static str> {
+    static SERVICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SERVICE.get_or_init(|| std::env::var("POWERTOOLS_SERVICE_NAME").ok().filter(|v| !v.trim().is_empty())).as_deref()
+}
+
 /// An EMF document under construction: metrics with one dimension, `function`.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    namespace: String,
     function: String,
     values: Vec<(&'static str, &'static str, f64)>,
 }
 
 impl Metrics {
+    /// Metrics of `function` (the dimension's value) in the [`namespace`].
     pub fn new(function: &str) -> Self {
-        Self { function: function.to_owned(), values: Vec::new() }
+        Self::with_namespace(namespace(), function)
+    }
+
+    /// Metrics of `function` in `namespace`.
+    pub fn with_namespace(namespace: &str, function: &str) -> Self {
+        Self { namespace: namespace.to_owned(), function: function.to_owned(), values: Vec::new() }
     }
 
     /// Records a count; zero counts are left out (nothing is printed for an
@@ -321,7 +349,7 @@ impl Metrics {
             "_aws": {
                 "Timestamp": timestamp,
                 "CloudWatchMetrics": [{
-                    "Namespace": NAMESPACE,
+                    "Namespace": self.namespace,
                     "Dimensions": [["function"]],
                     "Metrics": definitions,
                 }],

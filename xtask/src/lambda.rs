@@ -70,9 +70,25 @@ impl Lambda {
     /// answers.
     pub(crate) async fn start(stack: &Stack) -> Result<Self> {
         let functions: Vec<String> = stack.spec.function_names().map(str::to_owned).collect();
-        build_functions(&stack.root, &functions).await?;
-        let env_file = stack.run_dir().join("functions.env");
-        let env: String = stack.function_env()?.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        Self::start_for(stack, &functions, "functions", &[]).await
+    }
+
+    /// Serves other binaries of the workspace against `stack` (the examples
+    /// of other domains): builds `packages`, then starts a watch of its own
+    /// whose functions get the stack's environment plus `extra_env`. `name`
+    /// names its env file and log in the stack's run directory.
+    pub async fn start_for(
+        stack: &Stack,
+        packages: &[String],
+        name: &str,
+        extra_env: &[(String, String)],
+    ) -> Result<Self> {
+        let functions = packages;
+        build_functions(&stack.root, functions).await?;
+        let env_file = stack.run_dir().join(format!("{name}.env"));
+        let mut env = stack.function_env()?;
+        env.extend(extra_env.iter().cloned());
+        let env: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         std::fs::write(&env_file, env).context("writing the functions' env file")?;
         let longest = stack.spec.functions.values().map(|f| f.timeout_seconds).max().unwrap_or(60);
         let timeout = Duration::from_secs(longest) + FIRST_START_ALLOWANCE;
@@ -97,7 +113,7 @@ impl Lambda {
             let path = stack.venv.path_env().to_string_lossy().into_owned();
             let mut child = ChildGroup::spawn(
                 stack.run(),
-                &format!("lambda-{attempt}"),
+                &if name == "functions" { format!("lambda-{attempt}") } else { format!("lambda-{name}-{attempt}") },
                 std::path::Path::new(&cargo()),
                 &args,
                 &[("PATH".into(), path)],

@@ -538,6 +538,29 @@ impl StateStore for DynamoStore {
     }
 
     async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
+        DynamoQuarantine::new(self.client.clone(), self.state_table.clone()).write(records).await
+    }
+}
+
+/// Quarantine items in a DynamoDB table keyed `pk` (S) + `sk` (S): the
+/// state table's schema, and any table of your own with that key. An item
+/// per record: `pk` = `QUARANTINE#<source>`, `sk` = the record's id, with
+/// `reason` and `raw` (truncated to [`super::MAX_QUARANTINED_RAW_BYTES`]).
+#[derive(Debug, Clone)]
+pub struct DynamoQuarantine {
+    client: Client,
+    table: String,
+}
+
+impl DynamoQuarantine {
+    /// Quarantine items in `table`.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    /// Writes the items (`BatchWriteItem`, 25 at a time, unprocessed items
+    /// retried with back-off).
+    pub async fn write(&self, records: &[Quarantined]) -> Result<(), StoreError> {
         // Keys must be unique within one BatchWriteItem call.
         let mut unique: BTreeMap<(&str, &str), &Quarantined> = BTreeMap::new();
         for r in records {
@@ -551,19 +574,20 @@ impl StateStore for DynamoStore {
                 let put = PutRequest::builder()
                     .set_item(Some(to_sdk(quarantine_to_item(r, &now))))
                     .build()
-                    .map_err(|e| permanent("BatchWriteItem", &self.state_table, e))?;
+                    .map_err(|e| permanent("BatchWriteItem", &self.table, e))?;
                 writes.push(WriteRequest::builder().put_request(put).build());
             }
-            let mut request = Some(HashMap::from([(self.state_table.clone(), writes)]));
+            let mut request = Some(HashMap::from([(self.table.clone(), writes)]));
             let mut attempt = 0;
             while let Some(items) = request.take().filter(|r| !r.is_empty()) {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .set_request_items(Some(items))
-                    .send()
-                    .await
-                    .map_err(|e| self.dynamo_error("BatchWriteItem", &self.state_table, &e))?;
+                let out = self.client.batch_write_item().set_request_items(Some(items)).send().await.map_err(|e| {
+                    StoreError::Dynamo {
+                        operation: "BatchWriteItem",
+                        table: self.table.clone(),
+                        message: sdk_message(&e),
+                        class: classify_sdk(&e),
+                    }
+                })?;
                 request = out.unprocessed_items().cloned();
                 if request.as_ref().is_some_and(|r| !r.is_empty()) {
                     attempt += 1;
@@ -572,6 +596,15 @@ impl StateStore for DynamoStore {
             }
         }
         Ok(())
+    }
+}
+
+impl super::QuarantineStore for DynamoQuarantine {
+    fn write_quarantine(
+        &self,
+        records: &[Quarantined],
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        self.write(records)
     }
 }
 
