@@ -232,6 +232,61 @@ impl<S: IdempotencyStore> Idempotency<S> {
     }
 }
 
+impl<S: IdempotencyStore> Idempotency<S> {
+    /// [`run`](Self::run) for the batch engine: the effect's outcome as a
+    /// commit result. Ran now: applied; ran before: a duplicate (its cached
+    /// result is not needed); another invocation holds the lock, or the store
+    /// failed: transient; the key was used with another payload: permanent.
+    /// The effect's own error decides by its class.
+    ///
+    /// A stream handler that calls an outside service once per record commits
+    /// its effects with this, one after another, stopping at the first
+    /// failure (the engine's ordering contract):
+    ///
+    /// ```no_run
+    /// # use shared::idempotency::{Idempotency, memory::MemoryIdempotencyStore};
+    /// # use shared::engine::{CommitError, Committed};
+    /// # async fn commit(lock: &Idempotency<MemoryIdempotencyStore>, calls: Vec<(String, String)>) -> Committed {
+    /// let mut results = Vec::new();
+    /// for (key, payload) in calls {
+    ///     let result = lock
+    ///         .commit_with_lock(&key, payload.as_bytes(), None, || async { Ok::<_, CommitError>(()) })
+    ///         .await;
+    ///     let failed = result.is_err();
+    ///     results.push(result);
+    ///     if failed {
+    ///         break;
+    ///     }
+    /// }
+    /// results
+    /// # }
+    /// ```
+    pub async fn commit_with_lock<T, F, Fut>(
+        &self,
+        key: &str,
+        payload: &[u8],
+        deadline: Option<SystemTime>,
+        effect: F,
+    ) -> Result<crate::batch::Outcome, crate::engine::CommitError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, crate::engine::CommitError>>,
+    {
+        use crate::engine::CommitError;
+        match self.run(key, payload, deadline, effect).await {
+            Ok(Ok(Run::Executed(_))) => Ok(crate::batch::Outcome::Applied),
+            Ok(Ok(Run::Replayed(_))) => Ok(crate::batch::Outcome::Duplicate),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(match e.class() {
+                crate::error::ErrorClass::Permanent => CommitError::Permanent(e.to_string()),
+                crate::error::ErrorClass::Fatal => CommitError::Fatal(e.to_string()),
+                crate::error::ErrorClass::Transient => CommitError::Transient(e.to_string()),
+            }),
+        }
+    }
+}
+
 /// The in-progress expiry for an invocation deadline (epoch milliseconds).
 pub fn in_progress_expiry(deadline: Option<SystemTime>, now: SystemTime) -> i64 {
     // Without a deadline (outside Lambda), a minute: long enough for one effect.
