@@ -223,6 +223,7 @@ pub struct ExactlyOnce {
     client: Client,
     idempotency_table: String,
     marker_ttl: Duration,
+    markers: bool,
 }
 
 /// Where a transaction's actions come from.
@@ -235,7 +236,15 @@ enum Slot {
 impl ExactlyOnce {
     /// Markers in `idempotency_table`, kept a week.
     pub fn new(client: Client, idempotency_table: impl Into<String>) -> Self {
-        Self { client, idempotency_table: idempotency_table.into(), marker_ttl: MARKER_TTL }
+        Self { client, idempotency_table: idempotency_table.into(), marker_ttl: MARKER_TTL, markers: true }
+    }
+
+    /// With `disabled` (`POWERTOOLS_IDEMPOTENCY_DISABLED`, as in Powertools:
+    /// for local experiments, never in production), units commit their
+    /// writes without markers: nothing is deduplicated any more.
+    pub fn with_idempotency_disabled(mut self, disabled: bool) -> Self {
+        self.markers = !disabled;
+        self
     }
 
     /// Keeps markers this long (`IDEMPOTENCY_TTL_SECONDS`).
@@ -257,14 +266,19 @@ impl ExactlyOnce {
         let mut results: Vec<Option<Result<Outcome, CommitError>>> = vec![None; units.len()];
         let keys: Vec<(&str, Option<&str>)> =
             units.iter().map(|u| (u.key.as_str(), u.fingerprint.as_deref())).collect();
-        for (i, decided) in repeated_keys(&keys).into_iter().enumerate() {
-            if let Some(outcome) = decided {
-                results[i] = Some(reused_or(outcome, &units[i].key));
+        if self.markers {
+            for (i, decided) in repeated_keys(&keys).into_iter().enumerate() {
+                if let Some(outcome) = decided {
+                    results[i] = Some(reused_or(outcome, &units[i].key));
+                }
             }
         }
         let shape = |u: &UnitOfWork| UnitShape {
-            actions: 1 + u.writes.len(),
-            items: std::iter::once(format!("{}|id={}", self.idempotency_table, u.key))
+            actions: usize::from(self.markers) + u.writes.len(),
+            items: self
+                .markers
+                .then(|| format!("{}|id={}", self.idempotency_table, u.key))
+                .into_iter()
                 .chain(u.writes.iter().map(|w| w.item.clone()))
                 .collect(),
         };
@@ -316,7 +330,7 @@ impl ExactlyOnce {
         deadline: Option<SystemTime>,
     ) -> Result<(), CommitError> {
         // Per member: whether its marker and its writes are still to be sent.
-        let mut marker: HashMap<usize, bool> = members.iter().map(|i| (*i, true)).collect();
+        let mut marker: HashMap<usize, bool> = members.iter().map(|i| (*i, self.markers)).collect();
         let mut writes: HashMap<usize, bool> = members.iter().map(|i| (*i, true)).collect();
         let mut counted: HashMap<usize, Outcome> = members.iter().map(|i| (*i, units[*i].outcome)).collect();
         let now = chrono::Utc::now().timestamp();

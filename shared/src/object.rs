@@ -16,13 +16,30 @@ pub use shared_core::lines::{Format, Layout, csv_record, split_csv};
 /// Why an object could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
+    /// The request for the object (or a put of a report) failed.
     #[error("failed to fetch {uri}: {message}")]
-    Fetch { uri: String, message: String, class: crate::error::ErrorClass },
+    Fetch {
+        /// `s3://bucket/key`.
+        uri: String,
+        /// The service's error code and message.
+        message: String,
+        /// Whether a retry can help (`NoSuchKey` cannot; throttling can).
+        class: crate::error::ErrorClass,
+    },
+    /// The body failed mid-stream, or its gzip stream is corrupt.
     #[error("failed to read {uri} at byte {offset}: {source}")]
-    Read { uri: String, offset: u64, source: std::io::Error },
+    Read {
+        /// `s3://bucket/key`.
+        uri: String,
+        /// Offset in the decoded object where reading failed.
+        offset: u64,
+        /// The I/O (or decompression) error.
+        source: std::io::Error,
+    },
 }
 
 impl ObjectError {
+    /// The error class the batch layer uses.
     pub fn class(&self) -> crate::error::ErrorClass {
         match self {
             Self::Fetch { class, .. } => *class,
@@ -35,18 +52,25 @@ impl ObjectError {
 
 /// An opened object body.
 pub struct ObjectBody {
+    /// The raw bytes, as stored (still gzip-compressed if it was written so).
     pub reader: Pin<Box<dyn AsyncRead + Send>>,
+    /// `Content-Type`, used to detect the format when the key has no known
+    /// extension.
     pub content_type: Option<String>,
+    /// `Content-Encoding` (`gzip`), likewise.
     pub content_encoding: Option<String>,
 }
 
 /// The object port: opens an object's body, from a byte offset.
 pub trait ObjectSource: Send + Sync {
+    /// Opens `object`'s body from byte `from_byte` (0: the whole object). The
+    /// version read is `object`'s version id when it has one.
     fn open(&self, object: &ObjectRef, from_byte: u64) -> impl Future<Output = Result<ObjectBody, ObjectError>> + Send;
 }
 
 /// Where reports are written: a small object, whole.
 pub trait ObjectSink: Send + Sync {
+    /// Writes `body` as `s3://bucket/key`, replacing any object there.
     fn put(
         &self,
         bucket: &str,
@@ -63,6 +87,7 @@ pub struct S3Source {
 }
 
 impl S3Source {
+    /// Objects read and written through `client`.
     pub fn new(client: aws_sdk_s3::Client) -> Self {
         Self { client }
     }
@@ -118,10 +143,13 @@ pub struct MemorySource {
 }
 
 impl MemorySource {
+    /// No objects, nothing written.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds (or replaces) the object `bucket`/`key`, read back by
+    /// [`ObjectSource::open`].
     pub fn insert(&mut self, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
         self.objects.insert((bucket.to_owned(), key.to_owned()), body.into());
     }
@@ -181,16 +209,20 @@ pub struct Line {
     pub number: u64,
     /// Byte offset of the line's first byte in the decoded object.
     pub offset: u64,
+    /// The line without its `\n` or `\r\n`.
     pub content: LineContent,
 }
 
 /// What a line holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineContent {
+    /// A line of valid UTF-8 within the bound.
     Text(String),
     /// Longer than the bound; only the first bytes are kept (for the report).
     TooLong {
+        /// The line's length in bytes, without its terminator.
         length: u64,
+        /// Its first 256 bytes (`TOO_LONG_PREFIX`).
         prefix: Vec<u8>,
     },
     /// Not UTF-8; the bytes are kept (bounded by the line bound).
@@ -287,12 +319,21 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
 /// Why a line was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LineError {
+    /// The line is longer than the configured bound.
     #[error("line is {length} bytes, over the limit of {limit}")]
-    TooLong { length: u64, limit: usize },
+    TooLong {
+        /// The line's length in bytes.
+        length: u64,
+        /// The bound, in bytes (`MAX_LINE_BYTES`).
+        limit: usize,
+    },
+    /// The line is not UTF-8.
     #[error("line is not valid UTF-8")]
     InvalidUtf8,
+    /// A CSV row that cannot be read (or no header row before it).
     #[error("CSV: {0}")]
     Csv(String),
+    /// The record parsed but is not a valid order event.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
 }

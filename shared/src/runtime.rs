@@ -16,7 +16,11 @@ use crate::telemetry::{CapacityMeter, Invocation, RequestCounter};
 /// Counters the AWS clients feed during an invocation.
 #[derive(Debug, Clone, Default)]
 pub struct Telemetry {
+    /// DynamoDB requests sent (each HTTP attempt): pass it to
+    /// [`dynamodb_client`](crate::config::dynamodb_client).
     pub requests: RequestCounter,
+    /// DynamoDB capacity units consumed: pass it to the store's
+    /// [`with_capacity_meter`](crate::state::dynamo::DynamoStore::with_capacity_meter).
     pub capacity: CapacityMeter,
 }
 

@@ -143,6 +143,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for FlatJson {
 pub struct RequestCounter(Arc<AtomicU64>);
 
 impl RequestCounter {
+    /// Requests counted so far.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -169,11 +170,13 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RequestCounter 
 pub struct CapacityMeter(Arc<Mutex<f64>>);
 
 impl CapacityMeter {
-    pub fn add(&self, units: f64) {
+    /// Adds `units` capacity units (read and write alike).
+    pub(crate) fn add(&self, units: f64) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) += units;
     }
 
-    pub fn get(&self) -> f64 {
+    /// Capacity units summed so far.
+    pub(crate) fn get(&self) -> f64 {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod filter;
 pub mod infra;
 pub mod lambda;
+pub mod portable;
 pub mod process;
 pub mod report;
 pub mod scenario;

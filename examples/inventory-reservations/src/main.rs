@@ -24,7 +24,8 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let telemetry = Telemetry::default();
     let client = dynamodb_client(&aws_sdk_config().await, &telemetry.requests);
     let exactly_once = ExactlyOnce::new(client.clone(), settings.require_idempotency_table()?)
-        .with_marker_ttl(settings.idempotency_ttl);
+        .with_marker_ttl(settings.idempotency_ttl)
+        .with_idempotency_disabled(settings.idempotency_disabled);
     let quarantine = DynamoQuarantine::new(client, required("QUARANTINE_TABLE")?);
     let keys = Keys::new(&settings.idempotency_key_prefix);
     serve("inventory-reservations", &telemetry, |batch: RawBatch, context| {

@@ -13,10 +13,11 @@ use std::time::{Duration, SystemTime};
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::Value;
-use shared::batch::{BatchResponse, InvocationError, Summary, finish};
+use shared::batch::{InvocationError, RecordError, Summary};
 use shared::config::Config;
+use shared::engine::{CommitError, Engine, Plan};
 use shared::event::s3::{self, Notification, ObjectRef};
-use shared::event::{self, sqs};
+use shared::event::{RawBatch, sqs};
 use shared::object::{
     Format, Layout, LineContent, LineError, LineReader, ObjectSink, ObjectSource, decoded, parse_record, split_csv,
 };
@@ -160,67 +161,104 @@ pub async fn handle<S: StateStore, O: ObjectSource + ObjectSink>(
         return Ok((response, summary, reports));
     }
 
-    let records = event::records(payload).map_err(|e| InvocationError::new(e.to_string()))?;
-    let mut failed = Vec::new();
-    let mut quarantine = Vec::new();
-    for (index, record) in records.iter().enumerate() {
-        let message = match sqs::Message::parse(record) {
-            Ok(m) => m,
-            Err(e) => {
-                let id = sqs::message_id_of(record).map_or_else(|| format!("record-{index}"), str::to_owned);
-                quarantine.push(Quarantined::new("sqs/ingest", id, e.to_string(), &record.to_string()));
-                continue;
-            }
-        };
-        let _span = tracing::info_span!("message", message_id = %message.message_id).entered();
-        for notification in s3::from_sqs_body(&message.body) {
-            let notification = match notification {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "unusable notification quarantined");
-                    quarantine.push(Quarantined::new("sqs/ingest", &message.message_id, e.to_string(), &message.body));
-                    continue;
-                }
-            };
-            if deadline.near(config.deadline_margin) {
-                // Not started: hand it back to the queue rather than lose it with the timeout.
-                failed.push(message.message_id.clone());
-                summary.failed += 1;
-                break;
-            }
-            match process_notification(store, objects, config, &notification, deadline, &mut summary).await {
-                Ok(Some(report)) => {
-                    if report.result == "UNFINISHED" && !handoff.hand_on(&message.body).await {
-                        failed.push(message.message_id.clone());
-                    }
-                    reports.push(report);
-                }
-                Ok(None) => {}
-                Err(ObjectFailure::Fatal(e)) => return Err(InvocationError::new(e)),
-                Err(ObjectFailure::Transient(e)) => {
-                    tracing::error!(error = %e, "object failed; reporting the message for retry");
-                    failed.push(message.message_id.clone());
-                    summary.failed += 1;
-                }
-            }
+    // Notifications through a queue: the engine settles the messages (an
+    // unparseable one or an unusable notification is quarantined; a failed
+    // object reports its message for retry); the summary counts lines.
+    let batch = RawBatch::from_value(payload).map_err(|e| InvocationError::new(e.to_string()))?;
+    let lines = std::sync::Mutex::new((Summary::default(), Vec::new()));
+    let plan = |message: &sqs::Message| -> Result<Plan<(String, Vec<Notification>, Vec<String>)>, RecordError> {
+        let (good, bad): (Vec<_>, Vec<_>) = s3::from_sqs_body(&message.body).into_iter().partition(Result::is_ok);
+        let good: Vec<Notification> = good.into_iter().filter_map(Result::ok).collect();
+        let bad: Vec<String> = bad.into_iter().filter_map(Result::err).map(|e| e.to_string()).collect();
+        if good.is_empty() && !bad.is_empty() {
+            return Err(RecordError::Permanent(bad.join("; ")));
         }
-    }
-    if !quarantine.is_empty() {
-        match store.quarantine(&quarantine).await {
-            Ok(()) => summary.quarantined += quarantine.len() as u64,
-            Err(e) if e.class() == ErrorClass::Fatal => {
-                return Err(InvocationError::new(e.to_string()));
+        Ok(Plan::Effect((message.body.clone(), good, bad)))
+    };
+    let commit = |messages: Vec<(String, Vec<Notification>, Vec<String>)>| {
+        let lines = &lines;
+        async move {
+            let mut results = Vec::with_capacity(messages.len());
+            for (body, notifications, bad) in messages {
+                let result =
+                    ingest_message(store, objects, handoff, config, deadline, &body, &notifications, lines).await;
+                // An unusable notification beside usable ones: quarantined
+                // once the others are done.
+                results.push(match result {
+                    Ok(()) if !bad.is_empty() => Err(CommitError::Permanent(bad.join("; "))),
+                    other => other.map(|()| Outcome::Applied),
+                });
             }
-            Err(e) => {
-                tracing::error!(error = %e, "quarantine write failed");
-                failed.extend(quarantine.iter().map(|q| q.record_id.clone()));
-                summary.failed += quarantine.len() as u64;
-            }
+            results
         }
-    }
-    let response = finish(BatchResponse::failed(failed), records.len(), config.fail_on_all_failed)?;
+    };
+    let at = match deadline {
+        Deadline::At(at) => Some(*at),
+        _ => None,
+    };
+    let (response, messages) = Engine::new(store)
+        .fail_on_all_failed(config.fail_on_all_failed)
+        .deadline_margin(config.deadline_margin)
+        .process(&batch, at, plan, commit)
+        .await?;
+    let (mut summary, reports) = lines.into_inner().unwrap_or_else(|e| e.into_inner());
+    summary.quarantined += messages.quarantined;
+    summary.failed += messages.failed;
     let response = serde_json::to_value(response).map_err(|e| InvocationError::new(e.to_string()))?;
     Ok((response, summary, reports))
+}
+
+/// Ingests the objects of one message's notifications, in order; counts
+/// their lines into `lines`. An object unfinished at the deadline is handed
+/// on (or, failing that, its message is retried).
+#[allow(clippy::too_many_arguments)]
+async fn ingest_message<S: StateStore, O: ObjectSource + ObjectSink>(
+    store: &S,
+    objects: &O,
+    handoff: &Handoff,
+    config: &Config,
+    deadline: &Deadline,
+    body: &str,
+    notifications: &[Notification],
+    lines: &std::sync::Mutex<(Summary, Vec<ObjectReport>)>,
+) -> Result<(), CommitError> {
+    for notification in notifications {
+        if deadline.near(config.deadline_margin) {
+            // Not started: hand it back to the queue rather than lose it with the timeout.
+            return Err(CommitError::Transient("not started before the invocation's deadline".into()));
+        }
+        let mut summary = Summary::default();
+        let processed = process_notification(store, objects, config, notification, deadline, &mut summary).await;
+        let mut guard = lines.lock().unwrap_or_else(|e| e.into_inner());
+        add(&mut guard.0, &summary);
+        match processed {
+            Ok(Some(report)) => {
+                let unfinished = report.result == "UNFINISHED";
+                guard.1.push(report);
+                drop(guard);
+                if unfinished && !handoff.hand_on(body).await {
+                    return Err(CommitError::Transient("object unfinished at the deadline".into()));
+                }
+            }
+            Ok(None) => {}
+            Err(ObjectFailure::Fatal(e)) => return Err(CommitError::Fatal(e)),
+            Err(ObjectFailure::Transient(e)) => {
+                tracing::error!(error = %e, "object failed; reporting the message for retry");
+                return Err(CommitError::Transient(e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds `more`'s counters to `into`.
+fn add(into: &mut Summary, more: &Summary) {
+    into.applied += more.applied;
+    into.stale += more.stale;
+    into.duplicate += more.duplicate;
+    into.quarantined += more.quarantined;
+    into.ignored += more.ignored;
+    into.failed += more.failed;
 }
 
 async fn process_notification<S: StateStore, O: ObjectSource + ObjectSink>(

@@ -26,7 +26,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         let (store, config) = (&store, &config);
         async move {
             let deadline = Some(shared::runtime::deadline(&context));
-            Box::pin(sqs_consumer::handle_batch(store, config, &payload, deadline)).await
+            sqs_consumer::handle_batch(store, config, &payload, deadline).await
         }
     })
     .await

@@ -26,7 +26,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         let (store, config) = (&store, &config);
         async move {
             let deadline = Some(shared::runtime::deadline(&context));
-            Box::pin(stream_aggregator::handle_batch(store, config, &payload, deadline)).await
+            stream_aggregator::handle_batch(store, config, &payload, deadline).await
         }
     })
     .await

@@ -23,12 +23,31 @@ use serde_json::value::RawValue;
 /// bytes fail the same way on every delivery.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
+    /// The text is not valid JSON, or not of the shape its type expects.
     #[error("malformed JSON in {what}: {message}")]
-    Json { what: &'static str, message: String },
+    Json {
+        /// What was being parsed, e.g. `"SQS message"`.
+        what: &'static str,
+        /// serde_json's error, with its line and column.
+        message: String,
+    },
+    /// A field the record cannot be processed without is absent.
     #[error("{what}: missing field `{field}`")]
-    MissingField { what: &'static str, field: &'static str },
+    MissingField {
+        /// What was being parsed, e.g. `"SQS message"`.
+        what: &'static str,
+        /// The field's wire name, e.g. `messageId`.
+        field: &'static str,
+    },
+    /// Valid JSON of the wrong shape: not an object, an unknown event name,
+    /// a number that is not one.
     #[error("{what}: {message}")]
-    Shape { what: &'static str, message: String },
+    Shape {
+        /// What was being parsed, e.g. `"SQS message"`.
+        what: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// Splits an event into its raw `Records`. Fails only when the payload is not

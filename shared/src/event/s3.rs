@@ -15,12 +15,19 @@ const WHAT: &str = "S3 notification";
 /// The object a notification is about. `key` is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObjectRef {
+    /// `s3.bucket.name` (EventBridge: `detail.bucket.name`).
     pub bucket: String,
+    /// `s3.object.key`, form-decoded (see [`decode_key`]).
     pub key: String,
-    pub size: Option<u64>,
-    pub e_tag: Option<String>,
-    pub version_id: Option<String>,
-    pub sequencer: Option<String>,
+    /// `s3.object.size`, in bytes.
+    pub(crate) size: Option<u64>,
+    /// `s3.object.eTag` (EventBridge: `etag`): the content's identity.
+    pub(crate) e_tag: Option<String>,
+    /// `s3.object.versionId`, on versioned buckets (`"null"` for an object
+    /// written before versioning was enabled).
+    pub(crate) version_id: Option<String>,
+    /// `s3.object.sequencer`: orders the events of one key.
+    pub(crate) sequencer: Option<String>,
 }
 
 impl ObjectRef {
@@ -49,7 +56,10 @@ pub enum Notification {
     /// S3's `s3:TestEvent`, sent when notifications are configured: nothing to do.
     TestEvent,
     /// Another S3 event (for example `ObjectRemoved`): nothing to do.
-    Ignored { event_name: String },
+    Ignored {
+        /// `eventName` (EventBridge: `detail-type`), e.g. `ObjectRemoved:Delete`.
+        event_name: String,
+    },
 }
 
 /// Decodes an object key as S3 notifications encode it: form-style, so `+`

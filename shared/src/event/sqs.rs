@@ -14,7 +14,9 @@ const WHAT: &str = "SQS message";
 /// One SQS message as delivered to Lambda.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
+    /// `messageId`: the id reported in `batchItemFailures`.
     pub message_id: String,
+    /// `body`, as sent (SQS bodies are text).
     pub body: String,
     /// `MessageGroupId` of a FIFO queue's message.
     pub group_id: Option<String>,
@@ -22,7 +24,8 @@ pub struct Message {
     pub deduplication_id: Option<String>,
     /// How many times SQS has delivered this message (1 on first delivery).
     pub receive_count: u32,
-    pub event_source_arn: Option<String>,
+    /// `eventSourceARN`: the queue's ARN (a FIFO queue's ends in `.fifo`).
+    pub(crate) event_source_arn: Option<String>,
     /// The message as `aws_lambda_events` parsed it, for anything else.
     pub raw: SqsMessage,
 }

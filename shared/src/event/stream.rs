@@ -13,15 +13,20 @@ const WHAT: &str = "DynamoDB stream record";
 /// The kind of change a stream record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
+    /// `INSERT`: a new item (no old image).
     Insert,
+    /// `MODIFY`: an item replaced or updated.
     Modify,
+    /// `REMOVE`: an item deleted, including by TTL (no new image).
     Remove,
 }
 
 /// One stream record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
+    /// `eventID`: unique per stream record.
     pub event_id: String,
+    /// `eventName`, as a [`Change`].
     pub change: Change,
     /// Absent in records of DynamoDB change data delivered through Kinesis.
     pub sequence_number: Option<String>,

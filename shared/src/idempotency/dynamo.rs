@@ -20,6 +20,7 @@ pub struct DynamoIdempotencyStore {
 }
 
 impl DynamoIdempotencyStore {
+    /// The store on `table` (its partition key `id`, a string).
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self { client, table: table.into() }
     }

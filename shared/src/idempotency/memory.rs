@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use super::{IdempotencyStore, LockAttempt, Record};
 
+/// Idempotency records in a map, with the DynamoDB store's lock rule (absent,
+/// expired or in-progress-expired counts as free). Public for doctests.
 #[derive(Debug, Default)]
 pub struct MemoryIdempotencyStore {
     records: Mutex<HashMap<String, Record>>,

@@ -25,12 +25,15 @@ pub use key::{IdempotencyKey, KeyError, KeySource};
 /// Status of an idempotency record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// `INPROGRESS`: an invocation holds the lock and is running the effect.
     InProgress,
+    /// `COMPLETED`: the effect ran; `data` holds its result.
     Completed,
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    /// The `status` attribute's value.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::InProgress => "INPROGRESS",
             Self::Completed => "COMPLETED",
@@ -43,6 +46,7 @@ impl Status {
 pub struct Record {
     /// `id`: the key.
     pub id: String,
+    /// `status`: `INPROGRESS` or `COMPLETED`.
     pub status: Status,
     /// `expiration`: epoch seconds after which the record counts as absent
     /// (and DynamoDB's TTL deletes it).
@@ -71,7 +75,9 @@ impl Record {
 /// What a store reports when the lock could not be taken: the record in the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockAttempt {
+    /// The record was written: this invocation holds the lock.
     Acquired,
+    /// A live record was in the way (as stored), so nothing was written.
     Exists(Record),
 }
 
@@ -80,14 +86,28 @@ pub enum LockAttempt {
 pub enum IdempotencyError {
     /// Another invocation holds the lock: retry later (transient).
     #[error("idempotency key {key} is in progress in another invocation; retry later")]
-    InProgress { key: String },
+    InProgress {
+        /// The idempotency key.
+        key: String,
+    },
     /// The key was used before with a different payload (permanent).
     #[error("idempotency key {key} was already used with a different payload")]
-    PayloadMismatch { key: String },
+    PayloadMismatch {
+        /// The idempotency key.
+        key: String,
+    },
+    /// The store failed (transient): the store's error message.
     #[error("idempotency store: {0}")]
     Store(String),
+    /// The cached result does not deserialize as the caller's type, or the
+    /// effect's result does not serialize (permanent).
     #[error("cached result of {key} cannot be read: {message}")]
-    Cache { key: String, message: String },
+    Cache {
+        /// The idempotency key.
+        key: String,
+        /// serde_json's error.
+        message: String,
+    },
 }
 
 impl IdempotencyError {
@@ -138,14 +158,6 @@ pub enum Run<T> {
     Replayed(T),
 }
 
-impl<T> Run<T> {
-    pub fn into_inner(self) -> T {
-        match self {
-            Self::Executed(t) | Self::Replayed(t) => t,
-        }
-    }
-}
-
 /// The lock-path core over a store.
 #[derive(Debug, Clone)]
 pub struct Idempotency<S> {
@@ -154,10 +166,12 @@ pub struct Idempotency<S> {
 }
 
 impl<S: IdempotencyStore> Idempotency<S> {
+    /// The lock path over `store`.
     pub fn new(store: S, options: Options) -> Self {
         Self { store, options }
     }
 
+    /// The store, to inspect records directly (tests, tools).
     pub fn store(&self) -> &S {
         &self.store
     }

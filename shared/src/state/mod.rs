@@ -25,6 +25,7 @@ pub use shared_core::error::ErrorClass;
 /// An idempotency marker: written in the same transaction as the effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Marker {
+    /// The idempotency key (the marker item's partition key).
     pub key: String,
     /// Hash of the payload, to tell a duplicate from a reused key.
     pub validation: Option<String>,
@@ -34,6 +35,7 @@ pub struct Marker {
 /// makes it happen once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaRecord {
+    /// The key of the marker written with the deltas.
     pub idempotency_key: String,
     /// customerId -> delta. Empty when the change does not affect totals
     /// (the marker is still written, so a replay is seen as a duplicate).
@@ -47,6 +49,7 @@ pub struct Quarantined {
     pub source: String,
     /// Its id there: message id, line number, sequence number.
     pub record_id: String,
+    /// Why it can never be processed (the parse or validation error).
     pub reason: String,
     /// The raw record, truncated to [`MAX_QUARANTINED_RAW_BYTES`].
     pub raw: String,
@@ -57,6 +60,8 @@ pub struct Quarantined {
 pub const MAX_QUARANTINED_RAW_BYTES: usize = 8 * 1024;
 
 impl Quarantined {
+    /// A quarantined record; `raw` is truncated to
+    /// [`MAX_QUARANTINED_RAW_BYTES`] on a character boundary.
     pub fn new(source: impl Into<String>, record_id: impl Into<String>, reason: impl Into<String>, raw: &str) -> Self {
         Self {
             source: source.into(),
@@ -83,12 +88,18 @@ pub fn truncate_bytes(s: &str, max: usize) -> &str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ObjectStatus {
+    /// `IN_PROGRESS`: chunks are committed up to the checkpoint; the rest is
+    /// still to read (by this invocation, or a retry that resumes there).
     InProgress,
+    /// `COMPLETED`: every line is counted.
     Completed,
+    /// `FAILED`: the object cannot be processed (for example, an unsupported
+    /// format).
     Failed,
 }
 
 impl ObjectStatus {
+    /// The `status` attribute's value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InProgress => "IN_PROGRESS",
@@ -102,33 +113,49 @@ impl ObjectStatus {
 /// offset of that line in the (uncompressed) object.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// Number of the last line committed (1-based; 0: none yet). Reading
+    /// resumes at line `line + 1`.
     pub line: u64,
+    /// Byte offset of line `line + 1` in the decoded object.
     pub byte: u64,
 }
 
 /// Per-object accounting: every line ends in exactly one of the counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
+    /// Record lines read (blank lines and a CSV header row are not records):
+    /// the sum of the four counters below.
     pub lines: u64,
+    /// Lines whose order event was applied.
     pub accepted: u64,
+    /// Lines quarantined as unparseable or invalid.
     pub rejected: u64,
+    /// Lines whose event is older than the order's stored one (the apply rule).
     pub stale: u64,
+    /// Lines whose event was already applied.
     pub duplicates: u64,
 }
 
 /// The manifest item of one object revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// The object's bucket.
     pub bucket: String,
+    /// The object's key (decoded).
     pub key: String,
     /// versionId, or eTag when unversioned.
     pub revision: String,
+    /// How far processing of the object got.
     pub status: ObjectStatus,
+    /// Lines counted up to the checkpoint.
     pub counts: Counts,
+    /// Where the next chunk starts.
     pub checkpoint: Checkpoint,
     /// The header row of a CSV object, kept so a resumed read can parse rows.
     pub csv_header: Option<String>,
+    /// When the first invocation started on this revision.
     pub started_at: DateTime<Utc>,
+    /// When processing ended (`COMPLETED` or `FAILED`); `None` while in progress.
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -136,6 +163,7 @@ pub struct Manifest {
 /// two invocations working on one object cannot both commit the same chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestWrite {
+    /// The manifest as it is after the chunk.
     pub manifest: Manifest,
     /// `None`: the manifest must not exist yet.
     pub expected: Option<Checkpoint>,
@@ -147,17 +175,45 @@ pub type ManifestFn<'a> = dyn Fn(&[Outcome]) -> ManifestWrite + Send + Sync + 'a
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A DynamoDB request failed.
     #[error("DynamoDB {operation} on table {table} failed: {message}")]
-    Dynamo { operation: &'static str, table: String, message: String, class: ErrorClass },
+    Dynamo {
+        /// The API call, e.g. `TransactWriteItems`.
+        operation: &'static str,
+        /// The table it was made on.
+        table: String,
+        /// The service's error code and message.
+        message: String,
+        /// Whether a retry can help, by the error code.
+        class: ErrorClass,
+    },
+    /// A stored item does not read as its type (permanent).
     #[error(transparent)]
     Item(#[from] item::ItemError),
+    /// The manifest's checkpoint is not the one this writer started from:
+    /// another invocation committed a chunk of the object (transient).
     #[error("another invocation moved the manifest of s3://{bucket}/{key} past checkpoint line {line}")]
-    ManifestConflict { bucket: String, key: String, line: u64 },
+    ManifestConflict {
+        /// The object's bucket.
+        bucket: String,
+        /// The object's key.
+        key: String,
+        /// The checkpoint line this writer expected (0: no manifest).
+        line: u64,
+    },
+    /// A request kept being refused in part or whole (transaction conflicts,
+    /// throttling, unprocessed items) until the attempts ran out (transient).
     #[error("gave up after {attempts} attempts: {message}")]
-    Contention { attempts: u32, message: String },
+    Contention {
+        /// Attempts made.
+        attempts: u32,
+        /// What kept being refused.
+        message: String,
+    },
 }
 
 impl StoreError {
+    /// The error class the batch layer uses.
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Dynamo { class, .. } => *class,

@@ -15,19 +15,37 @@ enum Action {
     Cargo(&'static [&'static str]),
     Venv,
     Infra,
+    CoreTree,
+    CoreWasm,
+    Docs,
 }
 
 /// The steps, in order.
-const STEPS: [(&str, Action); 6] = [
+const STEPS: [(&str, Action); 9] = [
     ("install the local stack tools (.venv)", Action::Venv),
     ("formatting (cargo fmt --check)", Action::Cargo(&["fmt", "--all", "--", "--check"])),
     (
         "lints (cargo clippy -D warnings)",
         Action::Cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
     ),
+    ("portable core: no AWS, Lambda or tokio in shared-core's dependencies", Action::CoreTree),
+    ("portable core builds for wasm32-unknown-unknown", Action::CoreWasm),
+    ("docs (cargo doc --no-deps, missing docs denied)", Action::Docs),
     (
-        "build the functions",
-        Action::Cargo(&["build", "-p", "s3-ingest", "-p", "sqs-consumer", "-p", "stream-aggregator"]),
+        "build the functions and the examples",
+        Action::Cargo(&[
+            "build",
+            "-p",
+            "s3-ingest",
+            "-p",
+            "sqs-consumer",
+            "-p",
+            "stream-aggregator",
+            "-p",
+            "inventory-reservations",
+            "-p",
+            "ledger-notifier",
+        ]),
     ),
     (
         "unit, integration and end-to-end tests (cargo test --workspace)",
@@ -54,5 +72,8 @@ fn run_step(root: &Path, action: &Action) -> Result<()> {
         Action::Venv => Venv::at(root).ensure(),
         Action::Cargo(args) => super::cargo_with_venv(root, args),
         Action::Infra => crate::infra::check(root),
+        Action::CoreTree => crate::portable::check_tree(root),
+        Action::CoreWasm => crate::portable::check_wasm(root),
+        Action::Docs => crate::portable::check_docs(root),
     }
 }
