@@ -8,6 +8,8 @@
 //! keys and fingerprints, the exactly-once plan, line formats, the order
 //! domain. This crate adds the AWS adapters.
 
+#![deny(missing_docs)]
+
 pub use shared_core as core;
 pub use shared_core::{batch, lines, order, plan};
 
@@ -17,6 +19,7 @@ pub mod error;
 pub mod event;
 pub mod exactly_once;
 pub mod idempotency;
+pub mod ingest;
 pub mod object;
 pub mod runtime;
 pub mod state;

@@ -20,14 +20,14 @@ pub struct ObjectRef {
     /// `s3.object.key`, form-decoded (see [`decode_key`]).
     pub key: String,
     /// `s3.object.size`, in bytes.
-    pub(crate) size: Option<u64>,
+    pub size: Option<u64>,
     /// `s3.object.eTag` (EventBridge: `etag`): the content's identity.
-    pub(crate) e_tag: Option<String>,
+    pub e_tag: Option<String>,
     /// `s3.object.versionId`, on versioned buckets (`"null"` for an object
     /// written before versioning was enabled).
-    pub(crate) version_id: Option<String>,
+    pub version_id: Option<String>,
     /// `s3.object.sequencer`: orders the events of one key.
-    pub(crate) sequencer: Option<String>,
+    pub sequencer: Option<String>,
 }
 
 impl ObjectRef {

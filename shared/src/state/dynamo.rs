@@ -74,14 +74,6 @@ impl DynamoStore {
         self
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub fn state_table(&self) -> &str {
-        &self.state_table
-    }
-
     fn dynamo_error<E>(
         &self,
         operation: &'static str,

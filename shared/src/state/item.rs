@@ -10,11 +10,15 @@ use serde_dynamo::{AttributeValue, Item};
 use crate::order::{Currency, CustomerTotals, Order, OrderStatus, format_timestamp, parse_timestamp};
 
 /// `entity` values of the state table's items.
-pub mod entity {
-    pub const ORDER: &str = "order";
-    pub const CUSTOMER_TOTALS: &str = "customer_totals";
-    pub const OBJECT: &str = "object";
-    pub const QUARANTINE: &str = "quarantine";
+pub(crate) mod entity {
+    /// An order (`ORDER#<orderId>` / `ORDER`).
+    pub(crate) const ORDER: &str = "order";
+    /// A customer's totals (`CUSTOMER#<customerId>` / `TOTALS`).
+    pub(crate) const CUSTOMER_TOTALS: &str = "customer_totals";
+    /// An object revision's manifest.
+    pub(crate) const OBJECT: &str = "object";
+    /// A quarantined record.
+    pub(crate) const QUARANTINE: &str = "quarantine";
 }
 
 /// Sort key of order items.
@@ -36,15 +40,22 @@ pub fn customer_pk(customer_id: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{entity} item: attribute `{attribute}` {problem}")]
 pub struct ItemError {
-    pub entity: &'static str,
-    pub attribute: &'static str,
-    pub problem: String,
+    /// The item's `entity`, e.g. `order`.
+    pub(crate) entity: &'static str,
+    /// The attribute's name.
+    pub(crate) attribute: &'static str,
+    /// What is wrong with it, e.g. `is missing`.
+    pub(crate) problem: String,
 }
 
 /// Typed access to item attributes, each returning an error naming the attribute.
-pub trait ItemExt {
+pub(crate) trait ItemExt {
+    /// The string (`S`) attribute; an error when missing or of another type.
     fn get_s(&self, entity: &'static str, attribute: &'static str) -> Result<&str, ItemError>;
+    /// The number (`N`) attribute parsed as `T`; an error when missing, of
+    /// another type or not a valid `T`.
     fn get_n<T: std::str::FromStr>(&self, entity: &'static str, attribute: &'static str) -> Result<T, ItemError>;
+    /// The string (`S`) attribute, if present as one.
     fn opt_s(&self, attribute: &str) -> Option<&str>;
 }
 

@@ -12,7 +12,9 @@ use crate::order::{ApplyOutcome, CustomerTotals, Order, OrderEvent, apply};
 /// One committed change of an order, as a stream record would carry it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderChange {
+    /// The order before (a stream record's old image); `None` for a new order.
     pub old: Option<Order>,
+    /// The order after (the new image).
     pub new: Order,
 }
 
@@ -33,6 +35,7 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -42,18 +45,22 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The stored orders, by order id.
     pub fn orders(&self) -> BTreeMap<String, Order> {
         self.lock().orders.clone()
     }
 
+    /// The stored customer totals, by customer id.
     pub fn totals(&self) -> BTreeMap<String, CustomerTotals> {
         self.lock().totals.clone()
     }
 
+    /// The quarantined records, in (source, record id) order.
     pub fn quarantined(&self) -> Vec<Quarantined> {
         self.lock().quarantine.values().cloned().collect()
     }
 
+    /// The object manifests, in (bucket, key, revision) order.
     pub fn manifests(&self) -> Vec<Manifest> {
         self.lock().manifests.values().cloned().collect()
     }
