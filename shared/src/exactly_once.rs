@@ -169,7 +169,9 @@ const ALL_OLD: ReturnValuesOnConditionCheckFailure = ReturnValuesOnConditionChec
 /// together or not at all.
 #[derive(Debug, Clone)]
 pub struct UnitOfWork {
-    key: String,
+    /// `None`: no marker (the unit is made once by something else, such as
+    /// an object's checkpoint committed with it).
+    key: Option<String>,
     fingerprint: Option<String>,
     writes: Vec<Write>,
     outcome: Outcome,
@@ -178,7 +180,15 @@ pub struct UnitOfWork {
 impl UnitOfWork {
     /// A unit under idempotency key `key` (see [`crate::idempotency::IdempotencyKey`]).
     pub fn new(key: impl Into<String>) -> Self {
-        Self { key: key.into(), fingerprint: None, writes: Vec::new(), outcome: Outcome::Applied }
+        Self { key: Some(key.into()), fingerprint: None, writes: Vec::new(), outcome: Outcome::Applied }
+    }
+
+    /// A unit without an idempotency marker: for writes that are made
+    /// exactly-once by other means (the lines of an object, whose checkpoint
+    /// commits in the same transaction), or whose conditions alone make them
+    /// idempotent.
+    pub fn unkeyed() -> Self {
+        Self { key: None, fingerprint: None, writes: Vec::new(), outcome: Outcome::Applied }
     }
 
     /// The payload's fingerprint ([`shared_core::key::fingerprint`] of what
@@ -203,9 +213,9 @@ impl UnitOfWork {
         self
     }
 
-    /// The idempotency key.
-    pub fn key(&self) -> &str {
-        &self.key
+    /// The idempotency key, if the unit has a marker.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 }
 
@@ -224,6 +234,24 @@ pub struct ExactlyOnce {
     idempotency_table: String,
     marker_ttl: Duration,
     markers: bool,
+    capacity: crate::telemetry::CapacityMeter,
+}
+
+/// Builds a write that commits with the last transaction of a batch from
+/// every unit's outcome if that transaction commits (an object's manifest:
+/// its checkpoint and counters).
+pub type FinalWrite<'a> = dyn Fn(&[Outcome]) -> Write + Send + Sync + 'a;
+
+/// Why a batch with a final write could not be committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FinalWriteError {
+    /// The final write's condition failed: another writer moved its item
+    /// (for a manifest: another invocation committed the same chunk).
+    #[error("the final write's condition failed: another writer changed its item")]
+    Conflict,
+    /// The transaction carrying it failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
 }
 
 /// Where a transaction's actions come from.
@@ -231,12 +259,25 @@ pub struct ExactlyOnce {
 enum Slot {
     Marker(usize),
     Write(usize, usize),
+    Final,
 }
 
 impl ExactlyOnce {
     /// Markers in `idempotency_table`, kept a week.
     pub fn new(client: Client, idempotency_table: impl Into<String>) -> Self {
-        Self { client, idempotency_table: idempotency_table.into(), marker_ttl: MARKER_TTL, markers: true }
+        Self {
+            client,
+            idempotency_table: idempotency_table.into(),
+            marker_ttl: MARKER_TTL,
+            markers: true,
+            capacity: Default::default(),
+        }
+    }
+
+    /// Keeps markers this long (`IDEMPOTENCY_TTL_SECONDS`).
+    pub fn with_marker_ttl(mut self, ttl: Duration) -> Self {
+        self.marker_ttl = ttl;
+        self
     }
 
     /// With `disabled` (`POWERTOOLS_IDEMPOTENCY_DISABLED`, as in Powertools:
@@ -247,9 +288,9 @@ impl ExactlyOnce {
         self
     }
 
-    /// Keeps markers this long (`IDEMPOTENCY_TTL_SECONDS`).
-    pub fn with_marker_ttl(mut self, ttl: Duration) -> Self {
-        self.marker_ttl = ttl;
+    /// Sums the capacity DynamoDB reports consuming into `meter`.
+    pub fn with_capacity_meter(mut self, meter: crate::telemetry::CapacityMeter) -> Self {
+        self.capacity = meter;
         self
     }
 
@@ -259,25 +300,64 @@ impl ExactlyOnce {
     /// so FIFO groups and shards keep their order).
     pub async fn commit(&self, units: Vec<UnitOfWork>, deadline: Option<SystemTime>) -> Committed {
         // Boxed for the same reason as the engine's future (see `Engine::process`).
-        Box::pin(self.commit_units(units, deadline)).await
+        match Box::pin(self.commit_all(&units, None, deadline)).await {
+            Ok(results) => results.into_iter().zip(&units).map(|(r, u)| reused_or(r, u.key.as_deref())).collect(),
+            Err(_) => unreachable!("no final write, no final conflict"),
+        }
     }
 
-    async fn commit_units(&self, units: Vec<UnitOfWork>, deadline: Option<SystemTime>) -> Committed {
+    /// [`commit`](Self::commit) with a final write in the last transaction
+    /// (which then holds one action fewer of the units'), built from every
+    /// unit's outcome if it commits. A reused key is
+    /// [`Outcome::KeyReused`] here. Any failure fails the whole batch: the
+    /// final write must never commit without the units it covers.
+    pub async fn commit_with_final(
+        &self,
+        units: &[UnitOfWork],
+        last: &FinalWrite<'_>,
+        deadline: Option<SystemTime>,
+    ) -> Result<Vec<Outcome>, FinalWriteError> {
+        let results = Box::pin(self.commit_all(units, Some(last), deadline)).await?;
+        results.into_iter().map(|r| r.map_err(FinalWriteError::Commit)).collect()
+    }
+
+    /// [`commit`](Self::commit) with a reused key as [`Outcome::KeyReused`]
+    /// (for stores that report it themselves).
+    pub(crate) async fn commit_outcomes(&self, units: &[UnitOfWork], deadline: Option<SystemTime>) -> Committed {
+        match Box::pin(self.commit_all(units, None, deadline)).await {
+            Ok(results) => results,
+            Err(_) => unreachable!("no final write, no final conflict"),
+        }
+    }
+
+    async fn commit_all(
+        &self,
+        units: &[UnitOfWork],
+        last: Option<&FinalWrite<'_>>,
+        deadline: Option<SystemTime>,
+    ) -> Result<Vec<Result<Outcome, CommitError>>, FinalWriteError> {
         let mut results: Vec<Option<Result<Outcome, CommitError>>> = vec![None; units.len()];
-        let keys: Vec<(&str, Option<&str>)> =
-            units.iter().map(|u| (u.key.as_str(), u.fingerprint.as_deref())).collect();
         if self.markers {
-            for (i, decided) in repeated_keys(&keys).into_iter().enumerate() {
+            let keyed: Vec<(usize, (&str, Option<&str>))> = units
+                .iter()
+                .enumerate()
+                .filter_map(|(i, u)| u.key.as_deref().map(|k| (i, (k, u.fingerprint.as_deref()))))
+                .collect();
+            let keys: Vec<(&str, Option<&str>)> = keyed.iter().map(|(_, k)| *k).collect();
+            for ((i, _), decided) in keyed.iter().zip(repeated_keys(&keys)) {
                 if let Some(outcome) = decided {
-                    results[i] = Some(reused_or(outcome, &units[i].key));
+                    results[*i] = Some(Ok(outcome));
                 }
             }
         }
+        let limit = MAX_TRANSACT_ITEMS - usize::from(last.is_some());
         let shape = |u: &UnitOfWork| UnitShape {
-            actions: usize::from(self.markers) + u.writes.len(),
-            items: self
-                .markers
-                .then(|| format!("{}|id={}", self.idempotency_table, u.key))
+            actions: usize::from(self.has_marker(u)) + u.writes.len(),
+            items: u
+                .key
+                .as_deref()
+                .filter(|_| self.markers)
+                .map(|k| format!("{}|id={k}", self.idempotency_table))
                 .into_iter()
                 .chain(u.writes.iter().map(|w| w.item.clone()))
                 .collect(),
@@ -287,7 +367,7 @@ impl ExactlyOnce {
             if results[i].is_some() {
                 continue;
             }
-            match commits(std::slice::from_ref(&shape(unit)), MAX_TRANSACT_ITEMS) {
+            match commits(std::slice::from_ref(&shape(unit)), limit) {
                 Ok(_) => live.push(i),
                 Err(e) => results[i] = Some(Err(CommitError::Permanent(e.to_string()))),
             }
@@ -295,10 +375,14 @@ impl ExactlyOnce {
         let shapes: Vec<UnitShape> = live.iter().map(|i| shape(&units[*i])).collect();
         // Every live unit fits on its own (checked above), so planning them
         // together cannot fail; were it to, they are reported for retry.
-        let plan = commits(&shapes, MAX_TRANSACT_ITEMS).unwrap_or_default();
+        let mut plan: Vec<Vec<usize>> =
+            commits(&shapes, limit).unwrap_or_default().into_iter().map(|range| live[range].to_vec()).collect();
+        if plan.is_empty() && last.is_some() {
+            plan.push(Vec::new()); // The final write alone.
+        }
+        let transactions = plan.len();
         let mut stopped: Option<CommitError> = None;
-        for range in plan {
-            let members: Vec<usize> = live[range].to_vec();
+        for (t, members) in plan.into_iter().enumerate() {
             if let Some(e) = &stopped {
                 for i in members {
                     results[i] = Some(Err(match e {
@@ -308,7 +392,15 @@ impl ExactlyOnce {
                 }
                 continue;
             }
-            if let Err(e) = self.commit_one(&units, &members, &mut results, deadline).await {
+            let with_last = if t + 1 == transactions { last } else { None };
+            if let Err(e) = self.commit_one(units, &members, &mut results, with_last, deadline).await {
+                if last.is_some() {
+                    return Err(e);
+                }
+                let e = match e {
+                    FinalWriteError::Commit(e) => e,
+                    FinalWriteError::Conflict => unreachable!("no final write"),
+                };
                 for &i in &members {
                     if results[i].is_none() {
                         results[i] = Some(Err(e.clone()));
@@ -317,20 +409,27 @@ impl ExactlyOnce {
                 stopped = Some(e);
             }
         }
-        results.into_iter().map(|r| r.unwrap_or(Err(CommitError::Transient("not committed".into())))).collect()
+        Ok(results.into_iter().map(|r| r.unwrap_or(Err(CommitError::Transient("not committed".into())))).collect())
+    }
+
+    fn has_marker(&self, unit: &UnitOfWork) -> bool {
+        self.markers && unit.key.is_some()
     }
 
     /// Commits one transaction's units, deciding each; `Err` when it cannot
-    /// be committed (the undecided units get that error).
+    /// be committed (the undecided units get that error). With `last`, the
+    /// final write rides along, built from every unit's tentative outcome.
     async fn commit_one(
         &self,
         units: &[UnitOfWork],
         members: &[usize],
         results: &mut [Option<Result<Outcome, CommitError>>],
+        last: Option<&FinalWrite<'_>>,
         deadline: Option<SystemTime>,
-    ) -> Result<(), CommitError> {
-        // Per member: whether its marker and its writes are still to be sent.
-        let mut marker: HashMap<usize, bool> = members.iter().map(|i| (*i, self.markers)).collect();
+    ) -> Result<(), FinalWriteError> {
+        // Per member: whether its marker and its writes are still to be sent,
+        // and how it counts if they commit.
+        let mut marker: HashMap<usize, bool> = members.iter().map(|i| (*i, self.has_marker(&units[*i]))).collect();
         let mut writes: HashMap<usize, bool> = members.iter().map(|i| (*i, true)).collect();
         let mut counted: HashMap<usize, Outcome> = members.iter().map(|i| (*i, units[*i].outcome)).collect();
         let now = chrono::Utc::now().timestamp();
@@ -352,10 +451,23 @@ impl ExactlyOnce {
                     }
                 }
             }
+            if let Some(build) = last {
+                // The outcomes if this transaction commits: its members as
+                // counted, every other unit as already decided (or applied,
+                // in an earlier transaction of the batch).
+                let tentative: Vec<Outcome> = (0..units.len())
+                    .map(|i| match &results[i] {
+                        Some(Ok(o)) => *o,
+                        _ => counted.get(&i).copied().unwrap_or(units[i].outcome),
+                    })
+                    .collect();
+                actions.push(build(&tentative).action);
+                slots.push(Slot::Final);
+            }
             if actions.is_empty() {
                 return Ok(());
             }
-            match transact(&self.client, &self.idempotency_table, actions).await {
+            match transact(&self.client, &self.idempotency_table, actions, &self.capacity).await {
                 Ok(None) => {
                     for &i in members {
                         if results[i].is_none() {
@@ -371,14 +483,14 @@ impl ExactlyOnce {
                             continue;
                         }
                         match *slot {
+                            Slot::Final => return Err(FinalWriteError::Conflict),
                             Slot::Marker(i) => {
                                 retry_needed = false;
                                 let stored =
                                     item.as_ref().and_then(|it| it.get("validation")).and_then(|v| v.as_s().ok());
                                 let reused =
                                     matches!((stored, units[i].fingerprint.as_deref()), (Some(a), Some(b)) if a != b);
-                                let outcome = if reused { Outcome::KeyReused } else { Outcome::Duplicate };
-                                results[i] = Some(reused_or(outcome, &units[i].key));
+                                results[i] = Some(Ok(if reused { Outcome::KeyReused } else { Outcome::Duplicate }));
                             }
                             Slot::Write(i, w) => {
                                 if results[i].is_some() {
@@ -386,14 +498,18 @@ impl ExactlyOnce {
                                     continue;
                                 }
                                 match (units[i].writes[w].on_condition_failed)(item.as_ref()) {
-                                    Verdict::Duplicate => {
-                                        retry_needed = false;
-                                        results[i] = Some(Ok(Outcome::Duplicate));
-                                    }
-                                    Verdict::Stale => {
+                                    // The effect is there, or superseded: its
+                                    // writes go, its marker is still written, so
+                                    // a replay is decided by the marker alone.
+                                    verdict @ (Verdict::Duplicate | Verdict::Stale) => {
                                         retry_needed = false;
                                         writes.insert(i, false);
-                                        counted.insert(i, Outcome::Stale);
+                                        let outcome =
+                                            if verdict == Verdict::Stale { Outcome::Stale } else { Outcome::Duplicate };
+                                        counted.insert(i, outcome);
+                                        if !marker[&i] {
+                                            results[i] = Some(Ok(outcome));
+                                        }
                                     }
                                     Verdict::Reject(reason) => {
                                         retry_needed = false;
@@ -404,10 +520,11 @@ impl ExactlyOnce {
                             }
                         }
                     }
-                    // A marker decided as duplicate is not sent again.
+                    // A unit decided above sends nothing more.
                     for &i in members {
                         if results[i].is_some() {
                             marker.insert(i, false);
+                            writes.insert(i, false);
                         }
                     }
                     if retry_needed {
@@ -418,26 +535,29 @@ impl ExactlyOnce {
                     ErrorClass::Transient => {
                         backoff(attempt, deadline).await.map_err(|_| CommitError::Transient(message))?
                     }
-                    ErrorClass::Permanent => return Err(CommitError::Permanent(message)),
-                    ErrorClass::Fatal => return Err(CommitError::Fatal(message)),
+                    ErrorClass::Permanent => return Err(CommitError::Permanent(message).into()),
+                    ErrorClass::Fatal => return Err(CommitError::Fatal(message).into()),
                 },
             }
         }
-        Err(CommitError::Transient(format!("gave up after {MAX_ATTEMPTS} attempts: transactions kept being cancelled")))
+        Err(CommitError::Transient(format!("gave up after {MAX_ATTEMPTS} attempts: transactions kept being cancelled"))
+            .into())
     }
 
     fn marker_put(&self, unit: &UnitOfWork, now: i64) -> Result<TransactWriteItem, CommitError> {
-        marker_put(&self.idempotency_table, &unit.key, unit.fingerprint.as_deref(), self.marker_ttl, now)
+        let key = unit.key.as_deref().unwrap_or_default();
+        marker_put(&self.idempotency_table, key, unit.fingerprint.as_deref(), self.marker_ttl, now)
             .map_err(|e| CommitError::Permanent(e.to_string()))
     }
 }
 
-fn reused_or(outcome: Outcome, key: &str) -> Result<Outcome, CommitError> {
-    match outcome {
-        Outcome::KeyReused => {
-            Err(CommitError::Permanent(format!("idempotency key {key} was already used with a different payload")))
-        }
-        other => Ok(other),
+fn reused_or(result: Result<Outcome, CommitError>, key: Option<&str>) -> Result<Outcome, CommitError> {
+    match result {
+        Ok(Outcome::KeyReused) => Err(CommitError::Permanent(format!(
+            "idempotency key {} was already used with a different payload",
+            key.unwrap_or_default()
+        ))),
+        other => other,
     }
 }
 
@@ -471,6 +591,7 @@ async fn transact(
     client: &Client,
     table: &str,
     actions: Vec<TransactWriteItem>,
+    capacity: &crate::telemetry::CapacityMeter,
 ) -> Result<Option<Vec<(String, Option<Item>)>>, (ErrorClass, String)> {
     let sent = client
         .transact_write_items()
@@ -479,7 +600,10 @@ async fn transact(
         .send()
         .await;
     match sent {
-        Ok(_) => Ok(None),
+        Ok(out) => {
+            capacity.add(out.consumed_capacity().iter().filter_map(|c| c.capacity_units).sum());
+            Ok(None)
+        }
         Err(err) => {
             if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
                 let reasons = cancelled

@@ -124,8 +124,7 @@ async fn an_interrupted_object_resumes_from_its_checkpoint_to_one_clean_pass() {
     let report =
         ingest_object(&store, &objects, &Readings, &OPTIONS, &target, &Deadline::None, &mut second).await.unwrap();
     assert_eq!(report.result, "COMPLETED");
-    let readings = store.readings.lock().unwrap();
-    let sensors: Vec<String> = readings.iter().map(|r| r.sensor.clone()).collect();
+    let sensors: Vec<String> = store.readings.lock().unwrap().iter().map(|r| r.sensor.clone()).collect();
     let expected: Vec<String> = (0..250).map(|i| format!("s{i}")).collect();
     assert_eq!(sensors, expected, "every line once, in order");
     assert_eq!(first.applied + second.applied, 250);
@@ -135,5 +134,5 @@ async fn an_interrupted_object_resumes_from_its_checkpoint_to_one_clean_pass() {
     let report =
         ingest_object(&store, &objects, &Readings, &OPTIONS, &target, &Deadline::None, &mut third).await.unwrap();
     assert_eq!(report.result, "SKIPPED");
-    assert_eq!(readings.len(), 250);
+    assert_eq!(store.readings.lock().unwrap().len(), 250);
 }

@@ -70,20 +70,20 @@ pub async fn handle<S: StateStore, O: ObjectSource + ObjectSink>(
     // object reports its message for retry); the summary counts lines.
     let batch = RawBatch::from_value(payload).map_err(|e| InvocationError::new(e.to_string()))?;
     let lines = std::sync::Mutex::new((Summary::default(), Vec::new()));
-    let plan = |message: &sqs::Message| -> Result<Plan<(String, Vec<Notification>, Vec<String>)>, RecordError> {
+    let plan = |message: &sqs::Message| -> Result<Plan<Notified>, RecordError> {
         let (good, bad): (Vec<_>, Vec<_>) = s3::from_sqs_body(&message.body).into_iter().partition(Result::is_ok);
         let good: Vec<Notification> = good.into_iter().filter_map(Result::ok).collect();
         let bad: Vec<String> = bad.into_iter().filter_map(Result::err).map(|e| e.to_string()).collect();
         if good.is_empty() && !bad.is_empty() {
             return Err(RecordError::Permanent(bad.join("; ")));
         }
-        Ok(Plan::Effect((message.body.clone(), good, bad)))
+        Ok(Plan::Effect(Notified { body: message.body.clone(), notifications: good, unusable: bad }))
     };
-    let commit = |messages: Vec<(String, Vec<Notification>, Vec<String>)>| {
+    let commit = |messages: Vec<Notified>| {
         let lines = &lines;
         async move {
             let mut results = Vec::with_capacity(messages.len());
-            for (body, notifications, bad) in messages {
+            for Notified { body, notifications, unusable: bad } in messages {
                 let result =
                     ingest_message(store, objects, handoff, config, deadline, &body, &notifications, lines).await;
                 // An unusable notification beside usable ones: quarantined
@@ -112,6 +112,15 @@ pub async fn handle<S: StateStore, O: ObjectSource + ObjectSink>(
     Ok((response, summary, reports))
 }
 
+/// One message of the notification queue, planned: its body (handed on if
+/// an object is unfinished), the notifications to ingest, and the reasons
+/// of those that cannot be used.
+struct Notified {
+    body: String,
+    notifications: Vec<Notification>,
+    unusable: Vec<String>,
+}
+
 /// Ingests the objects of one message's notifications, in order; counts
 /// their lines into `lines`. An object unfinished at the deadline is handed
 /// on (or, failing that, its message is retried).
@@ -133,13 +142,17 @@ async fn ingest_message<S: StateStore, O: ObjectSource + ObjectSink>(
         }
         let mut summary = Summary::default();
         let processed = process_notification(store, objects, config, notification, deadline, &mut summary).await;
-        let mut guard = lines.lock().unwrap_or_else(|e| e.into_inner());
-        add(&mut guard.0, &summary);
+        let unfinished = {
+            let mut guard = lines.lock().unwrap_or_else(|e| e.into_inner());
+            add(&mut guard.0, &summary);
+            let unfinished = matches!(&processed, Ok(Some(report)) if report.result == "UNFINISHED");
+            if let Ok(Some(report)) = &processed {
+                guard.1.push(report.clone());
+            }
+            unfinished
+        };
         match processed {
-            Ok(Some(report)) => {
-                let unfinished = report.result == "UNFINISHED";
-                guard.1.push(report);
-                drop(guard);
+            Ok(Some(_)) => {
                 if unfinished && !handoff.hand_on(body).await {
                     return Err(CommitError::Transient("object unfinished at the deadline".into()));
                 }

@@ -10,7 +10,9 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 use super::{IdempotencyStore, LockAttempt, Record, Status, epoch_millis, epoch_seconds};
-use crate::error::sdk_message;
+use crate::error::{classify_sdk, sdk_message};
+use crate::state::StoreError;
+use crate::state::item::ItemError;
 
 /// The idempotency table in DynamoDB.
 #[derive(Debug, Clone)]
@@ -23,6 +25,17 @@ impl DynamoIdempotencyStore {
     /// The store on `table` (its partition key `id`, a string).
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self { client, table: table.into() }
+    }
+
+    fn error<E>(
+        &self,
+        operation: &'static str,
+        err: &aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> StoreError
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        StoreError::Dynamo { operation, table: self.table.clone(), message: sdk_message(err), class: classify_sdk(err) }
     }
 }
 
@@ -44,17 +57,19 @@ fn to_item(record: &Record) -> HashMap<String, AttributeValue> {
     item
 }
 
-fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Record, String> {
+fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Record, StoreError> {
+    const E: &str = "idempotency record";
     let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
     let n = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
+    let bad = |attribute: &'static str, problem: &str| ItemError { entity: E, attribute, problem: problem.to_owned() };
     Ok(Record {
-        id: s("id").ok_or("idempotency record without id")?,
+        id: s("id").ok_or_else(|| bad("id", "is missing"))?,
         status: match s("status").as_deref() {
             Some("INPROGRESS") => Status::InProgress,
             Some("COMPLETED") => Status::Completed,
-            other => return Err(format!("idempotency record with status {other:?}")),
+            other => return Err(bad("status", &format!("is {other:?}, not INPROGRESS or COMPLETED")).into()),
         },
-        expiration: n("expiration").ok_or("idempotency record without expiration")?,
+        expiration: n("expiration").ok_or_else(|| bad("expiration", "is missing or not a whole number"))?,
         in_progress_expiration: n("in_progress_expiration"),
         data: s("data"),
         validation: s("validation"),
@@ -62,7 +77,7 @@ fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Record, String> {
 }
 
 impl IdempotencyStore for DynamoIdempotencyStore {
-    async fn try_lock(&self, record: &Record, now: SystemTime) -> Result<LockAttempt, String> {
+    async fn try_lock(&self, record: &Record, now: SystemTime) -> Result<LockAttempt, StoreError> {
         // Timeline of one key:
         //   absent ---lock---> INPROGRESS (until the invocation's deadline) ---> COMPLETED (until expiration)
         // The lock is free when the record is absent, past `expiration`, or
@@ -90,14 +105,19 @@ impl IdempotencyStore for DynamoIdempotencyStore {
             Err(err) => match err.as_service_error() {
                 Some(PutItemError::ConditionalCheckFailedException(e)) => match e.item() {
                     Some(item) => from_item(item).map(LockAttempt::Exists),
-                    None => Err(format!("lock on {} refused without the record in the way", record.id)),
+                    None => Err(StoreError::Dynamo {
+                        operation: "PutItem",
+                        table: self.table.clone(),
+                        message: format!("lock on {} refused without the record in the way", record.id),
+                        class: crate::state::ErrorClass::Transient,
+                    }),
                 },
-                _ => Err(sdk_message(&err)),
+                _ => Err(self.error("PutItem", &err)),
             },
         }
     }
 
-    async fn update(&self, record: &Record) -> Result<(), String> {
+    async fn update(&self, record: &Record) -> Result<(), StoreError> {
         self.client
             .put_item()
             .table_name(&self.table)
@@ -105,10 +125,10 @@ impl IdempotencyStore for DynamoIdempotencyStore {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| sdk_message(&e))
+            .map_err(|e| self.error("PutItem", &e))
     }
 
-    async fn delete(&self, id: &str) -> Result<(), String> {
+    async fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.client
             .delete_item()
             .table_name(&self.table)
@@ -116,10 +136,10 @@ impl IdempotencyStore for DynamoIdempotencyStore {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| sdk_message(&e))
+            .map_err(|e| self.error("DeleteItem", &e))
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Record>, String> {
+    async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -128,7 +148,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| sdk_message(&e))?;
+            .map_err(|e| self.error("GetItem", &e))?;
         out.item.as_ref().map(from_item).transpose()
     }
 }

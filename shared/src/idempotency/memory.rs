@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::{IdempotencyStore, LockAttempt, Record};
+use crate::state::StoreError;
 
 /// Idempotency records in a map, with the DynamoDB store's lock rule (absent,
 /// expired or in-progress-expired counts as free). Public for doctests.
@@ -20,7 +21,7 @@ impl MemoryIdempotencyStore {
 }
 
 impl IdempotencyStore for MemoryIdempotencyStore {
-    async fn try_lock(&self, record: &Record, now: SystemTime) -> Result<LockAttempt, String> {
+    async fn try_lock(&self, record: &Record, now: SystemTime) -> Result<LockAttempt, StoreError> {
         let mut records = self.lock();
         // in_progress_expired is only true for INPROGRESS records.
         let free = records.get(&record.id).is_none_or(|r| r.is_expired(now) || r.in_progress_expired(now));
@@ -32,17 +33,17 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         }
     }
 
-    async fn update(&self, record: &Record) -> Result<(), String> {
+    async fn update(&self, record: &Record) -> Result<(), StoreError> {
         self.lock().insert(record.id.clone(), record.clone());
         Ok(())
     }
 
-    async fn delete(&self, id: &str) -> Result<(), String> {
+    async fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.lock().remove(id);
         Ok(())
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Record>, String> {
+    async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         Ok(self.lock().get(id).cloned())
     }
 }

@@ -96,9 +96,10 @@ pub enum IdempotencyError {
         /// The idempotency key.
         key: String,
     },
-    /// The store failed (transient): the store's error message.
+    /// The store failed; its class decides (throttling: transient; a
+    /// missing table: fatal).
     #[error("idempotency store: {0}")]
-    Store(String),
+    Store(#[from] crate::state::StoreError),
     /// The cached result does not deserialize as the caller's type, or the
     /// effect's result does not serialize (permanent).
     #[error("cached result of {key} cannot be read: {message}")]
@@ -114,7 +115,8 @@ impl IdempotencyError {
     /// The error class the batch layer uses.
     pub fn class(&self) -> crate::error::ErrorClass {
         match self {
-            Self::InProgress { .. } | Self::Store(_) => crate::error::ErrorClass::Transient,
+            Self::InProgress { .. } => crate::error::ErrorClass::Transient,
+            Self::Store(e) => e.class(),
             Self::PayloadMismatch { .. } | Self::Cache { .. } => crate::error::ErrorClass::Permanent,
         }
     }
@@ -124,13 +126,17 @@ impl IdempotencyError {
 pub trait IdempotencyStore: Send + Sync {
     /// Writes `record` unless a live record is in the way: absent, expired, or
     /// `INPROGRESS` past its in-progress expiry count as free.
-    fn try_lock(&self, record: &Record, now: SystemTime) -> impl Future<Output = Result<LockAttempt, String>> + Send;
+    fn try_lock(
+        &self,
+        record: &Record,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<LockAttempt, crate::state::StoreError>> + Send;
     /// Replaces the record (completion).
-    fn update(&self, record: &Record) -> impl Future<Output = Result<(), String>> + Send;
+    fn update(&self, record: &Record) -> impl Future<Output = Result<(), crate::state::StoreError>> + Send;
     /// Deletes the record (release after a failure).
-    fn delete(&self, id: &str) -> impl Future<Output = Result<(), String>> + Send;
+    fn delete(&self, id: &str) -> impl Future<Output = Result<(), crate::state::StoreError>> + Send;
     /// Reads a record.
-    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Record>, String>> + Send;
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Record>, crate::state::StoreError>> + Send;
 }
 
 /// How the lock path behaves.

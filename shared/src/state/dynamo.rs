@@ -25,7 +25,9 @@ use super::{
     Checkpoint, Counts, DeltaRecord, ErrorClass, Manifest, ManifestFn, ManifestWrite, Marker, ObjectStatus, Outcome,
     Quarantined, StateStore, StoreError, combine_orders, dedupe_markers,
 };
+use crate::engine::CommitError;
 use crate::error::{classify_sdk, sdk_message};
+use crate::exactly_once::{ExactlyOnce, FinalWriteError, UnitOfWork, Verdict, Write};
 use crate::order::{CustomerTotals, OrderEvent, format_timestamp, parse_timestamp};
 
 /// DynamoDB TransactWriteItems limit on actions per transaction.
@@ -53,6 +55,16 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// A commit failure as a store error of the same class.
+    fn commit_error(&self, e: CommitError) -> StoreError {
+        let (class, message) = match e {
+            CommitError::Transient(m) => (ErrorClass::Transient, m),
+            CommitError::Permanent(m) => (ErrorClass::Permanent, m),
+            CommitError::Fatal(m) => (ErrorClass::Fatal, m),
+        };
+        StoreError::Dynamo { operation: "TransactWriteItems", table: self.state_table.clone(), message, class }
+    }
+
     /// A store over the state table and the idempotency table (for markers).
     pub fn new(client: Client, state_table: String, idempotency_table: String) -> Self {
         Self { client, state_table, idempotency_table, marker_ttl: MARKER_TTL, capacity: Default::default() }
@@ -86,7 +98,16 @@ impl DynamoStore {
         StoreError::Dynamo { operation, table: table.to_owned(), message: sdk_message(err), class: classify_sdk(err) }
     }
 
-    fn order_update(&self, event: &OrderEvent) -> Result<TransactWriteItem, StoreError> {
+    /// The exactly-once committer over this store's idempotency table.
+    fn exactly_once(&self) -> ExactlyOnce {
+        ExactlyOnce::new(self.client.clone(), self.idempotency_table.clone())
+            .with_marker_ttl(self.marker_ttl)
+            .with_capacity_meter(self.capacity.clone())
+    }
+
+    /// The apply rule as a conditional update of the order; a failed
+    /// condition says stale or duplicate from the stored order.
+    fn order_update(&self, event: &OrderEvent) -> Result<Write, StoreError> {
         // Timeline: the condition holds when no event reached this order yet, or
         // the stored event is older by (occurredAt, eventId). occurredAt is stored
         // in a fixed-width UTC form, so string order is time order.
@@ -113,18 +134,23 @@ impl DynamoStore {
             .expression_attribute_values(":occurredAt", SdkValue::S(format_timestamp(&event.occurred_at)))
             .expression_attribute_values(":eventId", SdkValue::S(event.event_id.clone()))
             .expression_attribute_values(":zero", SdkValue::N("0".into()))
-            .expression_attribute_values(":one", SdkValue::N("1".into()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .build()
-            .map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
-        Ok(TransactWriteItem::builder().update(update).build())
+            .expression_attribute_values(":one", SdkValue::N("1".into()));
+        let event = event.clone();
+        Ok(Write::update(update)
+            .map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?
+            .on_condition_failed(move |stored| {
+                match classify_existing(&event, stored.cloned().map(from_sdk).as_ref()) {
+                    Outcome::Duplicate => Verdict::Duplicate,
+                    _ => Verdict::Stale,
+                }
+            }))
     }
 
-    fn manifest_put(&self, write: &ManifestWrite) -> Result<TransactWriteItem, StoreError> {
-        let mut put = Put::builder()
-            .table_name(&self.state_table)
-            .set_item(Some(to_sdk(manifest_to_item(&write.manifest))))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+    /// The manifest write, conditional on the checkpoint the writer started
+    /// from.
+    fn manifest_put(&self, write: &ManifestWrite) -> Result<Write, StoreError> {
+        let mut put =
+            Put::builder().table_name(&self.state_table).set_item(Some(to_sdk(manifest_to_item(&write.manifest))));
         put = match write.expected {
             None => put.condition_expression("attribute_not_exists(pk)"),
             Some(cp) => put
@@ -134,25 +160,19 @@ impl DynamoStore {
                 .expression_attribute_values(":line", SdkValue::N(cp.line.to_string()))
                 .expression_attribute_values(":byte", SdkValue::N(cp.byte.to_string())),
         };
-        let put = put.build().map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
-        Ok(TransactWriteItem::builder().put(put).build())
+        Write::put(put, &["pk", "sk"]).map_err(|e| permanent("TransactWriteItems", &self.state_table, e))
     }
 
     /// A marker write: succeeds only if the key is new (or its marker expired).
     fn marker_put(&self, marker: &Marker, now: i64) -> Result<TransactWriteItem, StoreError> {
-        let mut put = Put::builder()
-            .table_name(&self.idempotency_table)
-            .item("id", SdkValue::S(marker.key.clone()))
-            .item("status", SdkValue::S("COMPLETED".into()))
-            .item("expiration", SdkValue::N((now + self.marker_ttl.as_secs() as i64).to_string()))
-            .condition_expression("attribute_not_exists(id) OR expiration < :now")
-            .expression_attribute_values(":now", SdkValue::N(now.to_string()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        if let Some(v) = &marker.validation {
-            put = put.item("validation", SdkValue::S(v.clone()));
-        }
-        let put = put.build().map_err(|e| permanent("TransactWriteItems", &self.idempotency_table, e))?;
-        Ok(TransactWriteItem::builder().put(put).build())
+        crate::exactly_once::marker_put(
+            &self.idempotency_table,
+            &marker.key,
+            marker.validation.as_deref(),
+            self.marker_ttl,
+            now,
+        )
+        .map_err(|e| permanent("TransactWriteItems", &self.idempotency_table, e))
     }
 
     fn totals_put(
@@ -333,26 +353,6 @@ impl DynamoStore {
     }
 }
 
-/// One event's writes in an orders transaction.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    event: usize,
-    marker: bool,
-    order: bool,
-}
-
-impl Slot {
-    fn actions(&self) -> usize {
-        usize::from(self.marker) + usize::from(self.order)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ActionKind {
-    Marker,
-    Order,
-}
-
 enum TxResult {
     Committed,
     Cancelled(Vec<(String, Option<Item>)>),
@@ -365,126 +365,80 @@ impl StateStore for DynamoStore {
         markers: Option<&[Marker]>,
         manifest: Option<&ManifestFn<'_>>,
     ) -> Result<Vec<Outcome>, StoreError> {
+        // Decided here: keys repeated in the batch, then the events that lose
+        // their order to a greater one of the same batch (one action per
+        // item per transaction). The rest are units of work for ExactlyOnce:
+        // each winner's order update (with its marker, if keyed), and each
+        // keyed loser's marker alone, counted as decided.
         let mut decided = dedupe_markers(events.len(), markers);
         let candidates: Vec<usize> = (0..events.len()).filter(|i| decided[*i].is_none()).collect();
         let candidate_events: Vec<OrderEvent> = candidates.iter().map(|i| events[*i].clone()).collect();
         let (winners, losers) = combine_orders(&candidate_events);
-        // One slot per event still to write: its marker (if keyed) and, for the
-        // event that wins its order, the order update.
-        let mut slots: Vec<Slot> =
-            winners.iter().map(|w| Slot { event: candidates[*w], marker: markers.is_some(), order: true }).collect();
+        let unit = |e: usize| match markers.map(|m| &m[e]) {
+            Some(marker) => {
+                let unit = UnitOfWork::new(marker.key.clone());
+                match &marker.validation {
+                    Some(v) => unit.fingerprint(v.clone()),
+                    None => unit,
+                }
+            }
+            None => UnitOfWork::unkeyed(),
+        };
+        let mut units = Vec::new();
+        let mut unit_event = Vec::new();
+        for w in winners {
+            let e = candidates[w];
+            units.push(unit(e).write(self.order_update(&events[e])?));
+            unit_event.push(e);
+        }
         for (c, outcome) in losers.iter().enumerate() {
             if let Some(outcome) = outcome {
-                decided[candidates[c]] = Some(*outcome);
+                let e = candidates[c];
+                decided[e] = Some(*outcome);
                 if markers.is_some() {
-                    slots.push(Slot { event: candidates[c], marker: true, order: false });
+                    units.push(unit(e).counted_as(*outcome));
+                    unit_event.push(e);
                 }
             }
         }
-        let room = MAX_TRANSACT_ITEMS - usize::from(manifest.is_some());
-        let mut groups: Vec<Vec<Slot>> = vec![Vec::new()];
-        for slot in slots {
-            let used: usize = groups.last().map_or(0, |g| g.iter().map(Slot::actions).sum());
-            if used + slot.actions() > room {
-                groups.push(Vec::new());
+        let all_outcomes = |unit_outcomes: &[Outcome]| -> Vec<Outcome> {
+            let mut all = decided.clone();
+            for (u, o) in unit_outcomes.iter().enumerate() {
+                all[unit_event[u]] = Some(*o);
             }
-            groups.last_mut().expect("one group at least").push(slot);
-        }
-        let last = groups.len() - 1;
-        let now = Utc::now().timestamp();
-        for (g, mut group) in groups.into_iter().enumerate() {
-            let with_manifest = if g == last { manifest } else { None };
-            for attempt in 1..=MAX_ATTEMPTS {
-                let mut actions = Vec::new();
-                let mut action_of: Vec<(usize, ActionKind)> = Vec::new();
-                for (s, slot) in group.iter().enumerate() {
-                    if slot.marker {
-                        let marker = &markers.expect("slot has a marker only with markers")[slot.event];
-                        actions.push(self.marker_put(marker, now)?);
-                        action_of.push((s, ActionKind::Marker));
+            all.into_iter().map(|d| d.unwrap_or(Outcome::Applied)).collect()
+        };
+        let committed = match manifest {
+            Some(build) => {
+                // Built from the outcomes every event will have if the last
+                // transaction commits; a failure to build shows as a conflict.
+                let write = build(&all_outcomes(&vec![Outcome::Applied; units.len()]));
+                let last = |unit_outcomes: &[Outcome]| -> Write {
+                    let write = build(&all_outcomes(unit_outcomes));
+                    match self.manifest_put(&write) {
+                        Ok(w) => w,
+                        Err(_) => unreachable!("a manifest that built once builds again"),
                     }
-                    if slot.order {
-                        actions.push(self.order_update(&events[slot.event])?);
-                        action_of.push((s, ActionKind::Order));
-                    }
-                }
-                let write = with_manifest.map(|build| {
-                    // The outcomes if this transaction commits: the orders
-                    // written here applied, the rest as already decided.
-                    let tentative: Vec<Outcome> = decided.iter().map(|d| d.unwrap_or(Outcome::Applied)).collect();
-                    build(&tentative)
-                });
-                if let Some(write) = &write {
-                    actions.push(self.manifest_put(write)?);
-                }
-                if actions.is_empty() {
-                    break;
-                }
-                match self.transact(actions).await? {
-                    TxResult::Committed => {
-                        for slot in &group {
-                            if slot.order {
-                                decided[slot.event] = Some(Outcome::Applied);
-                            }
-                        }
-                        break;
-                    }
-                    TxResult::Cancelled(reasons) => {
-                        let mut resolved = false;
-                        for (a, (code, item)) in reasons.into_iter().enumerate() {
-                            if code != "ConditionalCheckFailed" {
-                                continue;
-                            }
-                            resolved = true;
-                            match action_of.get(a) {
-                                Some((s, ActionKind::Marker)) => {
-                                    // Seen before: a duplicate, or a reused key.
-                                    let slot = &mut group[*s];
-                                    let given = markers.and_then(|m| m[slot.event].validation.as_deref());
-                                    let stored = item.as_ref().and_then(|i| i.opt_s("validation"));
-                                    decided[slot.event] = Some(match (stored, given) {
-                                        (Some(a), Some(b)) if a != b => Outcome::KeyReused,
-                                        _ => Outcome::Duplicate,
-                                    });
-                                    slot.marker = false;
-                                    slot.order = false;
-                                }
-                                Some((s, ActionKind::Order)) => {
-                                    let slot = &mut group[*s];
-                                    if !slot.order {
-                                        // Its marker's condition failed too (a
-                                        // concurrent delivery committed it): the
-                                        // marker says duplicate, whatever the order.
-                                        continue;
-                                    }
-                                    decided[slot.event] = Some(classify_existing(&events[slot.event], item.as_ref()));
-                                    slot.order = false;
-                                }
-                                None => {
-                                    let write = write.as_ref().expect("the action past the slots is the manifest");
-                                    return Err(StoreError::ManifestConflict {
-                                        bucket: write.manifest.bucket.clone(),
-                                        key: write.manifest.key.clone(),
-                                        line: write.expected.map_or(0, |c| c.line),
-                                    });
-                                }
-                            }
-                        }
-                        group.retain(|slot| slot.marker || slot.order);
-                        if !resolved {
-                            backoff(attempt, "TransactWriteItems conflict or throttling").await?;
-                        }
-                    }
-                }
-                if attempt == MAX_ATTEMPTS {
-                    return Err(StoreError::Contention {
-                        attempts: MAX_ATTEMPTS,
-                        message: "orders transaction kept being cancelled".into(),
-                    });
-                }
+                };
+                self.manifest_put(&write)?;
+                self.exactly_once().commit_with_final(&units, &last, None).await.map_err(|e| match e {
+                    FinalWriteError::Conflict => StoreError::ManifestConflict {
+                        bucket: write.manifest.bucket.clone(),
+                        key: write.manifest.key.clone(),
+                        line: write.expected.map_or(0, |c| c.line),
+                    },
+                    FinalWriteError::Commit(e) => self.commit_error(e),
+                })?
             }
-        }
-        Ok(decided.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect())
+            None => self
+                .exactly_once()
+                .commit_outcomes(&units, None)
+                .await
+                .into_iter()
+                .map(|r| r.map_err(|e| self.commit_error(e)))
+                .collect::<Result<Vec<Outcome>, StoreError>>()?,
+        };
+        Ok(all_outcomes(&committed))
     }
 
     async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<StoreError>) {
