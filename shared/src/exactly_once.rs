@@ -221,11 +221,11 @@ impl UnitOfWork {
 
 /// Attempts at one transaction on throttling and conflicts, on top of the
 /// SDK's own retries of each request.
-const MAX_ATTEMPTS: u32 = 8;
+pub(crate) const MAX_ATTEMPTS: u32 = 8;
 /// How long markers are kept by default: a week covers every replay Lambda
 /// makes (streams keep 24 hours, SQS at most 14 days of retries in practice
 /// end far sooner) and most producer resends.
-const MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Commits units of work exactly once, markers in `idempotency_table`.
 #[derive(Debug, Clone)]

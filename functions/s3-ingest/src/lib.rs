@@ -144,7 +144,7 @@ async fn ingest_message<S: StateStore, O: ObjectSource + ObjectSink>(
         let processed = process_notification(store, objects, config, notification, deadline, &mut summary).await;
         let unfinished = {
             let mut guard = lines.lock().unwrap_or_else(|e| e.into_inner());
-            add(&mut guard.0, &summary);
+            guard.0 += summary;
             let unfinished = matches!(&processed, Ok(Some(report)) if report.result == "UNFINISHED");
             if let Ok(Some(report)) = &processed {
                 guard.1.push(report.clone());
@@ -166,16 +166,6 @@ async fn ingest_message<S: StateStore, O: ObjectSource + ObjectSink>(
         }
     }
     Ok(())
-}
-
-/// Adds `more`'s counters to `into`.
-fn add(into: &mut Summary, more: &Summary) {
-    into.applied += more.applied;
-    into.stale += more.stale;
-    into.duplicate += more.duplicate;
-    into.quarantined += more.quarantined;
-    into.ignored += more.ignored;
-    into.failed += more.failed;
 }
 
 async fn process_notification<S: StateStore, O: ObjectSource + ObjectSink>(

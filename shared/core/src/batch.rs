@@ -239,6 +239,17 @@ pub struct Summary {
     pub failed: u64,
 }
 
+impl std::ops::AddAssign for Summary {
+    fn add_assign(&mut self, more: Summary) {
+        self.applied += more.applied;
+        self.stale += more.stale;
+        self.duplicate += more.duplicate;
+        self.quarantined += more.quarantined;
+        self.ignored += more.ignored;
+        self.failed += more.failed;
+    }
+}
+
 impl Summary {
     /// The records counted.
     pub fn total(&self) -> u64 {

@@ -36,13 +36,7 @@ pub const MAX_TRANSACT_ITEMS: usize = 100;
 const MAX_BATCH_WRITE: usize = 25;
 /// DynamoDB BatchGetItem limit on keys per call.
 const MAX_BATCH_GET: usize = 100;
-/// Attempts at one transaction before giving up on contention or throttling
-/// (on top of the SDK's own retries of each request).
-const MAX_ATTEMPTS: u32 = 8;
-/// How long idempotency markers are kept by default. A stream keeps records
-/// for 24 hours and SQS messages for at most 14 days; a week covers every
-/// replay Lambda makes and most producer resends.
-const MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+use crate::exactly_once::{MARKER_TTL, MAX_ATTEMPTS};
 
 /// The state table (and, for markers, the idempotency table) in DynamoDB.
 #[derive(Debug, Clone)]
