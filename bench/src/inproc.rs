@@ -249,7 +249,7 @@ pub fn breakdown(function: Function, n: u64, rounds: usize, round: Duration) -> 
                 .zip(&orders)
                 .map(|(p, (old, new))| shared::state::DeltaRecord {
                     idempotency_key: keys.stream(p).ok().flatten().unwrap_or_default(),
-                    deltas: shared::order::totals_delta(old.as_ref(), new.as_ref()),
+                    deltas: shared::order::totals_delta(old.as_ref(), new.as_ref()).unwrap_or_default(),
                 })
                 .collect();
             out.push((

@@ -38,11 +38,13 @@ pub fn check(root: &Path) -> Result<()> {
         run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&cdk))
     })?;
 
+    let assets = lambda_assets(root)?;
+    step("plain `npx cdk synth` as the README shows it, from a clean dist/", || readme_synth(root, &cdk, &assets))?;
+
     step("tsc (type-check and compile the CDK app and its tests)", || {
         run(node(&cdk).arg("node_modules/typescript/bin/tsc").args(["-p", "."]))
     })?;
 
-    let assets = lambda_assets(root)?;
     step("cdk synth (with cdk-nag AwsSolutions checks)", || {
         let out = root.join("target/infra-check/cdk.out");
         run(node(&cdk)
@@ -69,6 +71,51 @@ pub fn check(root: &Path) -> Result<()> {
     })?;
 
     println!("infra: all checks passed in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The stack name the README's deploy command passes (`-c stackName=my-orders`).
+const README_STACK_NAME: &str = "my-orders";
+
+/// `npx cdk synth -c stackName=my-orders` in `infra/cdk` as on a fresh clone:
+/// no `dist/`, no `--app` override, so `cdk.json`'s `app` has to build the
+/// TypeScript itself (issue 14: it ran `dist/bin/app.js` and nothing compiled
+/// it). The README's `npx cdk deploy` and `npx cdk bootstrap` run the same app
+/// first. The binaries come through `LAMBDA_ASSET_DIR`, as the default
+/// `target/lambda` when they are built, so the command line stays the README's.
+/// No `-c architecture`: synth packages the binaries without reading them.
+fn readme_synth(root: &Path, cdk: &Path, assets: &Path) -> Result<()> {
+    let dist = cdk.join("dist");
+    let out = root.join("target/infra-check/readme-synth.out");
+    for dir in [&dist, &out] {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", dir.display()));
+            }
+            _ => {}
+        }
+    }
+    // `npx cdk` is `node_modules/.bin/cdk`, which is this script; calling it
+    // through node skips npx's lookup (and any chance of it reaching the registry).
+    run(node(cdk)
+        .arg("node_modules/aws-cdk/bin/cdk")
+        .args(["synth", "--quiet", "--no-notices", "-c"])
+        .arg(format!("stackName={README_STACK_NAME}"))
+        .arg("-o")
+        .arg(&out)
+        .env("LAMBDA_ASSET_DIR", assets))?;
+    let template = out.join(format!("{README_STACK_NAME}.template.json"));
+    let text = std::fs::read_to_string(&template)
+        .with_context(|| format!("`cdk synth -c stackName={README_STACK_NAME}` wrote no {}", template.display()))?;
+    let parsed: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", template.display()))?;
+    let functions = parsed["Resources"]
+        .as_object()
+        .map_or(0, |r| r.values().filter(|v| v["Type"] == "AWS::Lambda::Function").count());
+    if functions != FUNCTIONS.len() {
+        bail!("{} declares {functions} Lambda functions, not {}", template.display(), FUNCTIONS.len());
+    }
+    println!("    {} ({functions} functions)", template.display());
     Ok(())
 }
 

@@ -35,7 +35,9 @@ fn plan(keys: &IdempotencyKey, record: &stream::Record) -> Result<Plan<DeltaReco
     };
     match keys.stream(record) {
         Ok(Some(key)) => {
-            Ok(Plan::Effect(DeltaRecord { idempotency_key: key, deltas: totals_delta(old.as_ref(), new.as_ref()) }))
+            let deltas = totals_delta(old.as_ref(), new.as_ref())
+                .map_err(|e| RecordError::Permanent(format!("order images: the change's delta: {e}")))?;
+            Ok(Plan::Effect(DeltaRecord { idempotency_key: key, deltas }))
         }
         Ok(None) | Err(_) => Err(RecordError::Permanent("no eventID to deduplicate by".into())),
     }
@@ -59,14 +61,25 @@ pub async fn handle_batch<S: StateStore>(
     deadline: Option<SystemTime>,
 ) -> Result<(BatchResponse, Summary), InvocationError> {
     let keys = IdempotencyKey::new(&config.idempotency_key_prefix);
-    // Deltas commit in shard order, a chunk at a time: the committed prefix
-    // counts, the first unapplied record is reported.
+    // Deltas commit in shard order, a chunk at a time. A record that fails
+    // for good (its totals would overflow, a stored total that does not
+    // read) is quarantined and the rest go on; at the first transient
+    // failure the shard stops, and Lambda retries from that record.
     let commit = |deltas: Vec<DeltaRecord>| async move {
-        let (outcomes, error) = store.apply_deltas(&deltas).await;
-        let mut results: Vec<Result<_, CommitError>> = outcomes.into_iter().map(Ok).collect();
-        if let Some(e) = error {
-            tracing::error!(error = %e, "applying totals failed; the shard retries from the first unapplied record");
-            results.push(Err(CommitError::from(&e)));
+        let mut results: Vec<Result<_, CommitError>> = Vec::with_capacity(deltas.len());
+        while results.len() < deltas.len() {
+            let (outcomes, error) = store.apply_deltas(&deltas[results.len()..]).await;
+            results.extend(outcomes.into_iter().map(Ok));
+            let Some(e) = error else { break };
+            let error = CommitError::from(&e);
+            let permanent = matches!(error, CommitError::Permanent(_));
+            if !permanent {
+                tracing::error!(error = %e, "applying totals failed; the shard retries from the first unapplied record");
+            }
+            results.push(Err(error));
+            if !permanent {
+                break;
+            }
         }
         results
     };

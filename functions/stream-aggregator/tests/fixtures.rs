@@ -127,7 +127,7 @@ fn expected_totals(orders: &BTreeMap<String, Order>) -> BTreeMap<String, Custome
     for order in orders.values() {
         let entry = expected.entry(order.customer_id.clone()).or_default();
         if let Some((_, c)) = contribution(order) {
-            entry.add(&c);
+            entry.checked_add(&c).expect("the test's totals fit");
         }
     }
     expected
@@ -218,4 +218,42 @@ proptest! {
         prop_assert_eq!(unversioned(&orders), unversioned(&reference_orders));
         prop_assert_eq!(nonzero(&totals), nonzero(&expected_totals(&orders)));
     }
+}
+
+/// Stored images are not validated input: two orders of one customer whose
+/// amounts are each the largest exact decimal overflow the customer's totals.
+/// That record alone is quarantined with the reason; the records next to it,
+/// of that customer and of others, are applied; nothing panics and nothing is
+/// retried.
+#[tokio::test]
+async fn a_delta_that_would_overflow_its_customers_totals_is_quarantined_alone() {
+    let huge = rust_decimal::Decimal::MAX;
+    let order = |id: &str, customer: &str, amount: rust_decimal::Decimal| Order {
+        order_id: id.into(),
+        customer_id: customer.into(),
+        status: shared::order::OrderStatus::Placed,
+        amount,
+        currency: shared::order::Currency::parse("USD").unwrap(),
+        occurred_at: "2026-11-01T10:00:00Z".parse().unwrap(),
+        last_event_id: format!("e-{id}"),
+        version: 1,
+    };
+    let changes = [
+        OrderChange { old: None, new: order("big-1", "c-x", huge) },
+        OrderChange { old: None, new: order("big-2", "c-x", huge) },
+        OrderChange { old: None, new: order("ok-1", "c-y", "5".parse().unwrap()) },
+        OrderChange { old: None, new: order("ok-2", "c-x", "0".parse().unwrap()) },
+    ];
+    let event = stream_event(&changes, 500);
+    let store = MemoryStore::new();
+    let (response, summary) = handle(&store, &config(), &event).await.unwrap();
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert_eq!(summary, Summary { applied: 3, quarantined: 1, ..Summary::default() });
+    let quarantined = store.quarantined();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(quarantined[0].record_id, format!("{:021}", 501));
+    assert_eq!(quarantined[0].reason, "customer c-x: totals.USD would overflow");
+    let all = store.totals();
+    assert_eq!(all["c-x"], totals(2, &[("USD", &huge.to_string())]));
+    assert_eq!(all["c-y"], totals(1, &[("USD", "5")]));
 }

@@ -18,6 +18,16 @@ use crate::batch::Outcome;
 pub const MAX_ID_CHARS: usize = 128;
 /// Most decimal places an amount may have (minor units of the currency).
 pub const MAX_AMOUNT_SCALE: u32 = 2;
+/// Largest amount, in cents: 10^15 - 1 cents (999,999,999,999,999.99), far
+/// beyond any real order. A bound on each amount is what keeps every sum
+/// exact: 10^13 orders of one customer in one currency still fit an exact
+/// decimal (about 7.9 * 10^28), and DynamoDB's numbers (38 digits).
+pub const MAX_AMOUNT_CENTS: i64 = 99_999_999_999_999_999;
+
+/// [`MAX_AMOUNT_CENTS`] as a decimal amount.
+pub fn max_amount() -> Decimal {
+    Decimal::new(MAX_AMOUNT_CENTS, MAX_AMOUNT_SCALE)
+}
 
 /// Lifecycle state of an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -286,6 +296,9 @@ pub fn parse_amount(s: &str) -> Result<Decimal, String> {
     if value.scale() > MAX_AMOUNT_SCALE {
         return Err(format!("must have at most {MAX_AMOUNT_SCALE} decimal places, got {s}"));
     }
+    if value > max_amount() {
+        return Err(format!("must be at most {}, got {}", max_amount(), truncate(s, 40)));
+    }
     // Normalise `-0` to `0` so equal amounts compare and serialise equally.
     Ok(if value.is_zero() { Decimal::ZERO } else { value })
 }
@@ -384,18 +397,36 @@ pub struct CustomerTotals {
     pub totals: BTreeMap<Currency, Decimal>,
 }
 
+/// Totals that do not fit: an order count past `i64`, or an amount past
+/// what an exact decimal holds (about 7.9 * 10^28). Permanent: the same
+/// numbers overflow on every retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} would overflow")]
+pub struct TotalsOverflow {
+    /// What overflowed: `orderCount`, or `totals.<currency>`.
+    pub what: String,
+}
+
 impl CustomerTotals {
-    /// Adds a delta; currencies whose total returns to zero are dropped so that
-    /// equal totals compare equal however they were reached.
-    pub fn add(&mut self, delta: &CustomerTotals) {
-        self.order_count += delta.order_count;
+    /// Adds a delta, with checked arithmetic: on overflow nothing changes and
+    /// the error names what overflowed. Currencies whose total returns to zero
+    /// are dropped so that equal totals compare equal however they were reached.
+    pub fn checked_add(&mut self, delta: &CustomerTotals) -> Result<(), TotalsOverflow> {
+        let order_count = self
+            .order_count
+            .checked_add(delta.order_count)
+            .ok_or_else(|| TotalsOverflow { what: "orderCount".into() })?;
+        let mut totals = self.totals.clone();
         for (currency, amount) in &delta.totals {
-            let entry = self.totals.entry(*currency).or_default();
-            *entry += *amount;
+            let entry = totals.entry(*currency).or_default();
+            *entry = entry.checked_add(*amount).ok_or_else(|| TotalsOverflow { what: format!("totals.{currency}") })?;
             if entry.is_zero() {
-                self.totals.remove(currency);
+                totals.remove(currency);
             }
         }
+        self.order_count = order_count;
+        self.totals = totals;
+        Ok(())
     }
 
     /// True when adding this changes nothing.
@@ -419,18 +450,24 @@ pub fn contribution(order: &Order) -> Option<(&str, CustomerTotals)> {
 /// The delta a change of an order (`old` -> `new`, either absent) makes to
 /// customer totals: `contribution(new) - contribution(old)`, per customer.
 /// Usually one customer; two if the change moved the order between customers.
-pub fn totals_delta(old: Option<&Order>, new: Option<&Order>) -> BTreeMap<String, CustomerTotals> {
+///
+/// Stored images are not validated input: an amount read back from the table
+/// may be negative or huge, so the difference is checked too.
+pub fn totals_delta(
+    old: Option<&Order>,
+    new: Option<&Order>,
+) -> Result<BTreeMap<String, CustomerTotals>, TotalsOverflow> {
     let mut deltas: BTreeMap<String, CustomerTotals> = BTreeMap::new();
     if let Some((customer, c)) = new.and_then(contribution) {
-        deltas.entry(customer.to_owned()).or_default().add(&c);
+        deltas.entry(customer.to_owned()).or_default().checked_add(&c)?;
     }
     if let Some((customer, c)) = old.and_then(contribution) {
         let negated =
             CustomerTotals { order_count: -c.order_count, totals: c.totals.iter().map(|(k, v)| (*k, -*v)).collect() };
-        deltas.entry(customer.to_owned()).or_default().add(&negated);
+        deltas.entry(customer.to_owned()).or_default().checked_add(&negated)?;
     }
     deltas.retain(|_, d| !d.is_zero());
-    deltas
+    Ok(deltas)
 }
 
 /// Combines events on one order before they are written: DynamoDB allows one
@@ -512,15 +549,16 @@ mod tests {
             (json!("12.300"), "12.3"),
             (json!(1e2), "100"),
             (json!("-0"), "0"),
-            (json!("79228162514264337593543950335"), "79228162514264337593543950335"),
+            (json!("999999999999999.99"), "999999999999999.99"),
         ] {
             let mut v = valid();
             v["amount"] = raw.clone();
             assert_eq!(parse_order_event(&v.to_string()).unwrap().amount.to_string(), expected, "{raw}");
         }
-        // A JSON number keeps its exact digits (no float round trip).
-        let text = valid().to_string().replace("\"12.30\"", "12345678901234567.89");
-        assert_eq!(parse_order_event(&text).unwrap().amount.to_string(), "12345678901234567.89");
+        // A JSON number keeps its exact digits (no float round trip: 17
+        // significant digits are more than an f64 holds).
+        let text = valid().to_string().replace("\"12.30\"", "123456789012345.67");
+        assert_eq!(parse_order_event(&text).unwrap().amount.to_string(), "123456789012345.67");
     }
 
     #[test]
@@ -606,6 +644,19 @@ mod tests {
     }
 
     #[test]
+    fn amounts_past_the_bound_are_rejected_with_the_bound() {
+        assert_eq!(parse_amount("999999999999999.99").unwrap(), max_amount());
+        assert_eq!(
+            parse_amount("1000000000000000").unwrap_err(),
+            "must be at most 999999999999999.99, got 1000000000000000"
+        );
+        // The largest exact decimal (the old contract's ceiling): two of them
+        // overflowed a customer's totals.
+        assert!(parse_amount("79228162514264337593543950335").unwrap_err().starts_with("must be at most"));
+        assert!(parse_amount("12345678901234567.89").is_err());
+    }
+
+    #[test]
     fn contribution_and_delta_rules() {
         let ApplyOutcome::Applied(placed) = apply(None, &event("1", 1, OrderStatus::Placed, 1000)) else { panic!() };
         let ApplyOutcome::Applied(cancelled) = apply(Some(&placed), &event("2", 2, OrderStatus::Cancelled, 1000))
@@ -613,12 +664,12 @@ mod tests {
             panic!()
         };
         assert!(contribution(&cancelled).is_none());
-        let delta = totals_delta(Some(&placed), Some(&cancelled));
+        let delta = totals_delta(Some(&placed), Some(&cancelled)).unwrap();
         assert_eq!(delta["c"].order_count, -1);
         assert_eq!(delta["c"].totals[&Currency::parse("USD").unwrap()], Decimal::new(-1000, 2));
-        assert!(totals_delta(Some(&cancelled), Some(&cancelled)).is_empty());
+        assert!(totals_delta(Some(&cancelled), Some(&cancelled)).unwrap().is_empty());
         let moved = Order { customer_id: "d".into(), ..placed.clone() };
-        let delta = totals_delta(Some(&placed), Some(&moved));
+        let delta = totals_delta(Some(&placed), Some(&moved)).unwrap();
         assert_eq!((delta["c"].order_count, delta["d"].order_count), (-1, 1));
     }
 
@@ -647,6 +698,45 @@ mod tests {
             prop_assert_eq!(&state.last_event_id, &greatest.event_id);
             prop_assert_eq!(state.amount, greatest.amount);
             prop_assert_eq!(state.status, greatest.status);
+        }
+
+        /// Sums of any amounts and counts, the extremes included, never
+        /// panic: they add exactly, or fail naming what overflowed and
+        /// leave the totals as they were.
+        #[test]
+        fn totals_arithmetic_never_panics(
+            steps in prop::collection::vec((any::<i64>(), 0u8..3, any::<i128>(), 0u32..29), 1..30),
+        ) {
+            let currencies = ["EUR", "USD", "JPY"];
+            let mut totals = CustomerTotals::default();
+            for (count, c, mantissa, scale) in steps {
+                let amount = Decimal::try_from_i128_with_scale(mantissa % 79_228_162_514_264_337_593_543_950_335, scale)
+                    .unwrap_or(Decimal::MAX);
+                let delta = CustomerTotals {
+                    order_count: count,
+                    totals: BTreeMap::from([(Currency::parse(currencies[usize::from(c)]).unwrap(), amount)]),
+                };
+                let before = totals.clone();
+                match totals.checked_add(&delta) {
+                    Ok(()) => prop_assert_eq!(totals.order_count, before.order_count + count),
+                    Err(e) => {
+                        prop_assert_eq!(&totals, &before, "an overflow changes nothing ({})", e);
+                    }
+                }
+            }
+        }
+
+        /// Long histories of valid amounts never overflow: 10^4 maximal
+        /// orders of one customer sum exactly.
+        #[test]
+        fn sums_of_maximal_valid_amounts_stay_exact(n in 1usize..10_000) {
+            let mut totals = CustomerTotals::default();
+            let usd = Currency::parse("USD").unwrap();
+            let one = CustomerTotals { order_count: 1, totals: BTreeMap::from([(usd, max_amount())]) };
+            for _ in 0..n {
+                totals.checked_add(&one).unwrap();
+            }
+            prop_assert_eq!(totals.totals[&usd], max_amount() * Decimal::from(n as u64));
         }
 
         /// Parsing never panics, whatever the input.

@@ -258,14 +258,51 @@ impl DynamoStore {
     }
 
     /// Commits one chunk of delta records (markers + combined customer puts).
-    async fn apply_delta_chunk(&self, chunk: &[DeltaRecord]) -> Result<Vec<Outcome>, StoreError> {
+    /// A record whose delta would overflow its customer's totals stops the
+    /// chunk there: the records before it commit, and the overflow is the
+    /// error (permanent, for that record alone).
+    async fn apply_delta_chunk(&self, chunk: &[DeltaRecord]) -> (Vec<Outcome>, Option<StoreError>) {
         let customers: Vec<&str> = {
             let mut c: Vec<&str> = chunk.iter().flat_map(|r| r.deltas.keys().map(String::as_str)).collect();
             c.sort_unstable();
             c.dedup();
             c
         };
-        let mut known = self.get_totals(&customers).await?;
+        let known = match self.get_totals(&customers).await {
+            Ok(known) => known,
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        // The first record whose delta does not fit, added in order to the
+        // stored totals (each key counted once, as the transaction would).
+        let mut running: HashMap<&str, CustomerTotals> =
+            known.iter().map(|(c, (t, _))| (c.as_str(), t.clone())).collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut overflow = None;
+        'records: for (i, record) in chunk.iter().enumerate() {
+            if !seen.insert(record.idempotency_key.as_str()) {
+                continue;
+            }
+            for (customer, delta) in &record.deltas {
+                if let Err(source) = running.entry(customer.as_str()).or_default().checked_add(delta) {
+                    overflow = Some((i, StoreError::Overflow { customer: customer.clone(), source }));
+                    break 'records;
+                }
+            }
+        }
+        let fits = overflow.as_ref().map_or(chunk.len(), |(i, _)| *i);
+        match self.commit_delta_chunk(&chunk[..fits], known).await {
+            Ok(outcomes) => (outcomes, overflow.map(|(_, e)| e)),
+            Err(e) => (Vec::new(), Some(e)),
+        }
+    }
+
+    /// Commits delta records whose sums fit (checked by the caller against
+    /// `known`; a concurrent writer's totals are checked again here).
+    async fn commit_delta_chunk(
+        &self,
+        chunk: &[DeltaRecord],
+        mut known: HashMap<String, (CustomerTotals, u64)>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; chunk.len()];
         // A key twice in one chunk (a record delivered twice in one batch): the
         // later one is a duplicate, and one transaction may write a marker once.
@@ -284,7 +321,11 @@ impl DynamoStore {
             let mut combined: BTreeMap<&str, CustomerTotals> = BTreeMap::new();
             for &i in &live {
                 for (customer, delta) in &chunk[i].deltas {
-                    combined.entry(customer).or_default().add(delta);
+                    combined
+                        .entry(customer)
+                        .or_default()
+                        .checked_add(delta)
+                        .map_err(|source| StoreError::Overflow { customer: customer.clone(), source })?;
                 }
             }
             combined.retain(|_, d| !d.is_zero());
@@ -299,7 +340,9 @@ impl DynamoStore {
                     Some((t, v)) => (t.clone(), Some(*v)),
                     None => (CustomerTotals::default(), None),
                 };
-                totals.add(delta);
+                totals
+                    .checked_add(delta)
+                    .map_err(|source| StoreError::Overflow { customer: (*customer).to_owned(), source })?;
                 actions.push(self.totals_put(customer, &totals, version)?);
             }
             match self.transact(actions).await? {
@@ -454,9 +497,10 @@ impl StateStore for DynamoStore {
             if end == start {
                 end = start + 1; // A single record always fits: at most two customers.
             }
-            match self.apply_delta_chunk(&records[start..end]).await {
-                Ok(chunk) => outcomes.extend(chunk),
-                Err(e) => return (outcomes, Some(e)),
+            let (chunk, error) = self.apply_delta_chunk(&records[start..end]).await;
+            outcomes.extend(chunk);
+            if let Some(e) = error {
+                return (outcomes, Some(e));
             }
             start = end;
         }

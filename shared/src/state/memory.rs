@@ -151,9 +151,17 @@ impl StateStore for MemoryStore {
                 outcomes.push(Outcome::Duplicate);
                 continue;
             }
+            // All of the record's deltas, or none: checked on copies first.
+            let mut updated = Vec::with_capacity(record.deltas.len());
             for (customer, delta) in &record.deltas {
-                inner.totals.entry(customer.clone()).or_default().add(delta);
+                let mut totals = inner.totals.get(customer).cloned().unwrap_or_default();
+                if let Err(source) = totals.checked_add(delta) {
+                    inner.markers.remove(&record.idempotency_key);
+                    return (outcomes, Some(StoreError::Overflow { customer: customer.clone(), source }));
+                }
+                updated.push((customer.clone(), totals));
             }
+            inner.totals.extend(updated);
             outcomes.push(Outcome::Applied);
         }
         (outcomes, None)

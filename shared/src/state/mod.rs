@@ -190,6 +190,15 @@ pub enum StoreError {
     /// A stored item does not read as its type (permanent).
     #[error(transparent)]
     Item(#[from] item::ItemError),
+    /// Adding a record's delta to a customer's totals would overflow
+    /// (permanent: that record is quarantined, the others go on).
+    #[error("customer {customer}: {source}")]
+    Overflow {
+        /// The customer whose totals would overflow.
+        customer: String,
+        /// What overflowed.
+        source: crate::order::TotalsOverflow,
+    },
     /// The manifest's checkpoint is not the one this writer started from:
     /// another invocation committed a chunk of the object (transient).
     #[error("another invocation moved the manifest of s3://{bucket}/{key} past checkpoint line {line}")]
@@ -217,7 +226,7 @@ impl StoreError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Dynamo { class, .. } => *class,
-            Self::Item(_) => ErrorClass::Permanent,
+            Self::Item(_) | Self::Overflow { .. } => ErrorClass::Permanent,
             Self::ManifestConflict { .. } | Self::Contention { .. } => ErrorClass::Transient,
         }
     }
