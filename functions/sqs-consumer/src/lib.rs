@@ -14,8 +14,8 @@ use shared::batch::{BatchResponse, InvocationError, RecordError, Summary};
 use shared::config::Config;
 use shared::engine::{CommitError, Engine, Plan};
 use shared::event::{RawBatch, sqs};
-use shared::idempotency::{IdempotencyKey, KeyError, KeySource, payload_hash};
-use shared::order::{OrderEvent, parse_order_event};
+use shared::idempotency::{IdempotencyKey, KeyError, KeySource};
+use shared::order::{OrderEvent, fingerprint, parse_order_event};
 use shared::state::{Marker, Outcome, StateStore};
 
 /// Handles one SQS event given as a `Value` (tests, tools): [`handle_batch`].
@@ -43,7 +43,9 @@ pub async fn handle_batch<S: StateStore>(
             Ok(None) => return Err(RecordError::Permanent("no idempotency key".into())),
             Err(e) => return Err(RecordError::Permanent(e.to_string())),
         };
-        let marker = Marker { key, validation: Some(payload_hash(message.body.as_bytes())) };
+        // The fingerprint of the validated event, not of its bytes: a resend
+        // with other formatting or ignored fields is a duplicate.
+        let marker = Marker { key, validation: Some(fingerprint(&event)) };
         Ok(Plan::Effect((event, marker)))
     };
     let commit = |planned: Vec<(OrderEvent, Marker)>| async move {

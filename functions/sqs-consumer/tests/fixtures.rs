@@ -263,3 +263,35 @@ async fn fifo_messages_after_a_failed_one_in_their_group_are_reported_unprocesse
     assert_eq!(orders["o-a"].last_event_id, "e-a1", "a2 must not take effect before the poison message is dealt with");
     assert_eq!(orders["o-b"].last_event_id, "e-b2");
 }
+
+/// A producer's resend of the same event, with other formatting, another
+/// field order, an ignored field and the amount as a JSON number, is a
+/// duplicate: the fingerprint is the validated event's, not its bytes'.
+/// Changing a field that matters under the same eventId is still a reused key.
+#[tokio::test]
+async fn a_resend_that_differs_only_in_formatting_is_a_duplicate_not_a_reused_key() {
+    let store = MemoryStore::new();
+    let event = fixture(include_str!("../../../events/sqs-standard.json"));
+    handle(&store, &config(), &event).await.unwrap();
+    let original: Value = serde_json::from_str(event["Records"][0]["body"].as_str().unwrap()).unwrap();
+    let mut reformatted = serde_json::Map::new();
+    for key in ["occurredAt", "currency", "amount", "status", "customerId", "orderId", "eventId"] {
+        reformatted.insert(key.into(), original[key].clone());
+    }
+    reformatted.insert("amount".into(), json!(30.0));
+    reformatted.insert("resentBy".into(), json!("producer-retry"));
+    let mut resent = event["Records"][0].clone();
+    resent["body"] = Value::from(serde_json::to_string_pretty(&Value::Object(reformatted.clone())).unwrap());
+    resent["messageId"] = Value::from("resent-formatting");
+    let (response, summary) = handle(&store, &config(), &json!({"Records": [resent.clone()]})).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(summary, Summary { duplicate: 1, ..Summary::default() });
+    assert!(store.quarantined().is_empty(), "{:?}", store.quarantined());
+
+    reformatted.insert("amount".into(), json!("30.01"));
+    resent["body"] = Value::from(Value::Object(reformatted).to_string());
+    resent["messageId"] = Value::from("resent-changed");
+    let (_, summary) = handle(&store, &config(), &json!({"Records": [resent]})).await.unwrap();
+    assert_eq!(summary, Summary { quarantined: 1, ..Summary::default() });
+    assert!(store.quarantined()[0].reason.contains("already used with a different payload"));
+}

@@ -354,6 +354,25 @@ pub enum ApplyOutcome {
     Duplicate,
 }
 
+/// The event's fingerprint: SHA-256 of its validated fields in their
+/// canonical form (amount normalised, time in UTC), so a producer's resend
+/// that differs only in formatting, field order or ignored fields is the
+/// same event (a duplicate), and one that changes a field that matters is
+/// another payload (a reused key).
+pub fn fingerprint(event: &OrderEvent) -> String {
+    let canonical = format!(
+        "{}\n{}\n{}\n{}\n{}\n{}\n{}",
+        event.event_id,
+        event.order_id,
+        event.customer_id,
+        event.status.as_str(),
+        event.amount.normalize(),
+        event.currency.as_str(),
+        format_timestamp(&event.occurred_at),
+    );
+    crate::key::fingerprint(canonical.as_bytes())
+}
+
 /// The ordering key of the apply rule: `(occurredAt, eventId)`.
 pub fn event_key(event: &OrderEvent) -> (DateTime<Utc>, &str) {
     (event.occurred_at, &event.event_id)
@@ -641,6 +660,20 @@ mod tests {
             panic!("same time, greater id applies")
         };
         assert_eq!((next.version, next.status), (2, OrderStatus::Paid));
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_formatting_and_ignored_fields_not_what_matters() {
+        let a = parse_order_event(&valid().to_string()).unwrap();
+        let mut resent = valid();
+        resent["note"] = json!("resent by the producer");
+        resent["amount"] = json!(12.3);
+        let pretty = serde_json::to_string_pretty(&resent).unwrap();
+        let b = parse_order_event(&pretty).unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        let mut changed = valid();
+        changed["amount"] = json!("12.31");
+        assert_ne!(fingerprint(&a), fingerprint(&parse_order_event(&changed.to_string()).unwrap()));
     }
 
     #[test]
