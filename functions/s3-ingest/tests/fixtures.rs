@@ -308,3 +308,28 @@ async fn invalid_utf8_over_long_and_malformed_lines_are_rejected_and_the_object_
     assert_eq!(reasons[2].0, "line-4");
     assert!(reasons[2].1.starts_with("malformed JSON"), "{reasons:?}");
 }
+
+/// A quarantine item names the queue its message came from, read from the
+/// record itself (`sqs/<queue>`), whatever the queue is called.
+#[tokio::test]
+async fn unusable_notifications_are_quarantined_under_their_own_queue() {
+    let arn = "arn:aws:sqs:eu-west-1:123456789012:team-b-uploads";
+    let event = json!({"Records": [
+        {"messageId": "m-bad-body", "receiptHandle": "rh-1", "body": "{not json", "attributes": {},
+         "eventSource": "aws:sqs", "eventSourceARN": arn},
+        {"messageId": "m-no-body", "receiptHandle": "rh-2", "attributes": {},
+         "eventSource": "aws:sqs", "eventSourceARN": arn},
+    ]});
+    let (store, response, summary) = run(&event).await;
+    assert_eq!(response["batchItemFailures"], json!([]));
+    assert_eq!(summary.quarantined, 2);
+    let mut sources: Vec<(String, String)> = store.quarantined().into_iter().map(|q| (q.source, q.record_id)).collect();
+    sources.sort();
+    assert_eq!(
+        sources,
+        [
+            ("sqs/team-b-uploads".to_owned(), "m-bad-body".to_owned()),
+            ("sqs/team-b-uploads".to_owned(), "m-no-body".to_owned())
+        ]
+    );
+}
