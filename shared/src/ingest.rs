@@ -421,10 +421,36 @@ where
     // Ranged reads resume uncompressed objects at the checkpoint's byte;
     // compressed ones are re-read from the start and the done lines skipped.
     let ranged = by_key.is_some_and(|l| !l.gzip) && checkpoint.byte > 0;
-    let body = objects
-        .open(object, if ranged { checkpoint.byte } else { 0 })
-        .await
-        .map_err(|e| ObjectFailure::Transient(e.to_string()))?;
+    // An object that cannot be ingested, ever (gone, not ours to read, not a
+    // format we read): quarantined with the reason and a FAILED manifest, and
+    // acknowledged, so its notification is not retried into a dead-letter
+    // queue with nothing saying why.
+    let revision_ref = &revision;
+    let manifest_ref = &manifest;
+    let reject = |reason: String| async move {
+        tracing::warn!(%reason, "object rejected");
+        let id = format!("{}@{revision_ref}", object.key);
+        let q = Quarantined::new(format!("s3/{}", object.bucket), id, &reason, "");
+        store.write_quarantine(&[q]).await.map_err(store_failure)?;
+        let write = ManifestWrite {
+            manifest: manifest_ref(ObjectStatus::Failed, counts, checkpoint, None, Some(Utc::now())),
+            expected,
+        };
+        store.commit_chunk(&[], &move |_: &[Outcome]| write.clone()).await.map_err(store_failure)?;
+        Ok::<_, ObjectFailure>(())
+    };
+    let body = match objects.open(object, if ranged { checkpoint.byte } else { 0 }).await {
+        Ok(body) => body,
+        Err(e) => match e.class() {
+            ErrorClass::Permanent => {
+                reject(e.to_string()).await?;
+                summary.quarantined += 1;
+                return Ok(report("REJECTED", counts));
+            }
+            ErrorClass::Fatal => return Err(ObjectFailure::Fatal(e.to_string())),
+            ErrorClass::Transient => return Err(ObjectFailure::Transient(e.to_string())),
+        },
+    };
     let Some(layout) =
         by_key.or_else(|| Layout::detect(&object.key, body.content_type.as_deref(), body.content_encoding.as_deref()))
     else {
@@ -432,15 +458,8 @@ where
             "unsupported object format: key {:?} (content type {:?}); expected .ndjson, .jsonl, .json or .csv, optionally .gz",
             object.key, body.content_type
         );
-        tracing::warn!(%reason, "object rejected");
-        let q = Quarantined::new(format!("s3/{}", object.bucket), format!("{}@{revision}", object.key), &reason, "");
-        store.write_quarantine(&[q]).await.map_err(store_failure)?;
+        reject(reason).await?;
         summary.quarantined += 1;
-        let write = ManifestWrite {
-            manifest: manifest(ObjectStatus::Failed, counts, checkpoint, None, Some(Utc::now())),
-            expected,
-        };
-        store.commit_chunk(&[], &move |_: &[Outcome]| write.clone()).await.map_err(store_failure)?;
         return Ok(report("REJECTED", counts));
     };
     let csv_header = existing.as_ref().and_then(|m| m.csv_header.clone());

@@ -106,13 +106,30 @@ impl ObjectSource for S3Source {
         let out = request.send().await.map_err(|e| ObjectError::Fetch {
             uri: object.uri(),
             message: crate::error::sdk_message(&e),
-            class: crate::error::classify_sdk(&e),
+            class: object_read_class(&e),
         })?;
         Ok(ObjectBody {
             content_type: out.content_type.clone(),
             content_encoding: out.content_encoding.clone(),
             reader: Box::pin(out.body.into_async_read()),
         })
+    }
+}
+
+/// How a failed `GetObject` is handled. By the usual classification
+/// (throttling and 5xx transient, `NoSuchKey` and `NoSuchVersion`
+/// permanent), except that a bucket that is gone or an object this function
+/// may not read fails that object alone (permanent), not the invocation: the
+/// other notifications of the batch may name other objects.
+fn object_read_class<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> crate::error::ErrorClass
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata,
+    R: crate::error::HttpStatus,
+{
+    let code = e.as_service_error().and_then(|s| s.code());
+    match code {
+        Some("AccessDenied" | "NoSuchBucket" | "InvalidObjectState") => crate::error::ErrorClass::Permanent,
+        _ => crate::error::classify_sdk(e),
     }
 }
 

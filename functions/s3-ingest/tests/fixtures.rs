@@ -333,3 +333,26 @@ async fn unusable_notifications_are_quarantined_under_their_own_queue() {
         ]
     );
 }
+
+/// A notification for an object that is gone (deleted before it was read) is
+/// permanent: a FAILED manifest and a quarantine item with the reason, and
+/// the message acknowledged, not retried until the dead-letter queue. The
+/// same for a direct S3 invocation (not retried either).
+#[tokio::test]
+async fn an_object_that_is_gone_ends_failed_with_its_reason_and_is_not_retried() {
+    let notification = json!({"Records": [{"eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/deleted.ndjson", "eTag": "gone"}}}]});
+    let via_queue = json!({"Records": [{"messageId": "m-gone", "receiptHandle": "rh", "body": notification.to_string(),
+        "attributes": {}, "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ingest"}]});
+    for event in [&notification, &via_queue] {
+        let (store, response, summary) = run(event).await;
+        assert_eq!(response.get("batchItemFailures").cloned().unwrap_or(json!([])), json!([]), "{response}");
+        assert_eq!(summary.failed, 0, "{summary:?}");
+        let quarantined = store.quarantined();
+        assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+        assert_eq!(quarantined[0].source, format!("s3/{BUCKET}"));
+        assert_eq!(quarantined[0].record_id, "incoming/deleted.ndjson@gone");
+        assert!(quarantined[0].reason.contains("NoSuchKey"), "{}", quarantined[0].reason);
+        assert_eq!(store.manifests()[0].status, ObjectStatus::Failed);
+    }
+}
