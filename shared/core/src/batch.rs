@@ -410,7 +410,9 @@ impl Processor {
         Fut: std::future::Future<Output = Result<(), RecordError>>,
     {
         use futures::StreamExt;
-        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let refs: Vec<RecordRef> =
+            records.iter().map(|r| RecordRef { id: r.id.clone(), group: r.group.clone() }).collect();
+        let ids: Vec<String> = refs.iter().map(|r| r.id.clone()).collect();
         let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; records.len()];
         let handler = &handler;
         match self.ordering {
@@ -472,13 +474,24 @@ impl Processor {
             .zip(outcomes)
             .map(|(id, o)| (id, o.unwrap_or(RecordOutcome::Unprocessed("not reached"))))
             .collect();
-        let is_failure = |o: &RecordOutcome| matches!(o, RecordOutcome::Failed(_) | RecordOutcome::Unprocessed(_));
-        let response = match self.ordering {
-            // Streams: report the first failure only; Lambda resumes from it.
-            Ordering::Stream => {
-                BatchResponse::failed(outcomes.iter().find(|(_, o)| is_failure(o)).map(|(id, _)| id.clone()))
-            }
-            _ => BatchResponse::failed(outcomes.iter().filter(|(_, o)| is_failure(o)).map(|(id, _)| id.clone())),
+        // The response by the one implementation of the delivery's rules.
+        let delivery = match self.ordering {
+            Ordering::Standard { .. } => Delivery::Standard,
+            Ordering::Fifo { .. } => Delivery::Fifo,
+            Ordering::Stream => Delivery::Stream,
+        };
+        let dispositions: Vec<Disposition> = outcomes
+            .iter()
+            .map(|(_, o)| match o {
+                RecordOutcome::Succeeded => Disposition::Done(Outcome::Applied),
+                RecordOutcome::Quarantine(_) => Disposition::Quarantined,
+                RecordOutcome::Failed(reason) => Disposition::Failed(reason.clone()),
+                RecordOutcome::Unprocessed(why) => Disposition::Unprocessed(why),
+            })
+            .collect();
+        let response = match settle(delivery, &refs, &dispositions, false) {
+            Ok((response, _)) => response,
+            Err(_) => unreachable!("settle fails only with fail_on_all_failed"),
         };
         BatchReport { outcomes, response }
     }
