@@ -274,10 +274,8 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
         let mut refs: Vec<RecordRef> = Vec::with_capacity(raws.len());
         let mut ended: Vec<Option<Disposition>> = Vec::with_capacity(raws.len());
         let mut quarantine: Vec<(usize, Quarantined)> = Vec::new();
-        // Each planned effect and its record's position; each record's parsed
-        // form, for a quarantine item after the commit.
+        // Each planned effect and its record's position.
         let mut effects: Vec<(usize, E)> = Vec::new();
-        let mut parsed: Vec<Option<R>> = Vec::with_capacity(raws.len());
 
         for (index, raw) in raws.iter().enumerate() {
             let record = match R::parse(raw) {
@@ -288,7 +286,6 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
                     quarantine.push((index, Quarantined::new(source, &reference.id, e.to_string(), raw.get())));
                     refs.push(reference);
                     ended.push(None);
-                    parsed.push(None);
                     continue;
                 }
             };
@@ -318,7 +315,6 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
                 }
             }
             refs.push(reference);
-            parsed.push(Some(record));
         }
 
         self.write_quarantine(quarantine, &mut ended).await?;
@@ -358,12 +354,12 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
             for &index in &positions {
                 ended[index] = Some(match results.next() {
                     Some(Ok(Outcome::KeyReused)) => {
-                        rejected.push((index, self.rejected(&refs[index], &parsed[index], raws[index].get(), None)));
+                        rejected.push((index, self.rejected::<R>(&refs[index], &raws[index], None)));
                         continue;
                     }
                     Some(Ok(outcome)) => Disposition::Done(outcome),
                     Some(Err(CommitError::Permanent(reason))) => {
-                        let item = self.rejected(&refs[index], &parsed[index], raws[index].get(), Some(reason));
+                        let item = self.rejected::<R>(&refs[index], &raws[index], Some(reason));
                         rejected.push((index, item));
                         continue;
                     }
@@ -383,19 +379,15 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
         settle(delivery, &refs, &ended, self.fail_on_all_failed)
     }
 
-    /// The quarantine item of a record whose commit was refused.
-    fn rejected<R: BatchRecord>(
-        &self,
-        reference: &RecordRef,
-        record: &Option<R>,
-        raw: &str,
-        reason: Option<String>,
-    ) -> Quarantined {
+    /// The quarantine item of a record whose commit was refused. The rare
+    /// path: the record parsed before, so it parses again (keeping every
+    /// parsed record to the end would cost every record).
+    fn rejected<R: BatchRecord>(&self, reference: &RecordRef, raw: &RawValue, reason: Option<String>) -> Quarantined {
         let reason = reason.unwrap_or_else(|| "idempotency key was already used with a different payload".into());
         tracing::warn!(record_id = %reference.id, %reason, "record quarantined");
-        match record {
-            Some(r) => Quarantined::new(r.source(), &reference.id, reason, r.kept(raw)),
-            None => Quarantined::new("unknown", &reference.id, reason, raw),
+        match R::parse(raw) {
+            Ok(r) => Quarantined::new(r.source(), &reference.id, reason, r.kept(raw.get())),
+            Err(_) => Quarantined::new("unknown", &reference.id, reason, raw.get()),
         }
     }
 
