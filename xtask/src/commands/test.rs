@@ -7,19 +7,22 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::elapsed;
+use crate::dynamodb_local::{self, Engine};
 use crate::stack::workspace_root;
 use crate::venv::Venv;
 
 /// What a step runs.
 enum Action {
     Cargo(&'static [&'static str]),
-    Venv,
+    /// The venv, and DynamoDB Local with a Java check unless
+    /// `LOCAL_STACK_DYNAMODB=moto`.
+    Install,
     Infra,
 }
 
 /// The steps, in order.
 const STEPS: [(&str, Action); 6] = [
-    ("install the local stack tools (.venv)", Action::Venv),
+    ("install the local stack tools (.venv, .dynamodb-local)", Action::Install),
     ("formatting (cargo fmt --check)", Action::Cargo(&["fmt", "--all", "--", "--check"])),
     (
         "lints (cargo clippy -D warnings)",
@@ -51,7 +54,16 @@ pub fn run() -> Result<()> {
 
 fn run_step(root: &Path, action: &Action) -> Result<()> {
     match action {
-        Action::Venv => Venv::at(root).ensure(),
+        Action::Install => {
+            Venv::at(root).ensure()?;
+            match Engine::from_env()? {
+                Engine::Local => dynamodb_local::Install::at(root).ensure(),
+                Engine::Moto => {
+                    println!("    {}=moto: DynamoDB on moto, DynamoDB Local not needed", dynamodb_local::ENGINE_ENV);
+                    Ok(())
+                }
+            }
+        }
         Action::Cargo(args) => super::cargo_with_venv(root, args),
         Action::Infra => crate::infra::check(root),
     }
