@@ -14,6 +14,8 @@ use crate::venv::Venv;
 /// What a step runs.
 enum Action {
     Cargo(&'static [&'static str]),
+    /// `cargo build -p <function>` for each function of stack.json.
+    Functions,
     /// The venv, and DynamoDB Local with a Java check unless
     /// `LOCAL_STACK_DYNAMODB=moto`.
     Install,
@@ -28,10 +30,7 @@ const STEPS: [(&str, Action); 6] = [
         "lints (cargo clippy -D warnings)",
         Action::Cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
     ),
-    (
-        "build the functions",
-        Action::Cargo(&["build", "-p", "s3-ingest", "-p", "sqs-consumer", "-p", "stream-aggregator"]),
-    ),
+    ("build the functions (one cargo build each, as cargo lambda watch runs them)", Action::Functions),
     (
         "unit, integration and end-to-end tests (cargo test --workspace)",
         Action::Cargo(&["test", "--workspace", "--no-fail-fast"]),
@@ -65,6 +64,11 @@ fn run_step(root: &Path, action: &Action) -> Result<()> {
             }
         }
         Action::Cargo(args) => super::cargo_with_venv(root, args),
+        Action::Functions => {
+            let spec = crate::spec::StackSpec::load()?;
+            let functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
+            crate::lambda::build_functions_visibly(root, &functions)
+        }
         Action::Infra => crate::infra::check(root),
     }
 }
