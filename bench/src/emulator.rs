@@ -1,7 +1,8 @@
-//! Figures against the local emulator (moto): the issue-4 cost workload
-//! (DynamoDB requests per record, records per second) and S3 ingest
-//! end to end. The bench starts its own moto on a free port and creates its
-//! own tables, independent of the dev stack.
+//! Figures against the local emulators: the issue-4 cost workload (DynamoDB
+//! requests per record, records per second) on DynamoDB Local, and S3 ingest
+//! end to end (moto's S3, DynamoDB Local). The bench starts its own moto and
+//! DynamoDB Local on free ports and creates its own tables, independent of
+//! the dev stack.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -51,6 +52,57 @@ impl Moto {
 }
 
 impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// DynamoDB Local (AWS's DynamoDB engine, from the project's
+/// `.dynamodb-local/`, see `xtask::dynamodb_local`) this process started, in
+/// memory; stopped on drop.
+pub struct DynamoDbLocal {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl DynamoDbLocal {
+    /// Starts DynamoDB Local (installed by `cargo xtask bench`, or any
+    /// `cargo xtask` stack command) and waits until it answers.
+    pub fn start(workspace: &Path) -> anyhow::Result<Self> {
+        let install = xtask::dynamodb_local::Install::at(workspace);
+        anyhow::ensure!(
+            install.is_current(),
+            "DynamoDB Local is not installed: run the bench with `cargo xtask bench`"
+        );
+        xtask::dynamodb_local::check_java()?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let (program, args) = install.command_line(port)?;
+        let child = Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let mut local = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(local.child.try_wait()?.is_none(), "DynamoDB Local exited at start (port {port} taken?)");
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "DynamoDB Local did not start within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(local)
+    }
+
+    /// The process's peak resident memory (`VmHWM`), KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+    }
+}
+
+impl Drop for DynamoDbLocal {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -2,8 +2,11 @@
 //! `target/bench/report.json` and `target/bench/chart.svg`.
 //!
 //! ```text
-//! bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--out DIR] [--bin-dir DIR]
+//! bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--cost-only] [--out DIR] [--bin-dir DIR]
 //! ```
+//!
+//! `--cost-only`: only issue 4's workload (W1) on DynamoDB Local and at the
+//! null endpoint (a minute), into the same report files.
 
 use std::process::Command;
 
@@ -11,8 +14,7 @@ use anyhow::Context as _;
 use bench::report::Report;
 use bench::suite::{self, Options};
 
-const USAGE: &str =
-    "usage: bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--out DIR] [--bin-dir DIR]";
+const USAGE: &str = "usage: bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--cost-only] [--out DIR] [--bin-dir DIR]";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,7 +27,7 @@ fn main() -> anyhow::Result<()> {
     // --smoke sets the sizes; the other flags then override them, in any order.
     let mut opts =
         if args.iter().any(|a| a == "--smoke") { Options::smoke(&workspace) } else { Options::full(&workspace) };
-    let (mut build, mut with_emulator) = (true, true);
+    let (mut build, mut with_emulator, mut cost_only) = (true, true, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value\n{USAGE}"));
@@ -40,6 +42,10 @@ fn main() -> anyhow::Result<()> {
             }
             "--no-build" => build = false,
             "--skip-emulator" => with_emulator = false,
+            "--cost-only" => {
+                cost_only = true;
+                build = false;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -79,6 +85,14 @@ fn main() -> anyhow::Result<()> {
         ..Report::default()
     };
     let step = |name: &str| eprintln!("bench: {name}...");
+    if cost_only {
+        step("emulator cost (W1) only");
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        suite::emulator_cost(&opts, &mut report, &runtime);
+        print!("{}", report.table());
+        report.write(&opts.out)?;
+        return Ok(());
+    }
 
     // First, each in a fresh process: nothing has warmed the handler yet.
     step("first invocation in process");

@@ -251,64 +251,26 @@ pub fn ingest(opts: &Options, report: &mut Report, in_child: bool) -> anyhow::Re
 /// Figures against the emulator: the cost workload, S3 ingest, cold starts and
 /// peak memory of the release binaries.
 pub fn emulator(opts: &Options, report: &mut Report) -> anyhow::Result<()> {
-    // A fresh moto for each part: its TransactWriteItems deep-copies tables
-    // per action, so earlier parts' data would slow later ones.
+    // Fresh emulators for each part, so no part's data touches another's.
     let fresh_moto = || crate::emulator::Moto::start(&opts.workspace);
+    let fresh_dynamodb = || crate::emulator::DynamoDbLocal::start(&opts.workspace);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 
-    // Issue 4: requests per record and records per second.
-    let null = crate::null_dynamo::NullDynamo::start()?;
-    let n = opts.cost_events;
-    let runs = [("one", n, 2, "moto"), ("small", opts.cost_small_batch, 1, "moto"), ("null", n, 1, "null DynamoDB")];
-    for (scenario, batch, deliveries, against) in runs {
-        let moto = if against == "moto" { Some(fresh_moto()?) } else { None };
-        let endpoint = moto.as_ref().map_or_else(|| null.endpoint(), |m| m.endpoint.clone());
-        let scenarios = [(scenario, batch, deliveries)];
-        let deliveries = match runtime.block_on(crate::emulator::cost(&endpoint, n, &scenarios)) {
-            Ok(d) => d,
-            Err(e) => {
-                report.skip(format!("cost workload against {against}: {e:#}"));
-                continue;
-            }
-        };
-        for d in deliveries {
-            let label = format!("{}, {against}", d.label);
-            report.push(
-                Row::new(
-                    "emulator cost",
-                    format!("{label}: DynamoDB requests/record"),
-                    d.requests_per_record(),
-                    "req/rec",
-                    Better::Lower,
-                )
-                .baseline(3.0, "Powertools")
-                .target(0.1, "<= 0.1")
-                .note(format!("{} requests; applied {}, duplicates {}", d.requests, d.applied, d.duplicates)),
-            );
-            report.push(
-                Row::new("emulator cost", format!("{label}: records/s"), d.records_per_s(), "rec/s", Better::Higher)
-                    .baseline(60.0, "Powertools (issue 4)")
-                    .target(1200.0, ">= 20x peer")
-                    .note(format!(
-                        "{:.2} s wall, of which {:.2} s CPU in the function's process ({:.0} us/record)",
-                        d.seconds,
-                        d.cpu_seconds,
-                        1e6 * d.cpu_seconds / d.records as f64
-                    )),
-            );
-        }
-    }
+    emulator_cost(opts, report, &runtime);
 
-    // S3 ingest through the emulator: the real S3 source and DynamoDB store;
-    // and a larger object from moto's S3 with the null DynamoDB endpoint.
-    for (kib, dynamodb) in [(opts.s3_kib, "moto"), (opts.s3_null_kib, "null")] {
+    // S3 ingest through the emulators: the real S3 source (moto) and
+    // DynamoDB store (DynamoDB Local); and a larger object from moto's S3
+    // with the null DynamoDB endpoint.
+    for (kib, dynamodb) in [(opts.s3_kib, "local"), (opts.s3_null_kib, "null")] {
         let s3 = (|| {
             let moto = fresh_moto()?;
+            let engine = if dynamodb == "null" { None } else { Some(fresh_dynamodb()?) };
+            let dynamodb_endpoint = engine.as_ref().map_or_else(|| "null".to_owned(), |e| e.endpoint.clone());
             let (bucket, key) = (format!("bench-ingest-{dynamodb}"), "incoming/bench.ndjson");
             let size = runtime.block_on(crate::emulator::upload_object(&moto.endpoint, &bucket, key, kib))?;
-            let args = ["ingest-s3", &moto.endpoint, &bucket, key, &size.to_string(), dynamodb];
+            let args = ["ingest-s3", &moto.endpoint, &bucket, key, &size.to_string(), &dynamodb_endpoint];
             let run: crate::ingest::IngestRun = serde_json::from_value(child(&args)?)?;
-            let against = if dynamodb == "null" { "moto S3 + null DynamoDB" } else { "moto S3 + DynamoDB" };
+            let against = if dynamodb == "null" { "moto S3 + null DynamoDB" } else { "moto S3 + DynamoDB Local" };
             let label = format!("{:.0} KiB object, {against}", size as f64 / 1024.0);
             report.push(
                 Row::new("emulator ingest", format!("s3-ingest {label}"), run.mib_per_s(), "MiB/s", Better::Higher)
@@ -347,6 +309,76 @@ pub fn emulator(opts: &Options, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issue 4's workload (W1): 1,000 SQS events through `sqs_consumer::handle`
+/// with the DynamoDB store, as one batch, the same batch again, and in
+/// batches of 10, on DynamoDB Local; and the one batch at the null endpoint.
+pub fn emulator_cost(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runtime) {
+    let fresh_dynamodb = || crate::emulator::DynamoDbLocal::start(&opts.workspace);
+    // Issue 4: requests per record and records per second, on DynamoDB
+    // Local (AWS's engine; moto's per-action table copies bounded this at
+    // ~7 records/s).
+    let null = match crate::null_dynamo::NullDynamo::start() {
+        Ok(null) => null,
+        Err(e) => return report.skip(format!("cost workload: null endpoint: {e:#}")),
+    };
+    let n = opts.cost_events;
+    let local = "DynamoDB Local";
+    let runs = [("one", n, 2, local), ("small", opts.cost_small_batch, 1, local), ("null", n, 1, "null DynamoDB")];
+    for (scenario, batch, deliveries, against) in runs {
+        let engine = if against == local {
+            match fresh_dynamodb() {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    report.skip(format!("cost workload against {against}: {e:#}"));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let endpoint = engine.as_ref().map_or_else(|| null.endpoint(), |m| m.endpoint.clone());
+        let scenarios = [(scenario, batch, deliveries)];
+        let deliveries = match runtime.block_on(crate::emulator::cost(&endpoint, n, &scenarios)) {
+            Ok(d) => d,
+            Err(e) => {
+                report.skip(format!("cost workload against {against}: {e:#}"));
+                continue;
+            }
+        };
+        let peak = engine.as_ref().and_then(crate::emulator::DynamoDbLocal::peak_rss_kib);
+        for d in deliveries {
+            let label = format!("{}, {against}", d.label);
+            report.push(
+                Row::new(
+                    "emulator cost",
+                    format!("{label}: DynamoDB requests/record"),
+                    d.requests_per_record(),
+                    "req/rec",
+                    Better::Lower,
+                )
+                .baseline(3.0, "Powertools")
+                .target(0.1, "<= 0.1")
+                .note(format!("{} requests; applied {}, duplicates {}", d.requests, d.applied, d.duplicates)),
+            );
+            report.push(
+                Row::new("emulator cost", format!("{label}: records/s"), d.records_per_s(), "rec/s", Better::Higher)
+                    .baseline(60.0, "Powertools (issue 4)")
+                    .target(1200.0, ">= 20x peer")
+                    .note(format!(
+                        "{:.2} s wall, of which {:.2} s CPU in the function's process ({:.0} us/record){}",
+                        d.seconds,
+                        d.cpu_seconds,
+                        1e6 * d.cpu_seconds / d.records as f64,
+                        peak.map_or_else(String::new, |kib| format!(
+                            "; DynamoDB Local peak RSS {:.0} MiB after the scenario",
+                            kib as f64 / 1024.0
+                        ))
+                    )),
+            );
+        }
+    }
+}
+
 /// The release binaries: cold start (spawn to first `next`), first invocation
 /// against the emulator, peak memory on the largest batches.
 fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -378,9 +410,15 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
         // Each run on a fresh emulator with the tables, and the s3-ingest
         // fixture's object, its first invocation needs.
         let moto = crate::emulator::Moto::start(&opts.workspace)?;
+        let local = crate::emulator::DynamoDbLocal::start(&opts.workspace)?;
+        let env_for = |name: &str, tables: Option<(&str, &str)>| {
+            let mut env = lambda_env(&api, name, Some(&moto.endpoint), tables);
+            env.push(("AWS_ENDPOINT_URL_DYNAMODB".into(), local.endpoint.clone()));
+            env
+        };
         runtime.block_on(async {
             let sdk = crate::emulator::sdk_config(&moto.endpoint).await;
-            let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+            let dynamodb = aws_sdk_dynamodb::Client::new(&crate::emulator::sdk_config(&local.endpoint).await);
             for (name, _) in &functions[1..] {
                 crate::emulator::create_tables(&dynamodb, &format!("{name}-state"), &format!("{name}-idempotency"))
                     .await?;
@@ -399,18 +437,13 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
         for (i, (name, event)) in functions.iter().enumerate() {
             let tables = (format!("{name}-state"), format!("{name}-idempotency"));
             let tables = (*name != "echo").then_some((tables.0.as_str(), tables.1.as_str()));
-            let env = lambda_env(&api, name, Some(&moto.endpoint), tables);
+            let env = env_for(name, tables);
             let log = logs.join(format!("{name}-{run}.log"));
             let start = run_once(&api, &release.join(name), &env, event.clone(), &log)?;
             starts[i].1.push(start);
         }
         for (d, (label, file)) in diagnostics.iter().enumerate() {
-            let mut env = lambda_env(
-                &api,
-                "sqs-consumer",
-                Some(&moto.endpoint),
-                Some(("sqs-consumer-state", "sqs-consumer-idempotency")),
-            );
+            let mut env = env_for("sqs-consumer", Some(("sqs-consumer-state", "sqs-consumer-idempotency")));
             env.push(("SSL_CERT_FILE".into(), (*file).to_owned()));
             let log = logs.join(format!("sqs-consumer-{}-{run}.log", label.replace(' ', "-")));
             diagnostic_starts[d].push(run_once(
@@ -460,19 +493,18 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
         report.push(
             Row::new(
                 "first invocation",
-                format!("{name}: fixture via runtime API + moto"),
+                format!("{name}: fixture via runtime API + emulators"),
                 med(s, |s| s.first_invocation_ms),
                 "ms",
                 Better::Lower,
             )
             .baseline(echo_first, "echo")
-            .note("includes the SDK's first connection and the emulator's DynamoDB calls"),
+            .note("includes the SDK's first connections and the emulators' calls (moto S3, DynamoDB Local)"),
         );
     }
 
     // Peak memory on the largest batches, against the null DynamoDB endpoint:
-    // moto's transactions copy the whole table per action, so 10,000 records
-    // would take it hours; the function's side is the same either way.
+    // the function's own memory, with nothing of an engine's speed in it.
     let null = crate::null_dynamo::NullDynamo::start()?;
     let null_endpoint = null.endpoint();
     let echo_rss = starts[0].1.iter().filter_map(|s| s.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
@@ -570,8 +602,9 @@ pub fn run_child(args: &[String]) -> anyhow::Result<Value> {
         Some("ingest-s3") => {
             let [endpoint, bucket, key, size, dynamodb] =
                 [1, 2, 3, 4, 5].map(|i| args.get(i).cloned().unwrap_or_default());
-            let dynamodb =
-                if dynamodb == "null" { crate::null_dynamo::NullDynamo::start()?.endpoint() } else { endpoint.clone() };
+            // The null endpoint's server lives as long as this child.
+            let null = (dynamodb == "null").then(crate::null_dynamo::NullDynamo::start).transpose()?;
+            let dynamodb = null.as_ref().map_or(dynamodb, |n| n.endpoint());
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let run =
                 runtime.block_on(crate::emulator::ingest_s3(&endpoint, &dynamodb, &bucket, &key, size.parse()?))?;

@@ -1,5 +1,7 @@
 //! A fault-injecting HTTP proxy for tests: sits between the functions and the
-//! emulator (point `AWS_ENDPOINT_URL` at it) and, for the requests it selects,
+//! local stack's DynamoDB engine (`Stack::function_dynamodb_endpoint`, which
+//! becomes their `AWS_ENDPOINT_URL_DYNAMODB`; S3 and SQS calls go straight to
+//! moto) and, for the requests it selects,
 //! answers with DynamoDB throttling errors or 500s, delays the response, or
 //! drops the connection without answering.
 //!
@@ -95,11 +97,12 @@ impl FaultProxy {
     }
 
     /// A proxy without faults that forwards one request at a time: in front
-    /// of moto, whose `TransactWriteItems` is not isolated from a concurrent
-    /// one (it rolls back by restoring a copy of every table taken when it
-    /// started, which can undo another transaction's commit), it gives each
-    /// transaction the isolation DynamoDB guarantees, so tests of concurrent
-    /// clients test the clients.
+    /// of moto's DynamoDB (`LOCAL_STACK_DYNAMODB=moto` only), whose
+    /// `TransactWriteItems` is not isolated from a concurrent one (it rolls
+    /// back by restoring a copy of every table taken when it started, which
+    /// can undo another transaction's commit), it gives each transaction the
+    /// isolation DynamoDB guarantees, so tests of concurrent clients test the
+    /// clients. DynamoDB Local isolates transactions itself and needs none.
     pub async fn serializing(upstream: &str) -> std::io::Result<Self> {
         Self::start_with(upstream, Target::All, Plan::Schedule(Vec::new()), true).await
     }
@@ -136,7 +139,7 @@ impl FaultProxy {
         Ok(Self { addr, state, task })
     }
 
-    /// The endpoint to give the functions (`AWS_ENDPOINT_URL`).
+    /// The endpoint to give the functions (their DynamoDB endpoint).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -1,7 +1,10 @@
 //! Helpers for the integration and end-to-end tests. Every test starts its own
-//! local stack ([`xtask::Stack`]: moto and `cargo lambda watch` on free ports),
-//! so tests run in parallel without sharing state, and reads its results back
-//! through the AWS API from the emulator: a test cannot pass without it.
+//! local stack ([`xtask::Stack`]: moto for S3 and SQS, DynamoDB Local for
+//! DynamoDB, and `cargo lambda watch`, on free ports), so tests run in
+//! parallel without sharing state, and reads its results back through the
+//! AWS API from the emulators: a test cannot pass without them.
+//! `LOCAL_STACK_DYNAMODB=moto` runs them with moto's DynamoDB instead (no
+//! Java needed; see the README for what that mode cannot show).
 
 pub mod fault_proxy;
 

@@ -28,12 +28,12 @@ const HOLD: Duration = Duration::from_secs(300);
 async fn stack_holding_the_first_commit() -> Result<(Stack, FaultProxy)> {
     let mut stack = Stack::start().await?;
     let proxy = FaultProxy::start(
-        &stack.endpoint,
+        &stack.dynamodb_endpoint,
         Target::DynamoDbOperation("TransactWriteItems"),
         Plan::Schedule(vec![(0, Fault::Slow(HOLD))]),
     )
     .await?;
-    stack.function_endpoint = Some(proxy.endpoint());
+    stack.function_dynamodb_endpoint = Some(proxy.endpoint());
     stack.start_lambda().await?;
     Ok((stack, proxy))
 }

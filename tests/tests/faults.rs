@@ -19,8 +19,8 @@ async fn pipeline_under_20_percent_dynamodb_faults_drains_to_the_fault_free_stat
         faults: vec![Fault::Throttle, Fault::ServerError, Fault::Slow(Duration::from_millis(300)), Fault::Drop],
         seed: 20261128,
     };
-    let proxy = FaultProxy::start(&stack.endpoint, Target::DynamoDb, plan).await?;
-    stack.function_endpoint = Some(proxy.endpoint());
+    let proxy = FaultProxy::start(&stack.dynamodb_endpoint, Target::DynamoDb, plan).await?;
+    stack.function_dynamodb_endpoint = Some(proxy.endpoint());
     stack.start_lambda().await?;
 
     let objects = stack.upload_sample_data().await?;

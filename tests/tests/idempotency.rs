@@ -14,6 +14,7 @@ use shared::idempotency::{Idempotency, IdempotencyError, IdempotencyStore, Optio
 use shared::order::{OrderEvent, parse_order_event};
 use shared::state::dynamo::DynamoStore;
 use shared::state::{Marker, Outcome, StateStore};
+use xtask::dynamodb_local::Engine;
 
 /// `n` order events, one per order, each with its marker.
 fn batch(n: usize) -> (Vec<OrderEvent>, Vec<Marker>) {
@@ -30,9 +31,8 @@ fn batch(n: usize) -> (Vec<OrderEvent>, Vec<Marker>) {
 }
 
 fn store(stack: &Stack, endpoint: &str) -> anyhow::Result<DynamoStore> {
-    let config = aws_sdk_dynamodb::config::Builder::from(&stack.sdk).endpoint_url(endpoint).build();
     Ok(DynamoStore::new(
-        aws_sdk_dynamodb::Client::from_conf(config),
+        stack.dynamodb_client_at(endpoint),
         stack.spec.table("state")?.name.clone(),
         stack.spec.table("idempotency")?.name.clone(),
     ))
@@ -57,9 +57,18 @@ fn expected_orders(n: usize) -> Vec<(String, rust_decimal::Decimal)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_delivered_concurrently_and_again_applies_each_event_once() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    // DynamoDB isolates transactions; moto does not (see `serializing`).
-    let isolated = FaultProxy::serializing(&stack.endpoint).await?;
-    let store = store(&stack, &isolated.endpoint())?;
+    // DynamoDB Local isolates transactions as DynamoDB does: the two
+    // deliveries reach it at once, with nothing in between. moto does not
+    // (a failing transaction restores a copy of the tables taken when it
+    // started, undoing the other's commit), so with LOCAL_STACK_DYNAMODB=moto
+    // they go through `serializing`, which gives them that isolation.
+    let serializing = match stack.engine {
+        Engine::Local => None,
+        Engine::Moto => Some(FaultProxy::serializing(&stack.dynamodb_endpoint).await?),
+    };
+    let endpoint = serializing.as_ref().map_or_else(|| stack.dynamodb_endpoint.clone(), FaultProxy::endpoint);
+    println!("{} at {endpoint}", stack.engine.name());
+    let store = store(&stack, &endpoint)?;
     let (events, markers) = batch(40);
 
     // Two deliveries at once, then a third: each event is applied by exactly
@@ -91,7 +100,7 @@ async fn a_delivery_cancelled_after_its_commit_then_redelivered_leaves_one_deliv
     // The first DynamoDB request (the batch's transaction) commits at the
     // emulator, and its answer is held back: the task is cancelled then.
     let proxy = FaultProxy::start(
-        &stack.endpoint,
+        &stack.dynamodb_endpoint,
         Target::DynamoDb,
         Plan::Schedule(vec![(0, Fault::Slow(Duration::from_secs(30)))]),
     )
@@ -111,7 +120,7 @@ async fn a_delivery_cancelled_after_its_commit_then_redelivered_leaves_one_deliv
     assert!(task.await.unwrap_err().is_cancelled());
 
     // The redelivery finds every marker: nothing is applied twice.
-    let outcomes = store(&stack, &stack.endpoint)?.apply_orders(&events, Some(&markers), None).await?;
+    let outcomes = store(&stack, &stack.dynamodb_endpoint)?.apply_orders(&events, Some(&markers), None).await?;
     assert!(outcomes.iter().all(|o| *o == Outcome::Duplicate), "{outcomes:?}");
     assert_eq!(orders(&stack).await?, expected_orders(events.len()));
     Ok(())
@@ -120,7 +129,7 @@ async fn a_delivery_cancelled_after_its_commit_then_redelivered_leaves_one_deliv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_reused_with_another_payload_is_reported_and_not_applied() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    let store = store(&stack, &stack.endpoint)?;
+    let store = store(&stack, &stack.dynamodb_endpoint)?;
     let (events, markers) = batch(1);
     assert_eq!(store.apply_orders(&events, Some(&markers), None).await?, [Outcome::Applied]);
 

@@ -16,8 +16,9 @@ async fn stream_records_of_orders_become_customer_totals() -> anyhow::Result<()>
     put_state_item(&stack, order_item("o-s1", "c-stream", "PAID", "10.00", "USD")).await?;
     put_state_item(&stack, order_item("o-s2", "c-stream", "PLACED", "5", "EUR")).await?;
     put_state_item(&stack, order_item("o-s3", "c-stream", "CANCELLED", "7.00", "USD")).await?;
-    // Created by UpdateItem, as the functions write orders: moto emits an extra
-    // key-only INSERT for it, which the driver must not pass on as an order.
+    // Created by UpdateItem, as the functions write orders: moto (with
+    // LOCAL_STACK_DYNAMODB=moto) emits an extra key-only INSERT for it, which
+    // the driver must not pass on as an order; DynamoDB Local writes one.
     stack
         .dynamodb
         .update_item()

@@ -24,9 +24,12 @@
 //!
 //! DynamoDB Streams (<https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-batchfailurereporting.html>):
 //! each shard is read in order from a checkpoint. Records are fetched with
-//! raw JSON calls to the emulator's Streams API and handed to the function as
-//! they come (plus `eventSourceARN`), so functions see the emulator's real
-//! record shape rather than an SDK round-trip of it. Records the mapping's
+//! raw JSON calls to the Streams API of the stack's DynamoDB engine
+//! (DynamoDB Local, or moto with `--dynamodb moto`) and handed to the
+//! function as they come (plus `eventSourceARN`, and `awsRegion` set to the
+//! stack's region), so functions see the engine's real record shape rather
+//! than an SDK round-trip of it. With moto only, its phantom key-only INSERT
+//! records are dropped first ([`drop_phantom_inserts`]). Records the mapping's
 //! filter rejects are skipped (and count as processed, as in Lambda). On
 //! success the checkpoint moves past the batch; on a reported failure the
 //! next attempt starts at the failed sequence number; on an invocation error
@@ -49,6 +52,7 @@ use aws_sdk_sqs::types::{
 };
 use serde_json::{Value, json};
 
+use crate::dynamodb_local::Engine;
 use crate::filter::{Pattern, passes};
 use crate::lambda::{Invocation, Lambda};
 use crate::spec::{MappingSource, MappingSpec};
@@ -77,7 +81,7 @@ pub struct MappingStats {
     /// Stream batches sent to the on-failure destination.
     pub sent_to_on_failure: u64,
     /// moto's spurious key-only INSERT records, dropped (see
-    /// [`drop_phantom_inserts`]).
+    /// [`drop_phantom_inserts`]; only with [`Engine::Moto`]).
     pub phantom_inserts_dropped: u64,
 }
 
@@ -438,7 +442,12 @@ impl<'a> Driver<'a> {
             return Ok(false);
         }
         let page_full = records.len() >= state.limit;
-        let (records, phantoms) = drop_phantom_inserts(records, page_full);
+        // Only moto writes phantom records; DynamoDB Local writes one record
+        // per change, as DynamoDB does, and a key-only item is a real one.
+        let (records, phantoms) = match self.stack.engine {
+            Engine::Moto => drop_phantom_inserts(records, page_full),
+            Engine::Local => (records, 0),
+        };
         let poller = &mut self.streams[index];
         poller.stats.phantom_inserts_dropped += phantoms;
         let seq =
@@ -451,9 +460,9 @@ impl<'a> Driver<'a> {
             .map(|r| {
                 let mut r = r.clone();
                 r["eventSourceARN"] = json!(arn);
-                if r.get("awsRegion").is_none() {
-                    r["awsRegion"] = json!(region);
-                }
+                // Lambda's record names the table's region; DynamoDB Local
+                // writes `ddblocal` there, moto nothing.
+                r["awsRegion"] = json!(region);
                 r
             })
             .collect();
@@ -625,7 +634,7 @@ fn stream_poller(stack: &Stack, m: &MappingSpec, table: &str) -> Result<StreamPo
 /// full page is deferred to the next read (its successor may be on the next
 /// page); one that ends the shard so far is passed through as it is.
 /// Returns the records to deliver and how many were dropped.
-pub(crate) fn drop_phantom_inserts(records: Vec<Value>, page_full: bool) -> (Vec<Value>, u64) {
+pub fn drop_phantom_inserts(records: Vec<Value>, page_full: bool) -> (Vec<Value>, u64) {
     let is_phantom = |r: &Value| {
         let keys = r.pointer("/dynamodb/Keys").and_then(Value::as_object);
         let image = r.pointer("/dynamodb/NewImage").and_then(Value::as_object);

@@ -279,33 +279,40 @@ pub(crate) fn cargo() -> String {
 /// lazily inside the first invocation's timeout. Output is captured (and shown
 /// on failure); the commands call [`build_functions_visibly`] first so a
 /// first build's progress is on screen.
+///
+/// One `cargo build -p <function>` per function, as watch's `cargo run` of
+/// one binary builds it: one build of all three unifies their dependencies'
+/// features, so watch's first start of `s3-ingest` then rebuilt
+/// aws-sdk-dynamodb, shared and the binary (seen on a fresh clone: minutes on
+/// a busy 2-core machine, inside the crash tests' wait for the first commit).
 pub async fn build_functions(root: &std::path::Path, functions: &[String]) -> Result<()> {
-    let mut cmd = build_command(root, functions);
-    let output = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .context("build task panicked")?
-        .context("running cargo build")?;
-    if !output.status.success() {
-        bail!("cargo build of the functions failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    for function in functions {
+        let mut cmd = build_command(root, function);
+        let output = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .context("build task panicked")?
+            .context("running cargo build")?;
+        if !output.status.success() {
+            bail!("cargo build of {function} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
     }
     Ok(())
 }
 
-/// `cargo build` of the function binaries with cargo's progress on the
-/// terminal.
+/// `cargo build` of the function binaries (one per function, see
+/// [`build_functions`]) with cargo's progress on the terminal.
 pub fn build_functions_visibly(root: &std::path::Path, functions: &[String]) -> Result<()> {
-    let status = build_command(root, functions).status().context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build of the functions failed ({status})");
+    for function in functions {
+        let status = build_command(root, function).status().context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build of {function} failed ({status})");
+        }
     }
     Ok(())
 }
 
-fn build_command(root: &std::path::Path, functions: &[String]) -> Command {
+fn build_command(root: &std::path::Path, function: &str) -> Command {
     let mut cmd = Command::new(cargo());
-    cmd.arg("build").current_dir(root);
-    for f in functions {
-        cmd.arg("-p").arg(f);
-    }
+    cmd.arg("build").arg("-p").arg(function).current_dir(root);
     cmd
 }

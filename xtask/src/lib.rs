@@ -1,6 +1,7 @@
-//! Dev tooling for the stream processor: the local AWS stack (moto server +
-//! `cargo lambda watch`), the event source mapping driver, and the commands
-//! behind `cargo xtask demo | stack | test`.
+//! Dev tooling for the stream processor: the local AWS stack (moto server for
+//! S3 and SQS, DynamoDB Local for DynamoDB, `cargo lambda watch`), the event
+//! source mapping driver, and the commands behind
+//! `cargo xtask demo | stack | test | volume`.
 //!
 //! The library is what the integration tests use: [`stack::Stack`] starts an
 //! isolated stack on free ports, [`driver::Driver`] plays the event source
@@ -8,6 +9,7 @@
 
 pub mod commands;
 pub mod driver;
+pub mod dynamodb_local;
 pub mod filter;
 pub mod infra;
 pub mod lambda;

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
+use anyhow::{Context, Result, bail};
 use xtask::commands;
+use xtask::dynamodb_local::Engine;
 
 fn usage() -> &'static str {
     "usage: cargo xtask <command>
@@ -12,25 +14,61 @@ commands:
                        (FLAGS: --smoke, --runs N, --skip-emulator, ...; see bench/README.md)
   demo                 run the whole pipeline locally and check the invariant
   stack [--no-driver]  start the local stack for `cargo lambda invoke`, until Ctrl-C
-  test                 formatting, lints, builds, all tests, infra checks (what CI runs)"
+  test                 formatting, lints, builds, all tests, infra checks (what CI runs)
+  volume [--lines N] [--messages N]
+                       one object of N lines (default 100000) and N queue messages (default
+                       10000) through the local stack: time and the emulators' peak memory
+
+demo, stack and volume take --dynamodb local|moto: the DynamoDB engine (default: DynamoDB
+Local, which needs Java 17; moto needs no Java but has moto's limits, see the README).
+The tests read LOCAL_STACK_DYNAMODB=local|moto instead."
 }
 
 /// Runs `work`, or stops at Ctrl-C. Dropping `work` drops its stack, which
 /// stops every child process (they run in their own process groups, which
 /// the terminal's Ctrl-C does not reach).
 /// `until_ctrl_c`: Ctrl-C is the normal end (`stack`), not a failure.
-async fn interruptible(
-    work: impl std::future::Future<Output = anyhow::Result<()>>,
-    until_ctrl_c: bool,
-) -> anyhow::Result<()> {
+async fn interruptible(work: impl std::future::Future<Output = Result<()>>, until_ctrl_c: bool) -> Result<()> {
     tokio::select! {
         result = work => result,
         signal = tokio::signal::ctrl_c() => {
             signal?;
             eprintln!("\ninterrupted: stopping the local stack");
-            if until_ctrl_c { Ok(()) } else { anyhow::bail!("interrupted") }
+            if until_ctrl_c { Ok(()) } else { bail!("interrupted") }
         }
     }
+}
+
+/// The flags of the stack commands.
+struct Flags {
+    engine: Engine,
+    no_driver: bool,
+    lines: u64,
+    messages: u64,
+}
+
+fn flags(args: &[&str], allowed: &[&str]) -> Result<Flags> {
+    let mut flags = Flags {
+        engine: Engine::from_env()?,
+        no_driver: false,
+        lines: commands::volume::DEFAULT_LINES,
+        messages: commands::volume::DEFAULT_MESSAGES,
+    };
+    let mut it = args.iter();
+    while let Some(&arg) = it.next() {
+        if !allowed.contains(&arg) {
+            bail!("unknown argument {arg:?}\n{}", usage());
+        }
+        let mut value = || it.next().copied().with_context(|| format!("{arg} needs a value"));
+        match arg {
+            "--dynamodb" => flags.engine = Engine::parse(value()?)?,
+            "--no-driver" => flags.no_driver = true,
+            "--lines" => flags.lines = value()?.parse().context("--lines")?,
+            "--messages" => flags.messages = value()?.parse().context("--messages")?,
+            _ => unreachable!("allowed flags are handled"),
+        }
+    }
+    Ok(flags)
 }
 
 fn main() -> ExitCode {
@@ -39,11 +77,13 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["test"] => commands::test::run(),
         ["bench", rest @ ..] => commands::bench::run(rest),
-        ["demo"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::demo::run(), false))),
-        ["stack"] => runtime().and_then(|rt| rt.block_on(interruptible(commands::stack::run(true), true))),
-        ["stack", "--no-driver"] => {
-            runtime().and_then(|rt| rt.block_on(interruptible(commands::stack::run(false), true)))
-        }
+        ["demo", rest @ ..] => flags(rest, &["--dynamodb"])
+            .and_then(|f| runtime()?.block_on(interruptible(commands::demo::run(f.engine), false))),
+        ["stack", rest @ ..] => flags(rest, &["--dynamodb", "--no-driver"])
+            .and_then(|f| runtime()?.block_on(interruptible(commands::stack::run(!f.no_driver, f.engine), true))),
+        ["volume", rest @ ..] => flags(rest, &["--dynamodb", "--lines", "--messages"]).and_then(|f| {
+            runtime()?.block_on(interruptible(commands::volume::run(f.engine, f.lines, f.messages), false))
+        }),
         ["help" | "--help" | "-h"] => {
             println!("{}", usage());
             return ExitCode::SUCCESS;
@@ -62,6 +102,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

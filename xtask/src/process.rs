@@ -289,9 +289,8 @@ pub struct ProcessInfo {
     pub env: Vec<(String, String)>,
 }
 
-/// Processes descending from `ancestor` whose executable's file name is
-/// `name` (zombies excluded: they have no executable).
-pub fn descendants_named(ancestor: u32, name: &str) -> Vec<ProcessInfo> {
+/// The pids of the processes descending from `ancestor`, ascending.
+pub fn descendants(ancestor: u32) -> Vec<u32> {
     let mut parent_of = std::collections::HashMap::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
@@ -313,10 +312,17 @@ pub fn descendants_named(ancestor: u32, name: &str) -> Vec<ProcessInfo> {
         }
         false
     };
-    let mut found: Vec<ProcessInfo> = parent_of
-        .keys()
-        .filter(|pid| descends(**pid))
-        .filter_map(|&pid| {
+    let mut found: Vec<u32> = parent_of.keys().copied().filter(|pid| descends(*pid)).collect();
+    found.sort_unstable();
+    found
+}
+
+/// Processes descending from `ancestor` whose executable's file name is
+/// `name` (zombies excluded: they have no executable).
+pub fn descendants_named(ancestor: u32, name: &str) -> Vec<ProcessInfo> {
+    descendants(ancestor)
+        .into_iter()
+        .filter_map(|pid| {
             let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
             (exe.file_name()? == name).then_some(())?;
             let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
@@ -330,9 +336,36 @@ pub fn descendants_named(ancestor: u32, name: &str) -> Vec<ProcessInfo> {
                 .collect();
             Some(ProcessInfo { pid, exe, cwd, env })
         })
-        .collect();
-    found.sort_by_key(|p| p.pid);
-    found
+        .collect()
+}
+
+/// Memory of one process, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub pid: u32,
+    /// `VmHWM`: the peak resident set, KiB.
+    pub peak_kib: u64,
+    /// `VmRSS`: the resident set now, KiB.
+    pub rss_kib: u64,
+}
+
+/// The memory of the largest process (by peak) under a child group's
+/// guardian: the emulator itself (the guardian's `sh` and `sleep` are tiny).
+pub fn largest_descendant_memory(guardian: u32) -> Option<Memory> {
+    descendants(guardian)
+        .into_iter()
+        .filter_map(|pid| {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            Some(Memory { pid, peak_kib: status_kib(&status, "VmHWM")?, rss_kib: status_kib(&status, "VmRSS")? })
+        })
+        .max_by_key(|m| m.peak_kib)
+}
+
+/// A `Name:   1234 kB` field of `/proc/<pid>/status`, in KiB.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
 /// The parent pid from the text of `/proc/<pid>/stat` (the command name, in
@@ -390,6 +423,14 @@ mod tests {
         assert!(live.exists());
         assert!(unrelated.exists());
         fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn status_fields_are_read_in_kib() {
+        let status = "Name:\tjava\nVmHWM:\t  123456 kB\nVmRSS:\t   99 kB\n";
+        assert_eq!(status_kib(status, "VmHWM"), Some(123_456));
+        assert_eq!(status_kib(status, "VmRSS"), Some(99));
+        assert_eq!(status_kib(status, "VmSwap"), None);
     }
 
     #[test]

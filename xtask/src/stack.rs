@@ -1,7 +1,9 @@
-//! The local AWS stack: a moto server on a free port of 127.0.0.1 with every
-//! resource of `infra/stack.json` created, and (optionally) `cargo lambda
-//! watch` serving the function binaries against it. [`Stack`] owns all child
-//! processes and stops them when dropped.
+//! The local AWS stack: a moto server (S3, SQS) and DynamoDB Local (DynamoDB
+//! and its streams; see [`crate::dynamodb_local`]), each on a free port of
+//! 127.0.0.1, with every resource of `infra/stack.json` created, and
+//! (optionally) `cargo lambda watch` serving the function binaries against
+//! them. With [`Engine::Moto`] moto plays DynamoDB too. [`Stack`] owns all
+//! child processes and stops them when dropped.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -19,6 +21,7 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
+use crate::dynamodb_local::{self, Engine};
 use crate::lambda::Lambda;
 use crate::process::{ChildGroup, RunDir};
 use crate::spec::StackSpec;
@@ -34,13 +37,21 @@ const MOTO_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const READY_POLL: Duration = Duration::from_millis(100);
 /// moto prints this once it has bound its port (werkzeug's banner).
 const MOTO_READY_LINE: &str = "Running on http://127.0.0.1:";
+/// Longest wait for DynamoDB Local to answer (a JVM start: 1-3 s, more on a
+/// busy machine).
+const DYNAMODB_LOCAL_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// DynamoDB Local prints its configuration (`Port:\t<port>`) once started.
+const DYNAMODB_LOCAL_READY_LINE: &str = "Port:";
 /// The DynamoDB Streams API version of `X-Amz-Target`.
 const STREAMS_TARGET_PREFIX: &str = "DynamoDBStreams_20120810";
-/// moto's fixed account id: part of every ARN it returns.
+/// moto's fixed account id: part of every ARN it returns (and of the ARNs the
+/// driver makes up).
 pub const ACCOUNT_ID: &str = "123456789012";
 /// Dummy credentials: moto accepts anything, the SDK insists on some.
 pub const ACCESS_KEY_ID: &str = "testing";
 pub const SECRET_ACCESS_KEY: &str = "testing";
+/// The SDKs' DynamoDB endpoint variable.
+pub const ENDPOINT_DYNAMODB: &str = "AWS_ENDPOINT_URL_DYNAMODB";
 
 /// The workspace root (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
@@ -95,65 +106,128 @@ pub struct Stack {
     pub spec: StackSpec,
     pub root: PathBuf,
     pub venv: Venv,
-    /// `http://127.0.0.1:<port>`: moto, every service.
+    /// `http://127.0.0.1:<port>`: moto (S3, SQS; and DynamoDB with
+    /// [`Engine::Moto`]).
     pub endpoint: String,
+    /// Where DynamoDB and DynamoDB Streams answer: DynamoDB Local, or moto's
+    /// endpoint with [`Engine::Moto`].
+    pub dynamodb_endpoint: String,
+    /// Which engine plays DynamoDB.
+    pub engine: Engine,
     pub sdk: aws_config::SdkConfig,
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub resources: Resources,
-    /// Where the functions send their AWS calls, when not straight to moto
-    /// (a fault-injecting proxy in front of it, in tests).
-    pub function_endpoint: Option<String>,
+    /// Where the functions send their DynamoDB calls, when not straight to
+    /// [`Stack::dynamodb_endpoint`] (a fault-injecting proxy in front of it,
+    /// in tests). Their S3 and SQS calls always go to moto.
+    pub function_dynamodb_endpoint: Option<String>,
     /// Raw JSON calls (the Streams API: see [`Stack::streams_call`]).
     http: reqwest::Client,
     lambda: Option<Lambda>,
-    // Dropped after `lambda` (field order): functions stop before moto.
+    // Dropped after `lambda` (field order): functions stop before the
+    // emulators.
     moto: ChildGroup,
+    dynamodb_local: Option<ChildGroup>,
     run: RunDir,
 }
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stack").field("endpoint", &self.endpoint).field("run", &self.run.path()).finish_non_exhaustive()
+        f.debug_struct("Stack")
+            .field("endpoint", &self.endpoint)
+            .field("dynamodb_endpoint", &self.dynamodb_endpoint)
+            .field("run", &self.run.path())
+            .finish_non_exhaustive()
     }
 }
 
 impl Stack {
-    /// Ensures the venv, starts moto and creates every resource.
+    /// Ensures the tools, starts the emulators and creates every resource;
+    /// the DynamoDB engine is the one `LOCAL_STACK_DYNAMODB` names
+    /// (DynamoDB Local when unset).
     pub async fn start() -> Result<Self> {
+        Self::start_with(Engine::from_env()?).await
+    }
+
+    /// [`Stack::start`] with the DynamoDB engine chosen by the caller (the
+    /// commands' `--dynamodb` flag).
+    pub async fn start_with(engine: Engine) -> Result<Self> {
         let root = workspace_root();
         let spec = StackSpec::load()?;
         let venv = Venv::at(&root);
+        let install = dynamodb_local::Install::at(&root);
         tokio::task::spawn_blocking({
             let venv = venv.clone();
-            move || venv.ensure()
+            let install = install.clone();
+            move || {
+                venv.ensure()?;
+                if engine == Engine::Local {
+                    install.ensure()?;
+                }
+                Ok::<_, anyhow::Error>(())
+            }
         })
         .await
-        .context("venv task panicked")??;
+        .context("install task panicked")??;
         let run = RunDir::create(&root)?;
-        let (moto, port) = start_moto(&run, &venv, &root).await?;
+        // Both emulators start at once: each takes a few seconds.
+        let (moto, dynamodb_local) = match engine {
+            Engine::Local => {
+                let (moto, local) =
+                    tokio::join!(start_moto(&run, &venv, &root), start_dynamodb_local(&run, &install, &root));
+                (moto?, Some(local?))
+            }
+            Engine::Moto => (start_moto(&run, &venv, &root).await?, None),
+        };
+        let (moto, port) = moto;
         let endpoint = format!("http://127.0.0.1:{port}");
+        let (dynamodb_local, dynamodb_endpoint) = match dynamodb_local {
+            Some((child, port)) => (Some(child), format!("http://127.0.0.1:{port}")),
+            None => (None, endpoint.clone()),
+        };
         let sdk = sdk_config(&endpoint, &spec.region).await;
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+        // Each client names its endpoint itself: service-specific endpoint
+        // variables in our own environment (say, a shell that exported
+        // another stack's) would otherwise win over the loader's.
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk).endpoint_url(&endpoint).force_path_style(true).build(),
+        );
+        let sqs =
+            aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(&sdk).endpoint_url(&endpoint).build());
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(&dynamodb_endpoint).build(),
+        );
         let mut stack = Self {
-            sqs: aws_sdk_sqs::Client::new(&sdk),
-            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            sqs,
+            dynamodb,
             s3,
             sdk,
             spec,
             root,
             venv,
             endpoint,
+            dynamodb_endpoint,
+            engine,
             resources: Resources::default(),
-            function_endpoint: None,
+            function_dynamodb_endpoint: None,
             http: reqwest::Client::new(),
             lambda: None,
             moto,
+            dynamodb_local,
             run,
         };
         stack.create_resources().await?;
         Ok(stack)
+    }
+
+    /// A DynamoDB client of this stack's engine at `endpoint` (a proxy in
+    /// front of it, in tests).
+    pub fn dynamodb_client_at(&self, endpoint: &str) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&self.sdk).endpoint_url(endpoint).build(),
+        )
     }
 
     /// Starts `cargo lambda watch` serving the functions against this stack
@@ -196,6 +270,16 @@ impl Stack {
         self.moto.log_text()
     }
 
+    /// The emulators' process groups, by name (`moto`, `dynamodb-local`):
+    /// their guardians' pids, for reading the emulators' memory.
+    pub fn emulator_pids(&self) -> Vec<(&'static str, u32)> {
+        let mut pids = vec![("moto", self.moto.pid())];
+        if let Some(local) = &self.dynamodb_local {
+            pids.push(("dynamodb-local", local.pid()));
+        }
+        pids
+    }
+
     /// The environment the functions get: the tables (and queues) of
     /// stack.json's `environment`, the emulator endpoint, region, dummy
     /// credentials, JSON logs.
@@ -210,9 +294,9 @@ impl Stack {
             env.push((name.clone(), value));
         }
         env.extend(self.client_env());
-        if let Some(endpoint) = &self.function_endpoint {
+        if let Some(endpoint) = &self.function_dynamodb_endpoint {
             for (name, value) in &mut env {
-                if name == "AWS_ENDPOINT_URL" {
+                if name == ENDPOINT_DYNAMODB {
                     value.clone_from(endpoint);
                 }
             }
@@ -223,10 +307,18 @@ impl Stack {
     }
 
     /// What an AWS client needs to talk to this stack (also printed by
-    /// `cargo xtask stack` for the user's own tools).
+    /// `cargo xtask stack` for the user's own tools): the SDKs' and the AWS
+    /// CLI's service-specific endpoint variables, one per emulator, and
+    /// `AWS_ENDPOINT_URL` (moto) for every other service. The global one is
+    /// also what makes the functions' S3 client use path-style addressing
+    /// (`shared::config::s3_client`), which an IP endpoint needs.
     pub fn client_env(&self) -> Vec<(String, String)> {
         vec![
             ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("AWS_ENDPOINT_URL_S3".into(), self.endpoint.clone()),
+            ("AWS_ENDPOINT_URL_SQS".into(), self.endpoint.clone()),
+            (ENDPOINT_DYNAMODB.into(), self.dynamodb_endpoint.clone()),
+            ("AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(), self.dynamodb_endpoint.clone()),
             ("AWS_REGION".into(), self.spec.region.clone()),
             ("AWS_DEFAULT_REGION".into(), self.spec.region.clone()),
             ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY_ID.into()),
@@ -345,14 +437,15 @@ impl Stack {
         }
     }
 
-    /// One DynamoDB Streams API call as raw JSON (moto routes it by the
-    /// `X-Amz-Target` prefix and the credential scope's service): records
-    /// come back in the emulator's own shape, not an SDK round-trip of it.
+    /// One DynamoDB Streams API call as raw JSON to the DynamoDB endpoint
+    /// (both engines route it by the `X-Amz-Target` prefix; moto also by the
+    /// credential scope's service): records come back in the emulator's own
+    /// shape, not an SDK round-trip of it.
     pub async fn streams_call(&self, operation: &str, body: serde_json::Value) -> Result<serde_json::Value> {
         let region = &self.spec.region;
         let response = self
             .http
-            .post(&self.endpoint)
+            .post(&self.dynamodb_endpoint)
             .header("Content-Type", "application/x-amz-json-1.0")
             .header("X-Amz-Target", format!("{STREAMS_TARGET_PREFIX}.{operation}"))
             .header(
@@ -516,7 +609,9 @@ impl Stack {
                     .await
                     .with_context(|| format!("enabling TTL on table {}", table.name))?;
             }
-            if table.point_in_time_recovery {
+            // DynamoDB Local has no backups API (UnknownOperationException);
+            // point-in-time recovery changes nothing the stack can observe.
+            if table.point_in_time_recovery && self.engine == Engine::Moto {
                 self.dynamodb
                     .update_continuous_backups()
                     .table_name(&table.name)
@@ -632,4 +727,33 @@ async fn start_moto(run: &RunDir, venv: &Venv, root: &Path) -> Result<(ChildGrou
         last_log = child.log_tail(20);
     }
     bail!("moto_server did not start after {START_ATTEMPTS} attempts; last log:\n{last_log}")
+}
+
+async fn start_dynamodb_local(
+    run: &RunDir,
+    install: &dynamodb_local::Install,
+    root: &Path,
+) -> Result<(ChildGroup, u16)> {
+    let http = reqwest::Client::new();
+    let mut last_log = String::new();
+    for attempt in 1..=START_ATTEMPTS {
+        let port = free_port()?;
+        let (program, args) = install.command_line(port)?;
+        let mut child = ChildGroup::spawn(run, &format!("dynamodb-local-{attempt}"), &program, &args, &[], root)?;
+        let url = format!("http://127.0.0.1:{port}/");
+        // Ready = ours printed its configuration (its port is bound by then:
+        // a taken port ends it with a BindException) and it answers HTTP.
+        let ready = wait_ready(&mut child, DYNAMODB_LOCAL_READY_TIMEOUT, |log| {
+            let http = http.clone();
+            let url = url.clone();
+            let started = log.contains(DYNAMODB_LOCAL_READY_LINE) && log.contains(&port.to_string());
+            async move { started && http.get(&url).send().await.is_ok() }
+        })
+        .await?;
+        if ready && !child.exited() {
+            return Ok((child, port));
+        }
+        last_log = child.log_tail(20);
+    }
+    bail!("DynamoDB Local did not start after {START_ATTEMPTS} attempts; last log:\n{last_log}")
 }

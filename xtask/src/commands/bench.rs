@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the benchmark suite of `bench/` (see bench/README.md),
-//! in a release build, with the local stack tools it starts (moto) installed
-//! first. Arguments are passed on: `cargo xtask bench --smoke`.
+//! in a release build, with the local stack tools it starts (moto, DynamoDB
+//! Local) installed first. Arguments are passed on: `cargo xtask bench --smoke`.
 
 use anyhow::Result;
 
@@ -10,6 +10,7 @@ use crate::venv::Venv;
 pub fn run(args: &[&str]) -> Result<()> {
     let root = workspace_root();
     Venv::at(&root).ensure()?;
+    crate::dynamodb_local::Install::at(&root).ensure()?;
     let command: Vec<&str> =
         ["run", "--release", "-p", "bench", "--"].into_iter().chain(args.iter().copied()).collect();
     super::cargo_with_venv(&root, &command)

@@ -14,8 +14,9 @@ use crate::stack::Stack;
 /// message needs `maxReceiveCount` visibility timeouts at worst.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Runs the demo; fails when the invariant does not hold.
-pub async fn run() -> Result<()> {
+/// Runs the demo on the given DynamoDB engine; fails when the invariant
+/// does not hold.
+pub async fn run(engine: crate::dynamodb_local::Engine) -> Result<()> {
     let start = Instant::now();
     header("building the functions");
     let spec = crate::spec::StackSpec::load()?;
@@ -24,9 +25,13 @@ pub async fn run() -> Result<()> {
     tokio::task::spawn_blocking(move || crate::lambda::build_functions_visibly(&root, &functions))
         .await
         .context("build task panicked")??;
-    header("starting the local stack (moto) and creating the resources of infra/stack.json");
-    let mut stack = Stack::start().await?;
-    println!("  moto on {} ({})", stack.endpoint, elapsed(start));
+    header(&format!(
+        "starting the local stack (moto; DynamoDB on {}) and creating the resources of infra/stack.json",
+        engine.name()
+    ));
+    let mut stack = Stack::start_with(engine).await?;
+    println!("  moto (S3, SQS) on {}", stack.endpoint);
+    println!("  {} (DynamoDB, DynamoDB Streams) on {} ({})", engine.name(), stack.dynamodb_endpoint, elapsed(start));
     header("starting `cargo lambda watch`");
     let lambda_port = stack.start_lambda().await?.port();
     println!("  functions on http://127.0.0.1:{lambda_port} ({})", elapsed(start));

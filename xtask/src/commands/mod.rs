@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod stack;
 pub mod test;
+pub mod volume;
 
 use std::path::Path;
 use std::process::Command;

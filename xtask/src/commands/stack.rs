@@ -26,7 +26,7 @@ pub fn function_for_fixture(file_name: &str) -> Option<&'static str> {
 }
 
 /// Runs until the future is dropped (Ctrl-C in `main`).
-pub async fn run(with_driver: bool) -> Result<()> {
+pub async fn run(with_driver: bool, engine: crate::dynamodb_local::Engine) -> Result<()> {
     header("building the functions");
     let spec = crate::spec::StackSpec::load()?;
     let functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
@@ -35,14 +35,15 @@ pub async fn run(with_driver: bool) -> Result<()> {
         .await
         .context("build task panicked")??;
     header("starting the local stack");
-    let mut stack = Stack::start().await?;
+    let mut stack = Stack::start_with(engine).await?;
     stack.start_lambda().await?;
     let stack = &stack;
     let lambda = stack.lambda().context("lambda just started")?;
     let keys = stack.upload_sample_data().await?;
 
     header("stack");
-    println!("  emulator (S3, SQS, DynamoDB): {}", stack.endpoint);
+    println!("  moto (S3, SQS): {}", stack.endpoint);
+    println!("  {} (DynamoDB, DynamoDB Streams): {}", engine.name(), stack.dynamodb_endpoint);
     println!("  functions (cargo lambda watch): http://127.0.0.1:{}", lambda.port());
     println!(
         "  sample data: {} object(s) under s3://{}/{}",

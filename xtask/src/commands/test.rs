@@ -7,13 +7,18 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::elapsed;
+use crate::dynamodb_local::{self, Engine};
 use crate::stack::workspace_root;
 use crate::venv::Venv;
 
 /// What a step runs.
 enum Action {
     Cargo(&'static [&'static str]),
-    Venv,
+    /// `cargo build -p <function>` for each function of stack.json.
+    Functions,
+    /// The venv, and DynamoDB Local with a Java check unless
+    /// `LOCAL_STACK_DYNAMODB=moto`.
+    Install,
     Infra,
     CoreTree,
     CoreWasm,
@@ -22,7 +27,7 @@ enum Action {
 
 /// The steps, in order.
 const STEPS: [(&str, Action); 9] = [
-    ("install the local stack tools (.venv)", Action::Venv),
+    ("install the local stack tools (.venv, .dynamodb-local)", Action::Install),
     ("formatting (cargo fmt --check)", Action::Cargo(&["fmt", "--all", "--", "--check"])),
     (
         "lints (cargo clippy -D warnings)",
@@ -31,22 +36,7 @@ const STEPS: [(&str, Action); 9] = [
     ("portable core: no AWS, Lambda or tokio in shared-core's dependencies", Action::CoreTree),
     ("portable core builds for wasm32-unknown-unknown", Action::CoreWasm),
     ("docs (cargo doc --no-deps, missing docs denied)", Action::Docs),
-    (
-        "build the functions and the examples",
-        Action::Cargo(&[
-            "build",
-            "-p",
-            "s3-ingest",
-            "-p",
-            "sqs-consumer",
-            "-p",
-            "stream-aggregator",
-            "-p",
-            "inventory-reservations",
-            "-p",
-            "ledger-notifier",
-        ]),
-    ),
+    ("build the functions and the examples (one cargo build each, as cargo lambda watch runs them)", Action::Functions),
     (
         "unit, integration and end-to-end tests (cargo test --workspace)",
         Action::Cargo(&["test", "--workspace", "--no-fail-fast"]),
@@ -69,8 +59,24 @@ pub fn run() -> Result<()> {
 
 fn run_step(root: &Path, action: &Action) -> Result<()> {
     match action {
-        Action::Venv => Venv::at(root).ensure(),
+        Action::Install => {
+            Venv::at(root).ensure()?;
+            match Engine::from_env()? {
+                Engine::Local => dynamodb_local::Install::at(root).ensure(),
+                Engine::Moto => {
+                    println!("    {}=moto: DynamoDB on moto, DynamoDB Local not needed", dynamodb_local::ENGINE_ENV);
+                    Ok(())
+                }
+            }
+        }
         Action::Cargo(args) => super::cargo_with_venv(root, args),
+        Action::Functions => {
+            let spec = crate::spec::StackSpec::load()?;
+            let mut functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
+            // The examples of other domains, which their tests serve the same way.
+            functions.extend(["inventory-reservations", "ledger-notifier"].map(str::to_owned));
+            crate::lambda::build_functions_visibly(root, &functions)
+        }
         Action::Infra => crate::infra::check(root),
         Action::CoreTree => crate::portable::check_tree(root),
         Action::CoreWasm => crate::portable::check_wasm(root),
