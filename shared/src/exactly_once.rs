@@ -299,11 +299,8 @@ impl ExactlyOnce {
     /// reported for retry too (never applied ahead of an earlier failure,
     /// so FIFO groups and shards keep their order).
     pub async fn commit(&self, units: Vec<UnitOfWork>, deadline: Option<SystemTime>) -> Committed {
-        // Boxed for the same reason as the engine's future (see `Engine::process`).
-        match Box::pin(self.commit_all(&units, None, deadline)).await {
-            Ok(results) => results.into_iter().zip(&units).map(|(r, u)| reused_or(r, u.key.as_deref())).collect(),
-            Err(_) => unreachable!("no final write, no final conflict"),
-        }
+        let results = self.commit_outcomes(&units, deadline).await;
+        results.into_iter().zip(&units).map(|(r, u)| reused_or(r, u.key.as_deref())).collect()
     }
 
     /// [`commit`](Self::commit) with a final write in the last transaction

@@ -19,12 +19,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 pub async fn run(engine: crate::dynamodb_local::Engine) -> Result<()> {
     let start = Instant::now();
     header("building the functions");
-    let spec = crate::spec::StackSpec::load()?;
-    let functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
-    let root = crate::stack::workspace_root();
-    tokio::task::spawn_blocking(move || crate::lambda::build_functions_visibly(&root, &functions))
-        .await
-        .context("build task panicked")??;
+    super::build_stack_functions().await?;
     header(&format!(
         "starting the local stack (moto; DynamoDB on {}) and creating the resources of infra/stack.json",
         engine.name()

@@ -31,6 +31,18 @@ pub(crate) fn cargo_with_venv(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Builds the functions of `infra/stack.json` with cargo's progress on the
+/// terminal (the commands that start a stack do this first, so a first
+/// build's progress is on screen rather than inside watch's first invoke).
+pub(crate) async fn build_stack_functions() -> Result<()> {
+    let spec = crate::spec::StackSpec::load()?;
+    let functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
+    let root = crate::stack::workspace_root();
+    tokio::task::spawn_blocking(move || crate::lambda::build_functions_visibly(&root, &functions))
+        .await
+        .context("build task panicked")?
+}
+
 /// Prints a step header.
 pub(crate) fn header(text: &str) {
     println!("\n==> {text}");

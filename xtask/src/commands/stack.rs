@@ -28,12 +28,7 @@ pub fn function_for_fixture(file_name: &str) -> Option<&'static str> {
 /// Runs until the future is dropped (Ctrl-C in `main`).
 pub async fn run(with_driver: bool, engine: crate::dynamodb_local::Engine) -> Result<()> {
     header("building the functions");
-    let spec = crate::spec::StackSpec::load()?;
-    let functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
-    let root = crate::stack::workspace_root();
-    tokio::task::spawn_blocking(move || crate::lambda::build_functions_visibly(&root, &functions))
-        .await
-        .context("build task panicked")??;
+    super::build_stack_functions().await?;
     header("starting the local stack");
     let mut stack = Stack::start_with(engine).await?;
     stack.start_lambda().await?;

@@ -121,12 +121,7 @@ async fn drain(stack: &Stack, driver: &mut Driver<'_>) -> Result<u64> {
 pub async fn run(engine: Engine, lines: u64, messages: u64) -> Result<()> {
     let started = Instant::now();
     header("building the functions");
-    let spec = crate::spec::StackSpec::load()?;
-    let functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
-    let root = crate::stack::workspace_root();
-    tokio::task::spawn_blocking(move || crate::lambda::build_functions_visibly(&root, &functions))
-        .await
-        .context("build task panicked")??;
+    super::build_stack_functions().await?;
     header(&format!("starting the local stack (moto; DynamoDB on {})", engine.name()));
     let mut stack = Stack::start_with(engine).await?;
     stack.start_lambda().await?;
