@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -32,7 +33,13 @@ pub struct RuntimeApi {
     pub addr: SocketAddr,
     events: Arc<Mutex<VecDeque<Vec<u8>>>>,
     hits: Receiver<Hit>,
+    /// Milliseconds from serving an event to its deadline.
+    deadline_ms: Arc<AtomicU64>,
 }
+
+/// The deadline given with each event unless [`RuntimeApi::set_deadline`]
+/// says otherwise: Lambda's longest timeout.
+const DEFAULT_DEADLINE_MS: u64 = 900_000;
 
 impl RuntimeApi {
     /// Starts the server on an ephemeral port. It lives as long as the process.
@@ -42,15 +49,24 @@ impl RuntimeApi {
         let events: Arc<Mutex<VecDeque<Vec<u8>>>> = Arc::default();
         let (tx, hits) = channel();
         let queue = events.clone();
+        let deadline_ms = Arc::new(AtomicU64::new(DEFAULT_DEADLINE_MS));
+        let deadline = deadline_ms.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (queue, tx) = (queue.clone(), tx.clone());
+                let (queue, tx, deadline) = (queue.clone(), tx.clone(), deadline.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &queue, &tx);
+                    let _ = serve(stream, &queue, &tx, &deadline);
                 });
             }
         });
-        Ok(Self { addr, events, hits })
+        Ok(Self { addr, events, hits, deadline_ms })
+    }
+
+    /// Gives the events served from now on a deadline `left` after they are
+    /// served (`Lambda-Runtime-Deadline-Ms`, epoch milliseconds, as Lambda
+    /// sends it).
+    pub fn set_deadline(&self, left: std::time::Duration) {
+        self.deadline_ms.store(u64::try_from(left.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Arms the events the next `next` requests will get, dropping any left
@@ -66,7 +82,12 @@ impl RuntimeApi {
     }
 }
 
-fn serve(stream: TcpStream, queue: &Mutex<VecDeque<Vec<u8>>>, tx: &Sender<Hit>) -> std::io::Result<()> {
+fn serve(
+    stream: TcpStream,
+    queue: &Mutex<VecDeque<Vec<u8>>>,
+    tx: &Sender<Hit>,
+    deadline_ms: &AtomicU64,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -81,8 +102,8 @@ fn serve(stream: TcpStream, queue: &Mutex<VecDeque<Vec<u8>>>, tx: &Sender<Hit>) 
             match event {
                 Some(event) => {
                     request_id += 1;
-                    let deadline =
-                        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() + 900_000;
+                    let deadline = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()
+                        + u128::from(deadline_ms.load(Ordering::SeqCst));
                     let head = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
                          Lambda-Runtime-Aws-Request-Id: bench-{request_id}\r\n\

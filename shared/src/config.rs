@@ -207,12 +207,34 @@ pub async fn aws_sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
 }
 
-/// The DynamoDB client, counting its requests (retries included) into `requests`.
+/// The DynamoDB client's time limits. DynamoDB answers a call in
+/// milliseconds (a 100-action transaction in well under a second), so a call
+/// that takes seconds is a stalled connection or endpoint: each attempt is
+/// abandoned after [`DYNAMODB_ATTEMPT_TIMEOUT`] and retried by the SDK, and
+/// the call as a whole fails after [`DYNAMODB_OPERATION_TIMEOUT`]. Generous
+/// on purpose: an attempt abandoned after its transaction committed reads as
+/// a duplicate on the retry, which is safe but miscounted. Whatever is
+/// still running when the invocation must answer is cut by the engine
+/// ([`crate::engine::answer_by`]).
+pub const DYNAMODB_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// See [`DYNAMODB_CONNECT_TIMEOUT`].
+pub const DYNAMODB_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// See [`DYNAMODB_CONNECT_TIMEOUT`].
+pub const DYNAMODB_OPERATION_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// The DynamoDB client, counting its requests (retries included) into
+/// `requests`, with the time limits of [`DYNAMODB_CONNECT_TIMEOUT`].
 pub fn dynamodb_client(
     sdk: &aws_config::SdkConfig,
     requests: &crate::telemetry::RequestCounter,
 ) -> aws_sdk_dynamodb::Client {
-    let config = aws_sdk_dynamodb::config::Builder::from(sdk).interceptor(requests.clone()).build();
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(DYNAMODB_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(DYNAMODB_ATTEMPT_TIMEOUT)
+        .operation_timeout(DYNAMODB_OPERATION_TIMEOUT)
+        .build();
+    let config =
+        aws_sdk_dynamodb::config::Builder::from(sdk).timeout_config(timeouts).interceptor(requests.clone()).build();
     aws_sdk_dynamodb::Client::from_conf(config)
 }
 

@@ -14,7 +14,12 @@
 //! 4. holds back what the delivery forbids: after a failure, the later
 //!    messages of its FIFO group, or the rest of a stream shard's batch;
 //!    and everything, when the invocation's deadline is too near to start;
-//! 5. commits the effects and maps the results back to the records;
+//! 5. commits the effects and maps the results back to the records. A
+//!    quarantine write or a commit still running at the answer time (half
+//!    the margin before the deadline) is cut short and its records are
+//!    reported for retry, so the function answers before Lambda's timeout
+//!    even when DynamoDB stalls; what it committed before the cut reads as
+//!    duplicates when the records come back;
 //! 6. settles the batch by the delivery's rules ([`shared_core::batch::settle`]):
 //!    the partial batch response, and the summary that puts every record in
 //!    exactly one counter. With `FAIL_ON_ALL_FAILED`, a batch in which
@@ -221,7 +226,8 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
 
     /// Starts no commit this long before the invocation's deadline
     /// (`DEADLINE_MARGIN_MS`): what is not started is reported for retry
-    /// instead of being lost with a timeout.
+    /// instead of being lost with a timeout. Work still running at half the
+    /// margin before the deadline is cut short (see [`answer_by`]).
     pub fn deadline_margin(mut self, margin: Duration) -> Self {
         self.margin = margin;
         self
@@ -317,7 +323,8 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
             refs.push(reference);
         }
 
-        self.write_quarantine(quarantine, &mut ended).await?;
+        let answer_by = answer_by(deadline, self.margin);
+        self.write_quarantine(quarantine, &mut ended, answer_by).await?;
 
         // Hold back what must wait for an earlier failure of its group or shard.
         let delivery = R::delivery(&refs);
@@ -341,9 +348,15 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
             }
         }
         if !positions.is_empty() {
-            let committed = match AssertUnwindSafe(commit(to_commit)).catch_unwind().await {
-                Ok(committed) => committed,
-                Err(panic) => {
+            let committed = match before(answer_by, AssertUnwindSafe(commit(to_commit)).catch_unwind()).await {
+                Some(Ok(committed)) => committed,
+                None => {
+                    tracing::error!(
+                        "commit still running at the invocation's answer time; reporting its records for retry"
+                    );
+                    vec![Err(CommitError::Transient(CUT_SHORT.into())); positions.len()]
+                }
+                Some(Err(panic)) => {
                     let message = panic_message(panic.as_ref());
                     tracing::error!(%message, "commit panicked; reporting its records for retry");
                     vec![Err(CommitError::Transient(format!("commit panicked: {message}"))); positions.len()]
@@ -371,7 +384,7 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
                     None => Disposition::Unprocessed(why),
                 });
             }
-            self.write_quarantine(rejected, &mut ended).await?;
+            self.write_quarantine(rejected, &mut ended, answer_by).await?;
         }
 
         let ended: Vec<Disposition> =
@@ -397,20 +410,31 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
         &self,
         items: Vec<(usize, Quarantined)>,
         ended: &mut [Option<Disposition>],
+        answer_by: Option<SystemTime>,
     ) -> Result<(), InvocationError> {
         if items.is_empty() {
             return Ok(());
         }
         let records: Vec<Quarantined> = items.iter().map(|(_, q)| q.clone()).collect();
-        match self.quarantine.write_quarantine(&records).await {
-            Ok(()) => {
+        let written = before(answer_by, self.quarantine.write_quarantine(&records)).await;
+        match written {
+            None => {
+                tracing::error!(
+                    "quarantine write still running at the invocation's answer time; reporting the records for retry"
+                );
+                for (index, _) in &items {
+                    ended[*index] = Some(Disposition::Failed(CUT_SHORT.into()));
+                }
+                Ok(())
+            }
+            Some(Ok(())) => {
                 for (index, _) in &items {
                     ended[*index] = Some(Disposition::Quarantined);
                 }
                 Ok(())
             }
-            Err(e) if e.class() == ErrorClass::Fatal => Err(InvocationError::new(e.to_string())),
-            Err(e) => {
+            Some(Err(e)) if e.class() == ErrorClass::Fatal => Err(InvocationError::new(e.to_string())),
+            Some(Err(e)) => {
                 tracing::error!(error = %e, "quarantine write failed; reporting the records for retry");
                 for (index, _) in &items {
                     ended[*index] = Some(Disposition::Failed(format!("quarantine write failed: {e}")));
@@ -419,6 +443,30 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
             }
         }
     }
+}
+
+/// Why a record whose work was cut short at the answer time is retried.
+const CUT_SHORT: &str = "not finished before the invocation's deadline (DynamoDB did not answer in time)";
+
+/// When a function must stop waiting and answer: half the deadline margin
+/// before the deadline (`None`: no deadline). The other half is for the
+/// records that were never started, which the engine holds back at the full
+/// margin; what is left covers writing the response, so Lambda reads an
+/// answer instead of `Task timed out`.
+pub fn answer_by(deadline: Option<SystemTime>, margin: Duration) -> Option<SystemTime> {
+    deadline.map(|d| d.checked_sub(margin / 2).unwrap_or(d))
+}
+
+/// Runs `work` until `answer_by` (see [`answer_by`]): `None` when it was cut
+/// short, which drops it (an HTTP request in flight is abandoned; a
+/// transaction it sent may have committed, which an exactly-once commit
+/// reads as a duplicate when the record comes back).
+pub async fn before<T>(answer_by: Option<SystemTime>, work: impl Future<Output = T>) -> Option<T> {
+    let Some(at) = answer_by else {
+        return Some(work.await);
+    };
+    let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    tokio::time::timeout(left, work).await.ok()
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

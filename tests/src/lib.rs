@@ -6,7 +6,7 @@
 //! `LOCAL_STACK_DYNAMODB=moto` runs them with moto's DynamoDB instead (no
 //! Java needed; see the README for what that mode cannot show).
 
-pub mod fault_proxy;
+pub use xtask::fault_proxy;
 
 use std::collections::HashMap;
 use std::time::Duration;

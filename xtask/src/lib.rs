@@ -10,6 +10,7 @@
 pub mod commands;
 pub mod driver;
 pub mod dynamodb_local;
+pub mod fault_proxy;
 pub mod filter;
 pub mod infra;
 pub mod lambda;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 use shared::batch::{InvocationError, RecordError, Summary};
 use shared::config::Config;
-use shared::engine::{CommitError, Engine, Plan};
+use shared::engine::{CommitError, Engine, Plan, answer_by, before};
 use shared::event::s3::{self, Notification};
 use shared::event::{RawBatch, sqs};
 pub use shared::ingest::{CHUNK_RECORDS, Deadline, Handoff, ObjectFailure, ObjectReport, REJECTS_PREFIX};
@@ -38,31 +38,23 @@ pub async fn handle<S: StateStore, O: ObjectSource + ObjectSink>(
     payload: &Value,
     deadline: &Deadline,
 ) -> Result<(Value, Summary, Vec<ObjectReport>), InvocationError> {
-    let mut summary = Summary::default();
-    let mut reports = Vec::new();
     let is_sqs = payload.pointer("/Records/0/eventSource").and_then(Value::as_str).is_some_and(|s| s == "aws:sqs");
+    let at = match deadline {
+        Deadline::At(at) => Some(*at),
+        _ => None,
+    };
     if !is_sqs {
-        // Direct invocation by S3 or EventBridge: any failure retries the event.
-        let notifications = s3::from_value(payload, 0);
-        for notification in notifications {
-            let notification = notification.map_err(|e| InvocationError::new(e.to_string()))?;
-            match process_notification(store, objects, config, &notification, deadline, &mut summary).await {
-                Ok(Some(report)) if report.result == "UNFINISHED" => {
-                    // No queue to hand the rest to: fail, so the retry resumes
-                    // from the committed checkpoint.
-                    return Err(InvocationError::new(format!(
-                        "{} unfinished at the deadline; the retry resumes from its checkpoint",
-                        report.uri
-                    )));
-                }
-                Ok(Some(report)) => reports.push(report),
-                Ok(None) => {}
-                Err(e) => return Err(InvocationError::new(e.to_string())),
-            }
-        }
-        let response = serde_json::to_value(DirectResponse { objects: reports.clone() })
-            .map_err(|e| InvocationError::new(e.to_string()))?;
-        return Ok((response, summary, reports));
+        // A direct invocation has no records to report: still running at the
+        // answer time, it fails (the retry resumes from the checkpoint)
+        // instead of being killed by Lambda's timeout.
+        return before(answer_by(at, config.deadline_margin), handle_direct(store, objects, config, payload, deadline))
+            .await
+            .unwrap_or_else(|| {
+                Err(InvocationError::new(
+                    "not finished before the invocation's deadline (DynamoDB or S3 did not answer in time); \
+                     the retry resumes from the checkpoint",
+                ))
+            });
     }
 
     // Notifications through a queue: the engine settles the messages (an
@@ -96,10 +88,6 @@ pub async fn handle<S: StateStore, O: ObjectSource + ObjectSink>(
             results
         }
     };
-    let at = match deadline {
-        Deadline::At(at) => Some(*at),
-        _ => None,
-    };
     let (response, messages) = Engine::new(store)
         .fail_on_all_failed(config.fail_on_all_failed)
         .deadline_margin(config.deadline_margin)
@@ -115,6 +103,39 @@ pub async fn handle<S: StateStore, O: ObjectSource + ObjectSink>(
 /// One message of the notification queue, planned: its body (handed on if
 /// an object is unfinished), the notifications to ingest, and the reasons
 /// of those that cannot be used.
+/// A direct invocation by S3 or EventBridge: every object in turn, its report
+/// in the response; any failure retries the event.
+async fn handle_direct<S: StateStore, O: ObjectSource + ObjectSink>(
+    store: &S,
+    objects: &O,
+    config: &Config,
+    payload: &Value,
+    deadline: &Deadline,
+) -> Result<(Value, Summary, Vec<ObjectReport>), InvocationError> {
+    let mut summary = Summary::default();
+    let mut reports = Vec::new();
+    let notifications = s3::from_value(payload, 0);
+    for notification in notifications {
+        let notification = notification.map_err(|e| InvocationError::new(e.to_string()))?;
+        match process_notification(store, objects, config, &notification, deadline, &mut summary).await {
+            Ok(Some(report)) if report.result == "UNFINISHED" => {
+                // No queue to hand the rest to: fail, so the retry resumes
+                // from the committed checkpoint.
+                return Err(InvocationError::new(format!(
+                    "{} unfinished at the deadline; the retry resumes from its checkpoint",
+                    report.uri
+                )));
+            }
+            Ok(Some(report)) => reports.push(report),
+            Ok(None) => {}
+            Err(e) => return Err(InvocationError::new(e.to_string())),
+        }
+    }
+    let response = serde_json::to_value(DirectResponse { objects: reports.clone() })
+        .map_err(|e| InvocationError::new(e.to_string()))?;
+    Ok((response, summary, reports))
+}
+
 struct Notified {
     body: String,
     notifications: Vec<Notification>,

@@ -1,4 +1,4 @@
-//! A fault-injecting HTTP proxy for tests: sits between the functions and the
+//! A fault-injecting HTTP proxy for tests and the soak: sits between the functions and the
 //! local stack's DynamoDB engine (`Stack::function_dynamodb_endpoint`, which
 //! becomes their `AWS_ENDPOINT_URL_DYNAMODB`; S3 and SQS calls go straight to
 //! moto) and, for the requests it selects,
