@@ -39,9 +39,14 @@
 //! counting); once exhausted, a description of the failed records goes to the
 //! `onFailure` queue in AWS's shape and the shard moves on.
 //!
+//! Concurrency: by default pollers take turns, one batch at a time, one
+//! function instance each. [`Driver::concurrent`] delivers several SQS
+//! batches of a queue at once and splits each stream batch by item key into
+//! up to a parallelization factor of concurrent batches, as Lambda does once
+//! it scales (`cargo lambda watch --concurrency` runs as many instances).
+//!
 //! Not modelled: `maximumBatchingWindowSeconds` (a latency/batch-size knob that
-//! does not change what is delivered), concurrency across batches (pollers
-//! take turns; one function instance each, as `cargo lambda watch` runs).
+//! does not change what is delivered).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -105,6 +110,21 @@ pub struct Driver<'a> {
     sqs: Vec<SqsPoller>,
     streams: Vec<StreamPoller>,
     request_seq: u64,
+    /// Deliveries each SQS mapping makes at once (Lambda's pollers scaling
+    /// up to `MaximumConcurrency`).
+    sqs_concurrency: usize,
+    /// Concurrent batches per stream shard (`ParallelizationFactor`).
+    parallelization: usize,
+}
+
+/// One SQS delivery: what was received, what the function answered, what
+/// was deleted.
+struct SqsDelivery {
+    messages: Vec<Message>,
+    received_at: Instant,
+    failed: HashSet<String>,
+    function_error: Option<String>,
+    deleted: usize,
 }
 
 struct SqsPoller {
@@ -176,7 +196,28 @@ impl<'a> Driver<'a> {
                 MappingSource::Table { table } => streams.push(stream_poller(stack, m, table)?),
             }
         }
-        Ok(Self { stack, lambda, sqs, streams, request_seq: 0 })
+        Ok(Self { stack, lambda, sqs, streams, request_seq: 0, sqs_concurrency: 1, parallelization: 1 })
+    }
+
+    /// Delivers concurrently, as Lambda does once it scales: `sqs` batches
+    /// of each queue at once (each its own receive; SQS hides what one
+    /// poller holds from the others, and a FIFO group in flight from all),
+    /// and up to `parallelization` batches per stream shard at once, each
+    /// holding the shard's records of some item keys in order (records of
+    /// one key always go to the same batch: Lambda's parallelization factor
+    /// keeps order per key). The functions need as many instances
+    /// ([`Stack::function_concurrency`]).
+    ///
+    /// The local simplification: a failure in one of a shard's concurrent
+    /// batches retries the shard from the earliest failed record of any of
+    /// them, so records after it that another batch did process are
+    /// delivered again (as on any stream retry), where Lambda keeps a
+    /// checkpoint per batch. The exactly-once commits turn them into
+    /// duplicates.
+    pub fn concurrent(mut self, sqs: usize, parallelization: usize) -> Self {
+        self.sqs_concurrency = sqs.max(1);
+        self.parallelization = parallelization.clamp(1, 10);
+        self
     }
 
     /// Per-mapping statistics, by label (`function <- source`).
@@ -235,6 +276,20 @@ impl<'a> Driver<'a> {
 
     async fn poll_sqs(&mut self, index: usize, progress: &mut dyn FnMut(&InvocationReport)) -> Result<bool> {
         self.release_timed_out(index).await?;
+        let this = &*self;
+        let deliveries = futures::future::join_all((0..this.sqs_concurrency).map(|_| this.deliver_sqs(index))).await;
+        let mut worked = false;
+        for delivery in deliveries {
+            if let Some(delivery) = delivery? {
+                worked = true;
+                self.account_sqs(index, delivery, progress)?;
+            }
+        }
+        Ok(worked)
+    }
+
+    /// Receives one batch, invokes the function, deletes what succeeded.
+    async fn deliver_sqs(&self, index: usize) -> Result<Option<SqsDelivery>> {
         let sqs = &self.stack.sqs;
         let poller = &self.sqs[index];
         let mut messages: Vec<Message> = Vec::new();
@@ -257,7 +312,7 @@ impl<'a> Driver<'a> {
             messages.extend(got);
         }
         if messages.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         // After every receive: no message's timeout ends before this plus it.
         let received_at = Instant::now();
@@ -307,6 +362,17 @@ impl<'a> Driver<'a> {
                 bail!("deleting processed messages from {} failed: {:?}", poller.queue_key, out.failed());
             }
         }
+        let deleted = to_delete.len();
+        Ok(Some(SqsDelivery { messages, received_at, failed, function_error, deleted }))
+    }
+
+    fn account_sqs(
+        &mut self,
+        index: usize,
+        delivery: SqsDelivery,
+        progress: &mut dyn FnMut(&InvocationReport),
+    ) -> Result<()> {
+        let SqsDelivery { messages, received_at, failed, function_error, deleted } = delivery;
         let poller = &mut self.sqs[index];
         if self.stack.spec.queue(&poller.queue_key)?.fifo {
             let visible_again = received_at + poller.visibility_timeout;
@@ -319,7 +385,7 @@ impl<'a> Driver<'a> {
         }
         poller.stats.invocations += 1;
         poller.stats.records += messages.len() as u64;
-        poller.stats.deleted += to_delete.len() as u64;
+        poller.stats.deleted += deleted as u64;
         if function_error.is_some() {
             poller.stats.function_errors += 1;
         } else {
@@ -332,7 +398,7 @@ impl<'a> Driver<'a> {
             function_error,
             sent_to_on_failure: false,
         });
-        Ok(true)
+        Ok(())
     }
 
     /// Marks the FIFO messages whose visibility timeout has passed visible
@@ -474,26 +540,47 @@ impl<'a> Driver<'a> {
         }
         let function = poller.function.clone();
         let report_failures = poller.report_failures;
-        let event = json!({ "Records": selected });
-        let outcome = self.lambda.invoke(&function, &event).await?;
         let seqs: Vec<String> = selected.iter().map(seq).collect();
-        // Index of the first record to retry, or None on success.
-        let (retry_from, function_error) = match outcome {
-            Invocation::Ok(response) => {
-                if report_failures {
-                    match reported_failures(&response, &seqs) {
-                        // AWS retries from the lowest reported sequence number.
-                        Some(f) => (seqs.iter().position(|s| f.contains(s)), None),
-                        None => (Some(0), None),
+        // The shard's concurrent batches: positions in `selected`, by key.
+        let lanes = lanes(&selected, self.parallelization);
+        let lambda = self.lambda;
+        let outcomes = futures::future::join_all(lanes.iter().map(|lane| {
+            let event = json!({ "Records": lane.iter().map(|&i| &selected[i]).collect::<Vec<_>>() });
+            let function = &function;
+            async move { lambda.invoke(function, &event).await }
+        }))
+        .await;
+        // Index (in `selected`) of the first record to retry, or None on
+        // success: the earliest over the shard's batches.
+        let mut retry_from: Option<usize> = None;
+        let mut function_error = None;
+        for (lane, outcome) in lanes.iter().zip(outcomes) {
+            let lane_seqs: Vec<String> = lane.iter().map(|&i| seqs[i].clone()).collect();
+            let (from, error) = match outcome? {
+                Invocation::Ok(response) => {
+                    if report_failures {
+                        match reported_failures(&response, &lane_seqs) {
+                            // AWS retries from the lowest reported sequence number.
+                            Some(f) => (lane_seqs.iter().position(|s| f.contains(s)), None),
+                            None => (Some(0), None),
+                        }
+                    } else {
+                        (None, None)
                     }
-                } else {
-                    (None, None)
                 }
+                Invocation::FunctionError { error_type, message } => {
+                    (Some(0), Some(format!("{error_type}: {message}")))
+                }
+            };
+            if let Some(from) = from.map(|f| lane[f])
+                && retry_from.is_none_or(|r| from < r)
+            {
+                retry_from = Some(from);
+                function_error = error;
             }
-            Invocation::FunctionError { error_type, message } => (Some(0), Some(format!("{error_type}: {message}"))),
-        };
+        }
         let poller = &mut self.streams[index];
-        poller.stats.invocations += 1;
+        poller.stats.invocations += lanes.len() as u64;
         poller.stats.records += selected.len() as u64;
         let mut report = InvocationReport {
             mapping: poller.label.clone(),
@@ -733,8 +820,45 @@ fn rfc3339(seconds: f64) -> String {
         .unwrap_or_default()
 }
 
+/// Splits a shard's batch into at most `factor` concurrent batches by item
+/// key (`dynamodb.Keys`), keeping each key's records in order: positions in
+/// `records`, each batch in record order, empty batches left out.
+fn lanes(records: &[Value], factor: usize) -> Vec<Vec<usize>> {
+    use std::hash::{Hash, Hasher};
+    let factor = factor.max(1);
+    let mut lanes = vec![Vec::new(); factor];
+    for (i, record) in records.iter().enumerate() {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        record.pointer("/dynamodb/Keys").map(Value::to_string).unwrap_or_default().hash(&mut hasher);
+        let lane = usize::try_from(hasher.finish() % factor as u64).unwrap_or(0);
+        lanes[lane].push(i);
+    }
+    lanes.retain(|l| !l.is_empty());
+    lanes
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shard_batch_splits_by_key_keeping_each_keys_order() {
+        let record = |key: &str, n: u32| serde_json::json!({ "dynamodb": { "Keys": { "pk": { "S": key } }, "n": n } });
+        let records: Vec<serde_json::Value> =
+            ["a", "b", "a", "c", "b", "a", "d", "e"].iter().zip(0..).map(|(k, n)| record(k, n)).collect();
+        let lanes = super::lanes(&records, 3);
+        assert!(lanes.len() <= 3 && lanes.len() > 1, "{lanes:?}");
+        let mut all: Vec<usize> = lanes.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..records.len()).collect::<Vec<_>>(), "every record in exactly one batch");
+        for lane in &lanes {
+            assert!(lane.windows(2).all(|w| w[0] < w[1]), "record order within a batch: {lane:?}");
+        }
+        let lane_of = |i: usize| lanes.iter().position(|l| l.contains(&i));
+        assert_eq!(lane_of(0), lane_of(2));
+        assert_eq!(lane_of(0), lane_of(5));
+        assert_eq!(lane_of(1), lane_of(4));
+        assert_eq!(super::lanes(&records, 1), vec![(0..records.len()).collect::<Vec<_>>()]);
+    }
+
     use super::*;
 
     #[test]

@@ -109,6 +109,8 @@ impl Lambda {
                 timeout.as_secs().to_string(),
                 "--env-file".into(),
                 env_file.display().to_string(),
+                "--concurrency".into(),
+                stack.function_concurrency.max(1).to_string(),
             ];
             let path = stack.venv.path_env().to_string_lossy().into_owned();
             let mut child = ChildGroup::spawn(
@@ -167,13 +169,21 @@ impl Lambda {
     /// out-of-memory kill would, and plays Lambda's part (see the module
     /// documentation): its invocation in flight fails with
     /// [`RUNTIME_EXIT_ERROR`], and a new process serves the next ones.
-    /// Fails if the function has no running process (not invoked yet).
-    pub(crate) async fn kill_function(&self, run: &RunDir, function: &str) -> Result<()> {
+    /// `pick`: `None` expects exactly one process and fails if the function
+    /// has none (not invoked yet) or several; `Some(i)` kills the `i`-th
+    /// (modulo their number) and returns false when none runs. Every
+    /// invocation of the function in flight then fails, including those of
+    /// its other processes (they may still commit: their records come back
+    /// as duplicates).
+    pub(crate) async fn kill_function(&self, run: &RunDir, function: &str, pick: Option<usize>) -> Result<bool> {
         let mut ancestors = vec![self.child.pid()];
         ancestors.extend(self.respawned.lock().unwrap_or_else(|e| e.into_inner()).iter().map(ChildGroup::pid));
         let found: Vec<_> = ancestors.iter().flat_map(|a| descendants_named(*a, function)).collect();
-        let [process] = found.as_slice() else {
-            bail!("expected one running process of {function}, found {}: {found:?}", found.len());
+        let process = match (pick, found.as_slice()) {
+            (None, [process]) => process,
+            (None, _) => bail!("expected one running process of {function}, found {}: {found:?}", found.len()),
+            (Some(_), []) => return Ok(false),
+            (Some(i), several) => &several[i % several.len()],
         };
         let pid = process.pid;
         tokio::task::spawn_blocking(move || kill_and_wait(pid, KILL_TIMEOUT)).await.context("kill task panicked")??;
@@ -185,7 +195,7 @@ impl Lambda {
         let name = format!("{function}-restart-{}", respawned.len() + 1);
         let group = ChildGroup::spawn_with_exact_env(run, &name, &process.exe, &[], &process.env, &process.cwd)?;
         respawned.push(group);
-        Ok(())
+        Ok(true)
     }
 
     /// Resolves once `function` is killed after this call.

@@ -15,11 +15,16 @@ commands:
   demo                 run the whole pipeline locally and check the invariant
   stack [--no-driver]  start the local stack for `cargo lambda invoke`, until Ctrl-C
   test                 formatting, lints, builds, all tests, infra checks (what CI runs)
+  soak [--minutes N] [--concurrency N] [--seed S]
+                       the pipeline under producer duplicates and reordering, poison records,
+                       DynamoDB faults and SIGKILLed functions, with concurrent deliveries
+                       (default 2 minutes, concurrency 4, a seed from the clock); then the
+                       invariant and every record's accounting, and a report
   volume [--lines N] [--messages N]
                        one object of N lines (default 100000) and N queue messages (default
                        10000) through the local stack: time and the emulators' peak memory
 
-demo, stack and volume take --dynamodb local|moto: the DynamoDB engine (default: DynamoDB
+demo, stack, soak and volume take --dynamodb local|moto: the DynamoDB engine (default: DynamoDB
 Local, which needs Java 17; moto needs no Java but has moto's limits, see the README).
 The tests read LOCAL_STACK_DYNAMODB=local|moto instead."
 }
@@ -45,6 +50,9 @@ struct Flags {
     no_driver: bool,
     lines: u64,
     messages: u64,
+    minutes: f64,
+    concurrency: usize,
+    seed: Option<u64>,
 }
 
 fn flags(args: &[&str], allowed: &[&str]) -> Result<Flags> {
@@ -53,6 +61,9 @@ fn flags(args: &[&str], allowed: &[&str]) -> Result<Flags> {
         no_driver: false,
         lines: commands::volume::DEFAULT_LINES,
         messages: commands::volume::DEFAULT_MESSAGES,
+        minutes: 2.0,
+        concurrency: 4,
+        seed: None,
     };
     let mut it = args.iter();
     while let Some(&arg) = it.next() {
@@ -65,6 +76,19 @@ fn flags(args: &[&str], allowed: &[&str]) -> Result<Flags> {
             "--no-driver" => flags.no_driver = true,
             "--lines" => flags.lines = value()?.parse().context("--lines")?,
             "--messages" => flags.messages = value()?.parse().context("--messages")?,
+            "--minutes" => {
+                flags.minutes = value()?.parse().context("--minutes")?;
+                if !(flags.minutes.is_finite() && flags.minutes > 0.0) {
+                    bail!("--minutes must be a positive number");
+                }
+            }
+            "--concurrency" => {
+                flags.concurrency = value()?.parse().context("--concurrency")?;
+                if !(1..=10).contains(&flags.concurrency) {
+                    bail!("--concurrency must be 1 to 10");
+                }
+            }
+            "--seed" => flags.seed = Some(value()?.parse().context("--seed")?),
             _ => unreachable!("allowed flags are handled"),
         }
     }
@@ -81,6 +105,18 @@ fn main() -> ExitCode {
             .and_then(|f| runtime()?.block_on(interruptible(commands::demo::run(f.engine), false))),
         ["stack", rest @ ..] => flags(rest, &["--dynamodb", "--no-driver"])
             .and_then(|f| runtime()?.block_on(interruptible(commands::stack::run(!f.no_driver, f.engine), true))),
+        ["soak", rest @ ..] => flags(rest, &["--dynamodb", "--minutes", "--concurrency", "--seed"]).and_then(|f| {
+            let seed = f.seed.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+            });
+            let options = commands::soak::Options {
+                duration: std::time::Duration::from_secs_f64(f.minutes * 60.0),
+                concurrency: f.concurrency,
+                seed,
+                engine: f.engine,
+            };
+            runtime()?.block_on(interruptible(commands::soak::run(options), false))
+        }),
         ["volume", rest @ ..] => flags(rest, &["--dynamodb", "--lines", "--messages"]).and_then(|f| {
             runtime()?.block_on(interruptible(commands::volume::run(f.engine, f.lines, f.messages), false))
         }),

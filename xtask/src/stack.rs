@@ -123,6 +123,10 @@ pub struct Stack {
     /// [`Stack::dynamodb_endpoint`] (a fault-injecting proxy in front of it,
     /// in tests). Their S3 and SQS calls always go to moto.
     pub function_dynamodb_endpoint: Option<String>,
+    /// Function instances `cargo lambda watch` may run at once per function
+    /// (its `--concurrency`; 1 unless set before [`Stack::start_lambda`]),
+    /// for drivers that deliver concurrently ([`crate::Driver::concurrent`]).
+    pub function_concurrency: usize,
     /// Raw JSON calls (the Streams API: see [`Stack::streams_call`]).
     http: reqwest::Client,
     lambda: Option<Lambda>,
@@ -212,6 +216,7 @@ impl Stack {
             engine,
             resources: Resources::default(),
             function_dynamodb_endpoint: None,
+            function_concurrency: 1,
             http: reqwest::Client::new(),
             lambda: None,
             moto,
@@ -248,7 +253,21 @@ impl Stack {
     /// Kills a function's process mid-invocation (SIGKILL); see
     /// [`Lambda::kill_function`].
     pub async fn kill_function(&self, function: &str) -> Result<()> {
-        self.lambda.as_ref().context("start the functions first")?.kill_function(&self.run, function).await
+        self.lambda
+            .as_ref()
+            .context("start the functions first")?
+            .kill_function(&self.run, function, None)
+            .await
+            .map(drop)
+    }
+
+    /// Kills one of `function`'s running processes (the `pick`-th, modulo
+    /// how many run: with [`Stack::function_concurrency`] above one, watch
+    /// may run several), as [`Stack::kill_function`] does. Returns false
+    /// when none runs.
+    pub async fn kill_one_function(&self, function: &str, pick: usize) -> Result<bool> {
+        let lambda = self.lambda.as_ref().context("start the functions first")?;
+        lambda.kill_function(&self.run, function, Some(pick)).await
     }
 
     /// The run directory (logs).

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod soak;
 pub mod stack;
 pub mod test;
 pub mod volume;

@@ -26,7 +26,7 @@ enum Action {
 }
 
 /// The steps, in order.
-const STEPS: [(&str, Action); 9] = [
+const STEPS: [(&str, Action); 10] = [
     ("install the local stack tools (.venv, .dynamodb-local)", Action::Install),
     ("formatting (cargo fmt --check)", Action::Cargo(&["fmt", "--all", "--", "--check"])),
     (
@@ -40,6 +40,10 @@ const STEPS: [(&str, Action); 9] = [
     (
         "unit, integration and end-to-end tests (cargo test --workspace)",
         Action::Cargo(&["test", "--workspace", "--no-fail-fast"]),
+    ),
+    (
+        "soak: 2 minutes of traffic, concurrency 4, DynamoDB faults and SIGKILLs (cargo xtask soak --seed 1)",
+        Action::Cargo(&["xtask", "soak", "--minutes", "2", "--concurrency", "4", "--seed", "1"]),
     ),
     ("infra checks", Action::Infra),
 ];

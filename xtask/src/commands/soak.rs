@@ -1,0 +1,741 @@
+//! `cargo xtask soak [--minutes N] [--concurrency N] [--seed S]`: the whole
+//! pipeline through the local stack under faults, for a while, then an exact
+//! check of the result.
+//!
+//! - A seeded producer sends order events to the standard and FIFO queues:
+//!   new orders, updates, exact resends, resends that differ only in JSON
+//!   formatting (duplicates by the canonical fingerprint), older events sent
+//!   after newer ones (stale), and poison messages (not JSON, a bad status,
+//!   an amount out of range, a missing field); now and then it uploads an
+//!   NDJSON object (valid lines and bad ones) under the bucket's notified
+//!   prefix.
+//! - Every DynamoDB call of the functions goes through the fault proxy,
+//!   which throttles, answers 500, drops the connection, delays the answer
+//!   a little, or stalls it for seconds, at a seeded rate.
+//! - At seeded random moments a running process of a random function is
+//!   killed with SIGKILL (Lambda's `Runtime.ExitError`; a fresh process takes
+//!   the next invocations).
+//! - The mappings deliver concurrently ([`crate::Driver::concurrent`]):
+//!   `--concurrency` SQS batches per queue at once and a stream
+//!   parallelization factor of the same number, with that many instances of
+//!   each function.
+//!
+//! At the end (producer stopped, pipeline drained) it checks DESIGN's
+//! invariant, that every order's stored state is the one the apply rule
+//! gives for every valid event sent for it (whatever the order and number
+//! of deliveries), that every poison message is quarantined with a reason,
+//! that every object is COMPLETED with every line accounted for, that no
+//! message is left in a dead-letter queue, and the functions' own
+//! accounting (see [`Checks::accounting`]). The seed fixes the workload, the
+//! fault draws and the kill schedule; which request a draw lands on depends
+//! on timing, so a failing seed reproduces the same inputs and faults, not
+//! the same interleaving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use super::{elapsed, header};
+use crate::driver::{Driver, InvocationReport, MappingStats};
+use crate::dynamodb_local::Engine;
+use crate::fault_proxy::{Fault, FaultProxy, Plan, Stats, Target};
+use crate::lambda::RUNTIME_EXIT_ERROR;
+use crate::report::{Accounting, table};
+use crate::scenario::{self, FIFO_QUEUE, STANDARD_QUEUE};
+use crate::stack::Stack;
+
+/// What `cargo xtask soak` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How long the producer sends (the drain comes after).
+    pub duration: Duration,
+    /// Concurrent deliveries per mapping and instances per function.
+    pub concurrency: usize,
+    pub seed: u64,
+    pub engine: Engine,
+}
+
+/// Order events sent per producer tick, and the tick.
+const EVENTS_PER_TICK: usize = 4;
+const TICK: Duration = Duration::from_millis(500);
+/// An object every this many ticks, of this many lines (two of them bad).
+const OBJECT_EVERY_TICKS: u64 = 30;
+const OBJECT_LINES: usize = 24;
+/// Share of the functions' DynamoDB requests that get a fault.
+const FAULT_RATE: f64 = 0.1;
+/// Time between kills: uniformly drawn in this range.
+const KILL_EVERY: (Duration, Duration) = (Duration::from_secs(4), Duration::from_secs(12));
+/// The drain after the producer stops: a backlog, retries after the 2 s
+/// visibility timeout, and stalled calls.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
+/// Pause of the driving loop when no mapping found anything.
+const IDLE: Duration = Duration::from_millis(100);
+/// Customers whose orders go through the FIFO queue (grouped by customer).
+const FIFO_CUSTOMERS: &[&str] = &["c-fifo-1", "c-fifo-2", "c-fifo-3"];
+const CUSTOMERS: &[&str] = &["c-ann", "c-ben", "c-cat", "c-dan", "c-eve", "c-fay"];
+const CURRENCIES: &[&str] = &["USD", "EUR", "GBP"];
+
+/// xorshift64*: small, seeded, reproducible.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// One valid event, as the model keeps it.
+#[derive(Debug, Clone)]
+struct Event {
+    event_id: String,
+    order_id: String,
+    customer_id: String,
+    status: &'static str,
+    /// Cents.
+    cents: u64,
+    currency: &'static str,
+    occurred_at: String,
+}
+
+impl Event {
+    fn json(&self) -> String {
+        json!({
+            "eventId": self.event_id, "orderId": self.order_id, "customerId": self.customer_id,
+            "status": self.status, "amount": format!("{}.{:02}", self.cents / 100, self.cents % 100),
+            "currency": self.currency, "occurredAt": self.occurred_at,
+        })
+        .to_string()
+    }
+
+    fn amount(&self) -> Decimal {
+        Decimal::new(i64::try_from(self.cents).unwrap_or(i64::MAX), 2)
+    }
+}
+
+/// An order the producer knows: its identity and the events sent for it.
+#[derive(Debug, Clone)]
+struct OrderModel {
+    order_id: String,
+    customer_id: String,
+    currency: &'static str,
+    /// The time of the newest event sent, in producer seconds.
+    newest: u64,
+}
+
+/// What the producer sent, by kind.
+#[derive(Debug, Clone, Default)]
+struct Sent {
+    new_orders: u64,
+    updates: u64,
+    exact_resends: u64,
+    reformatted_resends: u64,
+    older_events: u64,
+    poison: u64,
+    fifo: u64,
+    objects: u64,
+    object_lines: u64,
+    bad_object_lines: u64,
+    /// Every SQS message sent to the orders queues.
+    messages: u64,
+}
+
+/// The seeded producer and the model of what it sent.
+struct Producer {
+    rng: Rng,
+    orders: Vec<OrderModel>,
+    /// Every valid event sent (queues and objects), by order.
+    events: BTreeMap<String, Vec<Event>>,
+    /// Lines sent to the standard queue, for resends.
+    standard_lines: Vec<String>,
+    /// SQS message ids of the poison messages.
+    poison_ids: BTreeSet<String>,
+    /// Producer clock: seconds after the base time, two per event, so
+    /// every event has its own second and an older event fits between.
+    clock: u64,
+    next_event: u64,
+    objects: Vec<String>,
+    sent: Sent,
+}
+
+impl Producer {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: Rng::new(seed),
+            orders: Vec::new(),
+            events: BTreeMap::new(),
+            standard_lines: Vec::new(),
+            poison_ids: BTreeSet::new(),
+            clock: 0,
+            next_event: 0,
+            objects: Vec::new(),
+            sent: Sent::default(),
+        }
+    }
+
+    fn timestamp(seconds: u64) -> String {
+        let base = chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").expect("a valid constant");
+        let at = base + chrono::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX));
+        at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    }
+
+    fn event_id(&mut self) -> String {
+        self.next_event += 1;
+        format!("soak-e-{}", self.next_event)
+    }
+
+    /// A new order, or an update of a known one (`fifo`: of a FIFO customer).
+    fn valid_event(&mut self, fifo: bool, older: bool) -> Event {
+        let customers = if fifo { FIFO_CUSTOMERS } else { CUSTOMERS };
+        let known: Vec<usize> = (0..self.orders.len())
+            .filter(|&i| FIFO_CUSTOMERS.contains(&self.orders[i].customer_id.as_str()) == fifo)
+            .collect();
+        self.clock += 2;
+        let event_id = self.event_id();
+        let cents = 100 + self.rng.next() % 500_000;
+        if older && !known.is_empty() {
+            // Older than the newest event of its order: stale once that is in.
+            let order = &self.orders[known[self.rng.below(known.len())]];
+            let at = order.newest.saturating_sub(1);
+            return Event {
+                event_id,
+                order_id: order.order_id.clone(),
+                customer_id: order.customer_id.clone(),
+                status: "PAID",
+                cents,
+                currency: order.currency,
+                occurred_at: Self::timestamp(at),
+            };
+        }
+        if known.is_empty() || self.rng.below(10) < 4 {
+            let order_id = format!("soak-o-{}", self.orders.len() + 1);
+            let customer_id = (*self.rng.pick(customers)).to_owned();
+            let currency = *self.rng.pick(CURRENCIES);
+            self.orders.push(OrderModel {
+                order_id: order_id.clone(),
+                customer_id: customer_id.clone(),
+                currency,
+                newest: self.clock,
+            });
+            self.sent.new_orders += 1;
+            return Event {
+                event_id,
+                order_id,
+                customer_id,
+                status: "PLACED",
+                cents,
+                currency,
+                occurred_at: Self::timestamp(self.clock),
+            };
+        }
+        let clock = self.clock;
+        let index = known[self.rng.below(known.len())];
+        let status = *self.rng.pick(&["PAID", "SHIPPED", "CANCELLED", "PAID"]);
+        let order = &mut self.orders[index];
+        order.newest = clock;
+        self.sent.updates += 1;
+        Event {
+            event_id,
+            order_id: order.order_id.clone(),
+            customer_id: order.customer_id.clone(),
+            status,
+            cents,
+            currency: order.currency,
+            occurred_at: Self::timestamp(clock),
+        }
+    }
+
+    fn record(&mut self, event: &Event) {
+        self.events.entry(event.order_id.clone()).or_default().push(event.clone());
+    }
+
+    /// One tick's messages: (queue key, body, FIFO group).
+    fn tick_messages(&mut self) -> Vec<(&'static str, String, Option<String>, bool)> {
+        let mut out = Vec::new();
+        for _ in 0..EVENTS_PER_TICK {
+            let roll = self.rng.below(100);
+            if roll < 8 && !self.standard_lines.is_empty() {
+                let line = self.rng.pick(&self.standard_lines).clone();
+                self.sent.exact_resends += 1;
+                out.push((STANDARD_QUEUE, line, None, false));
+            } else if roll < 15 && !self.standard_lines.is_empty() {
+                let line = self.rng.pick(&self.standard_lines).clone();
+                let value: Value = serde_json::from_str(&line).expect("the producer's own valid JSON");
+                self.sent.reformatted_resends += 1;
+                let pretty = serde_json::to_string_pretty(&value).expect("a JSON value serializes");
+                out.push((STANDARD_QUEUE, pretty, None, false));
+            } else if roll < 20 {
+                let poison = match self.rng.below(4) {
+                    0 => "{not json".to_owned(),
+                    1 => r#"{"eventId": "x", "orderId": "o", "customerId": "c", "status": "REFUNDED", "amount": "1.00", "currency": "USD", "occurredAt": "2026-12-01T00:00:00Z"}"#.to_owned(),
+                    2 => r#"{"eventId": "x", "orderId": "o", "customerId": "c", "status": "PAID", "amount": "1e30", "currency": "USD", "occurredAt": "2026-12-01T00:00:00Z"}"#.to_owned(),
+                    _ => r#"{"eventId": "x", "orderId": "o", "status": "PAID", "amount": "1.00", "currency": "USD", "occurredAt": "2026-12-01T00:00:00Z"}"#.to_owned(),
+                };
+                self.sent.poison += 1;
+                out.push((STANDARD_QUEUE, poison, None, true));
+            } else if roll < 27 {
+                let event = self.valid_event(false, true);
+                self.sent.older_events += 1;
+                self.record(&event);
+                let line = event.json();
+                self.standard_lines.push(line.clone());
+                out.push((STANDARD_QUEUE, line, None, false));
+            } else if roll < 40 {
+                let event = self.valid_event(true, false);
+                self.sent.fifo += 1;
+                self.record(&event);
+                out.push((FIFO_QUEUE, event.json(), Some(event.customer_id.clone()), false));
+            } else {
+                let event = self.valid_event(false, false);
+                self.record(&event);
+                let line = event.json();
+                self.standard_lines.push(line.clone());
+                out.push((STANDARD_QUEUE, line, None, false));
+            }
+        }
+        out
+    }
+
+    /// An NDJSON object: valid events and two bad lines.
+    fn object(&mut self) -> (String, Vec<u8>) {
+        let mut lines = Vec::new();
+        for _ in 0..OBJECT_LINES - 2 {
+            let event = self.valid_event(false, false);
+            self.record(&event);
+            lines.push(event.json());
+        }
+        let bad_at = self.rng.below(lines.len());
+        lines.insert(bad_at, "{\"eventId\": \"broken\"".to_owned());
+        lines.push(r#"{"eventId": "b", "orderId": "o", "customerId": "c", "status": "PAID", "amount": "-5.00", "currency": "USD", "occurredAt": "2026-12-01T00:00:00Z"}"#.to_owned());
+        self.sent.objects += 1;
+        self.sent.object_lines += lines.len() as u64;
+        self.sent.bad_object_lines += 2;
+        let key = format!("soak-{}.ndjson", self.sent.objects);
+        (key, (lines.join("\n") + "\n").into_bytes())
+    }
+
+    /// Per order: the event the apply rule leaves stored (the greatest
+    /// `(occurredAt, eventId)` of its valid events, whatever the order of
+    /// arrival).
+    fn expected_orders(&self) -> BTreeMap<&str, &Event> {
+        self.events
+            .iter()
+            .filter_map(|(id, events)| {
+                let newest = events.iter().max_by(|a, b| {
+                    (a.occurred_at.as_str(), a.event_id.as_str()).cmp(&(b.occurred_at.as_str(), b.event_id.as_str()))
+                })?;
+                Some((id.as_str(), newest))
+            })
+            .collect()
+    }
+}
+
+/// What the run observed, for the report.
+#[derive(Debug, Default)]
+struct Observed {
+    kills: BTreeMap<String, u64>,
+    invocations: u64,
+    crashed_invocations: u64,
+    /// Records of sqs-consumer invocations reported crashed: each may have
+    /// been settled (and logged) before its answer was lost.
+    crashed_sqs_records: u64,
+    function_errors: u64,
+    item_failures: u64,
+}
+
+/// Runs the soak; fails when any check fails.
+pub async fn run(options: Options) -> Result<()> {
+    let start = Instant::now();
+    let Options { duration, concurrency, seed, engine } = options;
+    println!(
+        "soak: {:.1} min of traffic, concurrency {concurrency}, seed {seed}, DynamoDB on {}",
+        duration.as_secs_f64() / 60.0,
+        engine.name()
+    );
+    header("building the functions");
+    super::build_stack_functions().await?;
+    header("starting the local stack, the fault proxy and the functions");
+    let mut stack = Stack::start_with(engine).await?;
+    let faults = vec![
+        Fault::Throttle,
+        Fault::ServerError,
+        Fault::Drop,
+        Fault::Slow(Duration::from_millis(300)),
+        Fault::Slow(Duration::from_millis(2500)),
+    ];
+    let proxy =
+        FaultProxy::start(&stack.dynamodb_endpoint, Target::DynamoDb, Plan::Rate { rate: FAULT_RATE, faults, seed })
+            .await
+            .context("starting the fault proxy")?;
+    stack.function_dynamodb_endpoint = Some(proxy.endpoint());
+    stack.function_concurrency = concurrency;
+    stack.start_lambda().await?;
+    println!("  ready ({})", elapsed(start));
+    let result = soak(&stack, &proxy, options, start).await;
+    if result.is_err() {
+        stack.keep_logs();
+    }
+    result
+}
+
+async fn soak(stack: &Stack, proxy: &FaultProxy, options: Options, start: Instant) -> Result<()> {
+    let lambda = stack.lambda().context("lambda just started")?;
+    let done = AtomicBool::new(false);
+    let mut producer = Producer::new(options.seed);
+    let mut observed = Observed::default();
+
+    header("traffic: producer, faults and kills (one line per 100 invocations)");
+    let produce = async {
+        let result = produce(stack, &mut producer, options.duration).await;
+        done.store(true, Ordering::SeqCst);
+        result
+    };
+    let kill = kill(stack, &done, options.seed, &mut observed.kills);
+    let mut reports: Vec<InvocationReport> = Vec::new();
+    let drive = async {
+        let mut driver = Driver::new(stack, lambda)?.concurrent(options.concurrency, options.concurrency);
+        let mut progress = |r: &InvocationReport| {
+            reports.push(r.clone());
+            if reports.len() % 100 == 0 {
+                println!("  {} invocations ({})", reports.len(), elapsed(start));
+            }
+        };
+        while !done.load(Ordering::SeqCst) {
+            if !driver.poll_once(&mut progress).await? {
+                tokio::time::sleep(IDLE).await;
+            }
+        }
+        println!("  producer stopped; draining ({})", elapsed(start));
+        driver.drain(DRAIN_TIMEOUT, &mut progress).await?;
+        println!("  drained ({})", elapsed(start));
+        anyhow::Ok(driver.stats())
+    };
+    let ((), (), stats) = tokio::try_join!(produce, kill, drive)?;
+    for r in &reports {
+        observed.invocations += 1;
+        observed.item_failures += r.item_failures as u64;
+        match &r.function_error {
+            Some(e) if e.starts_with(RUNTIME_EXIT_ERROR) => {
+                observed.crashed_invocations += 1;
+                if r.mapping.starts_with("sqs-consumer") {
+                    observed.crashed_sqs_records += r.records as u64;
+                }
+            }
+            Some(_) => observed.function_errors += 1,
+            None => {}
+        }
+    }
+
+    let checks = check(stack, lambda, &producer, &observed).await?;
+    print_report(&producer.sent, &proxy.stats(), &observed, &stats, &checks, options, start);
+    if !checks.problems.is_empty() {
+        bail!(
+            "the soak found {} problem(s); reproduce with: cargo xtask soak --minutes {} --concurrency {} --seed {}",
+            checks.problems.len(),
+            options.duration.as_secs_f64() / 60.0,
+            options.concurrency,
+            options.seed
+        );
+    }
+    Ok(())
+}
+
+async fn produce(stack: &Stack, producer: &mut Producer, duration: Duration) -> Result<()> {
+    let start = Instant::now();
+    let prefix =
+        stack.spec.bucket.notifications.first().context("stack.json declares no bucket notification")?.prefix.clone();
+    let mut tick = 0u64;
+    while start.elapsed() < duration {
+        tick += 1;
+        for (queue, body, group, poison) in producer.tick_messages() {
+            let id = stack.send(queue, &body, group.as_deref()).await?;
+            producer.sent.messages += 1;
+            if poison {
+                producer.poison_ids.insert(id);
+            }
+        }
+        if tick % OBJECT_EVERY_TICKS == 0 {
+            let (name, bytes) = producer.object();
+            let key = format!("{prefix}{name}");
+            stack.put_object(&key, bytes).await?;
+            producer.objects.push(key);
+        }
+        tokio::time::sleep(TICK).await;
+    }
+    Ok(())
+}
+
+async fn kill(stack: &Stack, done: &AtomicBool, seed: u64, kills: &mut BTreeMap<String, u64>) -> Result<()> {
+    let mut rng = Rng::new(seed ^ 0x6B69_6C6C);
+    let functions: Vec<String> = stack.spec.function_names().map(str::to_owned).collect();
+    let (low, high) = KILL_EVERY;
+    while !done.load(Ordering::SeqCst) {
+        let spread = u64::try_from((high - low).as_millis()).unwrap_or(1);
+        let wait = low + Duration::from_millis(rng.next() % spread);
+        // Wake up early when the producer stops: no kill during the drain.
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !done.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
+        let function = rng.pick(&functions).clone();
+        if stack.kill_one_function(&function, rng.below(64)).await? {
+            *kills.entry(function).or_default() += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The checks and what they read.
+struct Checks {
+    problems: Vec<String>,
+    accounting: BTreeMap<String, Accounting>,
+    orders_checked: usize,
+    /// sqs-consumer outcomes logged beyond one per message sent.
+    settled_twice: u64,
+}
+
+impl Checks {
+    /// The functions' accounting: sqs-consumer's logged outcomes (applied,
+    /// stale, duplicate, quarantined) cover every message sent, and exceed
+    /// it by at most the records of its invocations that crashed (an
+    /// invocation killed after it logged its summary is settled again when
+    /// its messages come back; and a kill fails every invocation of that
+    /// function in flight, including those of its other instances, which may
+    /// still finish and log).
+    fn accounting(&self) -> &BTreeMap<String, Accounting> {
+        &self.accounting
+    }
+}
+
+async fn check(
+    stack: &Stack,
+    lambda: &crate::lambda::Lambda,
+    producer: &Producer,
+    observed: &Observed,
+) -> Result<Checks> {
+    let verdict = scenario::verdict_allowing(
+        stack,
+        &lambda.log_text(),
+        producer.sent.messages,
+        &producer.objects,
+        observed.crashed_sqs_records,
+    )
+    .await?;
+    let mut problems = verdict.problems.clone();
+    let snapshot = &verdict.snapshot;
+
+    // Every order as the apply rule leaves it, no order more.
+    let expected = producer.expected_orders();
+    let stored: BTreeMap<&str, &crate::report::OrderRow> =
+        snapshot.orders.iter().map(|o| (o.order_id.as_str(), o)).collect();
+    for (id, event) in &expected {
+        match stored.get(id) {
+            None => problems.push(format!("order {id}: missing; its newest event is {}", event.event_id)),
+            Some(row) => {
+                let want = (event.event_id.as_str(), event.status, event.amount().normalize(), event.currency);
+                let got =
+                    (row.last_event_id.as_str(), row.status.as_str(), row.amount.normalize(), row.currency.as_str());
+                if want != got {
+                    problems.push(format!("order {id}: stored {got:?}, the apply rule gives {want:?}"));
+                }
+            }
+        }
+    }
+    for id in stored.keys().filter(|id| !expected.contains_key(*id)) {
+        problems.push(format!("order {id} is stored but was never sent"));
+    }
+
+    // Every poison message quarantined with a reason, under its queue.
+    let queue = &stack.spec.queue(STANDARD_QUEUE)?.name;
+    let source = format!("sqs/{queue}");
+    let quarantined: BTreeSet<&str> = snapshot
+        .quarantine
+        .iter()
+        .filter(|q| q.source == source && !q.reason.trim().is_empty())
+        .map(|q| q.record_id.as_str())
+        .collect();
+    for id in &producer.poison_ids {
+        if !quarantined.contains(id.as_str()) {
+            problems.push(format!("poison message {id} is not quarantined under {source}"));
+        }
+    }
+    let rejected: u64 = snapshot.manifests.iter().map(|m| m.rejected).sum();
+    if rejected != producer.sent.bad_object_lines {
+        problems
+            .push(format!("{rejected} object line(s) rejected, {} bad line(s) sent", producer.sent.bad_object_lines));
+    }
+
+    let sqs = verdict.accounting.get("sqs-consumer").copied().unwrap_or_default();
+    let settled = sqs.applied + sqs.stale + sqs.duplicate + sqs.quarantined;
+    Ok(Checks {
+        problems,
+        accounting: verdict.accounting,
+        orders_checked: expected.len(),
+        settled_twice: settled.saturating_sub(producer.sent.messages),
+    })
+}
+
+fn print_report(
+    sent: &Sent,
+    faults: &Stats,
+    observed: &Observed,
+    stats: &BTreeMap<String, MappingStats>,
+    checks: &Checks,
+    options: Options,
+    start: Instant,
+) {
+    header("soak report");
+    println!(
+        "  {:.1} min of traffic, concurrency {}, seed {}, {} in all",
+        options.duration.as_secs_f64() / 60.0,
+        options.concurrency,
+        options.seed,
+        elapsed(start)
+    );
+    let n = |v: u64| v.to_string();
+    print!(
+        "{}",
+        table(
+            &["events", "count"],
+            vec![
+                vec!["SQS messages sent".into(), n(sent.messages)],
+                vec!["  new orders".into(), n(sent.new_orders)],
+                vec!["  updates".into(), n(sent.updates)],
+                vec!["  to the FIFO queue".into(), n(sent.fifo)],
+                vec!["  exact resends".into(), n(sent.exact_resends)],
+                vec!["  resends differing only in formatting".into(), n(sent.reformatted_resends)],
+                vec!["  older than their order's newest".into(), n(sent.older_events)],
+                vec!["  poison".into(), n(sent.poison)],
+                vec!["objects uploaded".into(), n(sent.objects)],
+                vec!["  lines (bad)".into(), format!("{} ({})", sent.object_lines, sent.bad_object_lines)],
+            ]
+        )
+    );
+    print!(
+        "{}",
+        table(
+            &["DynamoDB faults", "count"],
+            vec![
+                vec!["forwarded untouched".into(), n(faults.forwarded)],
+                vec!["throttled".into(), n(faults.throttled)],
+                vec!["500".into(), n(faults.server_errors)],
+                vec!["connection dropped".into(), n(faults.dropped)],
+                vec!["answer delayed (0.3 s) or stalled (2.5 s)".into(), n(faults.slowed)],
+            ]
+        )
+    );
+    let kills: u64 = observed.kills.values().sum();
+    let kill_detail = observed.kills.iter().map(|(f, k)| format!("{f} {k}")).collect::<Vec<_>>().join(", ");
+    print!(
+        "{}",
+        table(
+            &["invocations", "count"],
+            vec![
+                vec!["invocations".into(), n(observed.invocations)],
+                vec!["  crashed (Runtime.ExitError)".into(), n(observed.crashed_invocations)],
+                vec!["  other function errors".into(), n(observed.function_errors)],
+                vec!["  records reported for retry".into(), n(observed.item_failures)],
+                vec!["processes killed (SIGKILL)".into(), format!("{kills} ({kill_detail})")],
+            ]
+        )
+    );
+    print!(
+        "{}",
+        table(
+            &["mapping", "invocations", "records", "deleted", "on-failure"],
+            stats
+                .iter()
+                .map(|(m, s)| vec![m.clone(), n(s.invocations), n(s.records), n(s.deleted), n(s.sent_to_on_failure)])
+                .collect()
+        )
+    );
+    print!(
+        "{}",
+        table(
+            &["function", "applied", "stale", "duplicate", "quarantined", "ignored", "retried"],
+            checks
+                .accounting()
+                .iter()
+                .map(|(f, a)| {
+                    vec![
+                        f.clone(),
+                        n(a.applied),
+                        n(a.stale),
+                        n(a.duplicate),
+                        n(a.quarantined),
+                        n(a.ignored),
+                        n(a.failed),
+                    ]
+                })
+                .collect()
+        )
+    );
+    println!(
+        "  orders checked against the apply rule: {}; sqs-consumer outcomes logged twice (crashed invocations): {}",
+        checks.orders_checked, checks.settled_twice
+    );
+    if checks.problems.is_empty() {
+        println!("\nINVARIANT HOLDS; every record accounted for");
+    } else {
+        println!("\nPROBLEMS:");
+        for p in &checks.problems {
+            println!("  - {p}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_the_same_workload() {
+        let run = |seed| {
+            let mut p = Producer::new(seed);
+            let messages: Vec<String> = (0..50).flat_map(|_| p.tick_messages()).map(|m| m.1).collect();
+            (messages, p.object().1)
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn the_model_keeps_the_newest_event_of_each_order() {
+        let mut p = Producer::new(3);
+        for _ in 0..200 {
+            p.tick_messages();
+        }
+        assert!(p.sent.older_events > 0 && p.sent.updates > 0 && p.sent.poison > 0, "{:?}", p.sent);
+        for (id, newest) in p.expected_orders() {
+            for e in &p.events[id] {
+                assert!(
+                    (e.occurred_at.as_str(), e.event_id.as_str())
+                        <= (newest.occurred_at.as_str(), newest.event_id.as_str())
+                );
+            }
+        }
+    }
+}
