@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sqs_record", sqs_record),
     ("stream_record", stream_record),
     ("object_lines", object_lines),
+    ("aggregation", aggregation),
 ];
 
 /// `parse_order_event` on the input (invalid UTF-8 replaced, so every input
@@ -163,5 +164,95 @@ fn line_content(data: &[u8], start: usize) -> &[u8] {
     match rest.iter().position(|b| *b == b'\n') {
         Some(i) => rest[..i].strip_suffix(b"\r").unwrap_or(&rest[..i]),
         None => rest,
+    }
+}
+
+/// The aggregation path over a history the input describes: each 20-byte
+/// chunk is one event (order 0-3, customer 0-2, status, currency, time, and
+/// an amount of any sign and size an exact decimal holds, as a stored image
+/// may have), applied with the apply rule; every change's
+/// `totals_delta` is added to its customers' running totals with checked
+/// arithmetic. Promises: nothing panics (overflow is an error, never a
+/// wrap); while nothing has overflowed, the running totals equal the totals
+/// recomputed from the current orders by the contribution rule; and
+/// `combine` over the whole history picks, per order, the event sequential
+/// application leaves stored.
+pub fn aggregation(data: &[u8]) {
+    use std::collections::BTreeMap;
+
+    use rust_decimal::Decimal;
+    use shared::order::{
+        ApplyOutcome, Currency, CustomerTotals, Order, OrderStatus, apply, combine, contribution, totals_delta,
+    };
+
+    const STATUSES: [OrderStatus; 4] =
+        [OrderStatus::Placed, OrderStatus::Paid, OrderStatus::Shipped, OrderStatus::Cancelled];
+    let currencies: Vec<Currency> = ["USD", "EUR", "JPY"].iter().filter_map(|c| Currency::parse(c)).collect();
+    let base = chrono::DateTime::from_timestamp(1_790_000_000, 0).expect("a valid constant");
+    let events: Vec<OrderEvent> = data
+        .chunks_exact(20)
+        .enumerate()
+        .map(|(i, c)| {
+            let word = |k: usize| u32::from_le_bytes([c[k], c[k + 1], c[k + 2], c[k + 3]]);
+            OrderEvent {
+                event_id: format!("e-{}", c[3] % 8),
+                order_id: format!("o-{}", c[0] % 4),
+                customer_id: format!("c-{}", c[1] % 3),
+                status: STATUSES[usize::from(c[2] % 4)],
+                amount: Decimal::from_parts(word(4), word(8), word(12), c[16] & 1 == 1, u32::from(c[17] % 29)),
+                currency: currencies[usize::from(c[18]) % currencies.len()],
+                occurred_at: base
+                    + chrono::Duration::seconds(i64::from(c[19] % 16) + i64::try_from(i % 2).unwrap_or(0)),
+            }
+        })
+        .collect();
+
+    let mut orders: BTreeMap<String, Order> = BTreeMap::new();
+    let mut running: BTreeMap<String, CustomerTotals> = BTreeMap::new();
+    let mut overflowed = false;
+    for event in &events {
+        let current = orders.get(&event.order_id);
+        let ApplyOutcome::Applied(new) = apply(current, event) else { continue };
+        match totals_delta(current, Some(&new)) {
+            Ok(deltas) => {
+                for (customer, delta) in deltas {
+                    if running.entry(customer).or_default().checked_add(&delta).is_err() {
+                        overflowed = true;
+                    }
+                }
+            }
+            Err(_) => overflowed = true,
+        }
+        orders.insert(new.order_id.clone(), new);
+    }
+
+    if !overflowed {
+        let mut recomputed: BTreeMap<String, CustomerTotals> = BTreeMap::new();
+        for order in orders.values() {
+            if let Some((customer, c)) = contribution(order)
+                && recomputed.entry(customer.to_owned()).or_default().checked_add(&c).is_err()
+            {
+                return; // The recomputation itself does not fit: nothing to compare.
+            }
+        }
+        let normal = |t: &BTreeMap<String, CustomerTotals>| -> BTreeMap<String, (i64, BTreeMap<Currency, Decimal>)> {
+            t.iter()
+                .map(|(c, v)| (c.clone(), (v.order_count, v.totals.iter().map(|(k, d)| (*k, d.normalize())).collect())))
+                .filter(|(_, (n, m)): &(String, (i64, BTreeMap<Currency, Decimal>))| *n != 0 || !m.is_empty())
+                .collect()
+        };
+        assert_eq!(normal(&running), normal(&recomputed), "running totals drifted from the orders");
+    }
+
+    let (winners, _) = combine(&events);
+    for w in winners {
+        let event = &events[w];
+        let stored = &orders[&event.order_id];
+        assert_eq!(
+            (stored.occurred_at, stored.last_event_id.as_str()),
+            (event.occurred_at, event.event_id.as_str()),
+            "combine's winner for {} is not what sequential application stored",
+            event.order_id
+        );
     }
 }

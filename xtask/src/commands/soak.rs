@@ -416,7 +416,7 @@ async fn soak(stack: &Stack, proxy: &FaultProxy, options: Options, start: Instan
         let mut driver = Driver::new(stack, lambda)?.concurrent(options.concurrency, options.concurrency);
         let mut progress = |r: &InvocationReport| {
             reports.push(r.clone());
-            if reports.len() % 100 == 0 {
+            if reports.len().is_multiple_of(100) {
                 println!("  {} invocations ({})", reports.len(), elapsed(start));
             }
         };
@@ -474,7 +474,7 @@ async fn produce(stack: &Stack, producer: &mut Producer, duration: Duration) -> 
                 producer.poison_ids.insert(id);
             }
         }
-        if tick % OBJECT_EVERY_TICKS == 0 {
+        if tick.is_multiple_of(OBJECT_EVERY_TICKS) {
             let (name, bytes) = producer.object();
             let key = format!("{prefix}{name}");
             stack.put_object(&key, bytes).await?;
