@@ -438,7 +438,7 @@ impl CustomerTotals {
         let mut totals = self.totals.clone();
         for (currency, amount) in &delta.totals {
             let entry = totals.entry(*currency).or_default();
-            *entry = entry.checked_add(*amount).ok_or_else(|| TotalsOverflow { what: format!("totals.{currency}") })?;
+            *entry = exact_add(*entry, *amount).ok_or_else(|| TotalsOverflow { what: format!("totals.{currency}") })?;
             if entry.is_zero() {
                 totals.remove(currency);
             }
@@ -452,6 +452,17 @@ impl CustomerTotals {
     pub fn is_zero(&self) -> bool {
         self.order_count == 0 && self.totals.values().all(Decimal::is_zero)
     }
+}
+
+/// `a + b`, only when the sum is exact. `Decimal::checked_add` fails only
+/// past the largest magnitude; a sum whose digits do not fit in 96 bits at
+/// the operands' scale it rounds to fewer decimal places instead (found by
+/// the `aggregation` fuzz target: -7.9e28 + -792281.62... lost its
+/// fraction). Without overflow the sum keeps the larger scale, so a smaller
+/// one means digits were dropped.
+fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
+    let sum = a.checked_add(b)?;
+    (sum.scale() >= a.scale().max(b.scale())).then_some(sum)
 }
 
 /// The contribution rule: an order adds `(1, amount in its currency)` to its
@@ -536,6 +547,22 @@ impl<'de> Deserialize<'de> for Currency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_totals_sum_that_would_round_is_an_overflow_not_a_silent_loss() {
+        let usd = Currency::parse("USD").unwrap();
+        let huge = Decimal::from_parts(u32::MAX, u32::MAX, u32::MAX, true, 0);
+        let mut totals = CustomerTotals { order_count: 1, totals: BTreeMap::from([(usd, huge)]) };
+        let fraction: Decimal = "-792281.625".parse().unwrap();
+        let delta = CustomerTotals { order_count: 0, totals: BTreeMap::from([(usd, fraction)]) };
+        let before = totals.clone();
+        assert_eq!(totals.checked_add(&delta).unwrap_err().what, "totals.USD");
+        assert_eq!(totals, before, "nothing changes on overflow");
+        // An exact sum of the same size passes.
+        let whole = CustomerTotals { order_count: 0, totals: BTreeMap::from([(usd, Decimal::ONE)]) };
+        totals.checked_add(&whole).unwrap();
+        assert_eq!(totals.totals[&usd], huge + Decimal::ONE);
+    }
     use proptest::prelude::*;
     use serde_json::json;
 
