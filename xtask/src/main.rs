@@ -101,11 +101,11 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["test"] => commands::test::run(),
         ["bench", rest @ ..] => commands::bench::run(rest),
-        ["demo", rest @ ..] => flags(rest, &["--dynamodb"])
+        ["demo", rest @ ..] => flags(rest, commands::flags_of("demo"))
             .and_then(|f| runtime()?.block_on(interruptible(commands::demo::run(f.engine), false))),
-        ["stack", rest @ ..] => flags(rest, &["--dynamodb", "--no-driver"])
+        ["stack", rest @ ..] => flags(rest, commands::flags_of("stack"))
             .and_then(|f| runtime()?.block_on(interruptible(commands::stack::run(!f.no_driver, f.engine), true))),
-        ["soak", rest @ ..] => flags(rest, &["--dynamodb", "--minutes", "--concurrency", "--seed"]).and_then(|f| {
+        ["soak", rest @ ..] => flags(rest, commands::flags_of("soak")).and_then(|f| {
             let seed = f.seed.unwrap_or_else(|| {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
             });
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
             };
             runtime()?.block_on(interruptible(commands::soak::run(options), false))
         }),
-        ["volume", rest @ ..] => flags(rest, &["--dynamodb", "--lines", "--messages"]).and_then(|f| {
+        ["volume", rest @ ..] => flags(rest, commands::flags_of("volume")).and_then(|f| {
             runtime()?.block_on(interruptible(commands::volume::run(f.engine, f.lines, f.messages), false))
         }),
         ["help" | "--help" | "-h"] => {
