@@ -507,16 +507,14 @@ pub fn emulator_cost(opts: &Options, report: &mut Report, runtime: &tokio::runti
                 ))
             )));
         }
-        if against == Against::Model {
-            if let (Some(d), Some(units)) = (deliveries.first(), our_units) {
-                let ours = W1Cost { seconds: d.seconds, write_units: units, records: d.records };
-                let theirs = peer.as_ref().zip(peer_units).map(|(p, units)| W1Cost {
-                    seconds: p.seconds,
-                    write_units: units,
-                    records: p.records,
-                });
-                costs = Some((ours, theirs));
-            }
+        if let (Against::Model, Some(d), Some(units)) = (against, deliveries.first(), our_units) {
+            let ours = W1Cost { seconds: d.seconds, write_units: units, records: d.records };
+            let theirs = peer.as_ref().zip(peer_units).map(|(p, units)| W1Cost {
+                seconds: p.seconds,
+                write_units: units,
+                records: p.records,
+            });
+            costs = Some((ours, theirs));
         }
     }
     if let Some((ours, theirs)) = costs {
