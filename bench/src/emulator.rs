@@ -191,9 +191,7 @@ pub async fn cost(endpoint: &str, n: u64, scenarios: &[(&str, u64, usize)]) -> a
         create_tables(&client, &state, &idempotency).await?;
         let store = DynamoStore::new(client.clone(), state.clone(), idempotency.clone());
         let config = crate::ingest::config(&state, &idempotency);
-        let records: Vec<Value> = (0..n)
-            .map(|i| crate::data::sqs_record(scenario, i, &crate::data::order_event(scenario, i, u64::MAX)))
-            .collect();
+        let records = w1_records(scenario, n);
         let batches: Vec<Value> =
             records.chunks(batch.max(1) as usize).map(|c| serde_json::json!({ "Records": c })).collect();
         for delivery in 0..deliveries {
@@ -227,6 +225,76 @@ pub async fn cost(endpoint: &str, n: u64, scenarios: &[(&str, u64, usize)]) -> a
         }
     }
     Ok(out)
+}
+
+/// The W1 events of `run`: `n` SQS records of order events, each on its own order.
+pub fn w1_records(run: &str, n: u64) -> Vec<Value> {
+    (0..n).map(|i| crate::data::sqs_record(run, i, &crate::data::order_event(run, i, u64::MAX))).collect()
+}
+
+/// What the Powertools peer (`bench/peer/powertools_w1.py`) reports of one batch.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PeerRun {
+    pub records: u64,
+    pub failures: u64,
+    pub applied: u64,
+    pub stale: u64,
+    /// HTTP requests boto3 sent to DynamoDB (botocore's `before-send`), retries included.
+    pub requests: u64,
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+}
+
+impl PeerRun {
+    pub fn requests_per_record(&self) -> f64 {
+        self.requests as f64 / self.records.max(1) as f64
+    }
+    pub fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+}
+
+/// The peer's interpreter and script, when `cargo xtask bench` installed
+/// Powertools into `.venv`.
+pub fn powertools_peer(workspace: &Path) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let python = workspace.join(".venv/bin/python");
+    let script = workspace.join("bench/peer/powertools_w1.py");
+    anyhow::ensure!(python.exists(), "{} not found: run the bench with `cargo xtask bench`", python.display());
+    let probe = Command::new(&python)
+        .args(["-c", "import aws_lambda_powertools"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    anyhow::ensure!(
+        probe.success(),
+        "aws-lambda-powertools is not installed in .venv: run the bench with `cargo xtask bench` (bench/peer/requirements.txt)"
+    );
+    Ok((python, script))
+}
+
+/// Runs the Powertools peer on the event in `event_file` against `endpoint`,
+/// with its own state and idempotency tables (created here).
+pub async fn powertools_w1(workspace: &Path, endpoint: &str, run: &str, event_file: &Path) -> anyhow::Result<PeerRun> {
+    let (python, script) = powertools_peer(workspace)?;
+    let client = aws_sdk_dynamodb::Client::new(&sdk_config(endpoint).await);
+    let (state, idempotency) = (format!("peer-{run}-state"), format!("peer-{run}-idempotency"));
+    create_tables(&client, &state, &idempotency).await?;
+    let mut command = Command::new(&python);
+    command.arg(&script).args([endpoint, &state, &idempotency]).arg(event_file);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await?
+        .with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the Powertools peer failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).lines().rev().take(5).collect::<Vec<_>>().join(" / ")
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().context("the Powertools peer printed nothing")?;
+    let run: PeerRun = serde_json::from_str(last).with_context(|| format!("peer output {last:?}"))?;
+    anyhow::ensure!(run.failures == 0, "the Powertools peer reported {} failed records", run.failures);
+    Ok(run)
 }
 
 /// Creates a bucket and uploads an NDJSON object of about `kib` KiB (order ids

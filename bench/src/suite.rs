@@ -309,73 +309,259 @@ pub fn emulator(opts: &Options, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// List prices used by the cost table (us-east-1, on-demand, x86_64), as
+/// AWS's pricing pages state them (aws.amazon.com/lambda/pricing,
+/// aws.amazon.com/dynamodb/pricing/on-demand), read 2026-12-02.
+pub mod prices {
+    /// Lambda duration, USD per GB-second (x86_64, first pricing tier).
+    pub const LAMBDA_GB_SECOND: f64 = 0.000_016_666_7;
+    /// Lambda requests, USD per invocation ($0.20 per million).
+    pub const LAMBDA_REQUEST: f64 = 0.20 / 1e6;
+    /// DynamoDB on-demand, USD per write request unit ($0.625 per million).
+    pub const DYNAMODB_WRU: f64 = 0.625 / 1e6;
+    /// The functions' configured memory (`MemorySize` in infra/template.yaml), GB.
+    pub const MEMORY_GB: f64 = 256.0 / 1024.0;
+}
+
+/// The DynamoDB endpoints W1 runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Against {
+    /// DynamoDB Local: AWS's engine on this machine.
+    Local,
+    /// The latency model at the null endpoint.
+    Model,
+    /// The null endpoint, answering at once.
+    Null,
+}
+
+impl Against {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Local => "DynamoDB Local",
+            Self::Model => "DynamoDB latency model",
+            Self::Null => "null DynamoDB",
+        }
+    }
+    fn run(self) -> &'static str {
+        match self {
+            Self::Local => "one",
+            Self::Model => "model",
+            Self::Null => "null",
+        }
+    }
+}
+
+/// What W1 cost one program on the latency model: for the cost table.
+struct W1Cost {
+    seconds: f64,
+    write_units: u64,
+    records: u64,
+}
+
+impl W1Cost {
+    /// USD per million events: (Lambda duration, Lambda requests, DynamoDB writes).
+    fn per_million(&self) -> (f64, f64, f64) {
+        let batches = 1e6 / self.records as f64;
+        let gb_seconds = batches * self.seconds * prices::MEMORY_GB;
+        let wru = 1e6 * self.write_units as f64 / self.records as f64;
+        (gb_seconds * prices::LAMBDA_GB_SECOND, batches * prices::LAMBDA_REQUEST, wru * prices::DYNAMODB_WRU)
+    }
+}
+
 /// Issue 4's workload (W1): 1,000 SQS events through `sqs_consumer::handle`
-/// with the DynamoDB store, as one batch, the same batch again, and in
-/// batches of 10, on DynamoDB Local; and the one batch at the null endpoint.
+/// with the DynamoDB store and, in the same run against the same endpoint,
+/// through the Powertools peer (`bench/peer/powertools_w1.py`): on DynamoDB
+/// Local (one batch, the same batch again, and batches of 10 for ours), on
+/// the DynamoDB latency model ([`crate::null_dynamo::Latency`]) and at the
+/// null endpoint; then the cost table from the latency model's run.
 pub fn emulator_cost(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runtime) {
-    let fresh_dynamodb = || crate::emulator::DynamoDbLocal::start(&opts.workspace);
-    // Issue 4: requests per record and records per second, on DynamoDB
-    // Local (AWS's engine; moto's per-action table copies bounded this at
-    // ~7 records/s).
-    let null = match crate::null_dynamo::NullDynamo::start() {
-        Ok(null) => null,
-        Err(e) => return report.skip(format!("cost workload: null endpoint: {e:#}")),
+    let latency = crate::null_dynamo::Latency::default();
+    let endpoints = crate::null_dynamo::NullDynamo::with_latency(latency)
+        .and_then(|model| Ok((model, crate::null_dynamo::NullDynamo::start()?)));
+    let (model, null) = match endpoints {
+        Ok(e) => e,
+        Err(e) => return report.skip(format!("cost workload: null endpoints: {e:#}")),
     };
+    let tmp = opts.out.join("tmp");
+    if let Err(e) = std::fs::create_dir_all(&tmp) {
+        return report.skip(format!("cost workload: {}: {e}", tmp.display()));
+    }
     let n = opts.cost_events;
-    let local = "DynamoDB Local";
-    let runs = [("one", n, 2, local), ("small", opts.cost_small_batch, 1, local), ("null", n, 1, "null DynamoDB")];
-    for (scenario, batch, deliveries, against) in runs {
-        let engine = if against == local {
-            match fresh_dynamodb() {
+    let mut costs: Option<(W1Cost, Option<W1Cost>)> = None;
+    for against in [Against::Local, Against::Model, Against::Null] {
+        let engine = match against {
+            Against::Local => match crate::emulator::DynamoDbLocal::start(&opts.workspace) {
                 Ok(e) => Some(e),
                 Err(e) => {
-                    report.skip(format!("cost workload against {against}: {e:#}"));
+                    report.skip(format!("cost workload against {}: {e:#}", against.label()));
                     continue;
                 }
-            }
-        } else {
-            None
+            },
+            _ => None,
         };
-        let endpoint = engine.as_ref().map_or_else(|| null.endpoint(), |m| m.endpoint.clone());
-        let scenarios = [(scenario, batch, deliveries)];
+        let counting = match against {
+            Against::Model => Some(&model),
+            Against::Null => Some(&null),
+            Against::Local => None,
+        };
+        let endpoint =
+            engine.as_ref().map_or_else(|| counting.map(|c| c.endpoint()).unwrap_or_default(), |e| e.endpoint.clone());
+        let run = against.run();
+        let scenarios: Vec<(&str, u64, usize)> = match against {
+            Against::Local => vec![(run, n, 2), ("small", opts.cost_small_batch, 1)],
+            _ => vec![(run, n, 1)],
+        };
+        let units_before = counting.map(|c| c.write_units());
         let deliveries = match runtime.block_on(crate::emulator::cost(&endpoint, n, &scenarios)) {
             Ok(d) => d,
             Err(e) => {
-                report.skip(format!("cost workload against {against}: {e:#}"));
+                report.skip(format!("cost workload against {}: {e:#}", against.label()));
                 continue;
             }
         };
+        let our_units = counting.zip(units_before).map(|(c, before)| c.write_units() - before);
         let peak = engine.as_ref().and_then(crate::emulator::DynamoDbLocal::peak_rss_kib);
-        for d in deliveries {
-            let label = format!("{}, {against}", d.label);
+
+        // The peer: the same events, the same endpoint, right after ours.
+        let peer_units_before = counting.map(|c| c.write_units());
+        let event_file = tmp.join(format!("w1-{run}.json"));
+        let event = serde_json::json!({ "Records": crate::emulator::w1_records(run, n) });
+        let peer = std::fs::write(&event_file, event.to_string()).map_err(anyhow::Error::from).and_then(|()| {
+            runtime.block_on(crate::emulator::powertools_w1(&opts.workspace, &endpoint, run, &event_file))
+        });
+        let peer = match peer {
+            Ok(p) => Some(p),
+            Err(e) => {
+                report.skip(format!("Powertools peer against {}: {e:#}", against.label()));
+                None
+            }
+        };
+        let peer_units = counting.zip(peer_units_before).map(|(c, before)| c.write_units() - before);
+        if let Some(p) = &peer {
             report.push(
                 Row::new(
                     "emulator cost",
-                    format!("{label}: DynamoDB requests/record"),
-                    d.requests_per_record(),
+                    format!("Powertools, 1 batch of {n}, {}: DynamoDB requests/record", against.label()),
+                    p.requests_per_record(),
                     "req/rec",
                     Better::Lower,
                 )
-                .baseline(3.0, "Powertools")
-                .target(0.1, "<= 0.1")
-                .note(format!("{} requests; applied {}, duplicates {}", d.requests, d.applied, d.duplicates)),
+                .note(format!(
+                    "the peer: process_partial_response + @idempotent_function (DynamoDBPersistenceLayer), \
+                     {} requests counted by botocore's before-send hook; applied {}, stale {}",
+                    p.requests, p.applied, p.stale
+                )),
             );
             report.push(
-                Row::new("emulator cost", format!("{label}: records/s"), d.records_per_s(), "rec/s", Better::Higher)
-                    .baseline(60.0, "Powertools (issue 4)")
-                    .target(1200.0, ">= 20x peer")
-                    .note(format!(
-                        "{:.2} s wall, of which {:.2} s CPU in the function's process ({:.0} us/record){}",
-                        d.seconds,
-                        d.cpu_seconds,
-                        1e6 * d.cpu_seconds / d.records as f64,
-                        peak.map_or_else(String::new, |kib| format!(
-                            "; DynamoDB Local peak RSS {:.0} MiB after the scenario",
-                            kib as f64 / 1024.0
-                        ))
-                    )),
+                Row::new(
+                    "emulator cost",
+                    format!("Powertools, 1 batch of {n}, {}: records/s", against.label()),
+                    p.records_per_s(),
+                    "rec/s",
+                    Better::Higher,
+                )
+                .note(format!(
+                    "{:.2} s wall, of which {:.2} s CPU in the peer's Python process ({:.0} us/record)",
+                    p.seconds,
+                    p.cpu_seconds,
+                    1e6 * p.cpu_seconds / p.records.max(1) as f64
+                )),
             );
         }
+        for (i, d) in deliveries.iter().enumerate() {
+            let label = format!("{}, {}", d.label, against.label());
+            // The peer ran the first delivery's batch: one batch of n.
+            let peer = peer.as_ref().filter(|_| i == 0);
+            let mut requests = Row::new(
+                "emulator cost",
+                format!("{label}: DynamoDB requests/record"),
+                d.requests_per_record(),
+                "req/rec",
+                Better::Lower,
+            )
+            .target(0.1, "<= 0.1")
+            .note(format!("{} requests; applied {}, duplicates {}", d.requests, d.applied, d.duplicates));
+            if let Some(p) = peer {
+                requests = requests.baseline(p.requests_per_record(), "Powertools, same run");
+            }
+            report.push(requests);
+            let mut rate =
+                Row::new("emulator cost", format!("{label}: records/s"), d.records_per_s(), "rec/s", Better::Higher);
+            let ratio = peer
+                .map_or_else(String::new, |p| format!("; {:.1}x Powertools", d.records_per_s() / p.records_per_s()));
+            if let Some(p) = peer {
+                rate = rate.baseline(p.records_per_s(), "Powertools, same run");
+                if against == Against::Model {
+                    rate = rate.target(100.0 * p.records_per_s(), ">= 100x Powertools");
+                }
+            }
+            report.push(rate.note(format!(
+                "{:.3} s wall, of which {:.3} s CPU in the function's process ({:.0} us/record){ratio}{}{}",
+                d.seconds,
+                d.cpu_seconds,
+                1e6 * d.cpu_seconds / d.records as f64,
+                if against == Against::Model { format!("; model: {}", latency.describe()) } else { String::new() },
+                peak.map_or_else(String::new, |kib| format!(
+                    "; DynamoDB Local peak RSS {:.0} MiB after the scenario",
+                    kib as f64 / 1024.0
+                ))
+            )));
+        }
+        if let (Against::Model, Some(d), Some(units)) = (against, deliveries.first(), our_units) {
+            let ours = W1Cost { seconds: d.seconds, write_units: units, records: d.records };
+            let theirs = peer.as_ref().zip(peer_units).map(|(p, units)| W1Cost {
+                seconds: p.seconds,
+                write_units: units,
+                records: p.records,
+            });
+            costs = Some((ours, theirs));
+        }
+    }
+    if let Some((ours, theirs)) = costs {
+        cost_table(report, &ours, theirs.as_ref());
+    }
+}
+
+/// The cost of W1 per million events on the latency model: Lambda duration
+/// (the measured wall time of a batch of 1,000, billed at the configured
+/// memory), Lambda requests (one invocation per batch) and DynamoDB write
+/// request units (counted at the endpoint from the requests made).
+fn cost_table(report: &mut Report, ours: &W1Cost, theirs: Option<&W1Cost>) {
+    let (l, r, d) = ours.per_million();
+    let peer = theirs.map(W1Cost::per_million);
+    let how = |c: &W1Cost| {
+        format!(
+            "{:.1} GB-s, {:.0} WRU per million events ({:.3} s per batch of {} at {} MB; {:.1} WRU/record)",
+            1e6 / c.records as f64 * c.seconds * prices::MEMORY_GB,
+            1e6 * c.write_units as f64 / c.records as f64,
+            c.seconds,
+            c.records,
+            prices::MEMORY_GB * 1024.0,
+            c.write_units as f64 / c.records as f64
+        )
+    };
+    let price_note = format!(
+        "list prices us-east-1 as AWS's pricing pages state them (read 2026-12-02): Lambda x86 ${:.7}/GB-s, $0.20/M requests; DynamoDB on-demand $0.625/M WRU (a transactional write takes 2 WRU per item)",
+        prices::LAMBDA_GB_SECOND
+    );
+    let rows = [
+        ("Lambda duration", l, peer.map(|p| p.0)),
+        ("Lambda requests", r, peer.map(|p| p.1)),
+        ("DynamoDB writes", d, peer.map(|p| p.2)),
+        ("total", l + r + d, peer.map(|p| p.0 + p.1 + p.2)),
+    ];
+    for (what, value, baseline) in rows {
+        let mut row =
+            Row::new("cost", format!("W1 per million events, sqs-consumer: {what}"), value, "USD", Better::Lower);
+        if let Some(b) = baseline {
+            row = row.baseline(b, "Powertools, same run");
+        }
+        let note = match (what, theirs) {
+            ("total", Some(t)) => format!("ours: {}; Powertools: {}; {price_note}", how(ours), how(t)),
+            ("total", None) => format!("ours: {}; {price_note}", how(ours)),
+            _ => String::new(),
+        };
+        report.push(row.note(note));
     }
 }
 

@@ -91,6 +91,33 @@ impl Venv {
     }
 }
 
+/// The bench's peer (Powertools for AWS Lambda, Python), pinned in
+/// `bench/peer/requirements.txt`; installed by `cargo xtask bench` only, so
+/// the test commands do not pay for it.
+const BENCH_REQUIREMENTS: &str = include_str!("../../bench/peer/requirements.txt");
+const BENCH_STAMP_FILE: &str = "xtask-bench-requirements.txt";
+
+impl Venv {
+    /// Installs the bench's peer into the venv (after [`Venv::ensure`]) when
+    /// its pinned requirements are not there yet.
+    pub fn ensure_bench_peer(&self) -> Result<()> {
+        let _guard = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = fs::read_to_string(self.dir.join(BENCH_STAMP_FILE)).unwrap_or_default();
+        if stamp == BENCH_REQUIREMENTS {
+            return Ok(());
+        }
+        eprintln!("==> installing the bench's peer (aws-lambda-powertools) into .venv");
+        let requirements = self.dir.join("xtask-bench-requirements.in");
+        fs::write(&requirements, BENCH_REQUIREMENTS).context("writing the bench requirements file")?;
+        run(Command::new(self.bin().join("python"))
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements))
+        .context("pip install of bench/peer/requirements.txt failed (network or PyPI problem?)")?;
+        fs::write(self.dir.join(BENCH_STAMP_FILE), BENCH_REQUIREMENTS).context("writing the bench venv stamp")?;
+        Ok(())
+    }
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("could not start {:?}", cmd.get_program()))?;
     if !status.success() {

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the benchmark suite of `bench/` (see bench/README.md),
 //! in a release build, with the local stack tools it starts (moto, DynamoDB
-//! Local) installed first. Arguments are passed on: `cargo xtask bench --smoke`.
+//! Local) and its peer (Powertools for AWS Lambda, Python) installed first. Arguments are passed on: `cargo xtask bench --smoke`.
 
 use anyhow::Result;
 
@@ -9,7 +9,9 @@ use crate::venv::Venv;
 
 pub fn run(args: &[&str]) -> Result<()> {
     let root = workspace_root();
-    Venv::at(&root).ensure()?;
+    let venv = Venv::at(&root);
+    venv.ensure()?;
+    venv.ensure_bench_peer()?;
     crate::dynamodb_local::Install::at(&root).ensure()?;
     let command: Vec<&str> =
         ["run", "--release", "-p", "bench", "--"].into_iter().chain(args.iter().copied()).collect();
