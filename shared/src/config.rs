@@ -150,6 +150,10 @@ pub struct Config {
     /// `FAIL_ON_ALL_FAILED` (default false): fail the invocation instead of
     /// returning every record as failed.
     pub fail_on_all_failed: bool,
+    /// `COMMIT_CONCURRENCY` (default 4, at least 1): transactions of one batch
+    /// of orders committed at once
+    /// ([`DynamoStore::with_commit_concurrency`](crate::state::dynamo::DynamoStore::with_commit_concurrency)).
+    pub commit_concurrency: usize,
 }
 
 /// Default source of SQS idempotency keys: the order event's own id, so a
@@ -197,6 +201,18 @@ impl Config {
                 DEFAULT_DEADLINE_MARGIN.as_millis() as u64,
             )?),
             fail_on_all_failed: flag("FAIL_ON_ALL_FAILED")?,
+            commit_concurrency: match number(
+                "COMMIT_CONCURRENCY",
+                crate::state::dynamo::DEFAULT_COMMIT_CONCURRENCY as u64,
+            )? {
+                0 => {
+                    return Err(ConfigError::Invalid {
+                        name: "COMMIT_CONCURRENCY",
+                        problem: "must be at least 1".into(),
+                    });
+                }
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
         })
     }
 }

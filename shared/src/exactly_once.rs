@@ -235,6 +235,7 @@ pub struct ExactlyOnce {
     marker_ttl: Duration,
     markers: bool,
     capacity: crate::telemetry::CapacityMeter,
+    concurrency: usize,
 }
 
 /// Builds a write that commits with the last transaction of a batch from
@@ -271,7 +272,27 @@ impl ExactlyOnce {
             marker_ttl: MARKER_TTL,
             markers: true,
             capacity: Default::default(),
+            concurrency: 1,
         }
+    }
+
+    /// Commits up to `n` of a batch's transactions at once (default 1: one
+    /// after another, stopping at the first that fails). Above one, a
+    /// transaction waits for every earlier one that touches one of its
+    /// items, and fails (for retry) if one of those failed, so effects on
+    /// any one item keep record order; transactions that share no item go
+    /// on whatever happens to the others, and may commit in any order. The
+    /// final write of [`commit_with_final`](Self::commit_with_final) rides in
+    /// the last transaction, sent once all the others committed.
+    ///
+    /// Only for batches without an order across items: a standard queue, or
+    /// FIFO batches that fit in one transaction (Lambda's FIFO batches hold
+    /// at most 10 messages). With more than one transaction per FIFO group
+    /// or stream shard, keep 1: the engine's contract (never apply a record
+    /// after an earlier failure of its group or shard) needs it.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
     }
 
     /// Keeps markers this long (`IDEMPOTENCY_TTL_SECONDS`).
@@ -333,7 +354,7 @@ impl ExactlyOnce {
         last: Option<&FinalWrite<'_>>,
         deadline: Option<SystemTime>,
     ) -> Result<Vec<Result<Outcome, CommitError>>, FinalWriteError> {
-        let mut results: Vec<Option<Result<Outcome, CommitError>>> = vec![None; units.len()];
+        let mut results: Vec<Decided> = vec![None; units.len()];
         if self.markers {
             let keyed: Vec<(usize, (&str, Option<&str>))> = units
                 .iter()
@@ -377,6 +398,19 @@ impl ExactlyOnce {
         if plan.is_empty() && last.is_some() {
             plan.push(Vec::new()); // The final write alone.
         }
+        if self.concurrency > 1 && plan.len() > 1 {
+            let final_members = if last.is_some() { plan.pop() } else { None };
+            let shapes: HashMap<usize, UnitShape> = live.iter().map(|&i| (i, shape(&units[i]))).collect();
+            let failed = self.commit_concurrently(units, plan, &shapes, &mut results, deadline).await;
+            if let Some(members) = final_members {
+                if let Some(e) = failed {
+                    // The final write must never commit without every unit.
+                    return Err(FinalWriteError::Commit(e));
+                }
+                self.commit_one(units, &members, &mut results[..], last, deadline).await?;
+            }
+            return Ok(finish(results));
+        }
         let transactions = plan.len();
         let mut stopped: Option<CommitError> = None;
         for (t, members) in plan.into_iter().enumerate() {
@@ -390,7 +424,7 @@ impl ExactlyOnce {
                 continue;
             }
             let with_last = if t + 1 == transactions { last } else { None };
-            if let Err(e) = self.commit_one(units, &members, &mut results, with_last, deadline).await {
+            if let Err(e) = self.commit_one(units, &members, &mut results[..], with_last, deadline).await {
                 if last.is_some() {
                     return Err(e);
                 }
@@ -406,7 +440,96 @@ impl ExactlyOnce {
                 stopped = Some(e);
             }
         }
-        Ok(results.into_iter().map(|r| r.unwrap_or(Err(CommitError::Transient("not committed".into())))).collect())
+        Ok(finish(results))
+    }
+
+    /// Commits `plan`'s transactions up to [`concurrency`](Self::concurrency)
+    /// at once, each after the earlier ones that share an item with it.
+    /// Returns the first error, if any transaction failed.
+    async fn commit_concurrently(
+        &self,
+        units: &[UnitOfWork],
+        plan: Vec<Vec<usize>>,
+        shapes: &HashMap<usize, UnitShape>,
+        results: &mut [Decided],
+        deadline: Option<SystemTime>,
+    ) -> Option<CommitError> {
+        use futures::StreamExt;
+        // Each transaction's earlier transactions on the same items.
+        let mut last_on: HashMap<&str, usize> = HashMap::new();
+        let mut after: Vec<Vec<usize>> = Vec::with_capacity(plan.len());
+        for (t, members) in plan.iter().enumerate() {
+            let mut deps: Vec<usize> = Vec::new();
+            for item in members.iter().flat_map(|i| shapes[i].items.iter()) {
+                if let Some(&d) = last_on.get(item.as_str())
+                    && !deps.contains(&d)
+                {
+                    deps.push(d);
+                }
+                last_on.insert(item, t);
+            }
+            after.push(deps);
+        }
+        // None: not finished; Some(ok).
+        let mut done: Vec<Option<bool>> = vec![None; plan.len()];
+        let mut started = vec![false; plan.len()];
+        let mut first_error: Option<CommitError> = None;
+        let mut fatal = false;
+        let mut running = futures::stream::FuturesUnordered::new();
+        loop {
+            for t in 0..plan.len() {
+                if started[t] || running.len() >= self.concurrency {
+                    continue;
+                }
+                if fatal || after[t].iter().any(|d| done[*d] == Some(false)) {
+                    started[t] = true;
+                    done[t] = Some(false);
+                    let e = match &first_error {
+                        Some(CommitError::Fatal(m)) if fatal => CommitError::Fatal(m.clone()),
+                        _ => CommitError::Transient("an earlier transaction on one of its items failed".into()),
+                    };
+                    for &i in &plan[t] {
+                        if results[i].is_none() {
+                            results[i] = Some(Err(e.clone()));
+                        }
+                    }
+                    continue;
+                }
+                if after[t].iter().all(|d| done[*d] == Some(true)) {
+                    started[t] = true;
+                    let members = &plan[t];
+                    running.push(async move {
+                        let mut own = Own { members, slots: vec![None; members.len()] };
+                        let result = self.commit_one(units, members, &mut own, None, deadline).await;
+                        (t, result, own.slots)
+                    });
+                }
+            }
+            let Some((t, result, slots)) = running.next().await else { break };
+            for (&i, slot) in plan[t].iter().zip(slots) {
+                if slot.is_some() {
+                    results[i] = slot;
+                }
+            }
+            match result {
+                Ok(()) => done[t] = Some(true),
+                Err(e) => {
+                    done[t] = Some(false);
+                    let e = match e {
+                        FinalWriteError::Commit(e) => e,
+                        FinalWriteError::Conflict => unreachable!("no final write"),
+                    };
+                    for &i in &plan[t] {
+                        if results[i].is_none() {
+                            results[i] = Some(Err(e.clone()));
+                        }
+                    }
+                    fatal |= matches!(e, CommitError::Fatal(_));
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error
     }
 
     fn has_marker(&self, unit: &UnitOfWork) -> bool {
@@ -420,7 +543,7 @@ impl ExactlyOnce {
         &self,
         units: &[UnitOfWork],
         members: &[usize],
-        results: &mut [Option<Result<Outcome, CommitError>>],
+        results: &mut (impl Results + ?Sized),
         last: Option<&FinalWrite<'_>>,
         deadline: Option<SystemTime>,
     ) -> Result<(), FinalWriteError> {
@@ -434,7 +557,7 @@ impl ExactlyOnce {
             let mut actions = Vec::new();
             let mut slots = Vec::new();
             for &i in members {
-                if results[i].is_some() {
+                if results.get(i).is_some() {
                     continue;
                 }
                 if marker[&i] {
@@ -453,7 +576,7 @@ impl ExactlyOnce {
                 // counted, every other unit as already decided (or applied,
                 // in an earlier transaction of the batch).
                 let tentative: Vec<Outcome> = (0..units.len())
-                    .map(|i| match &results[i] {
+                    .map(|i| match results.get(i) {
                         Some(Ok(o)) => *o,
                         _ => counted.get(&i).copied().unwrap_or(units[i].outcome),
                     })
@@ -467,8 +590,8 @@ impl ExactlyOnce {
             match transact(&self.client, &self.idempotency_table, actions, &self.capacity).await {
                 Ok(None) => {
                     for &i in members {
-                        if results[i].is_none() {
-                            results[i] = Some(Ok(counted[&i]));
+                        if results.get(i).is_none() {
+                            results.set(i, Ok(counted[&i]));
                         }
                     }
                     return Ok(());
@@ -487,10 +610,10 @@ impl ExactlyOnce {
                                     item.as_ref().and_then(|it| it.get("validation")).and_then(|v| v.as_s().ok());
                                 let reused =
                                     matches!((stored, units[i].fingerprint.as_deref()), (Some(a), Some(b)) if a != b);
-                                results[i] = Some(Ok(if reused { Outcome::KeyReused } else { Outcome::Duplicate }));
+                                results.set(i, Ok(if reused { Outcome::KeyReused } else { Outcome::Duplicate }));
                             }
                             Slot::Write(i, w) => {
-                                if results[i].is_some() {
+                                if results.get(i).is_some() {
                                     // Its marker failed too: the marker decides.
                                     continue;
                                 }
@@ -505,12 +628,12 @@ impl ExactlyOnce {
                                             if verdict == Verdict::Stale { Outcome::Stale } else { Outcome::Duplicate };
                                         counted.insert(i, outcome);
                                         if !marker[&i] {
-                                            results[i] = Some(Ok(outcome));
+                                            results.set(i, Ok(outcome));
                                         }
                                     }
                                     Verdict::Reject(reason) => {
                                         retry_needed = false;
-                                        results[i] = Some(Err(CommitError::Permanent(reason)));
+                                        results.set(i, Err(CommitError::Permanent(reason)));
                                     }
                                     Verdict::Retry => {}
                                 }
@@ -519,7 +642,7 @@ impl ExactlyOnce {
                     }
                     // A unit decided above sends nothing more.
                     for &i in members {
-                        if results[i].is_some() {
+                        if results.get(i).is_some() {
                             marker.insert(i, false);
                             writes.insert(i, false);
                         }
@@ -545,6 +668,52 @@ impl ExactlyOnce {
         let key = unit.key.as_deref().unwrap_or_default();
         marker_put(&self.idempotency_table, key, unit.fingerprint.as_deref(), self.marker_ttl, now)
             .map_err(|e| CommitError::Permanent(e.to_string()))
+    }
+}
+
+/// One unit's result, once decided.
+type Decided = Option<Result<Outcome, CommitError>>;
+
+/// Every unit's result: undecided ones are reported for retry.
+fn finish(results: Vec<Decided>) -> Vec<Result<Outcome, CommitError>> {
+    results.into_iter().map(|r| r.unwrap_or(Err(CommitError::Transient("not committed".into())))).collect()
+}
+
+/// Where a transaction records its units' results: the batch's own
+/// (indexed by unit), or, for a transaction committed beside others, its
+/// members' alone ([`Own`]).
+trait Results {
+    fn get(&self, unit: usize) -> &Decided;
+    fn set(&mut self, unit: usize, result: Result<Outcome, CommitError>);
+}
+
+impl Results for [Decided] {
+    fn get(&self, unit: usize) -> &Decided {
+        &self[unit]
+    }
+
+    fn set(&mut self, unit: usize, result: Result<Outcome, CommitError>) {
+        self[unit] = Some(result);
+    }
+}
+
+/// The results of one transaction's members (in ascending unit order).
+struct Own<'m> {
+    members: &'m [usize],
+    slots: Vec<Decided>,
+}
+
+static UNDECIDED: Decided = None;
+
+impl Results for Own<'_> {
+    fn get(&self, unit: usize) -> &Decided {
+        self.members.binary_search(&unit).map_or(&UNDECIDED, |k| &self.slots[k])
+    }
+
+    fn set(&mut self, unit: usize, result: Result<Outcome, CommitError>) {
+        if let Ok(k) = self.members.binary_search(&unit) {
+            self.slots[k] = Some(result);
+        }
     }
 }
 

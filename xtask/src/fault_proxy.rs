@@ -34,6 +34,9 @@ pub enum Fault {
     ServerError,
     /// Forward the request, but answer only after this delay.
     Slow(Duration),
+    /// Hold the request this long before forwarding it: it reaches the
+    /// upstream late (requests sent after it can overtake it).
+    Late(Duration),
     /// Close the connection without answering.
     Drop,
 }
@@ -68,6 +71,8 @@ pub struct Stats {
     pub server_errors: u64,
     pub slowed: u64,
     pub dropped: u64,
+    /// Requests held before forwarding ([`Fault::Late`]).
+    pub late: u64,
 }
 
 struct State {
@@ -236,6 +241,10 @@ async fn handle(
         Some(Fault::Drop) => {
             bump(|s| s.dropped += 1);
             return Err(Box::new(DropConnection));
+        }
+        Some(Fault::Late(delay)) => {
+            bump(|s| s.late += 1);
+            tokio::time::sleep(delay).await;
         }
         Some(Fault::Slow(_)) | None => {}
     }

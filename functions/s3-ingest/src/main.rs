@@ -22,7 +22,8 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         config.idempotency_table.clone(),
     )
     .with_marker_ttl(config.idempotency_ttl)
-    .with_capacity_meter(telemetry.capacity.clone());
+    .with_capacity_meter(telemetry.capacity.clone())
+    .with_commit_concurrency(config.commit_concurrency);
     let objects = S3Source::new(s3_client(&sdk));
     let handoff = match &config.ingest_queue_url {
         Some(url) => Handoff::Queue { client: sqs_client(&sdk), queue_url: url.clone() },

@@ -21,7 +21,8 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         config.idempotency_table.clone(),
     )
     .with_marker_ttl(config.idempotency_ttl)
-    .with_capacity_meter(telemetry.capacity.clone());
+    .with_capacity_meter(telemetry.capacity.clone())
+    .with_commit_concurrency(config.commit_concurrency);
     serve("stream-aggregator", &telemetry, |payload: RawBatch, context| {
         let (store, config) = (&store, &config);
         async move {

@@ -46,7 +46,12 @@ pub struct DynamoStore {
     idempotency_table: String,
     marker_ttl: Duration,
     capacity: crate::telemetry::CapacityMeter,
+    commit_concurrency: usize,
 }
+
+/// Transactions of one batch of orders committed at once by default
+/// ([`DynamoStore::with_commit_concurrency`], `COMMIT_CONCURRENCY`).
+pub const DEFAULT_COMMIT_CONCURRENCY: usize = 4;
 
 impl DynamoStore {
     /// A commit failure as a store error of the same class.
@@ -61,7 +66,14 @@ impl DynamoStore {
 
     /// A store over the state table and the idempotency table (for markers).
     pub fn new(client: Client, state_table: String, idempotency_table: String) -> Self {
-        Self { client, state_table, idempotency_table, marker_ttl: MARKER_TTL, capacity: Default::default() }
+        Self {
+            client,
+            state_table,
+            idempotency_table,
+            marker_ttl: MARKER_TTL,
+            capacity: Default::default(),
+            commit_concurrency: DEFAULT_COMMIT_CONCURRENCY,
+        }
     }
 
     /// Sums the capacity DynamoDB reports consuming into `meter`.
@@ -97,6 +109,19 @@ impl DynamoStore {
         ExactlyOnce::new(self.client.clone(), self.idempotency_table.clone())
             .with_marker_ttl(self.marker_ttl)
             .with_capacity_meter(self.capacity.clone())
+            .concurrency(self.commit_concurrency)
+    }
+
+    /// Commits up to `n` transactions of a batch of orders at once (default
+    /// [`DEFAULT_COMMIT_CONCURRENCY`]; see [`ExactlyOnce::concurrency`]).
+    /// Safe for orders: an order's events are combined into one action per
+    /// batch, so transactions share only what the plan orders (an item
+    /// touched again waits for the earlier transaction), the apply rule makes
+    /// the stored state independent of the order of arrival, and a FIFO batch
+    /// (at most 10 messages, 2 actions each) is one transaction.
+    pub fn with_commit_concurrency(mut self, n: usize) -> Self {
+        self.commit_concurrency = n.max(1);
+        self
     }
 
     /// The apply rule as a conditional update of the order; a failed
