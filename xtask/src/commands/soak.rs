@@ -383,10 +383,17 @@ pub async fn run(options: Options) -> Result<()> {
         Fault::Slow(Duration::from_millis(300)),
         Fault::Slow(Duration::from_millis(2500)),
     ];
-    let proxy =
-        FaultProxy::start(&stack.dynamodb_endpoint, Target::DynamoDb, Plan::Rate { rate: FAULT_RATE, faults, seed })
-            .await
-            .context("starting the fault proxy")?;
+    // moto's transactions are not isolated from each other (see
+    // `FaultProxy::serializing`): with overlapping invocations its DynamoDB
+    // gets one request at a time. DynamoDB Local needs none.
+    let serializer = match engine {
+        Engine::Moto if concurrency > 1 => Some(FaultProxy::serializing(&stack.dynamodb_endpoint).await?),
+        _ => None,
+    };
+    let upstream = serializer.as_ref().map_or_else(|| stack.dynamodb_endpoint.clone(), FaultProxy::endpoint);
+    let proxy = FaultProxy::start(&upstream, Target::DynamoDb, Plan::Rate { rate: FAULT_RATE, faults, seed })
+        .await
+        .context("starting the fault proxy")?;
     stack.function_dynamodb_endpoint = Some(proxy.endpoint());
     stack.function_concurrency = concurrency;
     stack.start_lambda().await?;
