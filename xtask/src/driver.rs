@@ -101,6 +101,10 @@ pub struct InvocationReport {
     pub function_error: Option<String>,
     /// A stream batch given up on and sent to the on-failure queue.
     pub sent_to_on_failure: bool,
+    /// SQS messages received before (`ApproximateReceiveCount` above 1):
+    /// retries, and messages whose visibility timeout ended while another
+    /// delivery still held them (with concurrent pollers).
+    pub redelivered: usize,
 }
 
 /// The driver: one poller per mapping.
@@ -391,12 +395,22 @@ impl<'a> Driver<'a> {
         } else {
             poller.stats.item_failures += failed.len() as u64;
         }
+        let redelivered = messages
+            .iter()
+            .filter(|m| {
+                m.attributes()
+                    .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse::<u64>().ok())
+                    .is_some_and(|c| c > 1)
+            })
+            .count();
         progress(&InvocationReport {
             mapping: poller.label.clone(),
             records: messages.len(),
             item_failures: if function_error.is_some() { 0 } else { failed.len() },
             function_error,
             sent_to_on_failure: false,
+            redelivered,
         });
         Ok(())
     }
@@ -588,6 +602,7 @@ impl<'a> Driver<'a> {
             item_failures: 0,
             function_error: function_error.clone(),
             sent_to_on_failure: false,
+            redelivered: 0,
         };
         let state = poller.shards.get_mut(shard).expect("inserted above");
         match retry_from {
