@@ -1,12 +1,14 @@
 //! Dev tooling for the stream processor: the local AWS stack (moto server for
 //! S3 and SQS, DynamoDB Local for DynamoDB, `cargo lambda watch`), the event
 //! source mapping driver, and the commands behind
-//! `cargo xtask demo | stack | test | volume`.
+//! `cargo xtask demo | stack | test | volume | soak`, and the Cloudflare side
+//! ([`cloudflare`]: the Worker's tools, build, and workerd runs).
 //!
 //! The library is what the integration tests use: [`stack::Stack`] starts an
 //! isolated stack on free ports, [`driver::Driver`] plays the event source
 //! mappings, [`report`] reads the pipeline's results back through the AWS API.
 
+pub mod cloudflare;
 pub mod commands;
 pub mod driver;
 pub mod dynamodb_local;

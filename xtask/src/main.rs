@@ -12,7 +12,9 @@ fn usage() -> &'static str {
 commands:
   bench [FLAGS]        release benchmarks: one table, target/bench/report.json and chart.svg
                        (FLAGS: --smoke, --runs N, --skip-emulator, ...; see bench/README.md)
-  demo                 run the whole pipeline locally and check the invariant
+  demo [--cloudflare]  run the whole pipeline locally and check the invariant (--cloudflare:
+                       the Worker under workerd: Queues, R2, D1; no account needed)
+  build-worker         build the Cloudflare Worker into target/cf-worker/ (wrangler.jsonc's main)
   stack [--no-driver]  start the local stack for `cargo lambda invoke`, until Ctrl-C
   test                 formatting, lints, builds, all tests, infra checks (what CI runs)
   soak [--minutes N] [--concurrency N] [--seed S]
@@ -53,6 +55,7 @@ struct Flags {
     minutes: f64,
     concurrency: usize,
     seed: Option<u64>,
+    cloudflare: bool,
 }
 
 fn flags(args: &[&str], allowed: &[&str]) -> Result<Flags> {
@@ -64,6 +67,7 @@ fn flags(args: &[&str], allowed: &[&str]) -> Result<Flags> {
         minutes: 2.0,
         concurrency: 4,
         seed: None,
+        cloudflare: false,
     };
     let mut it = args.iter();
     while let Some(&arg) = it.next() {
@@ -74,6 +78,7 @@ fn flags(args: &[&str], allowed: &[&str]) -> Result<Flags> {
         match arg {
             "--dynamodb" => flags.engine = Engine::parse(value()?)?,
             "--no-driver" => flags.no_driver = true,
+            "--cloudflare" => flags.cloudflare = true,
             "--lines" => flags.lines = value()?.parse().context("--lines")?,
             "--messages" => flags.messages = value()?.parse().context("--messages")?,
             "--minutes" => {
@@ -101,8 +106,16 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["test"] => commands::test::run(),
         ["bench", rest @ ..] => commands::bench::run(rest),
-        ["demo", rest @ ..] => flags(rest, commands::flags_of("demo"))
-            .and_then(|f| runtime()?.block_on(interruptible(commands::demo::run(f.engine), false))),
+        ["demo", rest @ ..] => flags(rest, commands::flags_of("demo")).and_then(|f| {
+            if f.cloudflare {
+                commands::demo::run_cloudflare()
+            } else {
+                runtime()?.block_on(interruptible(commands::demo::run(f.engine), false))
+            }
+        }),
+        ["build-worker"] => xtask::cloudflare::Tools::ensure(&xtask::stack::workspace_root())
+            .and_then(|tools| tools.build())
+            .map(|size| println!("{}/pkg/index_bg.wasm: {size} bytes", xtask::cloudflare::OUT_DIR)),
         ["stack", rest @ ..] => flags(rest, commands::flags_of("stack"))
             .and_then(|f| runtime()?.block_on(interruptible(commands::stack::run(!f.no_driver, f.engine), true))),
         ["soak", rest @ ..] => flags(rest, commands::flags_of("soak")).and_then(|f| {

@@ -49,24 +49,15 @@ pub fn check_tree(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether the wasm32 standard library is installed for this toolchain.
-fn wasm_target_installed() -> bool {
-    let Ok(out) = Command::new("rustc").args(["--print", "target-libdir", "--target", WASM_TARGET]).output() else {
-        return false;
-    };
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    out.status.success() && std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some())
-}
-
 /// Builds the core for wasm32, adding the target with rustup when it is
 /// missing. Where neither is possible (no rustup, or its server out of
 /// reach) the step says so loudly and names the command, rather than
 /// failing the other checks.
 pub fn check_wasm(root: &Path) -> Result<()> {
-    if !wasm_target_installed() {
+    if !crate::cloudflare::wasm_target_installed() {
         println!("    the {WASM_TARGET} standard library is not installed: rustup target add {WASM_TARGET}");
         let added = Command::new("rustup").args(["target", "add", WASM_TARGET]).status();
-        if !matches!(added, Ok(s) if s.success()) || !wasm_target_installed() {
+        if !matches!(added, Ok(s) if s.success()) || !crate::cloudflare::wasm_target_installed() {
             println!(
                 "    NOT CHECKED: {CORE} was not built for {WASM_TARGET}: the target could not be installed \
                  (run `rustup target add {WASM_TARGET}`, then `cargo build -p {CORE} --target {WASM_TARGET}`)"

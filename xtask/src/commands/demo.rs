@@ -1,12 +1,14 @@
 //! `cargo xtask demo`: the whole pipeline locally, start to finish.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rust_decimal::Decimal;
 
 use super::{elapsed, header};
 use crate::driver::{Driver, InvocationReport};
-use crate::report::{money, table};
+use crate::report::{StateSnapshot, TotalsRow, money, table};
 use crate::scenario::{self, FIFO_QUEUE, STANDARD_QUEUE};
 use crate::stack::Stack;
 
@@ -101,31 +103,12 @@ async fn scenario_run(stack: &Stack, start: Instant) -> Result<()> {
         verdict.dead_letters.iter().map(|(q, n)| format!("{q} {n}")).collect::<Vec<_>>().join(", "),
         verdict.stream_failures
     );
+    let fixture = expected_totals_problems(snap)?;
     header("invariant: customer totals == sum of each customer's non-CANCELLED orders");
-    let expected = snap.expected_totals();
-    let stored: std::collections::BTreeMap<&str, &crate::report::TotalsRow> =
-        snap.totals.iter().map(|t| (t.customer_id.as_str(), t)).collect();
-    let describe_totals = |t: Option<&crate::report::TotalsRow>| {
-        t.map_or_else(|| "-".to_owned(), |t| format!("{} order(s), {}", t.order_count, money(&t.totals)))
-    };
-    print!(
-        "{}",
-        table(
-            &["customer", "stored totals", "from the orders"],
-            expected
-                .iter()
-                .map(|(customer, row)| {
-                    vec![
-                        customer.clone(),
-                        describe_totals(stored.get(customer.as_str()).copied()),
-                        describe_totals(Some(row)),
-                    ]
-                })
-                .collect()
-        )
-    );
+    print!("{}", invariant_table(snap));
     println!("  finished in {}", elapsed(start));
-    if verdict.holds() {
+    report_fixture(&fixture);
+    if verdict.holds() && fixture.is_empty() {
         println!("\nINVARIANT HOLDS: every record is accounted for and the totals match the orders.");
         Ok(())
     } else {
@@ -133,6 +116,160 @@ async fn scenario_run(stack: &Stack, start: Instant) -> Result<()> {
             println!("  VIOLATION: {p}");
         }
         bail!("the invariant does not hold ({} problem(s))", verdict.problems.len())
+    }
+}
+
+/// Each customer's stored totals beside the ones its orders give.
+fn invariant_table(snap: &StateSnapshot) -> String {
+    let expected = snap.expected_totals();
+    let stored: BTreeMap<&str, &TotalsRow> = snap.totals.iter().map(|t| (t.customer_id.as_str(), t)).collect();
+    let describe_totals = |t: Option<&TotalsRow>| {
+        t.map_or_else(|| "-".to_owned(), |t| format!("{} order(s), {}", t.order_count, money(&t.totals)))
+    };
+    table(
+        &["customer", "stored totals", "from the orders"],
+        expected
+            .iter()
+            .map(|(customer, row)| {
+                vec![
+                    customer.clone(),
+                    describe_totals(stored.get(customer.as_str()).copied()),
+                    describe_totals(Some(row)),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// The totals the demo's inputs give by DESIGN's rules, whatever the
+/// platform: `xtask/demo/expected-totals.json`. Both demos end with them.
+const EXPECTED_TOTALS: &str = include_str!("../../demo/expected-totals.json");
+
+/// Where the stored totals differ from [`EXPECTED_TOTALS`] (empty: they match).
+pub(crate) fn expected_totals_problems(snap: &StateSnapshot) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Expected {
+        order_count: u64,
+        totals: BTreeMap<String, Decimal>,
+    }
+    let expected: BTreeMap<String, Expected> =
+        serde_json::from_str(EXPECTED_TOTALS).context("reading xtask/demo/expected-totals.json")?;
+    let normal = |m: &BTreeMap<String, Decimal>| -> BTreeMap<String, Decimal> {
+        m.iter().filter(|(_, v)| !v.is_zero()).map(|(c, v)| (c.clone(), v.normalize())).collect()
+    };
+    let stored: BTreeMap<&str, &TotalsRow> = snap.totals.iter().map(|t| (t.customer_id.as_str(), t)).collect();
+    let mut problems = Vec::new();
+    for (customer, want) in &expected {
+        match stored.get(customer.as_str()) {
+            Some(got) if got.order_count == want.order_count && normal(&got.totals) == normal(&want.totals) => {}
+            Some(got) => problems.push(format!(
+                "customer {customer}: {} order(s), {}; the demo's inputs give {} order(s), {}",
+                got.order_count,
+                money(&got.totals),
+                want.order_count,
+                money(&want.totals)
+            )),
+            None => problems.push(format!("customer {customer}: no totals stored")),
+        }
+    }
+    for customer in stored.keys().filter(|c| !expected.contains_key(**c)) {
+        problems.push(format!("customer {customer}: totals stored, none expected from the demo's inputs"));
+    }
+    Ok(problems)
+}
+
+fn report_fixture(problems: &[String]) {
+    if problems.is_empty() {
+        println!("  the totals are the ones the demo's inputs give (xtask/demo/expected-totals.json)");
+    }
+    for p in problems {
+        println!("  VIOLATION: {p}");
+    }
+}
+
+/// `cargo xtask demo --cloudflare`: the same inputs through the Worker under
+/// workerd, the same tables, invariant and totals.
+pub fn run_cloudflare() -> Result<()> {
+    let start = Instant::now();
+    let root = crate::stack::workspace_root();
+    header("installing the Cloudflare tools where missing (wasm32 std, wasm-bindgen, Node 22, wrangler/miniflare)");
+    let tools = crate::cloudflare::Tools::ensure(&root)?;
+    header("building the Worker (cargo build --target wasm32-unknown-unknown, wasm-bindgen)");
+    let size = tools.build()?;
+    println!("  {}/pkg/index_bg.wasm: {size} bytes ({})", crate::cloudflare::OUT_DIR, elapsed(start));
+    header(
+        "starting the Worker under workerd (miniflare, infra/cloudflare/wrangler.jsonc), loading events/data/ into R2 \
+         with the notifications R2 would send, sending the order events, draining",
+    );
+    let out = tools.node_output(&["local/demo.mjs"])?;
+    let run: crate::cloudflare::DemoRun =
+        serde_json::from_str(out.trim()).context("reading local/demo.mjs's result")?;
+    let snap = run.snapshot()?;
+    header("orders (D1)");
+    print!("{}", snap.orders_table());
+    header("customer totals (D1)");
+    print!("{}", snap.totals_table());
+    header("objects (D1 manifests)");
+    print!("{}", snap.manifests_table());
+    header("quarantined records (D1)");
+    print!("{}", snap.quarantine_table());
+    header("accounting (from the Worker's invocation summaries)");
+    print!(
+        "{}",
+        table(
+            &["queue", "applied", "stale", "duplicate", "quarantined", "ignored", "retried"],
+            run.summaries
+                .iter()
+                .map(|(q, a)| {
+                    vec![
+                        q.clone(),
+                        a.applied.to_string(),
+                        a.stale.to_string(),
+                        a.duplicate.to_string(),
+                        a.quarantined.to_string(),
+                        a.ignored.to_string(),
+                        a.failed.to_string(),
+                    ]
+                })
+                .collect()
+        )
+    );
+    let mut problems = snap.invariant_violations();
+    let orders = run.summaries.get("orders-events").copied().unwrap_or_default();
+    let settled = orders.applied + orders.stale + orders.duplicate + orders.quarantined;
+    if settled != run.sent {
+        problems.push(format!("the Worker accounted for {settled} order message(s), {} were sent", run.sent));
+    }
+    for object in &run.objects {
+        let done = snap.manifests.iter().find(|m| m.object.ends_with(&format!("/{object}")));
+        match done {
+            Some(m) if m.status == "COMPLETED" && m.lines == m.accepted + m.rejected + m.stale + m.duplicates => {}
+            Some(m) => problems
+                .push(format!("object {object}: manifest {} with counters that do not cover its lines", m.status)),
+            None => problems.push(format!("object {object}: no manifest")),
+        }
+    }
+    let fixture = expected_totals_problems(&snap)?;
+    header("invariant: customer totals == sum of each customer's non-CANCELLED orders");
+    print!("{}", invariant_table(&snap));
+    println!(
+        "  {} order message(s) and {} object(s) in {:.1}s under workerd; {} idempotency marker(s) in D1",
+        run.sent,
+        run.objects.len(),
+        run.elapsed_ms as f64 / 1000.0,
+        run.markers
+    );
+    println!("  finished in {}", elapsed(start));
+    report_fixture(&fixture);
+    for p in &problems {
+        println!("  VIOLATION: {p}");
+    }
+    if problems.is_empty() && fixture.is_empty() {
+        println!("\nINVARIANT HOLDS: every record is accounted for and the totals match the orders.");
+        Ok(())
+    } else {
+        bail!("the invariant does not hold ({} problem(s))", problems.len() + fixture.len())
     }
 }
 

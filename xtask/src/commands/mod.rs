@@ -19,7 +19,7 @@ use crate::venv::Venv;
 /// The flags each stack command takes (`main.rs` parses them; the README's
 /// commands are checked against them).
 pub const FLAGS: &[(&str, &[&str])] = &[
-    ("demo", &["--dynamodb"]),
+    ("demo", &["--dynamodb", "--cloudflare"]),
     ("stack", &["--dynamodb", "--no-driver"]),
     ("volume", &["--dynamodb", "--lines", "--messages"]),
     ("soak", &["--dynamodb", "--minutes", "--concurrency", "--seed"]),
@@ -119,7 +119,7 @@ mod tests {
             let words = &words[start + 1..];
             match words {
                 ["xtask", sub, rest @ ..] => {
-                    let known = ["bench", "demo", "stack", "test", "volume", "soak", "help"];
+                    let known = ["bench", "build-worker", "demo", "stack", "test", "volume", "soak", "help"];
                     assert!(known.contains(sub), "README: {command}: no xtask command {sub}");
                     if *sub != "bench" {
                         for flag in rest.iter().filter(|w| w.starts_with("--")) {

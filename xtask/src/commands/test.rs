@@ -23,10 +23,13 @@ enum Action {
     CoreTree,
     CoreWasm,
     Docs,
+    /// The Worker's tools, build (wasm32, wasm-bindgen, wrangler's bundle),
+    /// and its tests under workerd.
+    Cloudflare,
 }
 
 /// The steps, in order.
-const STEPS: [(&str, Action); 10] = [
+const STEPS: [(&str, Action); 11] = [
     ("install the local stack tools (.venv, .dynamodb-local)", Action::Install),
     ("formatting (cargo fmt --check)", Action::Cargo(&["fmt", "--all", "--", "--check"])),
     (
@@ -46,6 +49,10 @@ const STEPS: [(&str, Action); 10] = [
         Action::Cargo(&["xtask", "soak", "--minutes", "2", "--concurrency", "4", "--seed", "1"]),
     ),
     ("infra checks", Action::Infra),
+    (
+        "Cloudflare Worker: tools, build, wrangler's bundle, tests under workerd (node --test infra/cloudflare/test)",
+        Action::Cloudflare,
+    ),
 ];
 
 pub fn run() -> Result<()> {
@@ -85,5 +92,26 @@ fn run_step(root: &Path, action: &Action) -> Result<()> {
         Action::CoreTree => crate::portable::check_tree(root),
         Action::CoreWasm => crate::portable::check_wasm(root),
         Action::Docs => crate::portable::check_docs(root),
+        Action::Cloudflare => {
+            let tools = crate::cloudflare::Tools::ensure(root)?;
+            // The workspace's clippy sees only the platform-neutral part (the
+            // Workers glue is wasm32-only).
+            super::cargo_with_venv(
+                root,
+                &[
+                    "clippy",
+                    "-p",
+                    crate::cloudflare::WORKER,
+                    "--target",
+                    crate::portable::WASM_TARGET,
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
+            let size = tools.build()?;
+            println!("    {}/pkg/index_bg.wasm: {size} bytes", crate::cloudflare::OUT_DIR);
+            tools.node_status(&["--test", "--test-reporter=spec", "test/worker.test.mjs"])
+        }
     }
 }

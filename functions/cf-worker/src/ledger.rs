@@ -1,0 +1,658 @@
+//! What a batch (or an object's chunk) does to D1, decided in memory.
+//!
+//! A [`Ledger`] is loaded with the rows the records touch (orders, customer
+//! totals, idempotency markers, the object's manifest), then decides each
+//! record in order with the core's rules ([`order::apply`],
+//! [`order::totals_delta`], [`CustomerTotals::checked_add`]), so a later
+//! record of the batch sees the earlier ones' effects. [`Ledger::statements`]
+//! turns the result into one D1 batch: every write guarded by what was read,
+//! so the batch aborts as a whole if anything changed in between.
+//!
+//! Schema: `infra/cloudflare/migrations/`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use shared_core::key::Keys;
+use shared_core::order::{self, ApplyOutcome, Currency, CustomerTotals, Order, OrderEvent, OrderStatus};
+
+/// Prefix of the idempotency keys of order events: the Lambda functions' default.
+pub const KEY_PREFIX: &str = "orders";
+
+/// The idempotency key and fingerprint of an order event from a queue: the
+/// core's `/eventId` body key and the fingerprint of the validated event, as
+/// `sqs-consumer` computes them.
+pub fn marker_of(event: &OrderEvent) -> (String, String) {
+    (Keys::new(KEY_PREFIX).body_string("/eventId", &event.event_id), order::fingerprint(event))
+}
+
+/// A value bound to a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    /// TEXT.
+    Text(String),
+    /// INTEGER.
+    Int(i64),
+    /// NULL.
+    Null,
+}
+
+/// One SQL statement and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The SQL, with `?` placeholders.
+    pub sql: String,
+    /// The parameters, in order.
+    pub params: Vec<Param>,
+}
+
+impl Statement {
+    fn new(sql: impl Into<String>, params: Vec<Param>) -> Self {
+        Self { sql: sql.into(), params }
+    }
+}
+
+fn text(s: impl Into<String>) -> Param {
+    Param::Text(s.into())
+}
+
+/// Fails the batch it is in when the statement before it changed no row:
+/// `write_guard.ok` is `NOT NULL`, so inserting a NULL aborts the batch (D1
+/// rolls back every statement of a batch when one fails).
+const GUARD: &str = "INSERT INTO write_guard (ok) SELECT NULL WHERE changes() = 0";
+
+/// The most parameters one D1 statement takes.
+const MAX_PARAMS: usize = 100;
+
+/// `SELECT`s of the rows with these ids, at most [`MAX_PARAMS`] ids each.
+pub fn select_in(columns: &str, table: &str, id: &str, ids: &BTreeSet<String>) -> Vec<Statement> {
+    let ids: Vec<&String> = ids.iter().collect();
+    ids.chunks(MAX_PARAMS)
+        .map(|chunk| {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            Statement::new(
+                format!("SELECT {columns} FROM {table} WHERE {id} IN ({marks})"),
+                chunk.iter().map(|s| text(s.as_str())).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Columns of [`OrderRecord`].
+pub const ORDER_COLUMNS: &str = "order_id, customer_id, status, amount, currency, occurred_at, last_event_id, version";
+/// Columns of [`TotalsRecord`].
+pub const TOTALS_COLUMNS: &str = "customer_id, order_count, totals, version";
+/// Columns of [`MarkerRecord`].
+pub const MARKER_COLUMNS: &str = "key, fingerprint";
+/// Columns of [`ManifestRecord`].
+pub const MANIFEST_COLUMNS: &str = "bucket, key, revision, status, reason, next_line, next_byte, lines, accepted, rejected, stale, duplicates, version";
+
+/// A row of `orders`, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    /// `orderId`.
+    pub order_id: String,
+    /// `customerId` of the latest event.
+    pub customer_id: String,
+    /// `status` of the latest event.
+    pub status: String,
+    /// `amount`, exact decimal text.
+    pub amount: String,
+    /// `currency`.
+    pub currency: String,
+    /// `occurredAt`, RFC 3339 UTC.
+    pub occurred_at: String,
+    /// The latest event's id.
+    pub last_event_id: String,
+    /// Events applied; the write guard.
+    pub version: i64,
+}
+
+impl OrderRecord {
+    /// The stored order; an error names what does not read back (rows are
+    /// not validated input).
+    pub fn to_order(&self) -> Result<Order, String> {
+        let status: OrderStatus = serde_json::from_value(serde_json::Value::String(self.status.clone()))
+            .map_err(|_| format!("status {:?} is not an order status", self.status))?;
+        let amount: Decimal =
+            self.amount.parse().map_err(|_| format!("amount {:?} is not an exact decimal", self.amount))?;
+        let currency =
+            Currency::parse(&self.currency).ok_or_else(|| format!("currency {:?} is not ISO 4217", self.currency))?;
+        let occurred_at = order::parse_timestamp(&self.occurred_at)
+            .ok_or_else(|| format!("occurred_at {:?} is not an RFC 3339 timestamp", self.occurred_at))?;
+        let version = u64::try_from(self.version).map_err(|_| format!("version {} is negative", self.version))?;
+        Ok(Order {
+            order_id: self.order_id.clone(),
+            customer_id: self.customer_id.clone(),
+            status,
+            amount,
+            currency,
+            occurred_at,
+            last_event_id: self.last_event_id.clone(),
+            version,
+        })
+    }
+}
+
+/// A row of `customer_totals`, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotalsRecord {
+    /// `customerId`.
+    pub customer_id: String,
+    /// Orders that count.
+    pub order_count: i64,
+    /// Per-currency sums: a JSON object of exact decimal strings.
+    pub totals: String,
+    /// Writes so far; the write guard.
+    pub version: i64,
+}
+
+impl TotalsRecord {
+    /// The stored totals; an error names what does not read back.
+    pub fn to_totals(&self) -> Result<CustomerTotals, String> {
+        let totals: BTreeMap<Currency, Decimal> = serde_json::from_str(&self.totals)
+            .map_err(|e| format!("totals {:?} do not read back: {e}", order::truncate(&self.totals, 80)))?;
+        Ok(CustomerTotals { order_count: self.order_count, totals })
+    }
+}
+
+/// A row of `idempotency`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerRecord {
+    /// The idempotency key.
+    pub key: String,
+    /// The fingerprint of the event that took it.
+    pub fingerprint: String,
+}
+
+/// A row of `manifests`: one object revision's progress and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    /// The bucket.
+    pub bucket: String,
+    /// The object key.
+    pub key: String,
+    /// The eTag of the revision.
+    pub revision: String,
+    /// `IN_PROGRESS`, `COMPLETED`, `FAILED` (cannot be read) or `REJECTED`
+    /// (not a format we ingest).
+    pub status: String,
+    /// Why it failed or was rejected.
+    pub reason: Option<String>,
+    /// The checkpoint: the next physical line to read (1-based).
+    pub next_line: i64,
+    /// The checkpoint: the decoded byte offset of that line.
+    pub next_byte: i64,
+    /// Record lines read (blank lines and a CSV header are not records).
+    pub lines: i64,
+    /// Lines whose event was applied.
+    pub accepted: i64,
+    /// Lines quarantined.
+    pub rejected: i64,
+    /// Lines older than their order's stored event.
+    pub stale: i64,
+    /// Lines whose event was already applied.
+    pub duplicates: i64,
+    /// Writes so far; the write guard.
+    pub version: i64,
+}
+
+impl ManifestRecord {
+    /// A new manifest, nothing read yet.
+    pub fn new(bucket: &str, key: &str, revision: &str) -> Self {
+        Self {
+            bucket: bucket.into(),
+            key: key.into(),
+            revision: revision.into(),
+            status: "IN_PROGRESS".into(),
+            next_line: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Whether nothing is left to do for this revision.
+    pub fn is_final(&self) -> bool {
+        self.status != "IN_PROGRESS"
+    }
+}
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// It changed its order (and its customers' totals).
+    Applied,
+    /// Its order already holds a newer event.
+    Stale,
+    /// It was already applied (same key and fingerprint, or its order holds it).
+    Duplicate,
+    /// It can never be applied; the reason names why.
+    Rejected(String),
+}
+
+impl Decision {
+    /// The outcome's name in summaries and markers.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Applied => "APPLIED",
+            Self::Stale => "STALE",
+            Self::Duplicate => "DUPLICATE",
+            Self::Rejected(_) => "QUARANTINED",
+        }
+    }
+}
+
+/// A quarantined record: where it came from, its id there, why, and the raw
+/// record (truncated to [`MAX_RAW_BYTES`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// `queue/<queue>` or `r2/<bucket>/<key>`.
+    pub source: String,
+    /// The message id, or `line-<n>`.
+    pub record_id: String,
+    /// The reason.
+    pub reason: String,
+    /// The raw record.
+    pub raw: String,
+}
+
+/// Largest raw record kept in quarantine (as in the Lambda functions).
+pub const MAX_RAW_BYTES: usize = 8 * 1024;
+
+impl Quarantined {
+    /// A quarantined record, `raw` truncated on a character boundary.
+    pub fn new(source: &str, record_id: &str, reason: &str, raw: &str) -> Self {
+        Self {
+            source: source.into(),
+            record_id: record_id.into(),
+            reason: reason.into(),
+            raw: order::truncate(raw, MAX_RAW_BYTES).into(),
+        }
+    }
+}
+
+/// A row as read, or absent, or present but unreadable (the reason).
+#[derive(Debug, Clone)]
+enum Slot<T> {
+    Absent,
+    Present(T),
+    Unreadable(String),
+}
+
+/// The batch's view of the rows it touches and what it changes.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    orders: HashMap<String, Slot<Order>>,
+    /// Version of each order row as read (`None`: absent).
+    order_read: HashMap<String, Option<i64>>,
+    totals: HashMap<String, Slot<CustomerTotals>>,
+    totals_read: HashMap<String, Option<i64>>,
+    markers: HashMap<String, String>,
+    dirty_orders: BTreeSet<String>,
+    dirty_totals: BTreeSet<String>,
+    new_markers: Vec<(String, String, &'static str)>,
+    quarantine: Vec<Quarantined>,
+    manifest: Option<(ManifestRecord, Option<i64>)>,
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records which orders were asked for and the rows found: an id asked
+    /// for and not found is absent.
+    pub fn load_orders(&mut self, asked: &BTreeSet<String>, rows: Vec<OrderRecord>) {
+        for id in asked {
+            self.orders.entry(id.clone()).or_insert(Slot::Absent);
+            self.order_read.entry(id.clone()).or_insert(None);
+        }
+        for row in rows {
+            let slot = match row.to_order() {
+                Ok(o) => Slot::Present(o),
+                Err(e) => Slot::Unreadable(e),
+            };
+            self.order_read.insert(row.order_id.clone(), Some(row.version));
+            self.orders.insert(row.order_id, slot);
+        }
+    }
+
+    /// Customers whose totals a change of the loaded orders may touch and
+    /// that are not loaded yet: an order can move between customers.
+    pub fn customers_to_load(&self, events: &BTreeSet<String>) -> BTreeSet<String> {
+        let stored = self.orders.values().filter_map(|s| match s {
+            Slot::Present(o) => Some(o.customer_id.clone()),
+            _ => None,
+        });
+        events.iter().cloned().chain(stored).filter(|c| !self.totals.contains_key(c)).collect()
+    }
+
+    /// Records which customers were asked for and the rows found.
+    pub fn load_totals(&mut self, asked: &BTreeSet<String>, rows: Vec<TotalsRecord>) {
+        for id in asked {
+            self.totals.entry(id.clone()).or_insert(Slot::Absent);
+            self.totals_read.entry(id.clone()).or_insert(None);
+        }
+        for row in rows {
+            let slot = match row.to_totals() {
+                Ok(t) => Slot::Present(t),
+                Err(e) => Slot::Unreadable(e),
+            };
+            self.totals_read.insert(row.customer_id.clone(), Some(row.version));
+            self.totals.insert(row.customer_id, slot);
+        }
+    }
+
+    /// Records the markers found.
+    pub fn load_markers(&mut self, rows: Vec<MarkerRecord>) {
+        self.markers.extend(rows.into_iter().map(|m| (m.key, m.fingerprint)));
+    }
+
+    /// Records the object's manifest as read (`None`: no manifest yet).
+    pub fn load_manifest(&mut self, read: Option<ManifestRecord>, bucket: &str, key: &str, revision: &str) {
+        self.manifest = Some(match read {
+            Some(m) => {
+                let version = m.version;
+                (m, Some(version))
+            }
+            None => (ManifestRecord::new(bucket, key, revision), None),
+        });
+    }
+
+    /// The manifest as this ledger will write it.
+    pub fn manifest_mut(&mut self) -> Option<&mut ManifestRecord> {
+        self.manifest.as_mut().map(|(m, _)| m)
+    }
+
+    /// Quarantines a record with its reason.
+    pub fn quarantine(&mut self, record: Quarantined) {
+        self.quarantine.push(record);
+    }
+
+    /// Decides one event, with its idempotency marker when it has one (queue
+    /// messages do; object lines are keyed by the apply rule alone).
+    pub fn decide(&mut self, event: &OrderEvent, marker: Option<(String, String)>) -> Decision {
+        if let Some((key, fingerprint)) = &marker
+            && let Some(stored) = self.markers.get(key)
+        {
+            return if stored == fingerprint {
+                Decision::Duplicate
+            } else {
+                Decision::Rejected(format!("idempotency key {key} was already used with a different payload"))
+            };
+        }
+        let current = match self.orders.get(&event.order_id) {
+            Some(Slot::Present(o)) => Some(o.clone()),
+            Some(Slot::Unreadable(e)) => {
+                return Decision::Rejected(format!("stored order {} does not read back: {e}", event.order_id));
+            }
+            Some(Slot::Absent) | None => None,
+        };
+        let decision = match order::apply(current.as_ref(), event) {
+            ApplyOutcome::Stale => Decision::Stale,
+            ApplyOutcome::Duplicate => Decision::Duplicate,
+            ApplyOutcome::Applied(new) => {
+                let deltas = match order::totals_delta(current.as_ref(), Some(&new)) {
+                    Ok(d) => d,
+                    Err(e) => return Decision::Rejected(format!("the order's contribution: {e}")),
+                };
+                let mut updated = Vec::with_capacity(deltas.len());
+                for (customer, delta) in deltas {
+                    let mut totals = match self.totals.get(&customer) {
+                        Some(Slot::Present(t)) => t.clone(),
+                        Some(Slot::Unreadable(e)) => {
+                            return Decision::Rejected(format!(
+                                "stored totals of customer {customer} do not read back: {e}"
+                            ));
+                        }
+                        Some(Slot::Absent) | None => CustomerTotals::default(),
+                    };
+                    if let Err(e) = totals.checked_add(&delta) {
+                        return Decision::Rejected(format!("customer {customer}'s totals: {e}"));
+                    }
+                    updated.push((customer, totals));
+                }
+                for (customer, totals) in updated {
+                    self.totals.insert(customer.clone(), Slot::Present(totals));
+                    self.dirty_totals.insert(customer);
+                }
+                self.dirty_orders.insert(new.order_id.clone());
+                self.orders.insert(new.order_id.clone(), Slot::Present(new));
+                Decision::Applied
+            }
+        };
+        if let Some((key, fingerprint)) = marker {
+            self.markers.insert(key.clone(), fingerprint.clone());
+            self.new_markers.push((key, fingerprint, decision.name()));
+        }
+        decision
+    }
+
+    /// The D1 batch that commits everything decided, `now` (RFC 3339) as
+    /// the time of markers and quarantine rows. Each write is guarded by
+    /// what was read: a concurrent change makes the batch fail as a whole.
+    pub fn statements(&self, now: &str) -> Vec<Statement> {
+        let mut out = Vec::new();
+        for id in &self.dirty_orders {
+            let Some(Slot::Present(o)) = self.orders.get(id) else { continue };
+            let values = vec![
+                text(&o.customer_id),
+                text(o.status.as_str()),
+                text(o.amount.to_string()),
+                text(o.currency.as_str()),
+                text(order::format_timestamp(&o.occurred_at)),
+                text(&o.last_event_id),
+                Param::Int(i64::try_from(o.version).unwrap_or(i64::MAX)),
+            ];
+            match self.order_read.get(id).copied().flatten() {
+                None => {
+                    let mut params = vec![text(id)];
+                    params.extend(values);
+                    out.push(Statement::new(
+                        "INSERT INTO orders (order_id, customer_id, status, amount, currency, occurred_at, last_event_id, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        params,
+                    ));
+                }
+                Some(read) => {
+                    let mut params = values;
+                    params.extend([text(id), Param::Int(read)]);
+                    out.push(Statement::new(
+                        "UPDATE orders SET customer_id = ?, status = ?, amount = ?, currency = ?, occurred_at = ?, last_event_id = ?, version = ? WHERE order_id = ? AND version = ?",
+                        params,
+                    ));
+                    out.push(Statement::new(GUARD, vec![]));
+                }
+            }
+        }
+        for customer in &self.dirty_totals {
+            let Some(Slot::Present(t)) = self.totals.get(customer) else { continue };
+            let sums = serde_json::to_string(&t.totals).unwrap_or_else(|_| "{}".into());
+            match self.totals_read.get(customer).copied().flatten() {
+                None => out.push(Statement::new(
+                    "INSERT INTO customer_totals (customer_id, order_count, totals, version) VALUES (?, ?, ?, 1)",
+                    vec![text(customer), Param::Int(t.order_count), text(sums)],
+                )),
+                Some(read) => {
+                    out.push(Statement::new(
+                        "UPDATE customer_totals SET order_count = ?, totals = ?, version = version + 1 WHERE customer_id = ? AND version = ?",
+                        vec![Param::Int(t.order_count), text(sums), text(customer), Param::Int(read)],
+                    ));
+                    out.push(Statement::new(GUARD, vec![]));
+                }
+            }
+        }
+        for (key, fingerprint, outcome) in &self.new_markers {
+            out.push(Statement::new(
+                "INSERT INTO idempotency (key, fingerprint, outcome, recorded_at) VALUES (?, ?, ?, ?)",
+                vec![text(key), text(fingerprint), text(*outcome), text(now)],
+            ));
+        }
+        for q in &self.quarantine {
+            out.push(Statement::new(
+                "INSERT OR IGNORE INTO quarantine (source, record_id, reason, raw, quarantined_at) VALUES (?, ?, ?, ?, ?)",
+                vec![text(&q.source), text(&q.record_id), text(&q.reason), text(&q.raw), text(now)],
+            ));
+        }
+        if let Some((m, read)) = &self.manifest {
+            let counters = vec![
+                text(&m.status),
+                m.reason.clone().map_or(Param::Null, Param::Text),
+                Param::Int(m.next_line),
+                Param::Int(m.next_byte),
+                Param::Int(m.lines),
+                Param::Int(m.accepted),
+                Param::Int(m.rejected),
+                Param::Int(m.stale),
+                Param::Int(m.duplicates),
+                text(now),
+            ];
+            match read {
+                None => {
+                    let mut params = vec![text(&m.bucket), text(&m.key), text(&m.revision)];
+                    params.extend(counters);
+                    out.push(Statement::new(
+                        "INSERT INTO manifests (bucket, key, revision, status, reason, next_line, next_byte, lines, accepted, rejected, stale, duplicates, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                        params,
+                    ));
+                }
+                Some(read) => {
+                    let mut params = counters;
+                    params.extend([text(&m.bucket), text(&m.key), text(&m.revision), Param::Int(*read)]);
+                    out.push(Statement::new(
+                        "UPDATE manifests SET status = ?, reason = ?, next_line = ?, next_byte = ?, lines = ?, accepted = ?, rejected = ?, stale = ?, duplicates = ?, updated_at = ?, version = version + 1 WHERE bucket = ? AND key = ? AND revision = ? AND version = ?",
+                        params,
+                    ));
+                    out.push(Statement::new(GUARD, vec![]));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_core::order::parse_order_event;
+
+    fn event(id: &str, order: &str, customer: &str, status: &str, amount: &str, at: &str) -> OrderEvent {
+        parse_order_event(&format!(
+            r#"{{"eventId":"{id}","orderId":"{order}","customerId":"{customer}","status":"{status}","amount":"{amount}","currency":"EUR","occurredAt":"{at}"}}"#
+        ))
+        .unwrap()
+    }
+
+    fn loaded(orders: Vec<OrderRecord>, totals: Vec<TotalsRecord>, events: &[&OrderEvent]) -> Ledger {
+        let mut ledger = Ledger::new();
+        let ids = events.iter().map(|e| e.order_id.clone()).collect();
+        ledger.load_orders(&ids, orders);
+        let customers = ledger.customers_to_load(&events.iter().map(|e| e.customer_id.clone()).collect());
+        ledger.load_totals(&customers, totals);
+        ledger
+    }
+
+    #[test]
+    fn a_new_order_inserts_the_order_the_totals_and_the_marker_unguarded() {
+        let e = event("e1", "o1", "c1", "PLACED", "10.50", "2026-11-01T10:00:00Z");
+        let mut ledger = loaded(vec![], vec![], &[&e]);
+        assert_eq!(ledger.decide(&e, Some(marker_of(&e))), Decision::Applied);
+        let sql: Vec<String> = ledger.statements("now").into_iter().map(|s| s.sql).collect();
+        assert!(sql[0].starts_with("INSERT INTO orders"), "{sql:?}");
+        assert!(sql[1].starts_with("INSERT INTO customer_totals"), "{sql:?}");
+        assert!(sql[2].starts_with("INSERT INTO idempotency"), "{sql:?}");
+        assert_eq!(sql.len(), 3);
+    }
+
+    #[test]
+    fn an_update_is_guarded_by_the_version_read_and_moves_totals_between_customers() {
+        let stored = OrderRecord {
+            order_id: "o1".into(),
+            customer_id: "c-old".into(),
+            status: "PLACED".into(),
+            amount: "5".into(),
+            currency: "EUR".into(),
+            occurred_at: "2026-11-01T09:00:00Z".into(),
+            last_event_id: "e0".into(),
+            version: 3,
+        };
+        let old_totals =
+            TotalsRecord { customer_id: "c-old".into(), order_count: 1, totals: r#"{"EUR":"5"}"#.into(), version: 7 };
+        let e = event("e1", "o1", "c-new", "PAID", "6.00", "2026-11-01T10:00:00Z");
+        let mut ledger = loaded(vec![stored], vec![old_totals], &[&e]);
+        assert_eq!(ledger.decide(&e, None), Decision::Applied);
+        let statements = ledger.statements("now");
+        let update = &statements[0];
+        assert!(update.sql.starts_with("UPDATE orders"));
+        assert_eq!(update.params.last(), Some(&Param::Int(3)), "guarded by the version read");
+        assert_eq!(statements[1].sql, GUARD);
+        let old =
+            statements.iter().find(|s| s.sql.contains("customer_totals") && s.params.contains(&text("c-old"))).unwrap();
+        assert!(old.sql.starts_with("UPDATE customer_totals"));
+        assert_eq!(old.params[0], Param::Int(0), "the order left c-old");
+        assert_eq!(old.params[1], text("{}"));
+        let new =
+            statements.iter().find(|s| s.sql.contains("customer_totals") && s.params.contains(&text("c-new"))).unwrap();
+        assert!(new.sql.starts_with("INSERT INTO customer_totals"));
+        assert_eq!(new.params[2], text(r#"{"EUR":"6"}"#));
+    }
+
+    #[test]
+    fn later_records_see_earlier_ones_and_markers_tell_duplicates_from_reused_keys() {
+        let placed = event("e1", "o1", "c1", "PLACED", "10", "2026-11-01T10:00:00Z");
+        let older = event("e0", "o1", "c1", "PLACED", "9", "2026-11-01T09:00:00Z");
+        let mut ledger = loaded(vec![], vec![], &[&placed, &older]);
+        assert_eq!(ledger.decide(&placed, Some(marker_of(&placed))), Decision::Applied);
+        assert_eq!(ledger.decide(&older, Some(marker_of(&older))), Decision::Stale);
+        assert_eq!(ledger.decide(&placed, Some(marker_of(&placed))), Decision::Duplicate);
+        let changed = event("e1", "o1", "c1", "PLACED", "11", "2026-11-01T10:00:00Z");
+        match ledger.decide(&changed, Some(marker_of(&changed))) {
+            Decision::Rejected(reason) => assert!(reason.contains("different payload"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let markers = ledger.statements("now").iter().filter(|s| s.sql.starts_with("INSERT INTO idempotency")).count();
+        assert_eq!(markers, 2, "one marker per first sight of a key");
+    }
+
+    #[test]
+    fn unreadable_stored_rows_and_overflowing_totals_reject_the_record_alone() {
+        let bad = OrderRecord {
+            order_id: "o1".into(),
+            customer_id: "c1".into(),
+            status: "PLACED".into(),
+            amount: "1e999".into(),
+            currency: "EUR".into(),
+            occurred_at: "2026-11-01T09:00:00Z".into(),
+            last_event_id: "e0".into(),
+            version: 1,
+        };
+        let full = TotalsRecord {
+            customer_id: "c2".into(),
+            order_count: i64::MAX,
+            totals: r#"{"EUR":"1"}"#.into(),
+            version: 1,
+        };
+        let on_bad = event("e1", "o1", "c1", "PAID", "1", "2026-11-01T10:00:00Z");
+        let on_full = event("e2", "o2", "c2", "PLACED", "1", "2026-11-01T10:00:00Z");
+        let fine = event("e3", "o3", "c3", "PLACED", "1", "2026-11-01T10:00:00Z");
+        let mut ledger = loaded(vec![bad], vec![full], &[&on_bad, &on_full, &fine]);
+        match ledger.decide(&on_bad, None) {
+            Decision::Rejected(r) => assert!(r.contains("amount \"1e999\""), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        match ledger.decide(&on_full, None) {
+            Decision::Rejected(r) => assert!(r.contains("orderCount would overflow"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ledger.decide(&fine, None), Decision::Applied);
+        let statements = ledger.statements("now");
+        assert_eq!(statements.len(), 2, "only o3 and c3: {statements:?}");
+    }
+
+    #[test]
+    fn in_lists_stay_within_the_parameter_limit() {
+        let ids: BTreeSet<String> = (0..250).map(|i| format!("o{i}")).collect();
+        let statements = select_in(ORDER_COLUMNS, "orders", "order_id", &ids);
+        assert_eq!(statements.iter().map(|s| s.params.len()).collect::<Vec<_>>(), vec![100, 100, 50]);
+    }
+}
