@@ -78,7 +78,7 @@ impl Venv {
         let requirements = self.dir.join("xtask-requirements.in");
         fs::write(&requirements, REQUIREMENTS).context("writing the requirements file")?;
         run(Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir", "-r"])
             .arg(&requirements))
         .context("pip install of xtask/requirements.txt failed (network or PyPI problem?)")?;
         for tool in TOOLS {
@@ -110,7 +110,7 @@ impl Venv {
         let requirements = self.dir.join("xtask-bench-requirements.in");
         fs::write(&requirements, BENCH_REQUIREMENTS).context("writing the bench requirements file")?;
         run(Command::new(self.bin().join("python"))
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir", "-r"])
             .arg(&requirements))
         .context("pip install of bench/peer/requirements.txt failed (network or PyPI problem?)")?;
         fs::write(self.dir.join(BENCH_STAMP_FILE), BENCH_REQUIREMENTS).context("writing the bench venv stamp")?;
