@@ -265,6 +265,29 @@ mod tests {
         let real = std::fs::read_to_string(crate::stack::workspace_root().join("Cargo.lock")).unwrap();
         assert!(locked_wasm_bindgen(&real).is_some(), "the workspace locks a wasm-bindgen (cf-worker)");
     }
+
+    #[test]
+    fn d1_rows_read_into_the_reports_snapshot_and_bad_numbers_are_named() {
+        let run = |amount: &str| {
+            format!(
+                r#"{{"sent":1,"objects":[],"elapsedMs":5,"markers":1,"summaries":{{"orders-events":{{"applied":1,"d1_statements":4}}}},
+                "orders":[{{"order_id":"o1","customer_id":"c1","status":"PAID","amount":"{amount}","currency":"EUR","occurred_at":"2026-11-01T10:00:00Z","last_event_id":"e1","version":2}}],
+                "totals":[{{"customer_id":"c1","order_count":1,"totals":"{{\"EUR\":\"2.50\"}}","version":1}}],
+                "manifests":[{{"bucket":"b","key":"k.ndjson","revision":"r","status":"COMPLETED","lines":3,"accepted":2,"rejected":1,"stale":0,"duplicates":0}}],
+                "quarantine":[{{"source":"r2/b/k.ndjson","record_id":"line-2","reason":"eventId: missing"}}]}}"#
+            )
+        };
+        let good: DemoRun = serde_json::from_str(&run("2.5")).unwrap();
+        let snap = good.snapshot().unwrap();
+        assert!(snap.invariant_violations().is_empty(), "{:?}", snap.invariant_violations());
+        assert_eq!(snap.manifests[0].object, "b/k.ndjson");
+        assert_eq!(good.summaries["orders-events"].applied, 1);
+        let off: DemoRun = serde_json::from_str(&run("3")).unwrap();
+        assert_eq!(off.snapshot().unwrap().invariant_violations().len(), 1);
+        let bad: DemoRun = serde_json::from_str(&run("2,5")).unwrap();
+        let err = format!("{:#}", bad.snapshot().unwrap_err());
+        assert!(err.contains("orders.amount of o1"), "{err}");
+    }
 }
 
 /// What `infra/cloudflare/local/demo.mjs` prints: D1's tables and the

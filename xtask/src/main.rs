@@ -22,9 +22,10 @@ commands:
                        DynamoDB faults and SIGKILLed functions, with concurrent deliveries
                        (default 2 minutes, concurrency 4, a seed from the clock); then the
                        invariant and every record's accounting, and a report
-  volume [--lines N] [--messages N]
+  volume [--lines N] [--messages N] [--cloudflare]
                        one object of N lines (default 100000) and N queue messages (default
                        10000) through the local stack: time and the emulators' peak memory
+                       (--cloudflare: through the Worker under workerd: rates, D1 statements)
 
 demo, stack, soak and volume take --dynamodb local|moto: the DynamoDB engine (default: DynamoDB
 Local, which needs Java 17; moto needs no Java but has moto's limits, see the README).
@@ -131,7 +132,11 @@ fn main() -> ExitCode {
             runtime()?.block_on(interruptible(commands::soak::run(options), false))
         }),
         ["volume", rest @ ..] => flags(rest, commands::flags_of("volume")).and_then(|f| {
-            runtime()?.block_on(interruptible(commands::volume::run(f.engine, f.lines, f.messages), false))
+            if f.cloudflare {
+                commands::volume::run_cloudflare(f.lines, f.messages)
+            } else {
+                runtime()?.block_on(interruptible(commands::volume::run(f.engine, f.lines, f.messages), false))
+            }
         }),
         ["help" | "--help" | "-h"] => {
             println!("{}", usage());

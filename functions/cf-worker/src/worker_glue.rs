@@ -68,12 +68,14 @@ impl Settings {
 #[event(queue)]
 async fn consume(batch: MessageBatch<JsValue>, env: Env, _ctx: worker::Context) -> worker::Result<()> {
     let settings = Settings::from_env(&env);
-    let db = env.d1("DB")?;
+    let db = Db::new(env.d1("DB")?);
     let queue = batch.queue();
     let messages: Vec<RawMessage> = batch.raw_iter().collect();
     if queue == settings.ingest_queue {
         for message in &messages {
             ingest(&env, &db, &settings, &queue, message).await;
+            db.statements.set(0);
+            db.round_trips.set(0);
         }
     } else {
         orders(&db, &queue, &messages).await;
@@ -107,13 +109,28 @@ fn prepare(db: &D1Database, s: &Statement) -> worker::Result<D1PreparedStatement
     db.prepare(&s.sql).bind(&params)
 }
 
-/// Runs statements as one D1 batch (one transaction); the results of each.
-async fn run(db: &D1Database, statements: &[Statement]) -> worker::Result<Vec<worker::D1Result>> {
-    if statements.is_empty() {
-        return Ok(Vec::new());
+/// The D1 binding of one invocation, counting what it sends.
+struct Db {
+    db: D1Database,
+    statements: std::cell::Cell<u64>,
+    round_trips: std::cell::Cell<u64>,
+}
+
+impl Db {
+    fn new(db: D1Database) -> Self {
+        Self { db, statements: Default::default(), round_trips: Default::default() }
     }
-    let prepared = statements.iter().map(|s| prepare(db, s)).collect::<worker::Result<Vec<_>>>()?;
-    db.batch(prepared).await
+
+    /// Runs statements as one D1 batch (one transaction); the results of each.
+    async fn run(&self, statements: &[Statement]) -> worker::Result<Vec<worker::D1Result>> {
+        if statements.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared = statements.iter().map(|s| prepare(&self.db, s)).collect::<worker::Result<Vec<_>>>()?;
+        self.statements.set(self.statements.get() + statements.len() as u64);
+        self.round_trips.set(self.round_trips.get() + 1);
+        self.db.batch(prepared).await
+    }
 }
 
 /// A failed guard or a key taken meanwhile: read again and decide again.
@@ -124,12 +141,7 @@ fn is_conflict(e: &worker::Error) -> bool {
 /// Loads the rows the events touch: their orders, markers and customers'
 /// totals in one round trip, and the totals of customers their stored orders
 /// belong to (an order moving between customers) in a second when needed.
-async fn load(
-    db: &D1Database,
-    ledger: &mut Ledger,
-    events: &[&OrderEvent],
-    keys: &BTreeSet<String>,
-) -> worker::Result<()> {
+async fn load(db: &Db, ledger: &mut Ledger, events: &[&OrderEvent], keys: &BTreeSet<String>) -> worker::Result<()> {
     let order_ids: BTreeSet<String> = events.iter().map(|e| e.order_id.clone()).collect();
     let customers: BTreeSet<String> = events.iter().map(|e| e.customer_id.clone()).collect();
     let orders = select_in(ORDER_COLUMNS, "orders", "order_id", &order_ids);
@@ -137,7 +149,7 @@ async fn load(
     let markers = select_in(MARKER_COLUMNS, "idempotency", "key", keys);
     let (n_orders, n_totals) = (orders.len(), totals.len());
     let statements: Vec<Statement> = orders.into_iter().chain(totals).chain(markers).collect();
-    let results = run(db, &statements).await?;
+    let results = db.run(&statements).await?;
     let mut order_rows = Vec::new();
     let mut totals_rows = Vec::new();
     let mut marker_rows = Vec::new();
@@ -156,7 +168,7 @@ async fn load(
     let more = ledger.customers_to_load(&customers);
     if !more.is_empty() {
         let mut rows = Vec::new();
-        for r in run(db, &select_in(TOTALS_COLUMNS, "customer_totals", "customer_id", &more)).await? {
+        for r in db.run(&select_in(TOTALS_COLUMNS, "customer_totals", "customer_id", &more)).await? {
             rows.extend(r.results::<TotalsRecord>()?);
         }
         ledger.load_totals(&more, rows);
@@ -174,6 +186,9 @@ struct Summary {
     ignored: u64,
     /// Reported for retry (transient failures).
     failed: u64,
+    /// D1 statements sent, and the batches (round trips) they went in.
+    d1_statements: u64,
+    d1_round_trips: u64,
 }
 
 impl Summary {
@@ -186,7 +201,9 @@ impl Summary {
         }
     }
 
-    fn log(&self, queue: &str) {
+    fn log(mut self, queue: &str, db: &Db) {
+        self.d1_statements = db.statements.get();
+        self.d1_round_trips = db.round_trips.get();
         let line = serde_json::json!({ "summary": self, "queue": queue });
         console_log!("{line}");
     }
@@ -199,7 +216,7 @@ type Parsed = Result<(OrderEvent, (String, String)), String>;
 /// A batch of order events: decided together, committed in one D1 batch, then
 /// acknowledged; on a transient failure every message is retried (nothing of
 /// the batch was applied).
-async fn orders(db: &D1Database, queue: &str, messages: &[RawMessage]) {
+async fn orders(db: &Db, queue: &str, messages: &[RawMessage]) {
     let source = format!("queue/{queue}");
     let bodies: Vec<String> = messages.iter().map(|m| body_text(&m.body())).collect();
     let parsed: Vec<Parsed> = bodies
@@ -233,10 +250,10 @@ async fn orders(db: &D1Database, queue: &str, messages: &[RawMessage]) {
             }
             summary.count(&decision);
         }
-        match run(db, &ledger.statements(&now())).await {
+        match db.run(&ledger.statements(&now())).await {
             Ok(_) => {
                 messages.iter().for_each(MessageExt::ack);
-                summary.log(queue);
+                summary.log(queue, db);
                 return;
             }
             Err(e) if is_conflict(&e) => {
@@ -250,7 +267,7 @@ async fn orders(db: &D1Database, queue: &str, messages: &[RawMessage]) {
         }
     }
     messages.iter().for_each(MessageExt::retry);
-    Summary { failed: messages.len() as u64, ..Summary::default() }.log(queue);
+    Summary { failed: messages.len() as u64, ..Summary::default() }.log(queue, db);
 }
 
 /// An R2 event notification, as R2 sends it to a queue.
@@ -284,7 +301,7 @@ enum Ended {
     Retry(String),
 }
 
-async fn ingest(env: &Env, db: &D1Database, settings: &Settings, queue: &str, message: &RawMessage) {
+async fn ingest(env: &Env, db: &Db, settings: &Settings, queue: &str, message: &RawMessage) {
     let body = body_text(&message.body());
     let notification: Notification = match serde_json::from_str(&body) {
         Ok(n) => n,
@@ -297,7 +314,7 @@ async fn ingest(env: &Env, db: &D1Database, settings: &Settings, queue: &str, me
             );
             let mut ledger = Ledger::new();
             ledger.quarantine(q);
-            match run(db, &ledger.statements(&now())).await {
+            match db.run(&ledger.statements(&now())).await {
                 Ok(_) => message.ack(),
                 Err(e) => {
                     console_error!("quarantining failed: {e}");
@@ -316,7 +333,11 @@ async fn ingest(env: &Env, db: &D1Database, settings: &Settings, queue: &str, me
     };
     match ended {
         Ended::Done(what) => {
-            console_log!("{}", serde_json::json!({ "object": notification.object.key, "ended": what }));
+            let d1 = (db.statements.get(), db.round_trips.get());
+            console_log!(
+                "{}",
+                serde_json::json!({ "object": notification.object.key, "ended": what, "d1_statements": d1.0, "d1_round_trips": d1.1 })
+            );
             message.ack();
         }
         Ended::HandedOn => {
@@ -330,28 +351,17 @@ async fn ingest(env: &Env, db: &D1Database, settings: &Settings, queue: &str, me
     }
 }
 
-async fn read_manifest(
-    db: &D1Database,
-    bucket: &str,
-    key: &str,
-    revision: &str,
-) -> worker::Result<Option<ManifestRecord>> {
+async fn read_manifest(db: &Db, bucket: &str, key: &str, revision: &str) -> worker::Result<Option<ManifestRecord>> {
     let s = Statement {
         sql: format!("SELECT {MANIFEST_COLUMNS} FROM manifests WHERE bucket = ? AND key = ? AND revision = ?"),
         params: vec![Param::Text(bucket.into()), Param::Text(key.into()), Param::Text(revision.into())],
     };
-    let results = run(db, &[s]).await?;
+    let results = db.run(&[s]).await?;
     Ok(results.first().map(|r| r.results::<ManifestRecord>()).transpose()?.and_then(|mut v| v.pop()))
 }
 
 /// Ends an object that can never be read with a final manifest saying why.
-async fn finish_object(
-    db: &D1Database,
-    mut manifest: ManifestRecord,
-    read: bool,
-    status: &str,
-    reason: String,
-) -> Ended {
+async fn finish_object(db: &Db, mut manifest: ManifestRecord, read: bool, status: &str, reason: String) -> Ended {
     manifest.status = status.into();
     manifest.reason = Some(reason.clone());
     let mut ledger = Ledger::new();
@@ -365,14 +375,14 @@ async fn finish_object(
             m.reason = Some(reason.clone());
         }
     }
-    match run(db, &ledger.statements(&now())).await {
+    match db.run(&ledger.statements(&now())).await {
         Ok(_) => Ended::Done(format!("{status}: {reason}")),
         Err(e) if is_conflict(&e) => Ended::Done("another invocation holds this object".into()),
         Err(e) => Ended::Retry(format!("writing the manifest failed: {e}")),
     }
 }
 
-async fn ingest_object(env: &Env, db: &D1Database, settings: &Settings, n: &Notification) -> Ended {
+async fn ingest_object(env: &Env, db: &Db, settings: &Settings, n: &Notification) -> Ended {
     let started = js_sys::Date::now();
     let key = &n.object.key;
     let bucket = match env.bucket("BUCKET") {
@@ -414,6 +424,22 @@ async fn ingest_object(env: &Env, db: &D1Database, settings: &Settings, n: &Noti
     // Uncompressed NDJSON resumes with a ranged read; CSV (its header) and gzip
     // are read from the start, the committed lines skipped.
     let ranged = layout.format == Format::Ndjson && !layout.gzip && manifest.next_byte > 0;
+    let mut object_run = ObjectRun {
+        db,
+        source: format!("r2/{}/{key}", n.bucket),
+        layout,
+        header: None,
+        read: was_read,
+        pending: Vec::new(),
+    };
+    if ranged && manifest.next_byte as u64 >= head.size() {
+        // Handed on after its last line: nothing left to read (a range from the
+        // end is not satisfiable), only the manifest to complete.
+        return match object_run.commit(&mut manifest, true).await {
+            Ok(()) => Ended::Done(format!("COMPLETED: {} lines", manifest.lines)),
+            Err(ended) => ended,
+        };
+    }
     let mut get = bucket.get(key.as_str());
     if ranged {
         get = get.range(Range::OffsetToEnd { offset: manifest.next_byte as u64 });
@@ -437,14 +463,6 @@ async fn ingest_object(env: &Env, db: &D1Database, settings: &Settings, n: &Noti
         LineSplitter::new(layout.gzip, settings.max_line_bytes, 1, 0)
     };
     let interrupt = settings.interrupt_at_line.filter(|at| manifest.next_line <= *at);
-    let mut object_run = ObjectRun {
-        db,
-        source: format!("r2/{}/{key}", n.bucket),
-        layout,
-        header: None,
-        read: was_read,
-        pending: Vec::new(),
-    };
     let mut chunks = 0;
     let mut finished = false;
     while !finished {
@@ -502,7 +520,7 @@ async fn hand_on(env: &Env, n: &Notification) -> Ended {
 
 /// One object's read in progress.
 struct ObjectRun<'a> {
-    db: &'a D1Database,
+    db: &'a Db,
     source: String,
     layout: Layout,
     header: Option<Result<Vec<String>, String>>,
@@ -614,7 +632,7 @@ impl ObjectRun<'_> {
                     *m = ManifestRecord { version: 0, ..next.clone() };
                 }
             }
-            match run(self.db, &ledger.statements(&now())).await {
+            match self.db.run(&ledger.statements(&now())).await {
                 Ok(_) => {
                     next.version = if self.read { next.version + 1 } else { 1 };
                     self.read = true;

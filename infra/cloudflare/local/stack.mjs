@@ -128,14 +128,9 @@ export class Stack {
       }
       if (!parsed.summary) continue;
       const t = (totals[parsed.queue] ??= { applied: 0, stale: 0, duplicate: 0, quarantined: 0, ignored: 0, failed: 0 });
-      for (const k of Object.keys(t)) t[k] += parsed.summary[k] ?? 0;
+      for (const [k, v] of Object.entries(parsed.summary)) t[k] = (t[k] ?? 0) + v;
     }
     return totals;
-  }
-
-  /// Objects' invocations that ended (COMPLETED, already done, FAILED, ...).
-  objectEndings() {
-    return this.logs.filter((l) => l.startsWith('{"ended"') || l.includes('"ended":'));
   }
 
   /// Waits until `condition()` holds, polling; fails after `timeoutMs`

@@ -21,7 +21,7 @@ use crate::venv::Venv;
 pub const FLAGS: &[(&str, &[&str])] = &[
     ("demo", &["--dynamodb", "--cloudflare"]),
     ("stack", &["--dynamodb", "--no-driver"]),
-    ("volume", &["--dynamodb", "--lines", "--messages"]),
+    ("volume", &["--dynamodb", "--lines", "--messages", "--cloudflare"]),
     ("soak", &["--dynamodb", "--minutes", "--concurrency", "--seed"]),
 ];
 

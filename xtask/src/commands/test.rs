@@ -111,6 +111,21 @@ fn run_step(root: &Path, action: &Action) -> Result<()> {
             )?;
             let size = tools.build()?;
             println!("    {}/pkg/index_bg.wasm: {size} bytes", crate::cloudflare::OUT_DIR);
+            // The deploy path's own migration runner, on a scratch local database.
+            let scratch = root.join(crate::cloudflare::OUT_DIR).join("d1-check");
+            let _ = std::fs::remove_dir_all(&scratch);
+            let wrangler = "node_modules/wrangler/bin/wrangler.js";
+            let scratch = scratch.to_string_lossy().into_owned();
+            tools.node_status(&[
+                wrangler,
+                "d1",
+                "migrations",
+                "apply",
+                "orders-state",
+                "--local",
+                "--persist-to",
+                &scratch,
+            ])?;
             tools.node_status(&["--test", "--test-reporter=spec", "test/worker.test.mjs"])
         }
     }

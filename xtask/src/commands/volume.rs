@@ -395,3 +395,68 @@ async fn query(stack: &Stack, table: &str, pk: &str) -> Result<Vec<HashMap<Strin
         }
     }
 }
+
+/// What `infra/cloudflare/local/volume.mjs` measured.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkerVolume {
+    #[serde(default)]
+    queue_seconds: f64,
+    #[serde(default)]
+    queue_per_second: f64,
+    #[serde(default)]
+    queue_invocations: u64,
+    #[serde(default)]
+    queue_statements_per_event: f64,
+    #[serde(default)]
+    queue_round_trips_per_invocation: f64,
+    #[serde(default)]
+    object_bytes: u64,
+    #[serde(default)]
+    object_seconds: f64,
+    #[serde(default)]
+    object_lines_per_second: f64,
+    #[serde(default)]
+    object_invocations: u64,
+    #[serde(default)]
+    object_statements_per_line: f64,
+}
+
+/// `cargo xtask volume --cloudflare`: the same volumes through the Worker
+/// under workerd (local queue, R2, D1).
+pub fn run_cloudflare(lines: u64, messages: u64) -> Result<()> {
+    let root = crate::stack::workspace_root();
+    super::header("installing the Cloudflare tools where missing and building the Worker");
+    let tools = crate::cloudflare::Tools::ensure(&root)?;
+    let size = tools.build()?;
+    println!("  {}/pkg/index_bg.wasm: {size} bytes", crate::cloudflare::OUT_DIR);
+    super::header(&format!(
+        "{messages} order messages through the local queue, then one object of {lines} lines through R2 (workerd)"
+    ));
+    let out = tools.node_output(&["local/volume.mjs", &messages.to_string(), &lines.to_string()])?;
+    let v: WorkerVolume = serde_json::from_str(out.trim()).context("reading local/volume.mjs's result")?;
+    let mut rows = Vec::new();
+    if messages > 0 {
+        rows.push(vec![
+            format!("{messages} queue messages"),
+            format!("{:.2} s", v.queue_seconds),
+            format!("{:.0} events/s", v.queue_per_second),
+            format!("{}", v.queue_invocations),
+            format!(
+                "{:.2} per event ({:.1} round trips per invocation)",
+                v.queue_statements_per_event, v.queue_round_trips_per_invocation
+            ),
+        ]);
+    }
+    if lines > 0 {
+        rows.push(vec![
+            format!("object of {lines} lines ({} bytes)", v.object_bytes),
+            format!("{:.2} s", v.object_seconds),
+            format!("{:.0} lines/s", v.object_lines_per_second),
+            format!("{}", v.object_invocations),
+            format!("{:.2} per line", v.object_statements_per_line),
+        ]);
+    }
+    print!("{}", table(&["what", "time", "rate", "invocations", "D1 statements"], rows));
+    Ok(())
+}
