@@ -331,21 +331,28 @@ async fn ingest(env: &Env, db: &Db, settings: &Settings, queue: &str, message: &
     } else {
         ingest_object(env, db, settings, &notification).await
     };
+    // One line per invocation of an object, with the D1 work it took.
+    let log = |ended: &str| {
+        let line = serde_json::json!({
+            "object": notification.object.key,
+            "ended": ended,
+            "d1_statements": db.statements.get(),
+            "d1_round_trips": db.round_trips.get(),
+        });
+        console_log!("{line}");
+    };
     match ended {
         Ended::Done(what) => {
-            let d1 = (db.statements.get(), db.round_trips.get());
-            console_log!(
-                "{}",
-                serde_json::json!({ "object": notification.object.key, "ended": what, "d1_statements": d1.0, "d1_round_trips": d1.1 })
-            );
+            log(&what);
             message.ack();
         }
         Ended::HandedOn => {
-            console_log!("{}", serde_json::json!({ "object": notification.object.key, "ended": "handed on" }));
+            log("handed on");
             message.ack();
         }
         Ended::Retry(why) => {
             console_error!("object {}: {why}; the notification will be delivered again", notification.object.key);
+            log("retry");
             message.retry();
         }
     }
