@@ -180,16 +180,24 @@ impl Delivery {
 /// by `sqs_consumer::handle` with the DynamoDB store: as one batch, the same
 /// batch delivered again, and as batches of `small` (the mapping's default 10).
 ///
-/// `scenarios`: (name, batch size, deliveries of the same events).
-pub async fn cost(endpoint: &str, n: u64, scenarios: &[(&str, u64, usize)]) -> anyhow::Result<Vec<Delivery>> {
+/// `scenarios`: (name, batch size, deliveries of the same events, the
+/// store's commit concurrency: `None` for the default, `COMMIT_CONCURRENCY`'s).
+pub async fn cost(
+    endpoint: &str,
+    n: u64,
+    scenarios: &[(&str, u64, usize, Option<usize>)],
+) -> anyhow::Result<Vec<Delivery>> {
     let sdk = sdk_config(endpoint).await;
     let counter = RequestCounter::default();
     let client = shared::config::dynamodb_client(&sdk, &counter);
     let mut out = Vec::new();
-    for &(scenario, batch, deliveries) in scenarios {
+    for &(scenario, batch, deliveries, concurrency) in scenarios {
         let (state, idempotency) = (format!("cost-{scenario}-state"), format!("cost-{scenario}-idempotency"));
         create_tables(&client, &state, &idempotency).await?;
-        let store = DynamoStore::new(client.clone(), state.clone(), idempotency.clone());
+        let mut store = DynamoStore::new(client.clone(), state.clone(), idempotency.clone());
+        if let Some(c) = concurrency {
+            store = store.with_commit_concurrency(c);
+        }
         let config = crate::ingest::config(&state, &idempotency);
         let records = w1_records(scenario, n);
         let batches: Vec<Value> =
@@ -208,11 +216,14 @@ pub async fn cost(endpoint: &str, n: u64, scenarios: &[(&str, u64, usize)]) -> a
                 applied += summary.applied;
                 duplicates += summary.duplicate;
             }
-            let label = match (batches.len(), delivery) {
+            let mut label = match (batches.len(), delivery) {
                 (1, 0) => format!("1 batch of {n}"),
                 (1, _) => format!("1 batch of {n}, delivered again"),
                 (b, _) => format!("{b} batches of {batch}"),
             };
+            if let Some(c) = concurrency {
+                label.push_str(&format!(" at COMMIT_CONCURRENCY={c}"));
+            }
             out.push(Delivery {
                 label,
                 records: n,

@@ -150,7 +150,7 @@ pub struct Config {
     /// `FAIL_ON_ALL_FAILED` (default false): fail the invocation instead of
     /// returning every record as failed.
     pub fail_on_all_failed: bool,
-    /// `COMMIT_CONCURRENCY` (default 4, at least 1): transactions of one batch
+    /// `COMMIT_CONCURRENCY` (default 10, at least 1): transactions of one batch
     /// of orders committed at once
     /// ([`DynamoStore::with_commit_concurrency`](crate::state::dynamo::DynamoStore::with_commit_concurrency)).
     pub commit_concurrency: usize,

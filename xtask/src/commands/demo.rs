@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 
 use super::{elapsed, header};
 use crate::driver::{Driver, InvocationReport};
-use crate::report::{StateSnapshot, TotalsRow, money, table};
+use crate::report::{Accounting, StateSnapshot, TotalsRow, money, table};
 use crate::scenario::{self, FIFO_QUEUE, STANDARD_QUEUE};
 use crate::stack::Stack;
 
@@ -68,36 +68,9 @@ async fn scenario_run(stack: &Stack, start: Instant) -> Result<()> {
 
     let verdict = scenario::verdict(stack, &lambda.log_text(), sent, &objects).await?;
     let snap = &verdict.snapshot;
-    header("orders");
-    print!("{}", snap.orders_table());
-    header("customer totals");
-    print!("{}", snap.totals_table());
-    header("objects");
-    print!("{}", snap.manifests_table());
-    header("quarantined records");
-    print!("{}", snap.quarantine_table());
+    print_state(snap, "");
     header("accounting (from the functions' invocation summaries)");
-    print!(
-        "{}",
-        table(
-            &["function", "applied", "stale", "duplicate", "quarantined", "ignored", "retried"],
-            verdict
-                .accounting
-                .iter()
-                .map(|(f, a)| {
-                    vec![
-                        f.clone(),
-                        a.applied.to_string(),
-                        a.stale.to_string(),
-                        a.duplicate.to_string(),
-                        a.quarantined.to_string(),
-                        a.ignored.to_string(),
-                        a.failed.to_string(),
-                    ]
-                })
-                .collect()
-        )
-    );
+    print!("{}", accounting_table("function", &verdict.accounting));
     println!(
         "  dead-letter queues: {}; failed stream batches: {}",
         verdict.dead_letters.iter().map(|(q, n)| format!("{q} {n}")).collect::<Vec<_>>().join(", "),
@@ -117,6 +90,39 @@ async fn scenario_run(stack: &Stack, start: Instant) -> Result<()> {
         }
         bail!("the invariant does not hold ({} problem(s))", verdict.problems.len())
     }
+}
+
+/// The state's four tables, each under its header (`where_`: after the name).
+fn print_state(snap: &StateSnapshot, where_: &str) {
+    header(&format!("orders{where_}"));
+    print!("{}", snap.orders_table());
+    header(&format!("customer totals{where_}"));
+    print!("{}", snap.totals_table());
+    header(&format!("objects{where_}"));
+    print!("{}", snap.manifests_table());
+    header(&format!("quarantined records{where_}"));
+    print!("{}", snap.quarantine_table());
+}
+
+/// The logged outcomes per function (or queue).
+fn accounting_table(by: &str, accounting: &BTreeMap<String, Accounting>) -> String {
+    table(
+        &[by, "applied", "stale", "duplicate", "quarantined", "ignored", "retried"],
+        accounting
+            .iter()
+            .map(|(f, a)| {
+                vec![
+                    f.clone(),
+                    a.applied.to_string(),
+                    a.stale.to_string(),
+                    a.duplicate.to_string(),
+                    a.quarantined.to_string(),
+                    a.ignored.to_string(),
+                    a.failed.to_string(),
+                ]
+            })
+            .collect(),
+    )
 }
 
 /// Each customer's stored totals beside the ones its orders give.
@@ -206,35 +212,9 @@ pub fn run_cloudflare() -> Result<()> {
     let run: crate::cloudflare::DemoRun =
         serde_json::from_str(out.trim()).context("reading local/demo.mjs's result")?;
     let snap = run.snapshot()?;
-    header("orders (D1)");
-    print!("{}", snap.orders_table());
-    header("customer totals (D1)");
-    print!("{}", snap.totals_table());
-    header("objects (D1 manifests)");
-    print!("{}", snap.manifests_table());
-    header("quarantined records (D1)");
-    print!("{}", snap.quarantine_table());
+    print_state(&snap, " (D1)");
     header("accounting (from the Worker's invocation summaries)");
-    print!(
-        "{}",
-        table(
-            &["queue", "applied", "stale", "duplicate", "quarantined", "ignored", "retried"],
-            run.summaries
-                .iter()
-                .map(|(q, a)| {
-                    vec![
-                        q.clone(),
-                        a.applied.to_string(),
-                        a.stale.to_string(),
-                        a.duplicate.to_string(),
-                        a.quarantined.to_string(),
-                        a.ignored.to_string(),
-                        a.failed.to_string(),
-                    ]
-                })
-                .collect()
-        )
-    );
+    print!("{}", accounting_table("queue", &run.summaries));
     let mut problems = snap.invariant_violations();
     let orders = run.summaries.get("orders-events").copied().unwrap_or_default();
     let settled = orders.applied + orders.stale + orders.duplicate + orders.quarantined;
