@@ -279,6 +279,25 @@ enum Slot<T> {
     Unreadable(String),
 }
 
+/// Fills `slots` and `versions` with the ids `asked` for (absent unless a
+/// row came back) and the rows read: (the value or why it does not read
+/// back, the row's version, its id).
+fn load<T>(
+    slots: &mut HashMap<String, Slot<T>>,
+    versions: &mut HashMap<String, Option<i64>>,
+    asked: &BTreeSet<String>,
+    rows: impl Iterator<Item = (Result<T, String>, i64, String)>,
+) {
+    for id in asked {
+        slots.entry(id.clone()).or_insert(Slot::Absent);
+        versions.entry(id.clone()).or_insert(None);
+    }
+    for (value, version, id) in rows {
+        versions.insert(id.clone(), Some(version));
+        slots.insert(id, value.map_or_else(Slot::Unreadable, Slot::Present));
+    }
+}
+
 /// The batch's view of the rows it touches and what it changes.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -304,18 +323,8 @@ impl Ledger {
     /// Records which orders were asked for and the rows found: an id asked
     /// for and not found is absent.
     pub fn load_orders(&mut self, asked: &BTreeSet<String>, rows: Vec<OrderRecord>) {
-        for id in asked {
-            self.orders.entry(id.clone()).or_insert(Slot::Absent);
-            self.order_read.entry(id.clone()).or_insert(None);
-        }
-        for row in rows {
-            let slot = match row.to_order() {
-                Ok(o) => Slot::Present(o),
-                Err(e) => Slot::Unreadable(e),
-            };
-            self.order_read.insert(row.order_id.clone(), Some(row.version));
-            self.orders.insert(row.order_id, slot);
-        }
+        let rows = rows.into_iter().map(|r| (r.to_order(), r.version, r.order_id));
+        load(&mut self.orders, &mut self.order_read, asked, rows);
     }
 
     /// Customers whose totals a change of the loaded orders may touch and
@@ -330,18 +339,8 @@ impl Ledger {
 
     /// Records which customers were asked for and the rows found.
     pub fn load_totals(&mut self, asked: &BTreeSet<String>, rows: Vec<TotalsRecord>) {
-        for id in asked {
-            self.totals.entry(id.clone()).or_insert(Slot::Absent);
-            self.totals_read.entry(id.clone()).or_insert(None);
-        }
-        for row in rows {
-            let slot = match row.to_totals() {
-                Ok(t) => Slot::Present(t),
-                Err(e) => Slot::Unreadable(e),
-            };
-            self.totals_read.insert(row.customer_id.clone(), Some(row.version));
-            self.totals.insert(row.customer_id, slot);
-        }
+        let rows = rows.into_iter().map(|r| (r.to_totals(), r.version, r.customer_id));
+        load(&mut self.totals, &mut self.totals_read, asked, rows);
     }
 
     /// Records the markers found.
@@ -349,20 +348,11 @@ impl Ledger {
         self.markers.extend(rows.into_iter().map(|m| (m.key, m.fingerprint)));
     }
 
-    /// Records the object's manifest as read (`None`: no manifest yet).
-    pub fn load_manifest(&mut self, read: Option<ManifestRecord>, bucket: &str, key: &str, revision: &str) {
-        self.manifest = Some(match read {
-            Some(m) => {
-                let version = m.version;
-                (m, Some(version))
-            }
-            None => (ManifestRecord::new(bucket, key, revision), None),
-        });
-    }
-
-    /// The manifest as this ledger will write it.
-    pub fn manifest_mut(&mut self) -> Option<&mut ManifestRecord> {
-        self.manifest.as_mut().map(|(m, _)| m)
+    /// The object's manifest to write with the batch: `stored` says whether
+    /// D1 holds it (then its `version` guards the update), else it is inserted.
+    pub fn write_manifest(&mut self, manifest: ManifestRecord, stored: bool) {
+        let read = stored.then_some(manifest.version);
+        self.manifest = Some((manifest, read));
     }
 
     /// Quarantines a record with its reason.

@@ -372,16 +372,7 @@ async fn finish_object(db: &Db, mut manifest: ManifestRecord, read: bool, status
     manifest.status = status.into();
     manifest.reason = Some(reason.clone());
     let mut ledger = Ledger::new();
-    let (bucket, key, revision) = (manifest.bucket.clone(), manifest.key.clone(), manifest.revision.clone());
-    if read {
-        ledger.load_manifest(Some(manifest), &bucket, &key, &revision);
-    } else {
-        ledger.load_manifest(None, &bucket, &key, &revision);
-        if let Some(m) = ledger.manifest_mut() {
-            m.status = status.into();
-            m.reason = Some(reason.clone());
-        }
-    }
+    ledger.write_manifest(manifest, read);
     match db.run(&ledger.statements(&now())).await {
         Ok(_) => Ended::Done(format!("{status}: {reason}")),
         Err(e) if is_conflict(&e) => Ended::Done("another invocation holds this object".into()),
@@ -630,15 +621,7 @@ impl ObjectRun<'_> {
             if last {
                 next.status = "COMPLETED".into();
             }
-            let (bucket, key, revision) = (next.bucket.clone(), next.key.clone(), next.revision.clone());
-            if self.read {
-                ledger.load_manifest(Some(next.clone()), &bucket, &key, &revision);
-            } else {
-                ledger.load_manifest(None, &bucket, &key, &revision);
-                if let Some(m) = ledger.manifest_mut() {
-                    *m = ManifestRecord { version: 0, ..next.clone() };
-                }
-            }
+            ledger.write_manifest(next.clone(), self.read);
             match self.db.run(&ledger.statements(&now())).await {
                 Ok(_) => {
                     next.version = if self.read { next.version + 1 } else { 1 };

@@ -397,28 +397,18 @@ async fn query(stack: &Stack, table: &str, pk: &str) -> Result<Vec<HashMap<Strin
 }
 
 /// What `infra/cloudflare/local/volume.mjs` measured.
-#[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 struct WorkerVolume {
-    #[serde(default)]
     queue_seconds: f64,
-    #[serde(default)]
     queue_per_second: f64,
-    #[serde(default)]
     queue_invocations: u64,
-    #[serde(default)]
     queue_statements_per_event: f64,
-    #[serde(default)]
     queue_round_trips_per_invocation: f64,
-    #[serde(default)]
     object_bytes: u64,
-    #[serde(default)]
     object_seconds: f64,
-    #[serde(default)]
     object_lines_per_second: f64,
-    #[serde(default)]
     object_invocations: u64,
-    #[serde(default)]
     object_statements_per_line: f64,
 }
 
