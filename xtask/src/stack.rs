@@ -703,6 +703,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// SDK configuration for the emulator at `endpoint`.
 pub async fn sdk_config(endpoint: &str, region: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        // The local stack speaks plain HTTP on loopback: no TLS stack needed.
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new(region.to_owned()))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(

@@ -4,6 +4,7 @@
 //! Everything here is pure: no I/O, no clocks. Stores and handlers call these
 //! functions so the rules live in one place and are property-tested.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -182,8 +183,63 @@ struct RawOrderEvent<'a> {
     occurred_at: Option<&'a RawValue>,
 }
 
+/// The fields of an order event of the types they must have: what almost
+/// every event is. Strings are borrowed from the text where they have no
+/// escapes, and the text is read once.
+#[derive(Deserialize)]
+struct TypedOrderEvent<'a> {
+    #[serde(rename = "eventId", borrow)]
+    event_id: Option<Text<'a>>,
+    #[serde(rename = "orderId", borrow)]
+    order_id: Option<Text<'a>>,
+    #[serde(rename = "customerId", borrow)]
+    customer_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    status: Option<Text<'a>>,
+    #[serde(borrow)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow)]
+    currency: Option<Text<'a>>,
+    #[serde(rename = "occurredAt", borrow)]
+    occurred_at: Option<Text<'a>>,
+}
+
+/// A JSON string, borrowed when it has no escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
 /// Parses and validates one order event from JSON text.
 pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
+    // An event whose fields have the types they must have is read in one
+    // pass; anything else (malformed JSON, a field of the wrong type) is
+    // read again, field by field, to name what is wrong. Both give the same
+    // event, or the same first error.
+    // (serde would read a struct from an array too, by position.)
+    let object = json.trim_start().starts_with('{');
+    let Some(typed) = object.then(|| serde_json::from_str::<TypedOrderEvent<'_>>(json).ok()).flatten() else {
+        return parse_field_by_field(json);
+    };
+    Ok(OrderEvent {
+        event_id: check_id("eventId", text("eventId", typed.event_id)?.into_owned())?,
+        order_id: check_id("orderId", text("orderId", typed.order_id)?.into_owned())?,
+        customer_id: check_id("customerId", text("customerId", typed.customer_id)?.into_owned())?,
+        status: status(&text("status", typed.status)?)?,
+        amount: amount_field(typed.amount)?,
+        currency: currency(&text("currency", typed.currency)?)?,
+        occurred_at: occurred_at(&text("occurredAt", typed.occurred_at)?)?,
+    })
+}
+
+fn text<'a>(field: &'static str, value: Option<Text<'a>>) -> Result<Cow<'a, str>, ValidationError> {
+    value.map(|t| t.0).ok_or(ValidationError::Missing { field })
+}
+
+/// [`parse_order_event`] with each field kept raw, so that its error names
+/// the field and the rule.
+fn parse_field_by_field(json: &str) -> Result<OrderEvent, ValidationError> {
+    if json.trim_start().starts_with('[') {
+        return Err(ValidationError::MalformedJson("expected a JSON object".into()));
+    }
     let raw: RawOrderEvent<'_> = serde_json::from_str(json).map_err(|e| {
         if e.is_data() && json.trim_start().starts_with('{') {
             ValidationError::MalformedJson(e.to_string())
@@ -193,40 +249,42 @@ pub fn parse_order_event(json: &str) -> Result<OrderEvent, ValidationError> {
             ValidationError::MalformedJson(e.to_string())
         }
     })?;
-    let event = OrderEvent {
-        event_id: id_field("eventId", raw.event_id)?,
-        order_id: id_field("orderId", raw.order_id)?,
-        customer_id: id_field("customerId", raw.customer_id)?,
-        status: {
-            let s = string_field("status", raw.status)?;
-            OrderStatus::parse(&s).ok_or_else(|| {
-                ValidationError::invalid(
-                    "status",
-                    format!("must be PLACED, PAID, SHIPPED or CANCELLED, got {:?}", truncate(&s, 32)),
-                )
-            })?
-        },
+    Ok(OrderEvent {
+        event_id: check_id("eventId", string_field("eventId", raw.event_id)?)?,
+        order_id: check_id("orderId", string_field("orderId", raw.order_id)?)?,
+        customer_id: check_id("customerId", string_field("customerId", raw.customer_id)?)?,
+        status: status(&string_field("status", raw.status)?)?,
         amount: amount_field(raw.amount)?,
-        currency: {
-            let s = string_field("currency", raw.currency)?;
-            Currency::parse(&s).ok_or_else(|| {
-                ValidationError::invalid(
-                    "currency",
-                    format!("must be an ISO 4217 code (3 upper-case letters), got {:?}", truncate(&s, 32)),
-                )
-            })?
-        },
-        occurred_at: {
-            let s = string_field("occurredAt", raw.occurred_at)?;
-            parse_timestamp(&s).ok_or_else(|| {
-                ValidationError::invalid(
-                    "occurredAt",
-                    format!("must be an RFC 3339 timestamp in the years 0000-9999 UTC, got {:?}", truncate(&s, 40)),
-                )
-            })?
-        },
-    };
-    Ok(event)
+        currency: currency(&string_field("currency", raw.currency)?)?,
+        occurred_at: occurred_at(&string_field("occurredAt", raw.occurred_at)?)?,
+    })
+}
+
+fn status(s: &str) -> Result<OrderStatus, ValidationError> {
+    OrderStatus::parse(s).ok_or_else(|| {
+        ValidationError::invalid(
+            "status",
+            format!("must be PLACED, PAID, SHIPPED or CANCELLED, got {:?}", truncate(s, 32)),
+        )
+    })
+}
+
+fn currency(s: &str) -> Result<Currency, ValidationError> {
+    Currency::parse(s).ok_or_else(|| {
+        ValidationError::invalid(
+            "currency",
+            format!("must be an ISO 4217 code (3 upper-case letters), got {:?}", truncate(s, 32)),
+        )
+    })
+}
+
+fn occurred_at(s: &str) -> Result<DateTime<Utc>, ValidationError> {
+    parse_timestamp(s).ok_or_else(|| {
+        ValidationError::invalid(
+            "occurredAt",
+            format!("must be an RFC 3339 timestamp in the years 0000-9999 UTC, got {:?}", truncate(s, 40)),
+        )
+    })
 }
 
 /// Parses an RFC 3339 timestamp into UTC. The instant must fall in the years
@@ -251,8 +309,7 @@ fn string_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, V
         .map_err(|_| ValidationError::invalid(field, format!("must be a string, got {}", json_kind(raw.get()))))
 }
 
-fn id_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, ValidationError> {
-    let s = string_field(field, raw)?;
+fn check_id(field: &'static str, s: String) -> Result<String, ValidationError> {
     let chars = s.chars().count();
     if chars == 0 {
         return Err(ValidationError::invalid(field, "must not be empty"));
@@ -268,9 +325,9 @@ fn amount_field(raw: Option<&RawValue>) -> Result<Decimal, ValidationError> {
     let raw = raw.filter(|r| r.get() != "null").ok_or(ValidationError::Missing { field: FIELD })?;
     let text = raw.get();
     let number = if text.starts_with('"') {
-        serde_json::from_str::<String>(text).map_err(|e| ValidationError::invalid(FIELD, e.to_string()))?
+        serde_json::from_str::<Text<'_>>(text).map_err(|e| ValidationError::invalid(FIELD, e.to_string()))?.0
     } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        text.to_owned()
+        Cow::Borrowed(text)
     } else {
         return Err(ValidationError::invalid(
             FIELD,

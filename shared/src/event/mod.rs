@@ -16,6 +16,7 @@ pub mod sqs;
 pub mod stream;
 
 use serde::Deserialize;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -64,27 +65,113 @@ pub fn records(payload: &Value) -> Result<&[Value], EventError> {
 /// its own, straight into its typed form: the functions' hot path, without a
 /// `serde_json::Value` tree of the whole batch (which costs more than the
 /// typed parse itself; see the README's performance section).
-#[derive(Debug, Deserialize)]
-#[serde(from = "RawEvent")]
+#[derive(Debug)]
 pub struct RawBatch {
     records: Result<Vec<Box<RawValue>>, EventError>,
 }
 
-/// The wire form: any JSON object; `Records` is checked after.
-#[derive(Deserialize)]
-struct RawEvent {
-    #[serde(rename = "Records", default)]
-    records: Option<Box<RawValue>>,
+/// Reads any JSON object, splitting its `Records` into records in the same
+/// pass over the text; a `Records` that is not an array is kept as the
+/// error [`RawBatch::records`] reports.
+impl<'de> Deserialize<'de> for RawBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(EventVisitor)
+    }
 }
 
-impl From<RawEvent> for RawBatch {
-    fn from(event: RawEvent) -> Self {
-        let records = match event.records {
-            None => Err(EventError::MissingField { what: "event", field: "Records" }),
-            Some(raw) => serde_json::from_str(raw.get())
-                .map_err(|_| EventError::Shape { what: "event", message: "`Records` is not an array".into() }),
-        };
-        Self { records }
+struct EventVisitor;
+
+impl<'de> Visitor<'de> for EventVisitor {
+    type Value = RawBatch;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawBatch, A::Error> {
+        let mut records = None;
+        while let Some(key) = map.next_key::<EventField>()? {
+            match key {
+                EventField::Records if records.is_some() => return Err(de::Error::duplicate_field("Records")),
+                EventField::Records => records = Some(map.next_value::<RecordsField>()?.0),
+                EventField::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        let records = records.unwrap_or(Err(EventError::MissingField { what: "event", field: "Records" }));
+        Ok(RawBatch { records })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier)]
+enum EventField {
+    Records,
+    #[serde(other)]
+    Other,
+}
+
+/// `Records`: an array of raw records, or the error of a value that is not one.
+struct RecordsField(Result<Vec<Box<RawValue>>, EventError>);
+
+impl<'de> Deserialize<'de> for RecordsField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RecordsVisitor)
+    }
+}
+
+struct RecordsVisitor;
+
+impl RecordsVisitor {
+    fn not_an_array() -> RecordsField {
+        RecordsField(Err(EventError::Shape { what: "event", message: "`Records` is not an array".into() }))
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsVisitor {
+    type Value = RecordsField;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RecordsField, A::Error> {
+        let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(record) = seq.next_element::<Box<RawValue>>()? {
+            records.push(record);
+        }
+        Ok(RecordsField(Ok(records)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RecordsField, A::Error> {
+        while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+        Ok(Self::not_an_array())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<RecordsField, E> {
+        Ok(Self::not_an_array())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<RecordsField, E> {
+        Ok(Self::not_an_array())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<RecordsField, E> {
+        Ok(Self::not_an_array())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<RecordsField, E> {
+        Ok(Self::not_an_array())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<RecordsField, E> {
+        Ok(Self::not_an_array())
+    }
+
+    /// `"Records": null` reads as no `Records` at all.
+    fn visit_unit<E: de::Error>(self) -> Result<RecordsField, E> {
+        Ok(RecordsField(Err(EventError::MissingField { what: "event", field: "Records" })))
     }
 }
 
