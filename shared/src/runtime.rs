@@ -29,9 +29,9 @@ pub struct Telemetry {
 /// CA bundle file when neither `SSL_CERT_FILE` nor `SSL_CERT_DIR` is set: the
 /// SDK's HTTPS client then loads the root certificates from that one file
 /// instead of also parsing every file of the certificate directory (which on
-/// Debian holds the same roots again as ~150 files). That is most of a
-/// function's start-up time beyond the runtime's own (see the README's
-/// performance section). A variable the user set is left as it is.
+/// Debian holds the same roots again as ~150 files). They are loaded on the
+/// first connection ([`https_client`](crate::config::https_client)), which
+/// this keeps short. A variable the user set is left as it is.
 pub fn block_on<F>(main: F) -> Result<(), lambda_runtime::Error>
 where
     F: Future<Output = Result<(), lambda_runtime::Error>>,

@@ -57,7 +57,7 @@ pub fn records(payload: &Value) -> Result<&[Value], EventError> {
     match payload.get("Records") {
         Some(Value::Array(records)) => Ok(records),
         Some(_) => Err(EventError::Shape { what: "event", message: "`Records` is not an array".into() }),
-        None => Err(EventError::MissingField { what: "event", field: "Records" }),
+        None => Err(NO_RECORDS),
     }
 }
 
@@ -99,7 +99,7 @@ impl<'de> Visitor<'de> for EventVisitor {
                 }
             }
         }
-        let records = records.unwrap_or(Err(EventError::MissingField { what: "event", field: "Records" }));
+        let records = records.unwrap_or(Err(NO_RECORDS));
         Ok(RawBatch { records })
     }
 }
@@ -111,6 +111,9 @@ enum EventField {
     #[serde(other)]
     Other,
 }
+
+/// The error of an event without `Records` (or with `"Records": null`).
+const NO_RECORDS: EventError = EventError::MissingField { what: "event", field: "Records" };
 
 /// `Records`: an array of raw records, or the error of a value that is not one.
 struct RecordsField(Result<Vec<Box<RawValue>>, EventError>);
@@ -171,7 +174,7 @@ impl<'de> Visitor<'de> for RecordsVisitor {
 
     /// `"Records": null` reads as no `Records` at all.
     fn visit_unit<E: de::Error>(self) -> Result<RecordsField, E> {
-        Ok(RecordsField(Err(EventError::MissingField { what: "event", field: "Records" })))
+        Ok(RecordsField(Err(NO_RECORDS)))
     }
 }
 

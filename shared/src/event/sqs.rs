@@ -12,7 +12,7 @@ use super::{EventError, json_error};
 const WHAT: &str = "SQS message";
 
 /// One SQS message as delivered to Lambda.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     /// `messageId`: the id reported in `batchItemFailures`.
     pub message_id: String,
@@ -27,30 +27,7 @@ pub struct Message {
     /// `eventSourceARN`: the queue's ARN (a FIFO queue's ends in `.fifo`).
     pub(crate) event_source_arn: Option<String>,
     /// The record's JSON text, for [`sqs_message`](Self::sqs_message).
-    pub(crate) raw: Box<RawValue>,
-}
-
-/// Equal when every field is, the record's text included.
-impl PartialEq for Message {
-    fn eq(&self, other: &Self) -> bool {
-        (
-            &self.message_id,
-            &self.body,
-            &self.group_id,
-            &self.deduplication_id,
-            self.receive_count,
-            &self.event_source_arn,
-            self.raw.get(),
-        ) == (
-            &other.message_id,
-            &other.body,
-            &other.group_id,
-            &other.deduplication_id,
-            other.receive_count,
-            &other.event_source_arn,
-            other.raw.get(),
-        )
-    }
+    pub(crate) raw: String,
 }
 
 /// The wire form of the fields read on every message; everything else (the
@@ -114,7 +91,7 @@ impl Message {
             deduplication_id: attributes.deduplication_id,
             receive_count: attributes.receive_count.and_then(|n| n.parse().ok()).unwrap_or(1),
             event_source_arn: wire.event_source_arn,
-            raw: record.to_owned(),
+            raw: text.to_owned(),
         })
     }
 
@@ -123,7 +100,7 @@ impl Message {
     /// from the record's text when asked for: the batch layer reads only
     /// the fields above.
     pub fn sqs_message(&self) -> Result<SqsMessage, EventError> {
-        serde_json::from_str(self.raw.get()).map_err(|e| json_error(WHAT, e))
+        serde_json::from_str(&self.raw).map_err(|e| json_error(WHAT, e))
     }
 
     /// True when the message came from a FIFO queue.
