@@ -219,7 +219,7 @@ pub fn ingest(opts: &Options, report: &mut Report, in_child: bool) -> anyhow::Re
         report.push(
             Row::new("ingest", format!("parse+validate stage, {size}"), stage, "lines/s", Better::Higher)
                 .baseline(plain, "serde_json limit")
-                .target(plain / 2.0, ">= 1/2 limit")
+                .target(0.6 * plain, ">= 60% of limit")
                 .note(format!("{:.0}% of the limit; {lines} lines; one core", 100.0 * stage / plain)),
         );
         report.push(
@@ -604,7 +604,9 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
     // Diagnostics of what bounds the start: sqs-consumer again with the root
     // certificates read from one bundle file instead of the certificate
     // directory, and with none at all (SSL_CERT_FILE is read by
-    // rustls-native-certs, which the SDK's default HTTPS client loads at start).
+    // rustls-native-certs). shared::config::https_client loads the roots on the
+    // first connection, so all three should start alike; a gap here means the
+    // roots moved back into the init phase.
     let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
     let diagnostics: Vec<(&str, &str)> =
         [("one CA bundle file", bundle.to_str().unwrap_or("")), ("no CA certificates", "/dev/null")]
@@ -676,7 +678,7 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
                 Better::Lower,
             )
             .baseline(echo_next, "echo")
-            .target(2.0 * echo_next, "<= 2x echo")
+            .target(1.5 * echo_next, "<= 1.5x echo")
             .note(format!("median of {} runs", s.len())),
         );
     }
@@ -757,7 +759,7 @@ pub fn sizes(opts: &Options, report: &mut Report) {
         match size(&path) {
             Some(mib) => {
                 let mut row =
-                    Row::new("binary size", name, mib, "MiB", Better::Lower).target(10.0, "< 10 MiB").note(how);
+                    Row::new("binary size", name, mib, "MiB", Better::Lower).target(8.0, "<= 8 MiB").note(how);
                 if let Some(echo) = echo {
                     row = row.baseline(echo, "echo");
                 }

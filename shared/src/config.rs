@@ -220,8 +220,40 @@ impl Config {
 /// Loads the SDK configuration from the environment (region, credentials, and
 /// the standard `AWS_ENDPOINT_URL` override the local stack sets), with
 /// [`https_client`] as every client's HTTP client.
+///
+/// Lambda puts the region and the function's credentials in the environment.
+/// When they are there they are handed to the loader directly, which is what
+/// the default chains would pick first anyway, so the loader does not build
+/// those chains: the credentials chain alone builds an STS client (for web
+/// identity) and an IMDS client, each with its endpoint rules, before the
+/// first `next`. Without them (a developer's machine with a profile, say) the
+/// default chains run as usual.
 pub async fn aws_sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client()).load().await
+    let lookup = |name: &str| std::env::var(name).ok();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client());
+    if let Some(region) = env_region(lookup) {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    if has_env_credentials(lookup) {
+        loader = loader.credentials_provider(aws_config::environment::EnvironmentVariableCredentialsProvider::new());
+    }
+    loader.load().await
+}
+
+/// The region the environment names, as aws-config's environment provider
+/// reads it: `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+fn env_region(lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .into_iter()
+        .filter_map(&lookup)
+        .map(|r| r.trim().to_owned())
+        .find(|r| !r.is_empty())
+}
+
+/// Whether the environment holds an access key pair, the first source of the
+/// SDK's default credentials chain.
+fn has_env_credentials(lookup: impl Fn(&str) -> Option<String>) -> bool {
+    ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].into_iter().all(|n| lookup(n).is_some_and(|v| !v.trim().is_empty()))
 }
 
 /// The HTTP client of the AWS clients: the SDK's hyper client on rustls with
@@ -315,6 +347,25 @@ mod tests {
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn region_and_credentials_come_from_the_environment_when_lambda_sets_them() {
+        let lambda = lookup(&[
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ]);
+        assert_eq!(env_region(&lambda).as_deref(), Some("eu-west-1"));
+        assert!(has_env_credentials(&lambda));
+
+        let fallback = lookup(&[("AWS_REGION", " "), ("AWS_DEFAULT_REGION", "us-east-2")]);
+        assert_eq!(env_region(&fallback).as_deref(), Some("us-east-2"));
+        // Without a key pair the default chain (profile, web identity, ...) runs.
+        assert!(!has_env_credentials(&fallback));
+        assert!(!has_env_credentials(lookup(&[("AWS_ACCESS_KEY_ID", "AKID")])));
+        assert_eq!(env_region(lookup(&[])), None);
     }
 
     #[test]

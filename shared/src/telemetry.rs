@@ -19,7 +19,6 @@ use serde_json::{Map, Value, json};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
@@ -48,12 +47,11 @@ type MakeWriter = fn() -> Box<dyn Write + Send>;
 
 /// Installs the subscriber with an explicit format, level and writer.
 pub fn init_with(json: bool, level: LevelFilter, writer: MakeWriter) -> Result<(), String> {
-    let filter = EnvFilter::builder().with_default_directive(level.into()).parse_lossy("");
     if json {
-        tracing_subscriber::registry().with(filter).with(FlatJson { writer }).try_init().map_err(|e| e.to_string())
+        tracing_subscriber::registry().with(level).with(FlatJson { writer }).try_init().map_err(|e| e.to_string())
     } else {
         tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            .with_max_level(level)
             .with_target(false)
             .without_time()
             .with_writer(writer)
