@@ -260,8 +260,9 @@ fn has_env_credentials(lookup: impl Fn(&str) -> Option<String>) -> bool {
 /// the ring crypto provider, trusting the system's root certificates. The
 /// SDK's default client is the same on aws-lc. Stripped release binaries
 /// (sqs-consumer, stream-aggregator, s3-ingest): 11.1 / 11.4 / 13.7 MiB on
-/// aws-lc in the 2026-11-29 bench run, 9.2 / 9.4 / 11.9 MiB on ring
-/// (`cargo build --release`, then `ls -l target/release`, 2026-12-03).
+/// aws-lc in the 2026-11-29 bench run, 9.2 / 9.4 / 11.9 MiB on ring with the
+/// profile of then (`cargo build --release`, then `ls -l target/release`,
+/// 2026-12-03; the README's Performance section has the later steps).
 ///
 /// The trust roots are loaded when the first connection is made, not when
 /// the clients are built: the SDK's own client loads them while the SDK

@@ -201,6 +201,11 @@ impl UnitOfWork {
 
     /// Adds a write to the effect.
     pub fn write(mut self, write: Write) -> Self {
+        // One slot at a time: a `Write` holds a whole `TransactWriteItem`
+        // (about 0.9 KB), and a Vec's first growth takes four slots, 3.7 KB
+        // for the one write most units have. On a batch of 10,000 that was
+        // 37 MB of the invocation's 52 MB heap peak (heaptrack).
+        self.writes.reserve_exact(1);
         self.writes.push(write);
         self
     }
