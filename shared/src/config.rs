@@ -243,17 +243,15 @@ pub async fn aws_sdk_config() -> aws_config::SdkConfig {
 /// The region the environment names, as aws-config's environment provider
 /// reads it: `AWS_REGION`, else `AWS_DEFAULT_REGION`.
 fn env_region(lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
-    ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .into_iter()
-        .filter_map(&lookup)
-        .map(|r| r.trim().to_owned())
-        .find(|r| !r.is_empty())
+    let env = Env { lookup };
+    env.optional("AWS_REGION").or_else(|| env.optional("AWS_DEFAULT_REGION"))
 }
 
 /// Whether the environment holds an access key pair, the first source of the
 /// SDK's default credentials chain.
 fn has_env_credentials(lookup: impl Fn(&str) -> Option<String>) -> bool {
-    ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].into_iter().all(|n| lookup(n).is_some_and(|v| !v.trim().is_empty()))
+    let env = Env { lookup };
+    env.optional("AWS_ACCESS_KEY_ID").is_some() && env.optional("AWS_SECRET_ACCESS_KEY").is_some()
 }
 
 /// The HTTP client of the AWS clients: the SDK's hyper client on rustls with
