@@ -66,3 +66,48 @@ async fn exhausted_stream_retries_go_to_the_on_failure_queue() -> anyhow::Result
     assert!(integration_tests::state_item(&stack, "CUSTOMER#c-fail", "TOTALS").await?.is_none());
     Ok(())
 }
+
+/// `drain` stops when its sources read empty, so the depth must count a
+/// message at every moment until it is deleted or dead-lettered, including
+/// the moment its visibility timeout ends (the race that once let the test
+/// above stop with its message still queued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_depth_counts_every_message_while_visibility_timeouts_end() -> anyhow::Result<()> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    const MESSAGES: u64 = 40;
+    let stack = integration_tests::Stack::start().await?;
+    let url = stack.queue_url("orders")?.to_owned();
+    for i in 0..MESSAGES {
+        stack.send("orders", &format!("m-{i}"), None).await?;
+    }
+    // One receive per message: their timeouts end one after another, spread
+    // over the reads below.
+    for _ in 0..MESSAGES {
+        let out =
+            stack.sqs.receive_message().queue_url(&url).max_number_of_messages(1).visibility_timeout(1).send().await?;
+        assert_eq!(out.messages().len(), 1);
+    }
+    let visible = || async {
+        let out = stack
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await?;
+        let count = out.attributes().and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages)).cloned();
+        anyhow::Ok(count.and_then(|c| c.parse::<u64>().ok()).unwrap_or(0))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut reads = 0;
+    while visible().await? < MESSAGES {
+        assert!(std::time::Instant::now() < deadline, "the timeouts did not end within a minute");
+        // A message moving between two counts may be counted twice (drain
+        // then looks once more), never missed.
+        let counted = depth(&stack, "orders").await?;
+        assert!(counted >= MESSAGES, "read {reads}: {counted} of {MESSAGES} messages counted");
+        reads += 1;
+    }
+    assert!(reads > 0, "the depth was read while the timeouts ran");
+    Ok(())
+}
