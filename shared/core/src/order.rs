@@ -4,7 +4,7 @@
 //! Everything here is pure: no I/O, no clocks. Stores and handlers call these
 //! functions so the rules live in one place and are property-tested.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -562,15 +562,16 @@ pub fn totals_delta(
 /// (the greatest apply key; to be written, in input order), and for every
 /// other event its outcome, decided here: stale against the winner, or a
 /// duplicate of it.
-pub fn combine(events: &[OrderEvent]) -> (Vec<usize>, Vec<Option<Outcome>>) {
+pub fn combine<E: Borrow<OrderEvent>>(events: &[E]) -> (Vec<usize>, Vec<Option<Outcome>>) {
+    let event = |i: usize| -> &OrderEvent { events[i].borrow() };
     // For each order, the index of the event with the greatest apply key; the
     // others are decided here: stale against it, or duplicates of it.
     let mut winners: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, event) in events.iter().enumerate() {
+    for i in 0..events.len() {
         winners
-            .entry(&event.order_id)
+            .entry(&event(i).order_id)
             .and_modify(|w| {
-                if event_key(event) > event_key(&events[*w]) {
+                if event_key(event(i)) > event_key(event(*w)) {
                     *w = i;
                 }
             })
@@ -578,12 +579,12 @@ pub fn combine(events: &[OrderEvent]) -> (Vec<usize>, Vec<Option<Outcome>>) {
     }
     let mut decided = vec![None; events.len()];
     let winner_set: std::collections::BTreeSet<usize> = winners.values().copied().collect();
-    for (i, event) in events.iter().enumerate() {
+    for i in 0..events.len() {
         if winner_set.contains(&i) {
             continue;
         }
-        let w = &events[winners[event.order_id.as_str()]];
-        decided[i] = Some(if event_key(event) == event_key(w) { Outcome::Duplicate } else { Outcome::Stale });
+        let w = event(winners[event(i).order_id.as_str()]);
+        decided[i] = Some(if event_key(event(i)) == event_key(w) { Outcome::Duplicate } else { Outcome::Stale });
     }
     (winner_set.into_iter().collect(), decided)
 }

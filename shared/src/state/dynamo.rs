@@ -7,13 +7,14 @@
 //! returns the item that failed the condition), never by re-reading.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue as SdkValue, KeysAndAttributes, Put, PutRequest, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update, WriteRequest,
+    TransactWriteItem, WriteRequest,
 };
 use chrono::Utc;
 use serde_dynamo::{AttributeValue, Item};
@@ -43,6 +44,8 @@ use crate::exactly_once::{MARKER_TTL, MAX_ATTEMPTS};
 pub struct DynamoStore {
     client: Client,
     state_table: String,
+    /// The same name, shared by the batch's deferred order updates.
+    state_table_name: Arc<str>,
     idempotency_table: String,
     marker_ttl: Duration,
     capacity: crate::telemetry::CapacityMeter,
@@ -71,6 +74,7 @@ impl DynamoStore {
     pub fn new(client: Client, state_table: String, idempotency_table: String) -> Self {
         Self {
             client,
+            state_table_name: state_table.as_str().into(),
             state_table,
             idempotency_table,
             marker_ttl: MARKER_TTL,
@@ -129,43 +133,48 @@ impl DynamoStore {
 
     /// The apply rule as a conditional update of the order; a failed
     /// condition says stale or duplicate from the stored order.
-    fn order_update(&self, event: &OrderEvent) -> Result<Write, StoreError> {
+    fn order_update(&self, event: &OrderEvent) -> Write {
         // Timeline: the condition holds when no event reached this order yet, or
         // the stored event is older by (occurredAt, eventId). occurredAt is stored
         // in a fixed-width UTC form, so string order is time order.
-        let update = Update::builder()
-            .table_name(&self.state_table)
-            .key("pk", SdkValue::S(order_pk(&event.order_id)))
-            .key("sk", SdkValue::S(ORDER_SK.to_owned()))
-            .update_expression(
-                "SET entity = :entity, orderId = :orderId, customerId = :customerId, #status = :status, \
-                 amount = :amount, currency = :currency, occurredAt = :occurredAt, lastEventId = :eventId, \
-                 version = if_not_exists(version, :zero) + :one",
-            )
-            .condition_expression(
-                "attribute_not_exists(pk) OR occurredAt < :occurredAt \
-                 OR (occurredAt = :occurredAt AND lastEventId < :eventId)",
-            )
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":entity", SdkValue::S(entity::ORDER.into()))
-            .expression_attribute_values(":orderId", SdkValue::S(event.order_id.clone()))
-            .expression_attribute_values(":customerId", SdkValue::S(event.customer_id.clone()))
-            .expression_attribute_values(":status", SdkValue::S(event.status.as_str().into()))
-            .expression_attribute_values(":amount", SdkValue::N(event.amount.to_string()))
-            .expression_attribute_values(":currency", SdkValue::S(event.currency.as_str().into()))
-            .expression_attribute_values(":occurredAt", SdkValue::S(format_timestamp(&event.occurred_at)))
-            .expression_attribute_values(":eventId", SdkValue::S(event.event_id.clone()))
-            .expression_attribute_values(":zero", SdkValue::N("0".into()))
-            .expression_attribute_values(":one", SdkValue::N("1".into()));
-        let event = event.clone();
-        Ok(Write::update(update)
-            .map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?
-            .on_condition_failed(move |stored| {
-                match classify_existing(&event, stored.cloned().map(from_sdk).as_ref()) {
-                    Outcome::Duplicate => Verdict::Duplicate,
-                    _ => Verdict::Stale,
-                }
-            }))
+        let key = HashMap::from([
+            ("pk".to_owned(), SdkValue::S(order_pk(&event.order_id))),
+            ("sk".to_owned(), SdkValue::S(ORDER_SK.to_owned())),
+        ]);
+        // Built when its transaction is sent, from the event (one copy, shared
+        // with the condition's reading): a batch's updates are never all in
+        // memory at once.
+        let event = Arc::new(event.clone());
+        let read = Arc::clone(&event);
+        Write::deferred_update(Arc::clone(&self.state_table_name), key, move |update| {
+            update
+                .update_expression(
+                    "SET entity = :entity, orderId = :orderId, customerId = :customerId, #status = :status, \
+                     amount = :amount, currency = :currency, occurredAt = :occurredAt, lastEventId = :eventId, \
+                     version = if_not_exists(version, :zero) + :one",
+                )
+                .condition_expression(
+                    "attribute_not_exists(pk) OR occurredAt < :occurredAt \
+                     OR (occurredAt = :occurredAt AND lastEventId < :eventId)",
+                )
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":entity", SdkValue::S(entity::ORDER.into()))
+                .expression_attribute_values(":orderId", SdkValue::S(event.order_id.clone()))
+                .expression_attribute_values(":customerId", SdkValue::S(event.customer_id.clone()))
+                .expression_attribute_values(":status", SdkValue::S(event.status.as_str().into()))
+                .expression_attribute_values(":amount", SdkValue::N(event.amount.to_string()))
+                .expression_attribute_values(":currency", SdkValue::S(event.currency.as_str().into()))
+                .expression_attribute_values(":occurredAt", SdkValue::S(format_timestamp(&event.occurred_at)))
+                .expression_attribute_values(":eventId", SdkValue::S(event.event_id.clone()))
+                .expression_attribute_values(":zero", SdkValue::N("0".into()))
+                .expression_attribute_values(":one", SdkValue::N("1".into()))
+        })
+        .on_condition_failed(move |stored| {
+            match classify_existing(&read, stored.cloned().map(from_sdk).as_ref()) {
+                Outcome::Duplicate => Verdict::Duplicate,
+                _ => Verdict::Stale,
+            }
+        })
     }
 
     /// The manifest write, conditional on the checkpoint the writer started
@@ -437,7 +446,7 @@ impl StateStore for DynamoStore {
         // keyed loser's marker alone, counted as decided.
         let mut decided = dedupe_markers(events.len(), markers);
         let candidates: Vec<usize> = (0..events.len()).filter(|i| decided[*i].is_none()).collect();
-        let candidate_events: Vec<OrderEvent> = candidates.iter().map(|i| events[*i].clone()).collect();
+        let candidate_events: Vec<&OrderEvent> = candidates.iter().map(|i| &events[*i]).collect();
         let (winners, losers) = combine_orders(&candidate_events);
         let unit = |e: usize| match markers.map(|m| &m[e]) {
             Some(marker) => {
@@ -453,7 +462,7 @@ impl StateStore for DynamoStore {
         let mut unit_event = Vec::new();
         for w in winners {
             let e = candidates[w];
-            units.push(unit(e).write(self.order_update(&events[e])?));
+            units.push(unit(e).write(self.order_update(&events[e])));
             unit_event.push(e);
         }
         for (c, outcome) in losers.iter().enumerate() {

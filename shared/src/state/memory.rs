@@ -102,7 +102,7 @@ impl StateStore for MemoryStore {
             }
         }
         let candidates: Vec<usize> = (0..events.len()).filter(|i| outcomes[*i].is_none()).collect();
-        let candidate_events: Vec<OrderEvent> = candidates.iter().map(|i| events[*i].clone()).collect();
+        let candidate_events: Vec<&OrderEvent> = candidates.iter().map(|i| &events[*i]).collect();
         let (winners, losers) = super::combine_orders(&candidate_events);
         for (c, outcome) in losers.into_iter().enumerate() {
             if outcome.is_some() {
