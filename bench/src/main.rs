@@ -2,11 +2,13 @@
 //! `target/bench/report.json` and `target/bench/chart.svg`.
 //!
 //! ```text
-//! bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--cost-only] [--out DIR] [--bin-dir DIR]
+//! bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--cost-only] [--memory-only] [--out DIR] [--bin-dir DIR]
 //! ```
 //!
 //! `--cost-only`: only issue 4's workload (W1) on DynamoDB Local and at the
-//! null endpoint (a minute), into the same report files.
+//! null endpoint (a minute), into the same report files. `--memory-only`:
+//! only the peak RSS rows (the largest batches against the null DynamoDB
+//! endpoint, and echo), after the release build.
 
 use std::process::Command;
 
@@ -14,7 +16,7 @@ use anyhow::Context as _;
 use bench::report::Report;
 use bench::suite::{self, Options};
 
-const USAGE: &str = "usage: bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--cost-only] [--out DIR] [--bin-dir DIR]";
+const USAGE: &str = "usage: bench [--smoke] [--runs N] [--ingest-mib N] [--no-build] [--skip-emulator] [--cost-only] [--memory-only] [--out DIR] [--bin-dir DIR]";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     // --smoke sets the sizes; the other flags then override them, in any order.
     let mut opts =
         if args.iter().any(|a| a == "--smoke") { Options::smoke(&workspace) } else { Options::full(&workspace) };
-    let (mut build, mut with_emulator, mut cost_only) = (true, true, false);
+    let (mut build, mut with_emulator, mut cost_only, mut memory_only) = (true, true, false, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value\n{USAGE}"));
@@ -46,6 +48,7 @@ fn main() -> anyhow::Result<()> {
                 cost_only = true;
                 build = false;
             }
+            "--memory-only" => memory_only = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -89,6 +92,14 @@ fn main() -> anyhow::Result<()> {
         step("emulator cost (W1) only");
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         suite::emulator_cost(&opts, &mut report, &runtime);
+        print!("{}", report.table());
+        report.write(&opts.out)?;
+        return Ok(());
+    }
+
+    if memory_only {
+        step("peak memory only");
+        suite::memory(&opts, &mut report)?;
         print!("{}", report.table());
         report.write(&opts.out)?;
         return Ok(());

@@ -713,17 +713,40 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
         );
     }
 
-    // Peak memory on the largest batches, against the null DynamoDB endpoint:
-    // the function's own memory, with nothing of an engine's speed in it.
+    let echo_rss = starts[0].1.iter().filter_map(|s| s.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+    memory_rows(opts, report, &api, &logs, echo_rss)
+}
+
+/// Peak memory on the largest batches alone (`bench --memory-only`), beside
+/// echo's after one invocation of the SQS fixture.
+pub fn memory(opts: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let logs = opts.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let api = RuntimeApi::start()?;
+    let event = std::fs::read(opts.workspace.join("events").join("sqs-standard.json"))?;
+    let env = lambda_env(&api, "echo", None, None);
+    let echo = run_once(&api, &opts.bin_dir.join("echo"), &env, event, &logs.join("echo-memory.log"))?;
+    memory_rows(opts, report, &api, &logs, echo.peak_rss_kib.unwrap_or(0) as f64 / 1024.0)
+}
+
+/// Peak memory on the largest batches, against the null DynamoDB endpoint:
+/// the function's own memory, with nothing of an engine's speed in it.
+fn memory_rows(
+    opts: &Options,
+    report: &mut Report,
+    api: &RuntimeApi,
+    logs: &Path,
+    echo_rss: f64,
+) -> anyhow::Result<()> {
+    let release = &opts.bin_dir;
     let null = crate::null_dynamo::NullDynamo::start()?;
     let null_endpoint = null.endpoint();
-    let echo_rss = starts[0].1.iter().filter_map(|s| s.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
     for (function, n) in [(Function::SqsConsumer, opts.memory_sqs), (Function::StreamAggregator, opts.memory_stream)] {
-        let env = lambda_env(&api, function.name(), Some(&null_endpoint), Some(("state", "idempotency")));
+        let env = lambda_env(api, function.name(), Some(&null_endpoint), Some(("state", "idempotency")));
         let event = function.event("mem", n);
         let event_mib = event.len() as f64 / MIB;
         let log = logs.join(format!("{}-memory.log", function.name()));
-        let start = run_once(&api, &release.join(function.name()), &env, event, &log)?;
+        let start = run_once(api, &release.join(function.name()), &env, event, &log)?;
         report.push(
             Row::new(
                 "memory",
