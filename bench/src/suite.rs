@@ -826,6 +826,22 @@ pub fn run_child(args: &[String]) -> anyhow::Result<Value> {
             }
             Ok(serde_json::json!({ "rate": crate::inproc::handler_rate(function, n, 1, round) }))
         }
+        // `bench --child throughput sqs-consumer 1000 [rounds]`: one
+        // throughput row and the breakdown, for work on the hot path.
+        Some("throughput") => {
+            let function = function_named(args.get(1).map(String::as_str))?;
+            let n: u64 = args.get(2).context("no batch size")?.parse()?;
+            let rounds: usize = args.get(3).map_or(Ok(5), |r| r.parse())?;
+            let round = Duration::from_millis(300);
+            let t = crate::inproc::throughput(function, n, rounds, round);
+            let stages: serde_json::Map<String, Value> = crate::inproc::breakdown(function, n, rounds, round)
+                .into_iter()
+                .map(|(stage, us)| (stage.to_owned(), serde_json::json!(us)))
+                .collect();
+            Ok(serde_json::json!({
+                "handler": t.handler, "limit": t.plain, "share": t.handler / t.plain, "us_per_record": stages
+            }))
+        }
         Some("ingest-file") => {
             let path = PathBuf::from(args.get(1).context("no file")?);
             // The functions' runtime: tokio's multi-threaded scheduler.
