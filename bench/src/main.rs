@@ -60,7 +60,11 @@ fn main() -> anyhow::Result<()> {
     if build && with_emulator {
         // The binaries measured: release builds of the functions and the echo baseline.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        // Without `cargo run`'s variables for this package, which would
+        // rebuild ring and everything above it (see that function).
+        xtask::process::without_package_env(&mut command);
+        let status = command
             .current_dir(&workspace)
             .args(["build", "--release", "-p", "sqs-consumer", "-p", "stream-aggregator", "-p", "s3-ingest"])
             .args([

@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::lambda::cargo;
+use crate::lambda::cargo_command;
 use crate::portable::WASM_TARGET;
 
 /// The Worker crate.
@@ -126,7 +126,7 @@ impl Tools {
             "    installing wasm-bindgen-cli {version} into .tools/cargo (the version in Cargo.lock; several minutes)"
         );
         run(
-            Command::new(cargo())
+            cargo_command()
                 .args(["install", &format!("wasm-bindgen-cli@{version}"), "--root"])
                 .arg(root.join(".tools/cargo")),
             "cargo install wasm-bindgen-cli",
@@ -184,7 +184,7 @@ impl Tools {
     /// Builds the Worker into [`OUT_DIR`]; returns the wasm module's size in bytes.
     pub fn build(&self) -> Result<u64> {
         run(
-            Command::new(cargo())
+            cargo_command()
                 .args(["build", "-p", WORKER, "--target", WASM_TARGET, "--profile", PROFILE])
                 .current_dir(&self.root),
             &format!("cargo build -p {WORKER} --target {WASM_TARGET}"),

@@ -285,6 +285,14 @@ pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// A `cargo` command without the variables cargo set for the package that
+/// runs us (see [`crate::process::without_package_env`]).
+pub(crate) fn cargo_command() -> Command {
+    let mut command = Command::new(cargo());
+    crate::process::without_package_env(&mut command);
+    command
+}
+
 /// `cargo build` of the function binaries, so watch does not compile them
 /// lazily inside the first invocation's timeout. Output is captured (and shown
 /// on failure); the commands call [`build_functions_visibly`] first so a
@@ -322,7 +330,7 @@ pub fn build_functions_visibly(root: &std::path::Path, functions: &[String]) -> 
 }
 
 fn build_command(root: &std::path::Path, function: &str) -> Command {
-    let mut cmd = Command::new(cargo());
+    let mut cmd = cargo_command();
     cmd.arg("build").arg("-p").arg(function).current_dir(root);
     cmd
 }

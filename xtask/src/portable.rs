@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::lambda::cargo;
+use crate::lambda::cargo_command;
 
 /// The portable crate.
 pub const CORE: &str = "shared-core";
@@ -32,7 +32,7 @@ pub fn forbidden_dependencies(tree: &str) -> Vec<String> {
 
 /// `cargo tree` of the core's normal dependencies holds no forbidden crate.
 pub fn check_tree(root: &Path) -> Result<()> {
-    let output = Command::new(cargo())
+    let output = cargo_command()
         .args(["tree", "-p", CORE, "-e", "normal", "--prefix", "none"])
         .current_dir(root)
         .output()
@@ -65,7 +65,7 @@ pub fn check_wasm(root: &Path) -> Result<()> {
             return Ok(());
         }
     }
-    let status = Command::new(cargo())
+    let status = cargo_command()
         .args(["build", "-p", CORE, "--target", WASM_TARGET])
         .current_dir(root)
         .status()
@@ -79,7 +79,7 @@ pub fn check_wasm(root: &Path) -> Result<()> {
 /// `cargo doc --no-deps` of the library crates with every warning (missing
 /// docs included: both crates deny them) an error.
 pub fn check_docs(root: &Path) -> Result<()> {
-    let status = Command::new(cargo())
+    let status = cargo_command()
         .args(["doc", "--no-deps", "-p", CORE, "-p", "shared"])
         .env("RUSTDOCFLAGS", "-D warnings")
         .current_dir(root)

@@ -144,6 +144,39 @@ fn kill_group(pgid: u32, signal: &str) {
         .status();
 }
 
+/// Removes from `command`'s environment what cargo sets for the package
+/// whose binary or test is running (`CARGO_PKG_*`, `CARGO_MANIFEST_*`,
+/// `CARGO_CRATE_NAME`, `OUT_DIR`, ...). A build started with them differs
+/// from one started without: ring's build script reruns when
+/// `CARGO_PKG_NAME` changes (it lists it in `rerun-if-env-changed`), and
+/// with it rustls, the SDK's HTTP client and everything above them. So
+/// `cargo xtask bench` rebuilt them twice per run (its own `cargo run`, then
+/// the bench's build of the binaries), and `cargo lambda watch` started from
+/// a test (as `integration-tests`) rebuilt what xtask had just built (as
+/// `xtask`). Seen with `cargo build -v`: "Dirty ring: the env variable
+/// CARGO_PKG_NAME changed".
+pub fn without_package_env(command: &mut Command) -> &mut Command {
+    const EXACT: [&str; 6] = [
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "OUT_DIR",
+        "CARGO_BIN_EXE",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || EXACT.contains(&name)
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// A program running in its own process group under a guardian.
 #[derive(Debug)]
 pub struct ChildGroup {
@@ -204,6 +237,9 @@ kill -TERM 0"#
         if clear_env {
             command.env_clear();
         }
+        // `cargo lambda watch` builds the functions: with our package's
+        // variables it would rebuild what the other builds made.
+        without_package_env(&mut command);
         let child = command
             .arg("-c")
             .arg(script)

@@ -8,12 +8,11 @@ pub mod test;
 pub mod volume;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::lambda::cargo;
+use crate::lambda::cargo_command;
 use crate::venv::Venv;
 
 /// The flags each stack command takes (`main.rs` parses them; the README's
@@ -34,7 +33,7 @@ pub fn flags_of(command: &str) -> &'static [&'static str] {
 /// first on `PATH` (the tests and benchmarks start moto and `cargo lambda`
 /// from it); fails, naming the command, when it does not succeed.
 pub(crate) fn cargo_with_venv(root: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new(cargo())
+    let status = cargo_command()
         .args(args)
         .current_dir(root)
         .env("PATH", Venv::at(root).path_env())
