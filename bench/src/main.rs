@@ -10,8 +10,6 @@
 //! only the peak RSS rows (the largest batches against the null DynamoDB
 //! endpoint, and echo), after the release build.
 
-use std::process::Command;
-
 use anyhow::Context as _;
 use bench::report::Report;
 use bench::suite::{self, Options};
@@ -59,12 +57,9 @@ fn main() -> anyhow::Result<()> {
 
     if build && with_emulator {
         // The binaries measured: release builds of the functions and the echo baseline.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = Command::new(cargo);
         // Without `cargo run`'s variables for this package, which would
-        // rebuild ring and everything above it (see that function).
-        xtask::process::without_package_env(&mut command);
-        let status = command
+        // rebuild ring and everything above it.
+        let status = xtask::lambda::cargo_command()
             .current_dir(&workspace)
             .args(["build", "--release", "-p", "sqs-consumer", "-p", "stream-aggregator", "-p", "s3-ingest"])
             .args([

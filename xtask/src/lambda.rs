@@ -287,7 +287,7 @@ pub(crate) fn cargo() -> String {
 
 /// A `cargo` command without the variables cargo set for the package that
 /// runs us (see [`crate::process::without_package_env`]).
-pub(crate) fn cargo_command() -> Command {
+pub fn cargo_command() -> Command {
     let mut command = Command::new(cargo());
     crate::process::without_package_env(&mut command);
     command

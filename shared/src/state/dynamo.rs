@@ -43,9 +43,8 @@ use crate::exactly_once::{MARKER_TTL, MAX_ATTEMPTS};
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
     client: Client,
-    state_table: String,
-    /// The same name, shared by the batch's deferred order updates.
-    state_table_name: Arc<str>,
+    /// Shared by the batch's deferred order updates.
+    state_table: Arc<str>,
     idempotency_table: String,
     marker_ttl: Duration,
     capacity: crate::telemetry::CapacityMeter,
@@ -67,15 +66,14 @@ impl DynamoStore {
             CommitError::Permanent(m) => (ErrorClass::Permanent, m),
             CommitError::Fatal(m) => (ErrorClass::Fatal, m),
         };
-        StoreError::Dynamo { operation: "TransactWriteItems", table: self.state_table.clone(), message, class }
+        StoreError::Dynamo { operation: "TransactWriteItems", table: self.state_table.to_string(), message, class }
     }
 
     /// A store over the state table and the idempotency table (for markers).
     pub fn new(client: Client, state_table: String, idempotency_table: String) -> Self {
         Self {
             client,
-            state_table_name: state_table.as_str().into(),
-            state_table,
+            state_table: state_table.into(),
             idempotency_table,
             marker_ttl: MARKER_TTL,
             capacity: Default::default(),
@@ -146,7 +144,7 @@ impl DynamoStore {
         // memory at once.
         let event = Arc::new(event.clone());
         let read = Arc::clone(&event);
-        Write::deferred_update(Arc::clone(&self.state_table_name), key, move |update| {
+        Write::deferred_update(Arc::clone(&self.state_table), key, move |update| {
             update
                 .update_expression(
                     "SET entity = :entity, orderId = :orderId, customerId = :customerId, #status = :status, \
@@ -181,7 +179,7 @@ impl DynamoStore {
     /// from.
     fn manifest_put(&self, write: &ManifestWrite) -> Result<Write, StoreError> {
         let mut put =
-            Put::builder().table_name(&self.state_table).set_item(Some(to_sdk(manifest_to_item(&write.manifest))));
+            Put::builder().table_name(&*self.state_table).set_item(Some(to_sdk(manifest_to_item(&write.manifest))));
         put = match write.expected {
             None => put.condition_expression("attribute_not_exists(pk)"),
             Some(cp) => put
@@ -214,7 +212,7 @@ impl DynamoStore {
     ) -> Result<TransactWriteItem, StoreError> {
         let next = expected_version.map_or(1, |v| v + 1);
         let mut put = Put::builder()
-            .table_name(&self.state_table)
+            .table_name(&*self.state_table)
             .set_item(Some(to_sdk(totals_to_item(customer, totals, next))))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         put = match expected_version {
@@ -267,7 +265,7 @@ impl DynamoStore {
                 ]));
             }
             let mut request = Some(HashMap::from([(
-                self.state_table.clone(),
+                self.state_table.to_string(),
                 keys.build().map_err(|e| permanent("BatchGetItem", &self.state_table, e))?,
             )]));
             let mut attempt = 0;
@@ -279,7 +277,7 @@ impl DynamoStore {
                     .send()
                     .await
                     .map_err(|e| self.dynamo_error("BatchGetItem", &self.state_table, &e))?;
-                for item in out.responses().and_then(|r| r.get(&self.state_table)).into_iter().flatten() {
+                for item in out.responses().and_then(|r| r.get(&*self.state_table)).into_iter().flatten() {
                     let item = from_sdk(item.clone());
                     let customer = item.get_s(entity::CUSTOMER_TOTALS, "customerId")?.to_owned();
                     found.insert(customer, totals_from_item(&item)?);
@@ -548,7 +546,7 @@ impl StateStore for DynamoStore {
         let out = self
             .client
             .get_item()
-            .table_name(&self.state_table)
+            .table_name(&*self.state_table)
             .key("pk", SdkValue::S(object_pk(bucket, key)))
             .key("sk", SdkValue::S(revision.to_owned()))
             .consistent_read(true)
@@ -559,7 +557,7 @@ impl StateStore for DynamoStore {
     }
 
     async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
-        DynamoQuarantine::new(self.client.clone(), self.state_table.clone()).write(records).await
+        DynamoQuarantine::new(self.client.clone(), self.state_table.to_string()).write(records).await
     }
 }
 
