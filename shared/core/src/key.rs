@@ -98,11 +98,25 @@ impl Keys {
 
     /// The key of an identity of your own kind: `{prefix}#{kind}#{identity}`.
     pub fn custom(&self, kind: &str, identity: &str) -> String {
-        if identity.len() > MAX_IDENTITY_BYTES {
-            format!("{}#{kind}#sha256:{}", self.prefix, hex(&Sha256::digest(identity.as_bytes())))
-        } else {
-            format!("{}#{kind}#{identity}", self.prefix)
+        self.joined(kind, &[identity])
+    }
+
+    /// [`custom`](Self::custom) of the identity `parts` make together, built
+    /// in one allocation (keys are made for every record).
+    fn joined(&self, kind: &str, parts: &[&str]) -> String {
+        let identity_len: usize = parts.iter().map(|p| p.len()).sum();
+        if identity_len > MAX_IDENTITY_BYTES {
+            let mut digest = Sha256::new();
+            parts.iter().for_each(|p| digest.update(p.as_bytes()));
+            return format!("{}#{kind}#sha256:{}", self.prefix, hex(&digest.finalize()));
         }
+        let mut key = String::with_capacity(self.prefix.len() + kind.len() + 2 + identity_len);
+        key.push_str(&self.prefix);
+        key.push('#');
+        key.push_str(kind);
+        key.push('#');
+        parts.iter().for_each(|p| key.push_str(p));
+        key
     }
 
     /// What to return when a record has nothing to derive its key from: the
@@ -114,7 +128,7 @@ impl Keys {
     /// The key of a message body whose JSON `pointer` selects the string
     /// `value` (kind `sqs-body`).
     pub fn body_string(&self, pointer: &str, value: &str) -> String {
-        self.custom("sqs-body", &format!("{pointer}={value}"))
+        self.joined("sqs-body", &[pointer, "=", value])
     }
 }
 
@@ -123,6 +137,31 @@ impl Keys {
 /// another payload.
 pub fn fingerprint(payload: &[u8]) -> String {
     hex(&Sha256::digest(payload))
+}
+
+/// [`fingerprint`] of text written piece by piece (`write!` into it), without
+/// building the text: the same digest as `fingerprint` of the whole.
+#[derive(Default)]
+pub struct Hasher(Sha256);
+
+impl Hasher {
+    /// The lower-case hex SHA-256 of everything written.
+    pub fn finish(self) -> String {
+        hex(&self.0.finalize())
+    }
+}
+
+impl std::fmt::Write for Hasher {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.update(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hasher")
+    }
 }
 
 /// Lower-case hex of `bytes`.
@@ -147,6 +186,11 @@ mod tests {
         assert_eq!(keys.body_string("/eventId", "e-1"), "p#sqs-body#/eventId=e-1");
         let long = keys.custom("kind", &"x".repeat(5000));
         assert!(long.starts_with("p#kind#sha256:") && long.len() < 100, "{long}");
+        // A body key's identity is bounded as a whole, as one string.
+        let value = "v".repeat(MAX_IDENTITY_BYTES);
+        let joined = format!("/eventId={value}");
+        assert_eq!(keys.body_string("/eventId", &value), keys.custom("sqs-body", &joined));
+        assert_eq!(keys.body_string("/eventId", &value[..500]), format!("p#sqs-body#/eventId={}", &value[..500]));
     }
 
     #[test]
