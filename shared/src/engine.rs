@@ -117,6 +117,11 @@ pub trait BatchRecord: Sized {
     fn parse(raw: &RawValue) -> Result<Self, EventError>;
     /// The id reported on failure and the FIFO group.
     fn reference(&self) -> RecordRef;
+    /// [`reference`](Self::reference), taking the record's own strings (the
+    /// engine's path for every record once it is planned).
+    fn into_reference(self) -> RecordRef {
+        self.reference()
+    }
     /// The quarantine source: `sqs/<queue>`, `ddb-stream/<table>`.
     fn source(&self) -> String;
     /// What a quarantine item keeps of the record: the message body, or the
@@ -136,6 +141,10 @@ impl BatchRecord for sqs::Message {
 
     fn reference(&self) -> RecordRef {
         RecordRef { id: self.message_id.clone(), group: self.group_id.clone() }
+    }
+
+    fn into_reference(self) -> RecordRef {
+        RecordRef { id: self.message_id, group: self.group_id }
     }
 
     fn source(&self) -> String {
@@ -168,6 +177,10 @@ impl BatchRecord for stream::Record {
         // Records without a sequence number (DynamoDB via Kinesis) are
         // reported by their eventID.
         RecordRef { id: self.sequence_number.clone().unwrap_or_else(|| self.event_id.clone()), group: None }
+    }
+
+    fn into_reference(self) -> RecordRef {
+        RecordRef { id: self.sequence_number.unwrap_or(self.event_id), group: None }
     }
 
     fn source(&self) -> String {
@@ -295,31 +308,43 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
                     continue;
                 }
             };
-            let reference = record.reference();
             // No span per record: its fields would cost every record; the
             // lines about one record name it themselves.
-            match std::panic::catch_unwind(AssertUnwindSafe(|| plan(&record))) {
+            let planned = std::panic::catch_unwind(AssertUnwindSafe(|| plan(&record)));
+            // The record's id and group move into its reference, except for
+            // a quarantined record, whose item still reads the record.
+            let reference = match planned {
                 Ok(Ok(Plan::Effect(effect))) => {
                     effects.push((index, effect));
                     ended.push(None);
+                    record.into_reference()
                 }
-                Ok(Ok(Plan::Ignore)) => ended.push(Some(Disposition::Ignored)),
+                Ok(Ok(Plan::Ignore)) => {
+                    ended.push(Some(Disposition::Ignored));
+                    record.into_reference()
+                }
                 Ok(Err(RecordError::Permanent(reason))) => {
+                    let reference = record.reference();
                     tracing::warn!(record_id = %reference.id, %reason, "record quarantined");
                     let item = Quarantined::new(record.source(), &reference.id, reason, record.kept(raw.get()));
                     quarantine.push((index, item));
                     ended.push(None);
+                    reference
                 }
                 Ok(Err(RecordError::Transient(reason))) => {
+                    let reference = record.into_reference();
                     tracing::warn!(record_id = %reference.id, %reason, "record failed; reported for retry");
                     ended.push(Some(Disposition::Failed(reason)));
+                    reference
                 }
                 Err(panic) => {
+                    let reference = record.into_reference();
                     let message = panic_message(panic.as_ref());
                     tracing::error!(record_id = %reference.id, %message, "record planner panicked");
                     ended.push(Some(Disposition::Failed(format!("planner panicked: {message}"))));
+                    reference
                 }
-            }
+            };
             refs.push(reference);
         }
 
