@@ -3,7 +3,7 @@
 //! manifest checkpoint condition) and records every order change, in commit
 //! order, so tests can feed those changes to the aggregator as a stream would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use super::{DeltaRecord, Manifest, ManifestFn, Marker, Outcome, Quarantined, StateStore, StoreError};
@@ -20,9 +20,11 @@ pub struct OrderChange {
 
 #[derive(Debug, Default)]
 struct Inner {
-    orders: BTreeMap<String, Order>,
+    // Hash maps where nothing reads them in order: every record of a
+    // handler's in-process benchmark runs through them.
+    orders: HashMap<String, Order>,
     totals: BTreeMap<String, CustomerTotals>,
-    markers: BTreeMap<String, Option<String>>,
+    markers: HashMap<String, Option<String>>,
     manifests: BTreeMap<(String, String, String), Manifest>,
     quarantine: BTreeMap<(String, String), Quarantined>,
     changes: Vec<OrderChange>,
@@ -47,7 +49,7 @@ impl MemoryStore {
 
     /// The stored orders, by order id.
     pub fn orders(&self) -> BTreeMap<String, Order> {
-        self.lock().orders.clone()
+        self.lock().orders.iter().map(|(id, order)| (id.clone(), order.clone())).collect()
     }
 
     /// The stored customer totals, by customer id.
@@ -79,10 +81,11 @@ impl StateStore for MemoryStore {
         manifest: Option<&ManifestFn<'_>>,
     ) -> Result<Vec<Outcome>, StoreError> {
         let mut inner = self.lock();
-        // Decide every outcome first, on a copy: the manifest condition must
-        // hold before anything is written (all or nothing, like a transaction).
-        let mut orders = inner.orders.clone();
-        let mut changes = Vec::new();
+        // Decide every outcome first, writing nothing: the manifest condition
+        // must hold before anything is written (all or nothing, like a
+        // transaction). Combining leaves one event per order to apply, so
+        // none of them needs to see another's write.
+        let mut applied = Vec::new();
         // The same pre-combination as the DynamoDB store (one write per order),
         // so both stores report the same outcomes.
         let mut outcomes = super::dedupe_markers(events.len(), markers);
@@ -112,10 +115,9 @@ impl StateStore for MemoryStore {
         for w in winners {
             let i = candidates[w];
             let event = &events[i];
-            outcomes[i] = Some(match apply(orders.get(&event.order_id), event) {
+            outcomes[i] = Some(match apply(inner.orders.get(&event.order_id), event) {
                 ApplyOutcome::Applied(order) => {
-                    let old = orders.insert(order.order_id.clone(), order.clone());
-                    changes.push(OrderChange { old, new: order });
+                    applied.push(order);
                     Outcome::Applied
                 }
                 ApplyOutcome::Stale => Outcome::Stale,
@@ -137,8 +139,12 @@ impl StateStore for MemoryStore {
             }
             inner.manifests.insert(id, write.manifest);
         }
-        inner.orders = orders;
-        inner.changes.extend(changes);
+        inner.orders.reserve(applied.len());
+        inner.changes.reserve(applied.len());
+        for order in applied {
+            let old = inner.orders.insert(order.order_id.clone(), order.clone());
+            inner.changes.push(OrderChange { old, new: order });
+        }
         inner.markers.extend(new_markers);
         Ok(outcomes)
     }
