@@ -135,8 +135,7 @@ pub(crate) fn unescape_literal(literal: &str) -> Result<String, &'static str> {
     let inner = literal.strip_prefix('"').and_then(|l| l.strip_suffix('"')).ok_or("not a string")?;
     let mut out = String::with_capacity(inner.len());
     let mut rest = inner;
-    // A byte loop, not `str::find`: a body's escapes are a few bytes apart.
-    while let Some(at) = rest.bytes().position(|b| b == b'\\') {
+    while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
         out.push_str(&rest[..at]);
         let escape = &rest[at + 1..];
         let (ch, used) = match escape.as_bytes().first() {
