@@ -633,6 +633,16 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
                 crate::emulator::create_tables(&dynamodb, &format!("{name}-state"), &format!("{name}-idempotency"))
                     .await?;
             }
+            // The diagnostics' own tables: each start applies the fixture
+            // afresh, whichever runs first.
+            for d in 0..diagnostics.len() {
+                crate::emulator::create_tables(
+                    &dynamodb,
+                    &format!("diagnostic-{d}-state"),
+                    &format!("diagnostic-{d}-idempotency"),
+                )
+                .await?;
+            }
             let s3 = shared::config::s3_client(&sdk);
             s3.create_bucket().bucket("stream-processor-uploads").send().await?;
             s3.put_object()
@@ -643,18 +653,29 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
                 .await?;
             Ok::<_, anyhow::Error>(())
         })?;
-        // Interleaved, so drift on a shared machine hits every binary alike.
-        for (i, (name, event)) in functions.iter().enumerate() {
-            let tables = (format!("{name}-state"), format!("{name}-idempotency"));
-            let tables = (*name != "echo").then_some((tables.0.as_str(), tables.1.as_str()));
-            let env = env_for(name, tables);
-            let log = logs.join(format!("{name}-{run}.log"));
-            let start = run_once(&api, &release.join(name), &env, event.clone(), &log)?;
-            starts[i].1.push(start);
-        }
-        for (d, (label, file)) in diagnostics.iter().enumerate() {
-            let mut env = env_for("sqs-consumer", Some(("sqs-consumer-state", "sqs-consumer-idempotency")));
-            env.push(("SSL_CERT_FILE".into(), (*file).to_owned()));
+        // Interleaved, so drift on a shared machine hits every binary alike,
+        // and in an order that turns by one each run: whatever starts right
+        // after a first invocation shares the machine with the emulators
+        // still finishing that invocation's work (run 3 and the first run of
+        // 2026-12-03's session had stream-aggregator, always after
+        // sqs-consumer, 1.8x and 1.55x echo; alone it starts as sqs-consumer).
+        let slots = functions.len() + diagnostics.len();
+        for k in 0..slots {
+            let slot = (k + run) % slots;
+            if let Some((name, event)) = functions.get(slot) {
+                let tables = (format!("{name}-state"), format!("{name}-idempotency"));
+                let tables = (*name != "echo").then_some((tables.0.as_str(), tables.1.as_str()));
+                let env = env_for(name, tables);
+                let log = logs.join(format!("{name}-{run}.log"));
+                let start = run_once(&api, &release.join(name), &env, event.clone(), &log)?;
+                starts[slot].1.push(start);
+                continue;
+            }
+            let d = slot - functions.len();
+            let (label, file) = diagnostics[d];
+            let tables = (format!("diagnostic-{d}-state"), format!("diagnostic-{d}-idempotency"));
+            let mut env = env_for("sqs-consumer", Some((&tables.0, &tables.1)));
+            env.push(("SSL_CERT_FILE".into(), file.to_owned()));
             let log = logs.join(format!("sqs-consumer-{}-{run}.log", label.replace(' ', "-")));
             diagnostic_starts[d].push(run_once(
                 &api,
