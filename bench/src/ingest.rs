@@ -228,7 +228,7 @@ pub fn stage_vs_plain(path: &Path) -> anyhow::Result<(f64, f64, u64)> {
 }
 
 /// Passes of each side in [`stage_vs_plain`].
-pub const STAGE_ROUNDS: usize = 3;
+const STAGE_ROUNDS: usize = 3;
 
 /// Plain: std buffered lines, one reused String, no validation. Lines/s and lines.
 fn plain_pass(path: &Path) -> anyhow::Result<(f64, u64)> {

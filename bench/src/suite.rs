@@ -656,9 +656,9 @@ fn binaries(opts: &Options, report: &mut Report, runtime: &tokio::runtime::Runti
         // Interleaved, so drift on a shared machine hits every binary alike,
         // and in an order that turns by one each run: whatever starts right
         // after a first invocation shares the machine with the emulators
-        // still finishing that invocation's work (run 3 and the first run of
-        // 2026-12-03's session had stream-aggregator, always after
-        // sqs-consumer, 1.8x and 1.55x echo; alone it starts as sqs-consumer).
+        // still finishing that invocation's work (stream-aggregator, always
+        // after sqs-consumer, measured 1.55-1.8x echo that way; alone it
+        // starts as sqs-consumer does).
         let slots = functions.len() + diagnostics.len();
         for k in 0..slots {
             let slot = (k + run) % slots;

@@ -141,7 +141,7 @@ pub fn fingerprint(payload: &[u8]) -> String {
 
 /// [`fingerprint`] of text written piece by piece (`write!` into it), without
 /// building the text: the same digest as `fingerprint` of the whole.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Hasher(Sha256);
 
 impl Hasher {
@@ -155,12 +155,6 @@ impl std::fmt::Write for Hasher {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.update(s.as_bytes());
         Ok(())
-    }
-}
-
-impl std::fmt::Debug for Hasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hasher")
     }
 }
 

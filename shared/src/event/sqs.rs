@@ -49,8 +49,7 @@ struct Wire<'a> {
     body: Option<&'a RawValue>,
     #[serde(rename = "eventSourceARN", default)]
     event_source_arn: Option<String>,
-    #[serde(default)]
-    #[serde(borrow)]
+    #[serde(default, borrow)]
     attributes: Option<WireAttributes<'a>>,
 }
 
@@ -131,7 +130,7 @@ impl Message {
 /// has already read as a value (so its escapes are well-formed and it has no
 /// raw control characters); what it may still hold is a `\u` escape of half
 /// a surrogate pair, an error here as it is to serde_json.
-pub(crate) fn unescape_literal(literal: &str) -> Result<String, &'static str> {
+fn unescape_literal(literal: &str) -> Result<String, &'static str> {
     let inner = literal.strip_prefix('"').and_then(|l| l.strip_suffix('"')).ok_or("not a string")?;
     let mut out = String::with_capacity(inner.len());
     let mut rest = inner;
