@@ -4,10 +4,10 @@
 use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat};
+use orders::state::item::order_to_item;
+use orders::state::memory::OrderChange;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use shared::state::item::order_to_item;
-use shared::state::memory::OrderChange;
 
 /// 2026-11-28T00:00:00Z: events of a workload are one second apart from here.
 const BASE_EPOCH: i64 = 1_795_824_000;
@@ -61,10 +61,10 @@ pub fn sqs_event(run: &str, n: u64) -> Vec<u8> {
 /// A DynamoDB stream event of `n` order INSERT/MODIFY records, as the state
 /// table's stream would deliver them after `n` order events were applied.
 pub fn stream_event(run: &str, n: u64) -> Vec<u8> {
-    let store = shared::state::memory::MemoryStore::new();
+    let store = orders::state::memory::MemoryStore::new();
     let orders = n.div_ceil(2).max(1);
     let events: Vec<_> = (0..n)
-        .map(|i| shared::order::parse_order_event(&order_event(run, i, orders)))
+        .map(|i| orders::order::parse_order_event(&order_event(run, i, orders)))
         .collect::<Result<_, _>>()
         .unwrap_or_default();
     // Two deliveries: the first INSERTs every order, the second MODIFYs half
@@ -73,7 +73,7 @@ pub fn stream_event(run: &str, n: u64) -> Vec<u8> {
     if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() {
         let half = (orders as usize).min(events.len());
         for part in [&events[..half], &events[half..]] {
-            let _ = runtime.block_on(shared::state::StateStore::apply_orders(&store, part, None, None));
+            let _ = runtime.block_on(orders::state::StateStore::apply_orders(&store, part, None, None));
         }
     }
     let changes = store.take_changes();
@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn generated_events_are_valid_and_plain_parses_them() {
         let line = order_event("t", 5, 3);
-        let event = shared::order::parse_order_event(&line).unwrap();
+        let event = orders::order::parse_order_event(&line).unwrap();
         assert_eq!(event.order_id, "o-t-2");
         assert_eq!(plain_sqs(&sqs_event("t", 4)), 4);
         assert_eq!(plain_stream(&stream_event("t", 6)), 6);

@@ -14,8 +14,8 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, StreamSpecification,
     StreamViewType,
 };
+use orders::state::dynamo::DynamoStore;
 use serde_json::Value;
-use shared::state::dynamo::DynamoStore;
 use shared::telemetry::RequestCounter;
 
 /// A moto server this process started; stopped on drop.

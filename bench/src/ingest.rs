@@ -12,11 +12,14 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use orders::order::{ApplyOutcome, Order, OrderEvent, apply};
+use orders::state::{DeltaError, DeltaRecord, Marker, Outcome, StateStore};
 use serde_json::{Value, json};
+use shared::dynamo::StoreError;
 use shared::event::s3::ObjectRef;
+use shared::manifest::{Manifest, ManifestFn};
 use shared::object::{Format, LineContent, LineReader, ObjectBody, ObjectError, ObjectSink, ObjectSource};
-use shared::order::{ApplyOutcome, Order, OrderEvent, apply};
-use shared::state::{DeltaRecord, Manifest, ManifestFn, Marker, Outcome, Quarantined, StateStore, StoreError};
+use shared::quarantine::{QuarantineStore, Quarantined};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::data::PlainOrder;
@@ -105,7 +108,7 @@ impl StateStore for BoundedStore {
         Ok(outcomes)
     }
 
-    async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<StoreError>) {
+    async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<DeltaError>) {
         (vec![Outcome::Applied; records.len()], None)
     }
 
@@ -113,8 +116,10 @@ impl StateStore for BoundedStore {
         let manifests = self.manifests.lock().unwrap_or_else(|e| e.into_inner());
         Ok(manifests.get(&(bucket.to_owned(), key.to_owned(), revision.to_owned())).cloned())
     }
+}
 
-    async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
+impl QuarantineStore for BoundedStore {
+    async fn write_quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
         *self.quarantined.lock().unwrap_or_else(|e| e.into_inner()) += records.len() as u64;
         Ok(())
     }
@@ -163,9 +168,9 @@ impl IngestRun {
 }
 
 /// The config of an ingest: the tables only matter against the emulator.
-pub fn config(state: &str, idempotency: &str) -> shared::config::Config {
+pub fn config(state: &str, idempotency: &str) -> orders::config::Config {
     let (state, idempotency) = (state.to_owned(), idempotency.to_owned());
-    shared::config::Config::from_lookup(move |name| match name {
+    orders::config::Config::from_lookup(move |name| match name {
         "STATE_TABLE" => Some(state.clone()),
         "IDEMPOTENCY_TABLE" => Some(idempotency.clone()),
         _ => None,
@@ -245,8 +250,9 @@ fn plain_pass(path: &Path) -> anyhow::Result<(f64, u64)> {
     Ok((lines as f64 / started.elapsed().as_secs_f64(), lines))
 }
 
-/// The function's stage: shared::object's decoder and line reader, and its
-/// record parser (parse + validate into an OrderEvent). Lines/s and lines.
+/// The function's stage: shared::object's decoder and line reader, and the
+/// object ingest's records with the orders' parser (parse + validate into
+/// an OrderEvent). Lines/s and lines.
 fn stage_pass(path: &Path) -> anyhow::Result<(f64, u64)> {
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let started = Instant::now();
@@ -254,10 +260,11 @@ fn stage_pass(path: &Path) -> anyhow::Result<(f64, u64)> {
         let file: Pin<Box<dyn AsyncRead + Send>> = Box::pin(BlockingFile(std::fs::File::open(path)?));
         let mut lines =
             LineReader::new(shared::object::decoded(file, false), shared::config::DEFAULT_MAX_LINE_BYTES, 1, 0);
+        let mut records = shared::ingest::Records::new(&orders::lines::OrderLines, Format::Ndjson);
         let mut ok = 0u64;
         while let Some(line) = lines.next_line().await? {
             if let LineContent::Text(text) = &line.content
-                && shared::object::parse_record(Format::Ndjson, None, text).is_ok()
+                && records.line(text).is_some_and(|r| r.is_ok())
             {
                 ok += 1;
             }

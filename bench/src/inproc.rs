@@ -11,9 +11,9 @@
 
 use std::time::{Duration, Instant};
 
+use orders::config::Config;
+use orders::state::memory::MemoryStore;
 use serde_json::Value;
-use shared::config::Config;
-use shared::state::memory::MemoryStore;
 
 /// Which handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,9 +155,9 @@ fn per_record_us(n: u64, rounds: usize, round: Duration, mut work: impl FnMut())
 /// records: (stage, microseconds per record). Each stage is timed alone over
 /// the batch, with the inputs the previous stages produced.
 pub fn breakdown(function: Function, n: u64, rounds: usize, round: Duration) -> Vec<(&'static str, f64)> {
+    use orders::state::StateStore;
     use shared::event::{sqs, stream};
     use shared::idempotency::{IdempotencyKey, KeySource, payload_hash};
-    use shared::state::StateStore;
     let bytes = function.event("b", n);
     let runtime = runtime();
     let config = config();
@@ -196,13 +196,13 @@ pub fn breakdown(function: Function, n: u64, rounds: usize, round: Duration) -> 
         Function::SqsConsumer => {
             let messages: Vec<sqs::Message> = records.iter().filter_map(|r| sqs::Message::parse_raw(r).ok()).collect();
             let events: Vec<_> =
-                messages.iter().filter_map(|m| shared::order::parse_order_event(&m.body).ok()).collect();
+                messages.iter().filter_map(|m| orders::order::parse_order_event(&m.body).ok()).collect();
             // The handler takes the /eventId key from the parsed event; this
             // stage is the general path (any pointer), for comparison.
             let source = KeySource::BodyPointer("/eventId".into());
             let markers: Vec<_> = messages
                 .iter()
-                .map(|m| shared::state::Marker {
+                .map(|m| orders::state::Marker {
                     key: keys.sqs(&source, m).ok().flatten().unwrap_or_default(),
                     validation: Some(payload_hash(m.body.as_bytes())),
                 })
@@ -216,7 +216,7 @@ pub fn breakdown(function: Function, n: u64, rounds: usize, round: Duration) -> 
             out.push((
                 "parse_order_event (parse + validate)",
                 t(&mut || {
-                    messages.iter().for_each(|m| drop(std::hint::black_box(shared::order::parse_order_event(&m.body))));
+                    messages.iter().for_each(|m| drop(std::hint::black_box(orders::order::parse_order_event(&m.body))));
                 }),
             ));
             out.push((
@@ -242,14 +242,14 @@ pub fn breakdown(function: Function, n: u64, rounds: usize, round: Duration) -> 
         Function::StreamAggregator => {
             let parsed: Vec<stream::Record> =
                 records.iter().filter_map(|r| stream::Record::parse_raw(r).ok()).collect();
-            let read = |i: Option<&serde_dynamo::Item>| i.and_then(|i| shared::state::item::order_from_item(i).ok());
+            let read = |i: Option<&serde_dynamo::Item>| i.and_then(|i| orders::state::item::order_from_item(i).ok());
             let orders: Vec<_> = parsed.iter().map(|p| (read(p.old_image()), read(p.new_image()))).collect();
             let deltas: Vec<_> = parsed
                 .iter()
                 .zip(&orders)
-                .map(|(p, (old, new))| shared::state::DeltaRecord {
+                .map(|(p, (old, new))| orders::state::DeltaRecord {
                     idempotency_key: keys.stream(p).ok().flatten().unwrap_or_default(),
-                    deltas: shared::order::totals_delta(old.as_ref(), new.as_ref()).unwrap_or_default(),
+                    deltas: orders::order::totals_delta(old.as_ref(), new.as_ref()).unwrap_or_default(),
                 })
                 .collect();
             out.push((
@@ -270,7 +270,7 @@ pub fn breakdown(function: Function, n: u64, rounds: usize, round: Duration) -> 
                     parsed.iter().zip(&orders).for_each(|(p, (old, new))| {
                         drop(std::hint::black_box((
                             keys.stream(p),
-                            shared::order::totals_delta(old.as_ref(), new.as_ref()),
+                            orders::order::totals_delta(old.as_ref(), new.as_ref()),
                         )))
                     });
                 }),

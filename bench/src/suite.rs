@@ -324,7 +324,7 @@ pub mod prices {
 }
 
 /// The commit window W1 also runs with on the latency model beside the
-/// default (`shared::state::dynamo::DEFAULT_COMMIT_CONCURRENCY`): one
+/// default (`shared::config::DEFAULT_COMMIT_CONCURRENCY`): one
 /// transaction after another, what the window buys.
 const SERIAL_COMMIT_CONCURRENCY: usize = 1;
 

@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets, one function per target, each taking the
 //! fuzzer's bytes. The targets in `fuzz_targets/` only call these, and
-//! `shared/tests/fuzz_corpus.rs` includes this file by path and feeds it every
+//! `functions/orders/tests/fuzz_corpus.rs` includes this file by path and feeds it every
 //! corpus file, so the corpus is replayed in `cargo test` by the very code the
 //! fuzzer ran.
 //!
@@ -8,11 +8,13 @@
 //! by failing one of the invariants asserted here (cheap ones, stated at each
 //! assertion). Inputs that are merely invalid must return quietly.
 
+use orders::lines::OrderLines;
+use orders::order::{OrderEvent, format_timestamp, parse_order_event};
+use orders::state::item::{order_from_item, order_to_item};
 use serde_json::Value;
 use shared::event::{s3, sqs, stream};
-use shared::object::{Format, Line, LineContent, LineReader, parse_record, split_csv};
-use shared::order::{OrderEvent, format_timestamp, parse_order_event};
-use shared::state::item::{order_from_item, order_to_item};
+use shared::ingest::Records;
+use shared::object::{Format, Line, LineContent, LineReader};
 
 /// Line bound of the `object_lines` target: small, so that short inputs reach
 /// the over-long path (the functions use the configured bound, much larger).
@@ -100,9 +102,10 @@ pub fn stream_record(data: &[u8]) {
     }
 }
 
-/// `LineReader` (bound [`MAX_LINE_BYTES`]) over the input, then `split_csv`
-/// and `parse_record` (NDJSON, and CSV with the first text line as header) on
-/// each text line. Every line must be exactly its bytes of the input, and
+/// `LineReader` (bound [`MAX_LINE_BYTES`]) over the input, then each text
+/// line through [`Records`] with the orders' line parser, as an object's
+/// ingest reads it, once as NDJSON and once as CSV (its first non-blank line
+/// the header row). Every line must be exactly its bytes of the input, and
 /// reading the input in small chunks (a `BufReader` of 1 to 8 bytes, by input
 /// length) must give the same lines as reading it whole: S3 bodies arrive in
 /// chunks that split lines and `\r\n` anywhere.
@@ -112,7 +115,8 @@ pub fn object_lines(data: &[u8]) {
     let chunked = read_lines(tokio::io::BufReader::with_capacity(capacity, data), data.len());
     assert_eq!(chunked, lines, "reading in chunks of {capacity} bytes changes the lines");
 
-    let mut header: Option<Vec<String>> = None;
+    let mut ndjson = Records::new(&OrderLines, Format::Ndjson);
+    let mut csv = Records::new(&OrderLines, Format::Csv);
     for (index, line) in lines.iter().enumerate() {
         assert_eq!(line.number, index as u64 + 1, "line numbers are consecutive from 1");
         let start = usize::try_from(line.offset).expect("offset fits in usize");
@@ -121,14 +125,8 @@ pub fn object_lines(data: &[u8]) {
             LineContent::Text(text) => {
                 assert_eq!(text.as_bytes(), expected, "text of line {}", line.number);
                 assert!(text.len() <= MAX_LINE_BYTES, "text line {} over the bound", line.number);
-                let fields = split_csv(text);
-                let _ = parse_record(Format::Ndjson, None, text);
-                match &header {
-                    None => header = fields.ok(),
-                    Some(h) => {
-                        let _ = parse_record(Format::Csv, Some(h), text);
-                    }
-                }
+                let _ = ndjson.line(text);
+                let _ = csv.line(text);
             }
             LineContent::TooLong { length, prefix } => {
                 assert_eq!(*length, expected.len() as u64, "length of over-long line {}", line.number);
@@ -180,10 +178,10 @@ fn line_content(data: &[u8], start: usize) -> &[u8] {
 pub fn aggregation(data: &[u8]) {
     use std::collections::BTreeMap;
 
-    use rust_decimal::Decimal;
-    use shared::order::{
+    use orders::order::{
         ApplyOutcome, Currency, CustomerTotals, Order, OrderStatus, apply, combine, contribution, totals_delta,
     };
+    use rust_decimal::Decimal;
 
     const STATUSES: [OrderStatus; 4] =
         [OrderStatus::Placed, OrderStatus::Paid, OrderStatus::Shipped, OrderStatus::Cancelled];

@@ -29,10 +29,10 @@
 //! use shared::engine::{CommitError, Engine, Plan};
 //! use shared::event::{RawBatch, sqs};
 //! use shared::batch::{Outcome, RecordError};
-//! use shared::state::memory::MemoryStore;
+//! use shared::quarantine::MemoryQuarantine;
 //!
 //! # async fn example(batch: RawBatch) -> Result<(), shared::batch::InvocationError> {
-//! let quarantine = MemoryStore::new();
+//! let quarantine = MemoryQuarantine::new();
 //! let engine = Engine::new(&quarantine);
 //! let (response, summary) = engine
 //!     .process(
@@ -66,8 +66,9 @@ use shared_core::batch::{
     blocked_by_earlier_failures, settle,
 };
 
+use crate::error::{Classify, ErrorClass};
 use crate::event::{EventError, RawBatch, sqs, stream};
-use crate::state::{ErrorClass, QuarantineStore, Quarantined, StoreError};
+use crate::quarantine::{QuarantineStore, Quarantined};
 
 /// What the planner decided for one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,13 +96,32 @@ pub enum CommitError {
     Fatal(String),
 }
 
-impl From<&StoreError> for CommitError {
-    fn from(e: &StoreError) -> Self {
-        match e.class() {
-            ErrorClass::Transient => Self::Transient(e.to_string()),
-            ErrorClass::Permanent => Self::Permanent(e.to_string()),
-            ErrorClass::Fatal => Self::Fatal(e.to_string()),
+impl CommitError {
+    /// The commit error of a failure of class `class`.
+    pub fn classified(class: ErrorClass, message: impl Into<String>) -> Self {
+        match class {
+            ErrorClass::Transient => Self::Transient(message.into()),
+            ErrorClass::Permanent => Self::Permanent(message.into()),
+            ErrorClass::Fatal => Self::Fatal(message.into()),
         }
+    }
+}
+
+impl Classify for CommitError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Transient(_) => ErrorClass::Transient,
+            Self::Permanent(_) => ErrorClass::Permanent,
+            Self::Fatal(_) => ErrorClass::Fatal,
+        }
+    }
+}
+
+/// Any classified failure (a store's, the lock's, an object read's) as the
+/// commit error of its class, with its message.
+impl<E: Classify + std::fmt::Display> From<&E> for CommitError {
+    fn from(e: &E) -> Self {
+        Self::classified(e.class(), e.to_string())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
-pub use shared_core::error::{ErrorClass, classify_code};
+pub use shared_core::error::{Classify, ErrorClass, classify_code};
 
 /// Classifies any AWS SDK error: timeouts, dispatch failures (connection
 /// refused or reset) and unparseable responses are transient; service errors

@@ -23,7 +23,7 @@
 //! use aws_sdk_dynamodb::types::{AttributeValue, Update};
 //! use shared::exactly_once::{UnitOfWork, Verdict, Write};
 //!
-//! # fn unit() -> Result<UnitOfWork, aws_sdk_dynamodb::error::BuildError> {
+//! # fn unit() -> UnitOfWork {
 //! // Reserve 3 of SKU A-1, once, whatever happens to the message.
 //! let reserve = Update::builder()
 //!     .table_name("inventory")
@@ -31,9 +31,9 @@
 //!     .update_expression("SET reserved = reserved + :n")
 //!     .condition_expression("stock - reserved >= :n")
 //!     .expression_attribute_values(":n", AttributeValue::N("3".into()));
-//! Ok(UnitOfWork::new("inventory#reservation#r-1")
+//! UnitOfWork::new("inventory#reservation#r-1")
 //!     .fingerprint("9f86d081884c7d65")
-//!     .write(Write::update(reserve)?.on_condition_failed(|_| Verdict::Reject("not enough stock of A-1".into()))))
+//!     .write(Write::update(reserve).on_condition_failed(|_| Verdict::Reject("not enough stock of A-1".into())))
 //! # }
 //! ```
 
@@ -43,36 +43,21 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::BuildError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::builders::{ConditionCheckBuilder, DeleteBuilder, PutBuilder, UpdateBuilder};
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
 use shared_core::batch::Outcome;
-use shared_core::plan::{MAX_TRANSACT_ITEMS, UnitShape, commits, repeated_keys};
+use shared_core::plan::{
+    MAX_TRANSACT_ITEMS, Next, Pending, Reading, UnitShape, commits, read_cancellation, repeated_keys,
+};
 
+pub use shared_core::plan::Verdict;
+
+use crate::dynamo::{MAX_ATTEMPTS, Transacted, backoff, transact};
 use crate::engine::{CommitError, Committed};
-use crate::error::{classify_sdk, sdk_message};
-use crate::state::ErrorClass;
+use crate::error::{Classify, ErrorClass};
 
 /// An item as DynamoDB returns it.
 pub type Item = HashMap<String, AttributeValue>;
-
-/// How to read a write's condition failing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// The effect is already there (for example, the stored version is this
-    /// record's): the record is a duplicate and changes nothing.
-    Duplicate,
-    /// The stored state is newer than the record: counted as stale; its
-    /// marker is still written, so a replay is seen as a duplicate.
-    Stale,
-    /// The record can never be applied: quarantined with this reason.
-    Reject(String),
-    /// Another writer got in the way: send the unit again (after a back-off,
-    /// within the deadline).
-    Retry,
-}
 
 type ReadFailure = Arc<dyn Fn(Option<&Item>) -> Verdict + Send + Sync>;
 type BuildAction = Arc<dyn Fn() -> Result<TransactWriteItem, BuildError> + Send + Sync>;
@@ -95,13 +80,24 @@ enum Action {
     /// action maps (1.3 KB and more per update) between planning and the
     /// transaction that sends them.
     Deferred(BuildAction),
+    /// A builder that did not build (a required field missing): the unit
+    /// fails as permanent when it is committed.
+    Invalid(String),
 }
 
 impl Action {
-    fn get(&self) -> Result<TransactWriteItem, BuildError> {
+    fn get(&self) -> Result<TransactWriteItem, String> {
         match self {
             Self::Built(action) => Ok(TransactWriteItem::clone(action)),
-            Self::Deferred(build) => build(),
+            Self::Deferred(build) => build().map_err(|e| e.to_string()),
+            Self::Invalid(reason) => Err(reason.clone()),
+        }
+    }
+
+    fn built(action: Result<TransactWriteItem, BuildError>) -> Self {
+        match action {
+            Ok(action) => Self::Built(Box::new(action)),
+            Err(e) => Self::Invalid(format!("the write does not build: {e}")),
         }
     }
 }
@@ -113,6 +109,7 @@ impl std::fmt::Debug for Write {
         match &self.action {
             Action::Built(action) => out.field("action", action),
             Action::Deferred(_) => out.field("action", &"deferred"),
+            Action::Invalid(reason) => out.field("invalid", reason),
         };
         out.finish_non_exhaustive()
     }
@@ -133,8 +130,8 @@ fn identity(table: &str, key: &Item) -> String {
 }
 
 impl Write {
-    fn new(action: TransactWriteItem, item: String) -> Self {
-        Self::with_action(Action::Built(Box::new(action)), item)
+    fn new(action: Result<TransactWriteItem, BuildError>, item: String) -> Self {
+        Self::with_action(Action::built(action), item)
     }
 
     fn with_action(action: Action, item: String) -> Self {
@@ -166,19 +163,20 @@ impl Write {
     }
 
     /// An `UpdateItem` action, from its builder (the toolkit asks for the
-    /// stored item on a failed condition itself).
-    pub fn update(update: UpdateBuilder) -> Result<Self, BuildError> {
+    /// stored item on a failed condition itself). A builder without a table
+    /// or key fails its unit as permanent when it is committed.
+    pub fn update(update: UpdateBuilder) -> Self {
         let item = identity(
             update.get_table_name().as_deref().unwrap_or(""),
             update.get_key().as_ref().unwrap_or(&Item::new()),
         );
-        let update = update.return_values_on_condition_check_failure(ALL_OLD).build()?;
-        Ok(Self::new(TransactWriteItem::builder().update(update).build(), item))
+        let update = update.return_values_on_condition_check_failure(ALL_OLD).build();
+        Self::new(update.map(|u| TransactWriteItem::builder().update(u).build()), item)
     }
 
     /// A `PutItem` action, from its builder; `key` names the table's key
     /// attributes (the item holds their values).
-    pub fn put(put: PutBuilder, key: &[&str]) -> Result<Self, BuildError> {
+    pub fn put(put: PutBuilder, key: &[&str]) -> Self {
         let key: Item = put
             .get_item()
             .iter()
@@ -187,26 +185,26 @@ impl Write {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let item = identity(put.get_table_name().as_deref().unwrap_or(""), &key);
-        let put = put.return_values_on_condition_check_failure(ALL_OLD).build()?;
-        Ok(Self::new(TransactWriteItem::builder().put(put).build(), item))
+        let put = put.return_values_on_condition_check_failure(ALL_OLD).build();
+        Self::new(put.map(|p| TransactWriteItem::builder().put(p).build()), item)
     }
 
     /// A `DeleteItem` action, from its builder.
-    pub fn delete(delete: DeleteBuilder) -> Result<Self, BuildError> {
+    pub fn delete(delete: DeleteBuilder) -> Self {
         let item = identity(
             delete.get_table_name().as_deref().unwrap_or(""),
             delete.get_key().as_ref().unwrap_or(&Item::new()),
         );
-        let delete = delete.return_values_on_condition_check_failure(ALL_OLD).build()?;
-        Ok(Self::new(TransactWriteItem::builder().delete(delete).build(), item))
+        let delete = delete.return_values_on_condition_check_failure(ALL_OLD).build();
+        Self::new(delete.map(|d| TransactWriteItem::builder().delete(d).build()), item)
     }
 
     /// A `ConditionCheck`, from its builder: the unit commits only if it holds.
-    pub fn condition_check(check: ConditionCheckBuilder) -> Result<Self, BuildError> {
+    pub fn condition_check(check: ConditionCheckBuilder) -> Self {
         let item =
             identity(check.get_table_name().as_deref().unwrap_or(""), check.get_key().as_ref().unwrap_or(&Item::new()));
-        let check = check.return_values_on_condition_check_failure(ALL_OLD).build()?;
-        Ok(Self::new(TransactWriteItem::builder().condition_check(check).build(), item))
+        let check = check.return_values_on_condition_check_failure(ALL_OLD).build();
+        Self::new(check.map(|c| TransactWriteItem::builder().condition_check(c).build()), item)
     }
 
     /// How to read this action's condition failing, from the stored item
@@ -277,14 +275,6 @@ impl UnitOfWork {
     }
 }
 
-/// Attempts at one transaction on throttling and conflicts, on top of the
-/// SDK's own retries of each request.
-pub(crate) const MAX_ATTEMPTS: u32 = 8;
-/// How long markers are kept by default: a week covers every replay Lambda
-/// makes (streams keep 24 hours, SQS at most 14 days of retries in practice
-/// end far sooner) and most producer resends.
-pub(crate) const MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
 /// Commits units of work exactly once, markers in `idempotency_table`.
 #[derive(Debug, Clone)]
 pub struct ExactlyOnce {
@@ -313,21 +303,13 @@ pub enum FinalWriteError {
     Commit(#[from] CommitError),
 }
 
-/// Where a transaction's actions come from.
-#[derive(Debug, Clone, Copy)]
-enum Slot {
-    Marker(usize),
-    Write(usize, usize),
-    Final,
-}
-
 impl ExactlyOnce {
     /// Markers in `idempotency_table`, kept a week.
     pub fn new(client: Client, idempotency_table: impl Into<String>) -> Self {
         Self {
             client,
             idempotency_table: idempotency_table.into(),
-            marker_ttl: MARKER_TTL,
+            marker_ttl: crate::config::DEFAULT_IDEMPOTENCY_TTL,
             markers: true,
             capacity: Default::default(),
             concurrency: 1,
@@ -399,7 +381,7 @@ impl ExactlyOnce {
 
     /// [`commit`](Self::commit) with a reused key as [`Outcome::KeyReused`]
     /// (for stores that report it themselves).
-    pub(crate) async fn commit_outcomes(&self, units: &[UnitOfWork], deadline: Option<SystemTime>) -> Committed {
+    pub async fn commit_outcomes(&self, units: &[UnitOfWork], deadline: Option<SystemTime>) -> Committed {
         match Box::pin(self.commit_all(units, None, deadline)).await {
             Ok(results) => results,
             Err(_) => unreachable!("no final write, no final conflict"),
@@ -605,27 +587,32 @@ impl ExactlyOnce {
         last: Option<&FinalWrite<'_>>,
         deadline: Option<SystemTime>,
     ) -> Result<(), FinalWriteError> {
-        // Per member: whether its marker and its writes are still to be sent,
-        // and how it counts if they commit.
-        let mut marker: HashMap<usize, bool> = members.iter().map(|i| (*i, self.has_marker(&units[*i]))).collect();
-        let mut writes: HashMap<usize, bool> = members.iter().map(|i| (*i, true)).collect();
-        let mut counted: HashMap<usize, Outcome> = members.iter().map(|i| (*i, units[*i].outcome)).collect();
+        // Per member (in `members` order): what it still sends, and how it
+        // counts if that commits.
+        let mut pending: Vec<Pending> = members
+            .iter()
+            .map(|&i| {
+                let mut p = Pending::new(self.has_marker(&units[i]), units[i].outcome);
+                if results.get(i).is_some() {
+                    (p.marker, p.writes) = (false, false);
+                }
+                p
+            })
+            .collect();
         let now = chrono::Utc::now().timestamp();
         for attempt in 1..=MAX_ATTEMPTS {
             let mut actions = Vec::new();
-            let mut slots = Vec::new();
-            for &i in members {
-                if results.get(i).is_some() {
-                    continue;
-                }
-                if marker[&i] {
+            // Each action's member position, or `usize::MAX` for the final write.
+            let mut slots: Vec<(usize, Option<usize>)> = Vec::new();
+            for (m, &i) in members.iter().enumerate() {
+                if pending[m].marker {
                     actions.push(self.marker_put(&units[i], now)?);
-                    slots.push(Slot::Marker(i));
+                    slots.push((m, None));
                 }
-                if writes[&i] {
+                if pending[m].writes {
                     for (w, write) in units[i].writes.iter().enumerate() {
-                        actions.push(write.action.get().map_err(|e| CommitError::Permanent(e.to_string()))?);
-                        slots.push(Slot::Write(i, w));
+                        actions.push(write.action.get().map_err(CommitError::Permanent)?);
+                        slots.push((m, Some(w)));
                     }
                 }
             }
@@ -634,87 +621,70 @@ impl ExactlyOnce {
                 // counted, every other unit as already decided (or applied,
                 // in an earlier transaction of the batch).
                 let tentative: Vec<Outcome> = (0..units.len())
-                    .map(|i| match results.get(i) {
-                        Some(Ok(o)) => *o,
-                        _ => counted.get(&i).copied().unwrap_or(units[i].outcome),
+                    .map(|i| match (results.get(i), members.iter().position(|&m| m == i)) {
+                        (Some(Ok(o)), _) => *o,
+                        (_, Some(m)) => pending[m].counted,
+                        _ => units[i].outcome,
                     })
                     .collect();
-                actions.push(build(&tentative).action.get().map_err(|e| CommitError::Permanent(e.to_string()))?);
-                slots.push(Slot::Final);
+                actions.push(build(&tentative).action.get().map_err(CommitError::Permanent)?);
+                slots.push((usize::MAX, None));
             }
             if actions.is_empty() {
                 return Ok(());
             }
             match transact(&self.client, &self.idempotency_table, actions, &self.capacity).await {
-                Ok(None) => {
-                    for &i in members {
+                Ok(Transacted::Committed) => {
+                    for (m, &i) in members.iter().enumerate() {
                         if results.get(i).is_none() {
-                            results.set(i, Ok(counted[&i]));
+                            results.set(i, Ok(pending[m].counted));
                         }
                     }
                     return Ok(());
                 }
-                Ok(Some(reasons)) => {
-                    let mut retry_needed = true;
-                    for (slot, (code, item)) in slots.iter().zip(reasons) {
-                        if code != "ConditionalCheckFailed" {
-                            continue;
-                        }
-                        match *slot {
-                            Slot::Final => return Err(FinalWriteError::Conflict),
-                            Slot::Marker(i) => {
-                                retry_needed = false;
-                                let stored =
-                                    item.as_ref().and_then(|it| it.get("validation")).and_then(|v| v.as_s().ok());
-                                let reused =
-                                    matches!((stored, units[i].fingerprint.as_deref()), (Some(a), Some(b)) if a != b);
-                                results.set(i, Ok(if reused { Outcome::KeyReused } else { Outcome::Duplicate }));
-                            }
-                            Slot::Write(i, w) => {
-                                if results.get(i).is_some() {
-                                    // Its marker failed too: the marker decides.
-                                    continue;
+                Ok(Transacted::Cancelled(reasons)) => {
+                    let readings = slots.iter().zip(&reasons).filter(|(_, r)| r.condition_failed()).map(
+                        |(&(m, write), reason)| {
+                            let reading = match (m, write) {
+                                (usize::MAX, _) => Reading::Final,
+                                (m, None) => {
+                                    let stored = reason
+                                        .item
+                                        .as_ref()
+                                        .and_then(|it| it.get("validation"))
+                                        .and_then(|v| v.as_s().ok());
+                                    let own = units[members[m]].fingerprint.as_deref();
+                                    Reading::Marker { reused: matches!((stored, own), (Some(a), Some(b)) if a != b) }
                                 }
-                                match (units[i].writes[w].on_condition_failed)(item.as_ref()) {
-                                    // The effect is there, or superseded: its
-                                    // writes go, its marker is still written, so
-                                    // a replay is decided by the marker alone.
-                                    verdict @ (Verdict::Duplicate | Verdict::Stale) => {
-                                        retry_needed = false;
-                                        writes.insert(i, false);
-                                        let outcome =
-                                            if verdict == Verdict::Stale { Outcome::Stale } else { Outcome::Duplicate };
-                                        counted.insert(i, outcome);
-                                        if !marker[&i] {
-                                            results.set(i, Ok(outcome));
-                                        }
-                                    }
-                                    Verdict::Reject(reason) => {
-                                        retry_needed = false;
-                                        results.set(i, Err(CommitError::Permanent(reason)));
-                                    }
-                                    Verdict::Retry => {}
-                                }
-                            }
+                                (m, Some(w)) => Reading::Write((units[members[m]].writes[w].on_condition_failed)(
+                                    reason.item.as_ref(),
+                                )),
+                            };
+                            (m, reading)
+                        },
+                    );
+                    let next = read_cancellation(&mut pending, readings);
+                    for (m, &i) in members.iter().enumerate() {
+                        if results.get(i).is_none()
+                            && let Some(decided) = pending[m].decided.clone()
+                        {
+                            results.set(i, decided.map_err(CommitError::Permanent));
                         }
                     }
-                    // A unit decided above sends nothing more.
-                    for &i in members {
-                        if results.get(i).is_some() {
-                            marker.insert(i, false);
-                            writes.insert(i, false);
-                        }
-                    }
-                    if retry_needed {
-                        backoff(attempt, deadline).await?;
+                    match next {
+                        Next::FinalConflict => return Err(FinalWriteError::Conflict),
+                        Next::Resend => {}
+                        Next::BackOff => backoff(attempt, deadline)
+                            .await
+                            .map_err(|e| CommitError::Transient(format!("transactions kept being cancelled: {e}")))?,
                     }
                 }
-                Err((class, message)) => match class {
+                Err(e) => match e.class() {
                     ErrorClass::Transient => {
-                        backoff(attempt, deadline).await.map_err(|_| CommitError::Transient(message))?
+                        backoff(attempt, deadline).await.map_err(|_| CommitError::Transient(e.to_string()))?
                     }
-                    ErrorClass::Permanent => return Err(CommitError::Permanent(message).into()),
-                    ErrorClass::Fatal => return Err(CommitError::Fatal(message).into()),
+                    ErrorClass::Permanent => return Err(CommitError::Permanent(e.to_string()).into()),
+                    ErrorClass::Fatal => return Err(CommitError::Fatal(e.to_string()).into()),
                 },
             }
         }
@@ -785,9 +755,11 @@ fn reused_or(result: Result<Outcome, CommitError>, key: Option<&str>) -> Result<
     }
 }
 
-/// The marker write of a unit: succeeds only if the key is new (or its
-/// marker expired).
-pub(crate) fn marker_put(
+/// The marker write of a unit (an item of the idempotency table in the
+/// Powertools schema, `status` = `COMPLETED`): succeeds only if the key is
+/// new (or its marker expired). For stores that build their own
+/// transactions around markers.
+pub fn marker_put(
     table: &str,
     key: &str,
     validation: Option<&str>,
@@ -806,57 +778,4 @@ pub(crate) fn marker_put(
         put = put.item("validation", AttributeValue::S(v.to_owned()));
     }
     Ok(TransactWriteItem::builder().put(put.build()?).build())
-}
-
-/// Sends one transaction: `Ok(None)` when it committed, `Ok(Some(reasons))`
-/// when it was cancelled (each action's code and the item that failed its
-/// condition), `Err` with the error's class and message otherwise.
-async fn transact(
-    client: &Client,
-    table: &str,
-    actions: Vec<TransactWriteItem>,
-    capacity: &crate::telemetry::CapacityMeter,
-) -> Result<Option<Vec<(String, Option<Item>)>>, (ErrorClass, String)> {
-    let sent = client
-        .transact_write_items()
-        .set_transact_items(Some(actions))
-        .return_consumed_capacity(ReturnConsumedCapacity::Total)
-        .send()
-        .await;
-    match sent {
-        Ok(out) => {
-            capacity.add(out.consumed_capacity().iter().filter_map(|c| c.capacity_units).sum());
-            Ok(None)
-        }
-        Err(err) => {
-            if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
-                let reasons = cancelled
-                    .cancellation_reasons()
-                    .iter()
-                    .map(|r| (r.code().unwrap_or("None").to_owned(), r.item().cloned()))
-                    .collect();
-                return Ok(Some(reasons));
-            }
-            Err((
-                classify_sdk(&err),
-                format!("DynamoDB TransactWriteItems (markers in {table}) failed: {}", sdk_message(&err)),
-            ))
-        }
-    }
-}
-
-/// Exponential back-off with jitter before attempt `attempt + 1`; an error
-/// after the last attempt, or when the deadline would pass first.
-async fn backoff(attempt: u32, deadline: Option<SystemTime>) -> Result<(), CommitError> {
-    if attempt >= MAX_ATTEMPTS {
-        return Err(CommitError::Transient(format!("gave up after {attempt} attempts")));
-    }
-    let base = 20u64 << attempt.min(6);
-    let jitter = u64::from(chrono::Utc::now().timestamp_subsec_nanos()) % base;
-    let wait = Duration::from_millis(base / 2 + jitter);
-    if deadline.is_some_and(|d| SystemTime::now() + wait >= d) {
-        return Err(CommitError::Transient("the invocation's deadline is too near to try again".into()));
-    }
-    tokio::time::sleep(wait).await;
-    Ok(())
 }

@@ -18,41 +18,19 @@ use std::time::{Duration, SystemTime};
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::batch::Summary;
+use crate::batch::{Outcome, Summary};
+use crate::dynamo::StoreError;
+use crate::error::{Classify, ErrorClass};
 use crate::event::s3::ObjectRef;
-use crate::object::{
-    Format, Layout, LineContent, LineError, LineReader, ObjectSink, ObjectSource, csv_record, decoded, split_csv,
-};
-use crate::order::{OrderEvent, parse_order_event};
-use crate::state::{
-    Checkpoint, Counts, ErrorClass, Manifest, ManifestFn, ManifestWrite, ObjectStatus, Outcome, QuarantineStore,
-    Quarantined, StateStore, StoreError,
-};
+use crate::manifest::{Checkpoint, Counts, Manifest, ManifestFn, ManifestWrite, ObjectStatus};
+use crate::object::{Layout, LineContent, LineError, LineReader, ObjectSink, ObjectSource, decoded};
+
+use crate::quarantine::{QuarantineStore, Quarantined};
+pub use shared_core::lines::{LineParser, Records};
 
 /// Records per chunk: 99 record writes plus the manifest fill one
 /// TransactWriteItems (100 actions).
 pub const CHUNK_RECORDS: usize = 99;
-
-/// Parses one record of an object from its JSON text.
-pub trait LineParser: Send + Sync {
-    /// What a line becomes.
-    type Record: Send + Sync;
-    /// The record, or the reason the line is rejected (naming the field and
-    /// the rule).
-    fn parse(&self, json: &str) -> Result<Self::Record, String>;
-}
-
-/// Order events, one per line: the reference domain's parser.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OrderLines;
-
-impl LineParser for OrderLines {
-    type Record = OrderEvent;
-
-    fn parse(&self, json: &str) -> Result<OrderEvent, String> {
-        parse_order_event(json).map_err(|e| e.to_string())
-    }
-}
 
 /// Where an object's chunks commit: one atomic write of the chunk's records
 /// and the manifest that covers them.
@@ -72,27 +50,6 @@ pub trait ChunkStore<T>: QuarantineStore {
         records: &[T],
         manifest: &ManifestFn<'_>,
     ) -> impl std::future::Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
-}
-
-/// The state table ingests order events: each chunk's orders by the apply
-/// rule, with the manifest in the same transaction.
-impl<S: StateStore> ChunkStore<OrderEvent> for S {
-    fn get_manifest(
-        &self,
-        bucket: &str,
-        key: &str,
-        revision: &str,
-    ) -> impl std::future::Future<Output = Result<Option<Manifest>, StoreError>> + Send {
-        StateStore::get_manifest(self, bucket, key, revision)
-    }
-
-    fn commit_chunk(
-        &self,
-        records: &[OrderEvent],
-        manifest: &ManifestFn<'_>,
-    ) -> impl std::future::Future<Output = Result<Vec<Outcome>, StoreError>> + Send {
-        self.apply_orders(records, None, Some(manifest))
-    }
 }
 
 /// Limits of one object's read.
@@ -230,11 +187,8 @@ struct Chunk<T> {
 
 /// State of one object's read, carried across chunks.
 struct Reader<'p, R, P> {
-    parser: &'p P,
+    records: Records<'p, P>,
     lines: LineReader<R>,
-    layout: Layout,
-    header: Option<Vec<String>>,
-    csv_header: Option<String>,
     /// Lines up to this number were done by an earlier invocation.
     skip_through: u64,
     source: String,
@@ -243,20 +197,6 @@ struct Reader<'p, R, P> {
 }
 
 impl<R: tokio::io::AsyncBufRead + Unpin, P: LineParser> Reader<'_, R, P> {
-    /// One line's record: NDJSON as it is, a CSV row as the JSON object of
-    /// its fields (named by the header row), through the parser.
-    fn parse(&self, text: &str) -> Result<P::Record, String> {
-        match self.layout.format {
-            Format::Ndjson => self.parser.parse(text),
-            Format::Csv => {
-                let header =
-                    self.header.as_deref().ok_or_else(|| LineError::Csv("no header row".into()).to_string())?;
-                let json = csv_record(header, text).map_err(|e| LineError::Csv(e).to_string())?;
-                self.parser.parse(&json)
-            }
-        }
-    }
-
     async fn read_chunk(&mut self) -> Result<Chunk<P::Record>, ObjectFailure> {
         let mut chunk = Chunk {
             records: Vec::new(),
@@ -278,18 +218,10 @@ impl<R: tokio::io::AsyncBufRead + Unpin, P: LineParser> Reader<'_, R, P> {
                 continue; // Done by an earlier invocation (compressed resume).
             }
             let parsed: Result<P::Record, (String, String)> = match &line.content {
-                LineContent::Text(text) if text.trim().is_empty() => continue,
-                LineContent::Text(text) if self.layout.format == Format::Csv && self.header.is_none() => {
-                    match split_csv(text) {
-                        Ok(fields) => {
-                            self.header = Some(fields.into_iter().map(|f| f.trim().to_owned()).collect());
-                            self.csv_header = Some(text.clone());
-                            continue;
-                        }
-                        Err(e) => Err((LineError::Csv(format!("header row: {e}")).to_string(), text.clone())),
-                    }
-                }
-                LineContent::Text(text) => self.parse(text).map_err(|e| (e, text.clone())),
+                LineContent::Text(text) => match self.records.line(text) {
+                    None => continue,
+                    Some(record) => record.map_err(|e| (e.to_string(), text.clone())),
+                },
                 LineContent::TooLong { length, prefix } => Err((
                     LineError::TooLong { length: *length, limit: self.max_line_bytes }.to_string(),
                     String::from_utf8_lossy(prefix).into_owned(),
@@ -303,13 +235,13 @@ impl<R: tokio::io::AsyncBufRead + Unpin, P: LineParser> Reader<'_, R, P> {
                 Err((reason, raw)) => {
                     tracing::info!(line = line.number, %reason, "line rejected");
                     chunk.rejects.push(Quarantined::new(&self.source, format!("line-{}", line.number), &reason, &raw));
-                    let raw = crate::state::truncate_bytes(&raw, MAX_REPORTED_LINE_BYTES).to_owned();
+                    let raw = crate::quarantine::truncate_bytes(&raw, MAX_REPORTED_LINE_BYTES).to_owned();
                     chunk.report.push((line.number, reason, raw));
                 }
             }
         }
         chunk.next = Checkpoint { line: self.lines.next_number() - 1, byte: self.lines.offset() };
-        chunk.csv_header = self.csv_header.clone();
+        chunk.csv_header = self.records.header_line().map(str::to_owned);
         Ok(chunk)
     }
 }
@@ -463,8 +395,13 @@ where
         return Ok(report("REJECTED", counts));
     };
     let csv_header = existing.as_ref().and_then(|m| m.csv_header.clone());
+    let records = if checkpoint.line == 0 {
+        Records::new(parser, layout.format)
+    } else {
+        Records::resume(parser, layout.format, csv_header)
+    };
     let mut reader = Reader {
-        parser,
+        records,
         lines: if ranged {
             LineReader::new(
                 decoded(body.reader, layout.gzip),
@@ -475,9 +412,6 @@ where
         } else {
             LineReader::new(decoded(body.reader, layout.gzip), options.max_line_bytes, 1, 0)
         },
-        layout,
-        header: csv_header.as_deref().and_then(|h| split_csv(h).ok()),
-        csv_header,
         skip_through: checkpoint.line,
         source: format!("s3/{}/{}", object.bucket, object.key),
         max_line_bytes: options.max_line_bytes,

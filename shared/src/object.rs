@@ -3,6 +3,7 @@
 //! a time with their line number and byte offset. A line longer than the bound
 //! is reported, not allocated; invalid UTF-8 is reported, not fatal.
 
+use crate::error::Classify;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -10,8 +11,7 @@ use std::pin::Pin;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::event::s3::ObjectRef;
-use crate::order::{OrderEvent, ValidationError, parse_order_event};
-pub use shared_core::lines::{Format, Layout, csv_record, split_csv};
+pub use shared_core::lines::{Format, Layout, LineError, csv_record, split_csv};
 
 /// Why an object could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +38,8 @@ pub enum ObjectError {
     },
 }
 
-impl ObjectError {
-    /// The error class the batch layer uses.
-    pub fn class(&self) -> crate::error::ErrorClass {
+impl Classify for ObjectError {
+    fn class(&self) -> crate::error::ErrorClass {
         match self {
             Self::Fetch { class, .. } => *class,
             // A body cut mid-stream or a corrupt gzip stream: retrying may help
@@ -330,41 +329,6 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             }
         };
         Ok(Some(Line { number, offset: start, content }))
-    }
-}
-
-/// Why a line was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LineError {
-    /// The line is longer than the configured bound.
-    #[error("line is {length} bytes, over the limit of {limit}")]
-    TooLong {
-        /// The line's length in bytes.
-        length: u64,
-        /// The bound, in bytes (`MAX_LINE_BYTES`).
-        limit: usize,
-    },
-    /// The line is not UTF-8.
-    #[error("line is not valid UTF-8")]
-    InvalidUtf8,
-    /// A CSV row that cannot be read (or no header row before it).
-    #[error("CSV: {0}")]
-    Csv(String),
-    /// The record parsed but is not a valid order event.
-    #[error(transparent)]
-    Invalid(#[from] ValidationError),
-}
-
-/// Parses one line into an order event, by the object's format. For CSV,
-/// `header` holds the field names.
-pub fn parse_record(format: Format, header: Option<&[String]>, text: &str) -> Result<OrderEvent, LineError> {
-    match format {
-        Format::Ndjson => Ok(parse_order_event(text)?),
-        Format::Csv => {
-            let header = header.ok_or_else(|| LineError::Csv("no header row".into()))?;
-            let json = csv_record(header, text).map_err(LineError::Csv)?;
-            Ok(parse_order_event(&json)?)
-        }
     }
 }
 

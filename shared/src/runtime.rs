@@ -20,7 +20,7 @@ pub struct Telemetry {
     /// [`dynamodb_client`](crate::config::dynamodb_client).
     pub requests: RequestCounter,
     /// DynamoDB capacity units consumed: pass it to the store's
-    /// [`with_capacity_meter`](crate::state::dynamo::DynamoStore::with_capacity_meter).
+    /// [`with_capacity_meter`](crate::exactly_once::ExactlyOnce::with_capacity_meter).
     pub capacity: CapacityMeter,
 }
 

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use shared::batch::{Outcome, RecordError, Summary};
 use shared::engine::{CommitError, Engine, Plan};
 use shared::event::{RawBatch, sqs, stream};
-use shared::state::memory::MemoryStore;
+use shared::quarantine::MemoryQuarantine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Behaviour {
@@ -193,7 +193,7 @@ fn run(kind: Kind, records: &[(String, Option<String>, Behaviour)]) -> (Vec<Stri
     };
     let batch = RawBatch::from_value(&event).unwrap();
     let behaviour_of = |id: &str| records.iter().find(|(i, _, _)| i == id).map(|(_, _, b)| *b).unwrap();
-    let store = MemoryStore::new();
+    let store = MemoryQuarantine::new();
     let committed_ids = Mutex::new(Vec::new());
     let group_of = |id: &str| records.iter().find(|(i, _, _)| i == id).and_then(|(_, g, _)| g.clone());
     let commit = |effects: Vec<String>| {
@@ -312,7 +312,7 @@ fn all_failed_switch_fails_the_invocation_only_when_nothing_succeeded() {
     let records: Vec<(String, Option<String>, Behaviour)> =
         (0..3).map(|i| (format!("r{i}"), None, Behaviour::TransientAtCommit)).collect();
     let batch = RawBatch::from_value(&sqs_event(&records, false)).unwrap();
-    let store = MemoryStore::new();
+    let store = MemoryQuarantine::new();
     let engine = Engine::new(&store).fail_on_all_failed(true);
     let commit = |effects: Vec<String>| async move {
         effects.iter().map(|_| Err(CommitError::Transient("throttled".into()))).collect::<Vec<_>>()
@@ -327,7 +327,7 @@ fn nothing_is_committed_when_the_deadline_is_too_near() {
     let records: Vec<(String, Option<String>, Behaviour)> =
         (0..2).map(|i| (format!("r{i}"), None, Behaviour::Applied)).collect();
     let batch = RawBatch::from_value(&sqs_event(&records, false)).unwrap();
-    let store = MemoryStore::new();
+    let store = MemoryQuarantine::new();
     let engine = Engine::new(&store).deadline_margin(std::time::Duration::from_secs(5));
     let commit = |effects: Vec<String>| async move {
         assert!(effects.is_empty(), "commit called with {effects:?}");

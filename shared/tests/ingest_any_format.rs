@@ -5,11 +5,13 @@
 
 use std::sync::Mutex;
 
-use shared::batch::Summary;
+use shared::batch::{Outcome, Summary};
+use shared::dynamo::StoreError;
 use shared::event::s3::ObjectRef;
 use shared::ingest::{ChunkStore, Deadline, IngestOptions, LineParser, ingest_object};
+use shared::manifest::{Manifest, ManifestFn, ObjectStatus};
 use shared::object::MemorySource;
-use shared::state::{Manifest, ManifestFn, ObjectStatus, Outcome, QuarantineStore, Quarantined, StoreError};
+use shared::quarantine::{QuarantineStore, Quarantined};
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 struct Reading {
@@ -19,12 +21,18 @@ struct Reading {
 
 struct Readings;
 
+/// Why a line is not a reading.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotAReading(String);
+
 impl LineParser for Readings {
     type Record = Reading;
+    type Error = NotAReading;
 
-    fn parse(&self, json: &str) -> Result<Reading, String> {
-        let r: Reading = serde_json::from_str(json).map_err(|e| format!("not a reading: {e}"))?;
-        r.value.parse::<f64>().map_err(|_| format!("value: {:?} is not a number", r.value))?;
+    fn parse(&self, json: &str) -> Result<Reading, NotAReading> {
+        let r: Reading = serde_json::from_str(json).map_err(|e| NotAReading(format!("not a reading: {e}")))?;
+        r.value.parse::<f64>().map_err(|_| NotAReading(format!("value: {:?} is not a number", r.value)))?;
         Ok(r)
     }
 }

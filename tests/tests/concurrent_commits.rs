@@ -26,7 +26,7 @@ fn unit(table: &str, label: &str) -> Result<UnitOfWork> {
         .expression_attribute_names("#log", "log")
         .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
         .expression_attribute_values(":me", AttributeValue::L(vec![AttributeValue::S(label.into())]));
-    let mut unit = UnitOfWork::new(format!("test#concurrent#{label}")).write(Write::update(append)?);
+    let mut unit = UnitOfWork::new(format!("test#concurrent#{label}")).write(Write::update(append));
     unit = fillers(unit, table, label, WRITES - 1)?;
     Ok(unit)
 }
@@ -42,7 +42,7 @@ fn fillers(mut unit: UnitOfWork, table: &str, label: &str, n: usize) -> Result<U
             .table_name(table)
             .item("pk", AttributeValue::S(format!("TEST#{label}#{k}")))
             .item("sk", AttributeValue::S("X".into()));
-        unit = unit.write(Write::put(put, &["pk", "sk"])?);
+        unit = unit.write(Write::put(put, &["pk", "sk"]));
     }
     Ok(unit)
 }
@@ -101,7 +101,7 @@ async fn a_failed_transaction_fails_the_later_ones_on_its_items_and_no_others() 
         .key("sk", AttributeValue::S("LOG".into()))
         .update_expression("SET = nonsense");
     let first =
-        fillers(UnitOfWork::new("test#concurrent#first").write(Write::update(broken)?), &table, "first", WRITES - 1)?;
+        fillers(UnitOfWork::new("test#concurrent#first").write(Write::update(broken)), &table, "first", WRITES - 1)?;
     let units = vec![first, independent(&table, "b")?, unit(&table, "second")?, independent(&table, "c")?];
     let committer = ExactlyOnce::new(stack.dynamodb.clone(), idempotency).concurrency(4);
     let results = committer.commit(units, None).await;

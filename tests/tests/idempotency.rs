@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use integration_tests::fault_proxy::{Fault, FaultProxy, Plan, Target};
 use integration_tests::{Stack, dec, n, s, state_item, state_items_with_prefix};
+use orders::order::{OrderEvent, parse_order_event};
+use orders::state::dynamo::DynamoStore;
+use orders::state::{Marker, Outcome, StateStore};
 use shared::idempotency::dynamo::DynamoIdempotencyStore;
 use shared::idempotency::{Idempotency, IdempotencyError, IdempotencyStore, Options, Run, payload_hash};
-use shared::order::{OrderEvent, parse_order_event};
-use shared::state::dynamo::DynamoStore;
-use shared::state::{Marker, Outcome, StateStore};
 use xtask::dynamodb_local::Engine;
 
 /// `n` order events, one per order, each with its marker.

@@ -97,22 +97,22 @@ fn orders_body(lines: usize) -> Vec<u8> {
 
 /// s3-ingest's handler with the real S3 and DynamoDB clients against a stack.
 struct Ingest {
-    store: shared::state::dynamo::DynamoStore,
+    store: orders::state::dynamo::DynamoStore,
     objects: shared::object::S3Source,
-    config: shared::config::Config,
+    config: orders::config::Config,
 }
 
 impl Ingest {
     fn new(stack: &integration_tests::Stack) -> anyhow::Result<Self> {
         let (state, idempotency) =
             (stack.spec.table("state")?.name.clone(), stack.spec.table("idempotency")?.name.clone());
-        let config = shared::config::Config::from_lookup(|name| match name {
+        let config = orders::config::Config::from_lookup(|name| match name {
             "STATE_TABLE" => Some(state.clone()),
             "IDEMPOTENCY_TABLE" => Some(idempotency.clone()),
             _ => None,
         })?;
         Ok(Self {
-            store: shared::state::dynamo::DynamoStore::new(stack.dynamodb.clone(), state, idempotency),
+            store: orders::state::dynamo::DynamoStore::new(stack.dynamodb.clone(), state, idempotency),
             objects: shared::object::S3Source::new(stack.s3.clone()),
             config,
         })

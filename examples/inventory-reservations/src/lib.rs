@@ -44,14 +44,12 @@ pub fn plan(keys: &Keys, table: &str, message: &sqs::Message) -> Result<Plan<Uni
         .expression_attribute_values(":zero", AttributeValue::N("0".into()));
     let (sku, wanted) = (r.sku.clone(), r.quantity);
     let reserve =
-        Write::update(reserve).map_err(|e| RecordError::Permanent(e.to_string()))?.on_condition_failed(move |stored| {
-            match stored.and_then(|item| item.get("available")) {
-                None => Verdict::Reject(format!("sku {sku}: no such item")),
-                Some(available) => Verdict::Reject(format!(
-                    "sku {sku}: {wanted} requested, {} available",
-                    available.as_n().map_or("?", String::as_str)
-                )),
-            }
+        Write::update(reserve).on_condition_failed(move |stored| match stored.and_then(|item| item.get("available")) {
+            None => Verdict::Reject(format!("sku {sku}: no such item")),
+            Some(available) => Verdict::Reject(format!(
+                "sku {sku}: {wanted} requested, {} available",
+                available.as_n().map_or("?", String::as_str)
+            )),
         });
     // The fingerprint covers what the reservation means, not its JSON
     // formatting: the same request resent is a duplicate; the same id with

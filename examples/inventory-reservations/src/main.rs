@@ -10,8 +10,8 @@ use shared::core::key::Keys;
 use shared::engine::Engine;
 use shared::event::{RawBatch, sqs};
 use shared::exactly_once::ExactlyOnce;
+use shared::quarantine::DynamoQuarantine;
 use shared::runtime::{Telemetry, deadline, serve};
-use shared::state::dynamo::DynamoQuarantine;
 
 fn main() -> Result<(), lambda_runtime::Error> {
     shared::runtime::block_on(run())
@@ -19,7 +19,7 @@ fn main() -> Result<(), lambda_runtime::Error> {
 
 async fn run() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
-    let settings = Settings::from_env()?;
+    let settings = Settings::from_env(&shared::config::Defaults::named("inventory-reservations"))?;
     let inventory = required("INVENTORY_TABLE")?;
     let telemetry = Telemetry::default();
     let client = dynamodb_client(&aws_sdk_config().await, &telemetry.requests);

@@ -11,8 +11,8 @@ use shared::engine::Engine;
 use shared::event::{RawBatch, stream};
 use shared::idempotency::dynamo::DynamoIdempotencyStore;
 use shared::idempotency::{Idempotency, Options};
+use shared::quarantine::DynamoQuarantine;
 use shared::runtime::{Telemetry, deadline, serve};
-use shared::state::dynamo::DynamoQuarantine;
 
 fn main() -> Result<(), lambda_runtime::Error> {
     shared::runtime::block_on(run())
@@ -20,7 +20,7 @@ fn main() -> Result<(), lambda_runtime::Error> {
 
 async fn run() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
-    let settings = Settings::from_env()?;
+    let settings = Settings::from_env(&shared::config::Defaults::named("ledger-notifier"))?;
     let ledger = required("LEDGER_URL")?;
     let telemetry = Telemetry::default();
     let client = dynamodb_client(&aws_sdk_config().await, &telemetry.requests);

@@ -12,10 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use orders::order::{self, ApplyOutcome, Currency, CustomerTotals, Order, OrderEvent, OrderStatus};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use shared_core::key::Keys;
-use shared_core::order::{self, ApplyOutcome, Currency, CustomerTotals, Order, OrderEvent, OrderStatus};
 
 /// Prefix of the idempotency keys of order events: the Lambda functions' default.
 pub const KEY_PREFIX: &str = "orders";
@@ -524,7 +524,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared_core::order::parse_order_event;
+    use orders::order::parse_order_event;
 
     fn event(id: &str, order: &str, customer: &str, status: &str, amount: &str, at: &str) -> OrderEvent {
         parse_order_event(&format!(

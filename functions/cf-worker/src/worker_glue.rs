@@ -3,9 +3,9 @@
 use std::collections::BTreeSet;
 
 use futures::StreamExt;
+use orders::order::{OrderEvent, parse_order_event};
 use serde::{Deserialize, Serialize};
 use shared_core::lines::{Format, Layout, csv_record, split_csv};
-use shared_core::order::{OrderEvent, parse_order_event};
 use wasm_bindgen::JsValue;
 use worker::{
     D1Database, D1PreparedStatement, Env, MessageBatch, MessageExt, Range, RawMessage, console_error, console_log,

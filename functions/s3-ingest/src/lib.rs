@@ -8,17 +8,18 @@
 //! notification queue's batch rules are its engine. This crate says which
 //! notifications to ingest and that their lines are order events.
 
+use orders::config::Config;
+use orders::lines::{Chunks, OrderLines};
+use orders::state::{Outcome, StateStore};
 use serde::Serialize;
 use serde_json::Value;
 use shared::batch::{InvocationError, RecordError, Summary};
-use shared::config::Config;
 use shared::engine::{CommitError, Engine, Plan, answer_by, before};
 use shared::event::s3::{self, Notification};
 use shared::event::{RawBatch, sqs};
 pub use shared::ingest::{CHUNK_RECORDS, Deadline, Handoff, ObjectFailure, ObjectReport, REJECTS_PREFIX};
-use shared::ingest::{IngestOptions, OrderLines, ingest_object};
+use shared::ingest::{IngestOptions, ingest_object};
 use shared::object::{ObjectSink, ObjectSource};
-use shared::state::{Outcome, StateStore};
 
 /// The response of a direct S3 invocation (no batch to report on).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -207,7 +208,7 @@ async fn process_notification<S: StateStore, O: ObjectSource + ObjectSink>(
             let _guard = span.enter();
             let options =
                 IngestOptions { max_line_bytes: config.max_line_bytes, deadline_margin: config.deadline_margin };
-            ingest_object(store, objects, &OrderLines, &options, object, deadline, summary).await.map(Some)
+            ingest_object(&Chunks(store), objects, &OrderLines, &options, object, deadline, summary).await.map(Some)
         }
     }
 }

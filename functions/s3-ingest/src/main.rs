@@ -1,11 +1,12 @@
 //! Lambda entry point of `s3-ingest`: wires configuration, clients and the
 //! handler once, then serves invocations.
 
+use orders::config::Config;
+use orders::state::dynamo::DynamoStore;
 use s3_ingest::{Deadline, Handoff};
-use shared::config::{Config, aws_sdk_config, dynamodb_client, s3_client, sqs_client};
+use shared::config::{aws_sdk_config, dynamodb_client, s3_client, sqs_client};
 use shared::object::S3Source;
 use shared::runtime::{Telemetry, serve};
-use shared::state::dynamo::DynamoStore;
 
 fn main() -> Result<(), lambda_runtime::Error> {
     shared::runtime::block_on(run())

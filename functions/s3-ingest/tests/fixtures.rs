@@ -1,13 +1,13 @@
 //! Handler tests over the fixture events and sample data, with in-memory
 //! stores: every S3 notification shape, every format, rejected lines, resume.
 
+use orders::config::Config;
+use orders::state::memory::MemoryStore;
 use s3_ingest::{Deadline, Handoff, handle};
 use serde_json::{Value, json};
 use shared::batch::Summary;
-use shared::config::Config;
+use shared::manifest::{Checkpoint, Counts, ObjectStatus};
 use shared::object::MemorySource;
-use shared::state::memory::MemoryStore;
-use shared::state::{Checkpoint, Counts, ObjectStatus};
 
 const BUCKET: &str = "stream-processor-uploads";
 

@@ -9,14 +9,14 @@
 
 use std::time::SystemTime;
 
+use orders::config::Config;
+use orders::order::{OrderEvent, fingerprint, parse_order_event};
+use orders::state::{Marker, Outcome, StateStore};
 use serde_json::Value;
 use shared::batch::{BatchResponse, InvocationError, RecordError, Summary};
-use shared::config::Config;
 use shared::engine::{CommitError, Engine, Plan};
 use shared::event::{RawBatch, sqs};
 use shared::idempotency::{IdempotencyKey, KeyError, KeySource};
-use shared::order::{OrderEvent, fingerprint, parse_order_event};
-use shared::state::{Marker, Outcome, StateStore};
 
 /// Handles one SQS event given as a `Value` (tests, tools): [`handle_batch`].
 pub async fn handle<S: StateStore>(

@@ -1,10 +1,11 @@
 //! Lambda entry point of `sqs-consumer`: wires configuration, clients and the
 //! handler once, then serves invocations.
 
-use shared::config::{Config, aws_sdk_config, dynamodb_client};
+use orders::config::Config;
+use orders::state::dynamo::DynamoStore;
+use shared::config::{aws_sdk_config, dynamodb_client};
 use shared::event::RawBatch;
 use shared::runtime::{Telemetry, serve};
-use shared::state::dynamo::DynamoStore;
 
 fn main() -> Result<(), lambda_runtime::Error> {
     shared::runtime::block_on(run())

@@ -1,10 +1,10 @@
 //! Handler tests over the fixture events, with the in-memory store.
 
+use orders::config::Config;
+use orders::order::OrderStatus;
+use orders::state::memory::MemoryStore;
 use serde_json::{Value, json};
 use shared::batch::Summary;
-use shared::config::Config;
-use shared::order::OrderStatus;
-use shared::state::memory::MemoryStore;
 use sqs_consumer::handle;
 
 fn config() -> Config {
@@ -186,27 +186,27 @@ async fn mixed_batch_of_every_kind_of_bad_input_applies_the_valid_and_quarantine
             Some(reason) => assert!(quarantined[&id].starts_with(reason), "{id}: {} !~ {reason}", quarantined[&id]),
         }
     }
-    assert!(store.quarantined().iter().all(|q| q.raw.len() <= shared::state::MAX_QUARANTINED_RAW_BYTES));
+    assert!(store.quarantined().iter().all(|q| q.raw.len() <= shared::quarantine::MAX_QUARANTINED_RAW_BYTES));
 }
 
 /// The in-memory store, except that writing to quarantine fails as a
 /// throttled DynamoDB call would (after the SDK's retries).
 struct QuarantineThrottled(MemoryStore);
 
-impl shared::state::StateStore for QuarantineThrottled {
+impl orders::state::StateStore for QuarantineThrottled {
     async fn apply_orders(
         &self,
-        events: &[shared::order::OrderEvent],
-        markers: Option<&[shared::state::Marker]>,
-        manifest: Option<&shared::state::ManifestFn<'_>>,
-    ) -> Result<Vec<shared::state::Outcome>, shared::state::StoreError> {
+        events: &[orders::order::OrderEvent],
+        markers: Option<&[orders::state::Marker]>,
+        manifest: Option<&shared::manifest::ManifestFn<'_>>,
+    ) -> Result<Vec<orders::state::Outcome>, shared::dynamo::StoreError> {
         self.0.apply_orders(events, markers, manifest).await
     }
 
     async fn apply_deltas(
         &self,
-        records: &[shared::state::DeltaRecord],
-    ) -> (Vec<shared::state::Outcome>, Option<shared::state::StoreError>) {
+        records: &[orders::state::DeltaRecord],
+    ) -> (Vec<orders::state::Outcome>, Option<orders::state::DeltaError>) {
         self.0.apply_deltas(records).await
     }
 
@@ -215,16 +215,18 @@ impl shared::state::StateStore for QuarantineThrottled {
         bucket: &str,
         key: &str,
         revision: &str,
-    ) -> Result<Option<shared::state::Manifest>, shared::state::StoreError> {
+    ) -> Result<Option<shared::manifest::Manifest>, shared::dynamo::StoreError> {
         self.0.get_manifest(bucket, key, revision).await
     }
+}
 
-    async fn quarantine(&self, _: &[shared::state::Quarantined]) -> Result<(), shared::state::StoreError> {
-        Err(shared::state::StoreError::Dynamo {
+impl shared::quarantine::QuarantineStore for QuarantineThrottled {
+    async fn write_quarantine(&self, _: &[shared::quarantine::Quarantined]) -> Result<(), shared::dynamo::StoreError> {
+        Err(shared::dynamo::StoreError::Dynamo {
             operation: "BatchWriteItem",
             table: "state".into(),
             message: "ProvisionedThroughputExceededException".into(),
-            class: shared::state::ErrorClass::Transient,
+            class: shared::error::ErrorClass::Transient,
         })
     }
 }

@@ -11,15 +11,15 @@
 
 use std::time::SystemTime;
 
+use orders::config::Config;
+use orders::order::totals_delta;
+use orders::state::item::{is_order, order_from_item};
+use orders::state::{DeltaRecord, StateStore};
 use serde_json::Value;
 use shared::batch::{BatchResponse, InvocationError, RecordError, Summary};
-use shared::config::Config;
 use shared::engine::{CommitError, Engine, Plan};
 use shared::event::{RawBatch, stream};
 use shared::idempotency::IdempotencyKey;
-use shared::order::totals_delta;
-use shared::state::item::{is_order, order_from_item};
-use shared::state::{DeltaRecord, StateStore};
 
 /// A stream record's plan: its totals delta, nothing (another entity), or
 /// the reason it cannot be used.

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use orders::config::Config;
+use orders::order::{CustomerTotals, Order, OrderEvent, contribution, parse_order_event};
+use orders::state::StateStore;
+use orders::state::item::order_to_item;
+use orders::state::memory::{MemoryStore, OrderChange};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use shared::batch::Summary;
-use shared::config::Config;
-use shared::order::{CustomerTotals, Order, OrderEvent, contribution, parse_order_event};
-use shared::state::StateStore;
-use shared::state::item::order_to_item;
-use shared::state::memory::{MemoryStore, OrderChange};
 use stream_aggregator::handle;
 
 fn config() -> Config {
@@ -29,7 +29,7 @@ fn fixture(text: &str) -> Value {
 fn totals(count: i64, amounts: &[(&str, &str)]) -> CustomerTotals {
     CustomerTotals {
         order_count: count,
-        totals: amounts.iter().map(|(c, a)| (shared::order::Currency::parse(c).unwrap(), a.parse().unwrap())).collect(),
+        totals: amounts.iter().map(|(c, a)| (orders::order::Currency::parse(c).unwrap(), a.parse().unwrap())).collect(),
     }
 }
 
@@ -231,9 +231,9 @@ async fn a_delta_that_would_overflow_its_customers_totals_is_quarantined_alone()
     let order = |id: &str, customer: &str, amount: rust_decimal::Decimal| Order {
         order_id: id.into(),
         customer_id: customer.into(),
-        status: shared::order::OrderStatus::Placed,
+        status: orders::order::OrderStatus::Placed,
         amount,
-        currency: shared::order::Currency::parse("USD").unwrap(),
+        currency: orders::order::Currency::parse("USD").unwrap(),
         occurred_at: "2026-11-01T10:00:00Z".parse().unwrap(),
         last_event_id: format!("e-{id}"),
         version: 1,

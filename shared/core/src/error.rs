@@ -14,6 +14,13 @@ pub enum ErrorClass {
     Fatal,
 }
 
+/// An error that knows its class: the one question every layer asks of a
+/// failure. Errors of different layers convert into one another through it.
+pub trait Classify {
+    /// How this failure should be handled.
+    fn class(&self) -> ErrorClass;
+}
+
 /// Error codes AWS services return for conditions that pass with time:
 /// throttling, capacity, conflicts and server faults.
 /// <https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html>

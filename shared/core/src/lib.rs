@@ -2,7 +2,7 @@
 //!
 //! Everything here is pure: it knows neither AWS nor Lambda nor an async
 //! runtime, so the same rules serve every platform the toolkit runs on (AWS
-//! Lambda through the `shared` crate's adapters, Cloudflare Workers next) and
+//! Lambda through the `shared` crate's adapters, Cloudflare Workers) and
 //! build for `wasm32-unknown-unknown`:
 //!
 //! - [`batch`]: partial batch responses, per-record outcomes and the one
@@ -12,17 +12,19 @@
 //! - [`key`]: idempotency keys derived from event identity, and payload
 //!   fingerprints.
 //! - [`plan`]: the exactly-once plan: which records' writes may share one
-//!   atomic commit (action limits, one action per item), in order.
+//!   atomic commit (action limits, one action per item), in order, and how
+//!   a cancelled commit's failed conditions decide each record.
 //! - [`error`]: the one classification of failures into transient,
 //!   permanent and fatal.
 //! - [`lines`]: line formats of ingested objects (NDJSON, CSV with a header).
-//! - [`order`]: the reference domain, order events, built on the above like
-//!   any user's domain would be.
+//! - [`manifest`]: an ingested object's checkpoint and counters.
+//! - [`quarantine`]: records that can never be processed, with their reason.
 #![deny(missing_docs)]
 
 pub mod batch;
 pub mod error;
 pub mod key;
 pub mod lines;
-pub mod order;
+pub mod manifest;
 pub mod plan;
+pub mod quarantine;

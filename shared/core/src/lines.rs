@@ -1,6 +1,8 @@
 //! Line formats of ingested objects: which format an object is in (NDJSON, or
-//! CSV with a header row; either optionally gzip-compressed), and CSV rows as
-//! JSON objects, so one record parser serves both formats.
+//! CSV with a header row; either optionally gzip-compressed), CSV rows as
+//! JSON objects, so one record parser serves both formats, and [`Records`]:
+//! an object's text lines turned into records, the same way on every
+//! platform.
 
 /// How an object's records are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,4 +121,126 @@ pub fn csv_record(header: &[String], row: &str) -> Result<String, String> {
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v)))
         .collect();
     Ok(serde_json::Value::Object(object).to_string())
+}
+
+/// Parses one record of an object from its JSON text: an NDJSON line as it
+/// is, a CSV row as the JSON object of its fields.
+pub trait LineParser: Send + Sync {
+    /// What a line becomes.
+    type Record: Send + Sync;
+    /// Why a line is not a record (its message names the field and the rule).
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// The record, or why the line is rejected.
+    fn parse(&self, json: &str) -> Result<Self::Record, Self::Error>;
+}
+
+/// Why a line was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// The line is longer than the configured bound.
+    #[error("line is {length} bytes, over the limit of {limit}")]
+    TooLong {
+        /// The line's length in bytes.
+        length: u64,
+        /// The bound, in bytes (`MAX_LINE_BYTES`).
+        limit: usize,
+    },
+    /// The line is not UTF-8.
+    #[error("line is not valid UTF-8")]
+    InvalidUtf8,
+    /// A CSV row that cannot be read (or no header row before it).
+    #[error("CSV: {0}")]
+    Csv(String),
+    /// The line's record does not parse: the parser's reason.
+    #[error(transparent)]
+    Record(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The UTF-8 byte-order mark spreadsheets write before a CSV's header row.
+const BYTE_ORDER_MARK: char = '\u{feff}';
+
+/// An object's text lines turned into records by its format: NDJSON lines
+/// as they are; for CSV, the first non-blank line is the header row (a
+/// byte-order mark before it, quotes around its names and spaces around
+/// them are taken off, as spreadsheets write them) and each later row is
+/// the JSON object of its fields. Blank lines are not records.
+///
+/// ```
+/// use shared_core::lines::{Format, LineParser, Records};
+///
+/// struct Json;
+/// impl LineParser for Json {
+///     type Record = serde_json::Value;
+///     type Error = serde_json::Error;
+///     fn parse(&self, json: &str) -> Result<serde_json::Value, serde_json::Error> {
+///         serde_json::from_str(json)
+///     }
+/// }
+///
+/// // A spreadsheet's export: a byte-order mark, quoted names, CRLF (the
+/// // line reader takes the CR off).
+/// let mut records = Records::new(&Json, Format::Csv);
+/// assert!(records.line("\u{feff}\"sku\",\"quantity\"").is_none());
+/// let row = records.line("A-1,3").unwrap().unwrap();
+/// assert_eq!(row, serde_json::json!({"sku": "A-1", "quantity": "3"}));
+/// ```
+#[derive(Debug)]
+pub struct Records<'p, P> {
+    parser: &'p P,
+    format: Format,
+    header: Option<Vec<String>>,
+    header_line: Option<String>,
+    /// The next line is the object's first (a byte-order mark may lead it).
+    at_start: bool,
+}
+
+impl<'p, P: LineParser> Records<'p, P> {
+    /// Records of an object read from its first line.
+    pub fn new(parser: &'p P, format: Format) -> Self {
+        Self { parser, format, header: None, header_line: None, at_start: true }
+    }
+
+    /// Records of an object read from a later line, with the header row an
+    /// earlier read kept ([`header_line`](Self::header_line)).
+    pub fn resume(parser: &'p P, format: Format, header_line: Option<String>) -> Self {
+        let header = header_line.as_deref().and_then(|h| header_fields(h).ok());
+        Self { parser, format, header, header_line, at_start: false }
+    }
+
+    /// The CSV header row as read (without a byte-order mark), once read.
+    pub fn header_line(&self) -> Option<&str> {
+        self.header_line.as_deref()
+    }
+
+    /// One text line (without its terminator): `None` for a blank line or
+    /// the header row, else its record or why it is rejected.
+    pub fn line(&mut self, text: &str) -> Option<Result<P::Record, LineError>> {
+        let text = if std::mem::take(&mut self.at_start) { text.trim_start_matches(BYTE_ORDER_MARK) } else { text };
+        if text.trim().is_empty() {
+            return None;
+        }
+        match self.format {
+            Format::Ndjson => Some(self.parser.parse(text).map_err(|e| LineError::Record(Box::new(e)))),
+            Format::Csv => match &self.header {
+                None => match header_fields(text) {
+                    Ok(fields) => {
+                        self.header = Some(fields);
+                        self.header_line = Some(text.to_owned());
+                        None
+                    }
+                    Err(e) => Some(Err(LineError::Csv(format!("header row: {e}")))),
+                },
+                Some(header) => Some(
+                    csv_record(header, text)
+                        .map_err(LineError::Csv)
+                        .and_then(|json| self.parser.parse(&json).map_err(|e| LineError::Record(Box::new(e)))),
+                ),
+            },
+        }
+    }
+}
+
+/// The field names of a CSV header row.
+fn header_fields(line: &str) -> Result<Vec<String>, String> {
+    Ok(split_csv(line)?.into_iter().map(|f| f.trim().to_owned()).collect())
 }

@@ -110,6 +110,132 @@ pub fn repeated_keys(keys: &[(&str, Option<&str>)]) -> Vec<Option<Outcome>> {
         .collect()
 }
 
+/// How to read a write's condition failing, from the stored item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The effect is already there (for example, the stored version is this
+    /// record's): the record is a duplicate and changes nothing.
+    Duplicate,
+    /// The stored state is newer than the record: counted as stale; its
+    /// marker is still written, so a replay is seen as a duplicate.
+    Stale,
+    /// The record can never be applied: quarantined with this reason.
+    Reject(String),
+    /// Another writer got in the way: send the unit again (after a back-off,
+    /// within the deadline).
+    Retry,
+}
+
+/// One unit of an atomic commit while its cancellations are read: what it
+/// still has to send, how it counts if that commits, and its result once
+/// decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Its idempotency marker is still to be written.
+    pub marker: bool,
+    /// Its writes are still to be sent.
+    pub writes: bool,
+    /// How it counts if what it still sends commits.
+    pub counted: Outcome,
+    /// Its result, once decided: an outcome, or the reason it is rejected.
+    pub decided: Option<Result<Outcome, String>>,
+}
+
+impl Pending {
+    /// A unit with everything still to send, counted as `counted` if it commits.
+    pub fn new(marker: bool, counted: Outcome) -> Self {
+        Self { marker, writes: true, counted, decided: None }
+    }
+}
+
+/// What one action's failed condition said, read from the item it returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// The unit's marker exists: the unit was committed before; `reused`
+    /// when the stored fingerprint differs from the unit's.
+    Marker {
+        /// The stored fingerprint is not the unit's.
+        reused: bool,
+    },
+    /// One of the unit's writes failed its condition; its verdict.
+    Write(Verdict),
+    /// The commit's final write (an object's manifest) failed its condition.
+    Final,
+}
+
+/// What to do after reading a cancelled commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Send the undecided rest again at once: the readings decided something.
+    Resend,
+    /// Nothing was decided (throttling, a conflict, a [`Verdict::Retry`]):
+    /// wait, then send the same again.
+    BackOff,
+    /// The final write's condition failed: another writer moved its item;
+    /// the commit cannot go on.
+    FinalConflict,
+}
+
+/// Reads a cancelled commit's failed conditions, each given with the
+/// position of its unit in `units` (`usize::MAX` for the final write's), and
+/// decides what they can: a unit whose marker exists is a duplicate (or a
+/// reused key), whatever its writes said; a write's verdict decides the
+/// rest. A unit that is decided sends nothing more; a unit whose write was
+/// found applied or superseded still writes its marker, so that a replay is
+/// decided by the marker alone.
+///
+/// ```
+/// use shared_core::batch::Outcome;
+/// use shared_core::plan::{Next, Pending, Reading, Verdict, read_cancellation};
+///
+/// let mut units = vec![Pending::new(true, Outcome::Applied), Pending::new(true, Outcome::Applied)];
+/// // Unit 0's order is newer in the table; unit 1's marker exists.
+/// let readings = [(0, Reading::Write(Verdict::Stale)), (1, Reading::Marker { reused: false })];
+/// assert_eq!(read_cancellation(&mut units, readings), Next::Resend);
+/// assert_eq!((units[0].marker, units[0].writes, units[0].counted), (true, false, Outcome::Stale));
+/// assert_eq!(units[1].decided, Some(Ok(Outcome::Duplicate)));
+/// ```
+pub fn read_cancellation(units: &mut [Pending], readings: impl IntoIterator<Item = (usize, Reading)>) -> Next {
+    let readings: Vec<(usize, Reading)> = readings.into_iter().collect();
+    if readings.iter().any(|(_, r)| *r == Reading::Final) {
+        return Next::FinalConflict;
+    }
+    let mut progress = false;
+    // Markers first: a unit whose marker exists is decided by it alone.
+    for (unit, reading) in &readings {
+        if let (Reading::Marker { reused }, Some(pending)) = (reading, units.get_mut(*unit)) {
+            progress = true;
+            pending.decided = Some(Ok(if *reused { Outcome::KeyReused } else { Outcome::Duplicate }));
+        }
+    }
+    for (unit, reading) in readings {
+        let (Reading::Write(verdict), Some(pending)) = (reading, units.get_mut(unit)) else { continue };
+        if pending.decided.is_some() {
+            continue;
+        }
+        match verdict {
+            Verdict::Duplicate | Verdict::Stale => {
+                progress = true;
+                pending.writes = false;
+                pending.counted = if verdict == Verdict::Stale { Outcome::Stale } else { Outcome::Duplicate };
+                if !pending.marker {
+                    pending.decided = Some(Ok(pending.counted));
+                }
+            }
+            Verdict::Reject(reason) => {
+                progress = true;
+                pending.decided = Some(Err(reason));
+            }
+            Verdict::Retry => {}
+        }
+    }
+    for pending in units.iter_mut().filter(|p| p.decided.is_some()) {
+        pending.marker = false;
+        pending.writes = false;
+    }
+    if progress { Next::Resend } else { Next::BackOff }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +264,105 @@ mod tests {
         assert_eq!(decided, vec![None, Some(Outcome::Duplicate), Some(Outcome::KeyReused), None]);
     }
 
+    fn verdict() -> impl Strategy<Value = Verdict> {
+        prop_oneof![
+            Just(Verdict::Duplicate),
+            Just(Verdict::Stale),
+            Just(Verdict::Retry),
+            "[a-z]{1,4}".prop_map(Verdict::Reject),
+        ]
+    }
+
+    fn reading() -> impl Strategy<Value = Reading> {
+        prop_oneof![
+            4 => any::<bool>().prop_map(|reused| Reading::Marker { reused }),
+            8 => verdict().prop_map(Reading::Write),
+            1 => Just(Reading::Final),
+        ]
+    }
+
+    /// What one unit ends as, by the rules in words: its marker decides;
+    /// else its writes' verdicts in order (a rejection decides; a write
+    /// found applied or superseded decides a unit without a marker, and
+    /// sets how a unit with one counts).
+    fn expected(marker: bool, readings: &[Reading]) -> (Option<Result<Outcome, String>>, Option<Outcome>) {
+        if let Some(reused) = readings.iter().find_map(|r| match r {
+            Reading::Marker { reused } => Some(*reused),
+            _ => None,
+        }) {
+            return (Some(Ok(if reused { Outcome::KeyReused } else { Outcome::Duplicate })), None);
+        }
+        let mut counted = None;
+        for r in readings {
+            match r {
+                Reading::Write(Verdict::Reject(reason)) => return (Some(Err(reason.clone())), None),
+                Reading::Write(v @ (Verdict::Duplicate | Verdict::Stale)) => {
+                    let outcome = if *v == Verdict::Stale { Outcome::Stale } else { Outcome::Duplicate };
+                    if !marker {
+                        return (Some(Ok(outcome)), None);
+                    }
+                    counted = Some(outcome);
+                }
+                _ => {}
+            }
+        }
+        (None, counted)
+    }
+
+    #[test]
+    fn a_write_found_applied_keeps_its_marker_pending() {
+        let mut units = vec![Pending::new(true, Outcome::Applied), Pending::new(false, Outcome::Applied)];
+        let next = read_cancellation(
+            &mut units,
+            [(0, Reading::Write(Verdict::Duplicate)), (1, Reading::Write(Verdict::Stale))],
+        );
+        assert_eq!(next, Next::Resend);
+        assert_eq!(units[0], Pending { marker: true, writes: false, counted: Outcome::Duplicate, decided: None });
+        assert_eq!(units[1].decided, Some(Ok(Outcome::Stale)));
+        assert_eq!(read_cancellation(&mut units, [(0, Reading::Write(Verdict::Retry))]), Next::BackOff);
+        assert_eq!(read_cancellation(&mut units, [(usize::MAX, Reading::Final)]), Next::FinalConflict);
+    }
+
     proptest! {
+        /// Any cancellation, read against the rules stated per unit: each
+        /// unit ends as its marker or its first deciding write says; decided
+        /// units send nothing more; a final write's failure stops
+        /// everything; and the commit backs off exactly when nothing was
+        /// decided.
+        #[test]
+        fn cancellations_decide_each_unit_by_the_rules(
+            markers in proptest::collection::vec(any::<bool>(), 1..6),
+            readings in proptest::collection::vec((0usize..6, reading()), 0..12),
+        ) {
+            let mut units: Vec<Pending> = markers.iter().map(|m| Pending::new(*m, Outcome::Applied)).collect();
+            // A unit has one marker action, so at most one marker reading.
+            let mut marked = HashSet::new();
+            let readings: Vec<(usize, Reading)> = readings
+                .into_iter()
+                .filter(|(u, r)| *u < units.len() && (!matches!(r, Reading::Marker { .. }) || marked.insert(*u)))
+                .collect();
+            let next = read_cancellation(&mut units, readings.clone());
+            if readings.iter().any(|(_, r)| *r == Reading::Final) {
+                prop_assert_eq!(next, Next::FinalConflict);
+                return Ok(());
+            }
+            let mut any_decided = false;
+            for (u, pending) in units.iter().enumerate() {
+                let own: Vec<Reading> = readings.iter().filter(|(i, _)| *i == u).map(|(_, r)| r.clone()).collect();
+                let (decided, counted) = expected(markers[u], &own);
+                any_decided |= decided.is_some() || counted.is_some();
+                prop_assert_eq!(&pending.decided, &decided, "unit {} after {:?}", u, own);
+                if decided.is_some() {
+                    prop_assert!(!pending.marker && !pending.writes);
+                } else {
+                    prop_assert_eq!(pending.marker, markers[u]);
+                    prop_assert_eq!(pending.writes, counted.is_none());
+                    prop_assert_eq!(pending.counted, counted.unwrap_or(Outcome::Applied));
+                }
+            }
+            prop_assert_eq!(next, if any_decided { Next::Resend } else { Next::BackOff });
+        }
+
         /// Any units: the commits cover them in order, each within the limit,
         /// none touching an item twice, and each commit is as long as it may
         /// be (the next unit would break a rule).

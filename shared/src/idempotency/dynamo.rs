@@ -10,9 +10,9 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 use super::{IdempotencyStore, LockAttempt, Record, Status, epoch_millis, epoch_seconds};
+use crate::dynamo::ItemError;
+use crate::dynamo::StoreError;
 use crate::error::{classify_sdk, sdk_message};
-use crate::state::StoreError;
-use crate::state::item::ItemError;
 
 /// The idempotency table in DynamoDB.
 #[derive(Debug, Clone)]
@@ -109,7 +109,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
                         operation: "PutItem",
                         table: self.table.clone(),
                         message: format!("lock on {} refused without the record in the way", record.id),
-                        class: crate::state::ErrorClass::Transient,
+                        class: crate::error::ErrorClass::Transient,
                     }),
                 },
                 _ => Err(self.error("PutItem", &err)),

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::{IdempotencyStore, LockAttempt, Record};
-use crate::state::StoreError;
+use crate::dynamo::StoreError;
 
 /// Idempotency records in a map, with the DynamoDB store's lock rule (absent,
 /// expired or in-progress-expired counts as free). Public for doctests.

@@ -3,7 +3,7 @@
 //!
 //! Two paths, by where the effect lands:
 //! - **Exactly-once** (effects on DynamoDB): the marker and the effect commit
-//!   in one `TransactWriteItems` ([`crate::state::dynamo`]); there is no window
+//!   in one `TransactWriteItems` ([`crate::exactly_once`]); there is no window
 //!   in which one exists without the other.
 //! - **Lock** (effects anywhere else): [`Idempotency::run`] takes an
 //!   `INPROGRESS` lock with one conditional write, runs the effect, stores the
@@ -14,6 +14,7 @@ pub mod dynamo;
 pub mod key;
 pub mod memory;
 
+use crate::error::Classify;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -99,7 +100,7 @@ pub enum IdempotencyError {
     /// The store failed; its class decides (throttling: transient; a
     /// missing table: fatal).
     #[error("idempotency store: {0}")]
-    Store(#[from] crate::state::StoreError),
+    Store(#[from] crate::dynamo::StoreError),
     /// The cached result does not deserialize as the caller's type, or the
     /// effect's result does not serialize (permanent).
     #[error("cached result of {key} cannot be read: {message}")]
@@ -111,9 +112,8 @@ pub enum IdempotencyError {
     },
 }
 
-impl IdempotencyError {
-    /// The error class the batch layer uses.
-    pub fn class(&self) -> crate::error::ErrorClass {
+impl Classify for IdempotencyError {
+    fn class(&self) -> crate::error::ErrorClass {
         match self {
             Self::InProgress { .. } => crate::error::ErrorClass::Transient,
             Self::Store(e) => e.class(),
@@ -130,13 +130,13 @@ pub trait IdempotencyStore: Send + Sync {
         &self,
         record: &Record,
         now: SystemTime,
-    ) -> impl Future<Output = Result<LockAttempt, crate::state::StoreError>> + Send;
+    ) -> impl Future<Output = Result<LockAttempt, crate::dynamo::StoreError>> + Send;
     /// Replaces the record (completion).
-    fn update(&self, record: &Record) -> impl Future<Output = Result<(), crate::state::StoreError>> + Send;
+    fn update(&self, record: &Record) -> impl Future<Output = Result<(), crate::dynamo::StoreError>> + Send;
     /// Deletes the record (release after a failure).
-    fn delete(&self, id: &str) -> impl Future<Output = Result<(), crate::state::StoreError>> + Send;
+    fn delete(&self, id: &str) -> impl Future<Output = Result<(), crate::dynamo::StoreError>> + Send;
     /// Reads a record.
-    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Record>, crate::state::StoreError>> + Send;
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Record>, crate::dynamo::StoreError>> + Send;
 }
 
 /// How the lock path behaves.

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use rust_decimal::Decimal;
 use serde_dynamo::{AttributeValue, Item};
 
+use shared::dynamo::{ItemError, ItemExt, n, s};
+
 use crate::order::{Currency, CustomerTotals, Order, OrderStatus, format_timestamp, parse_timestamp};
 
 /// `entity` values of the state table's items.
@@ -15,10 +17,6 @@ pub(crate) mod entity {
     pub(crate) const ORDER: &str = "order";
     /// A customer's totals (`CUSTOMER#<customerId>` / `TOTALS`).
     pub(crate) const CUSTOMER_TOTALS: &str = "customer_totals";
-    /// An object revision's manifest.
-    pub(crate) const OBJECT: &str = "object";
-    /// A quarantined record.
-    pub(crate) const QUARANTINE: &str = "quarantine";
 }
 
 /// Sort key of order items.
@@ -34,64 +32,6 @@ pub fn order_pk(order_id: &str) -> String {
 /// Partition key of a customer's totals.
 pub fn customer_pk(customer_id: &str) -> String {
     format!("CUSTOMER#{customer_id}")
-}
-
-/// Why an item could not be read as the type it claims to be.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{entity} item: attribute `{attribute}` {problem}")]
-pub struct ItemError {
-    /// The item's `entity`, e.g. `order`.
-    pub(crate) entity: &'static str,
-    /// The attribute's name.
-    pub(crate) attribute: &'static str,
-    /// What is wrong with it, e.g. `is missing`.
-    pub(crate) problem: String,
-}
-
-/// Typed access to item attributes, each returning an error naming the attribute.
-pub(crate) trait ItemExt {
-    /// The string (`S`) attribute; an error when missing or of another type.
-    fn get_s(&self, entity: &'static str, attribute: &'static str) -> Result<&str, ItemError>;
-    /// The number (`N`) attribute parsed as `T`; an error when missing, of
-    /// another type or not a valid `T`.
-    fn get_n<T: std::str::FromStr>(&self, entity: &'static str, attribute: &'static str) -> Result<T, ItemError>;
-    /// The string (`S`) attribute, if present as one.
-    fn opt_s(&self, attribute: &str) -> Option<&str>;
-}
-
-impl ItemExt for Item {
-    fn get_s(&self, entity: &'static str, attribute: &'static str) -> Result<&str, ItemError> {
-        match self.get(attribute) {
-            Some(AttributeValue::S(s)) => Ok(s),
-            Some(_) => Err(ItemError { entity, attribute, problem: "is not a string (S)".into() }),
-            None => Err(ItemError { entity, attribute, problem: "is missing".into() }),
-        }
-    }
-
-    fn get_n<T: std::str::FromStr>(&self, entity: &'static str, attribute: &'static str) -> Result<T, ItemError> {
-        match self.get(attribute) {
-            Some(AttributeValue::N(n)) => {
-                n.parse().map_err(|_| ItemError { entity, attribute, problem: format!("is not a valid number: {n:?}") })
-            }
-            Some(_) => Err(ItemError { entity, attribute, problem: "is not a number (N)".into() }),
-            None => Err(ItemError { entity, attribute, problem: "is missing".into() }),
-        }
-    }
-
-    fn opt_s(&self, attribute: &str) -> Option<&str> {
-        match self.get(attribute) {
-            Some(AttributeValue::S(s)) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-pub(crate) fn n(value: impl ToString) -> AttributeValue {
-    AttributeValue::N(value.to_string())
 }
 
 /// True when the item is an order (by key: `sk = ORDER`, `pk = ORDER#…`).

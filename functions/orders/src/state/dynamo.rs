@@ -11,33 +11,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue as SdkValue, KeysAndAttributes, Put, PutRequest, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, WriteRequest,
+    AttributeValue as SdkValue, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
 };
 use chrono::Utc;
-use serde_dynamo::{AttributeValue, Item};
+use serde_dynamo::Item;
+use shared::batch::Outcome;
+use shared::config::{DEFAULT_COMMIT_CONCURRENCY, DEFAULT_IDEMPOTENCY_TTL};
+use shared::dynamo::{
+    ItemExt, MAX_ATTEMPTS, MAX_BATCH_GET, MAX_TRANSACT_ITEMS, StoreError, Transacted, backoff, from_sdk, to_sdk,
+    transact,
+};
+use shared::engine::CommitError;
+use shared::error::ErrorClass;
+use shared::exactly_once::{ExactlyOnce, FinalWriteError, UnitOfWork, Verdict, Write};
+use shared::manifest::{Manifest, ManifestFn, get_manifest, manifest_put};
+use shared::quarantine::{DynamoQuarantine, QuarantineStore, Quarantined};
+use shared::telemetry::CapacityMeter;
 
-use super::item::{
-    ItemExt, ORDER_SK, TOTALS_SK, customer_pk, entity, n, order_pk, s, totals_from_item, totals_to_item,
-};
-use super::{
-    Checkpoint, Counts, DeltaRecord, ErrorClass, Manifest, ManifestFn, ManifestWrite, Marker, ObjectStatus, Outcome,
-    Quarantined, StateStore, StoreError, combine_orders, dedupe_markers,
-};
-use crate::engine::CommitError;
-use crate::error::{classify_sdk, sdk_message};
-use crate::exactly_once::{ExactlyOnce, FinalWriteError, UnitOfWork, Verdict, Write};
+use super::item::{ORDER_SK, TOTALS_SK, customer_pk, entity, order_pk, totals_from_item, totals_to_item};
+use super::{DeltaError, DeltaRecord, Marker, StateStore, combine_orders, dedupe_markers};
 use crate::order::{CustomerTotals, OrderEvent, format_timestamp, parse_timestamp};
-
-/// DynamoDB TransactWriteItems limit on actions per transaction.
-pub const MAX_TRANSACT_ITEMS: usize = 100;
-/// DynamoDB BatchWriteItem limit on requests per call.
-const MAX_BATCH_WRITE: usize = 25;
-/// DynamoDB BatchGetItem limit on keys per call.
-const MAX_BATCH_GET: usize = 100;
-use crate::exactly_once::{MARKER_TTL, MAX_ATTEMPTS};
 
 /// The state table (and, for markers, the idempotency table) in DynamoDB.
 #[derive(Debug, Clone)]
@@ -47,16 +41,9 @@ pub struct DynamoStore {
     state_table: Arc<str>,
     idempotency_table: String,
     marker_ttl: Duration,
-    capacity: crate::telemetry::CapacityMeter,
+    capacity: CapacityMeter,
     commit_concurrency: usize,
 }
-
-/// Transactions of one batch of orders committed at once by default
-/// ([`DynamoStore::with_commit_concurrency`], `COMMIT_CONCURRENCY`): a
-/// batch of 1,000 standard-queue events (20 transactions) commits in two
-/// rounds. `cargo xtask bench --cost-only` on the latency model: 4 gave
-/// 4,007 records/s (91x Powertools), 10 gave 7,611 (173x), same run.
-pub const DEFAULT_COMMIT_CONCURRENCY: usize = 10;
 
 impl DynamoStore {
     /// A commit failure as a store error of the same class.
@@ -75,38 +62,22 @@ impl DynamoStore {
             client,
             state_table: state_table.into(),
             idempotency_table,
-            marker_ttl: MARKER_TTL,
+            marker_ttl: DEFAULT_IDEMPOTENCY_TTL,
             capacity: Default::default(),
             commit_concurrency: DEFAULT_COMMIT_CONCURRENCY,
         }
     }
 
     /// Sums the capacity DynamoDB reports consuming into `meter`.
-    pub fn with_capacity_meter(mut self, meter: crate::telemetry::CapacityMeter) -> Self {
+    pub fn with_capacity_meter(mut self, meter: CapacityMeter) -> Self {
         self.capacity = meter;
         self
-    }
-
-    fn meter(&self, consumed: &[aws_sdk_dynamodb::types::ConsumedCapacity]) {
-        self.capacity.add(consumed.iter().filter_map(|c| c.capacity_units).sum());
     }
 
     /// Keeps idempotency markers this long (default a week).
     pub fn with_marker_ttl(mut self, ttl: Duration) -> Self {
         self.marker_ttl = ttl;
         self
-    }
-
-    fn dynamo_error<E>(
-        &self,
-        operation: &'static str,
-        table: &str,
-        err: &aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
-    ) -> StoreError
-    where
-        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
-    {
-        StoreError::Dynamo { operation, table: table.to_owned(), message: sdk_message(err), class: classify_sdk(err) }
     }
 
     /// The exactly-once committer over this store's idempotency table.
@@ -175,33 +146,16 @@ impl DynamoStore {
         })
     }
 
-    /// The manifest write, conditional on the checkpoint the writer started
-    /// from.
-    fn manifest_put(&self, write: &ManifestWrite) -> Result<Write, StoreError> {
-        let mut put =
-            Put::builder().table_name(&*self.state_table).set_item(Some(to_sdk(manifest_to_item(&write.manifest))));
-        put = match write.expected {
-            None => put.condition_expression("attribute_not_exists(pk)"),
-            Some(cp) => put
-                .condition_expression("checkpoint.#line = :line AND checkpoint.#byte = :byte")
-                .expression_attribute_names("#line", "line")
-                .expression_attribute_names("#byte", "byte")
-                .expression_attribute_values(":line", SdkValue::N(cp.line.to_string()))
-                .expression_attribute_values(":byte", SdkValue::N(cp.byte.to_string())),
-        };
-        Write::put(put, &["pk", "sk"]).map_err(|e| permanent("TransactWriteItems", &self.state_table, e))
-    }
-
     /// A marker write: succeeds only if the key is new (or its marker expired).
     fn marker_put(&self, marker: &Marker, now: i64) -> Result<TransactWriteItem, StoreError> {
-        crate::exactly_once::marker_put(
+        shared::exactly_once::marker_put(
             &self.idempotency_table,
             &marker.key,
             marker.validation.as_deref(),
             self.marker_ttl,
             now,
         )
-        .map_err(|e| permanent("TransactWriteItems", &self.idempotency_table, e))
+        .map_err(|e| StoreError::unbuildable("TransactWriteItems", &self.idempotency_table, e))
     }
 
     fn totals_put(
@@ -221,37 +175,8 @@ impl DynamoStore {
                 .condition_expression("version = :version")
                 .expression_attribute_values(":version", SdkValue::N(v.to_string())),
         };
-        let put = put.build().map_err(|e| permanent("TransactWriteItems", &self.state_table, e))?;
+        let put = put.build().map_err(|e| StoreError::unbuildable("TransactWriteItems", &self.state_table, e))?;
         Ok(TransactWriteItem::builder().put(put).build())
-    }
-
-    /// Runs one transaction; on cancellation returns the reasons (code and the
-    /// item that failed its condition, per action).
-    async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<TxResult, StoreError> {
-        let sent = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(actions))
-            .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        match sent {
-            Ok(out) => {
-                self.meter(out.consumed_capacity());
-                Ok(TxResult::Committed)
-            }
-            Err(err) => {
-                if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
-                    let reasons = cancelled
-                        .cancellation_reasons()
-                        .iter()
-                        .map(|r| (r.code().unwrap_or("None").to_owned(), r.item().cloned().map(from_sdk)))
-                        .collect();
-                    return Ok(TxResult::Cancelled(reasons));
-                }
-                Err(self.dynamo_error("TransactWriteItems", &self.state_table, &err))
-            }
-        }
     }
 
     async fn get_totals(&self, customers: &[&str]) -> Result<HashMap<String, (CustomerTotals, u64)>, StoreError> {
@@ -266,7 +191,7 @@ impl DynamoStore {
             }
             let mut request = Some(HashMap::from([(
                 self.state_table.to_string(),
-                keys.build().map_err(|e| permanent("BatchGetItem", &self.state_table, e))?,
+                keys.build().map_err(|e| StoreError::unbuildable("BatchGetItem", &self.state_table, e))?,
             )]));
             let mut attempt = 0;
             while let Some(items) = request.take().filter(|r| !r.is_empty()) {
@@ -276,7 +201,7 @@ impl DynamoStore {
                     .set_request_items(Some(items))
                     .send()
                     .await
-                    .map_err(|e| self.dynamo_error("BatchGetItem", &self.state_table, &e))?;
+                    .map_err(|e| StoreError::sdk("BatchGetItem", &self.state_table, &e))?;
                 for item in out.responses().and_then(|r| r.get(&*self.state_table)).into_iter().flatten() {
                     let item = from_sdk(item.clone());
                     let customer = item.get_s(entity::CUSTOMER_TOTALS, "customerId")?.to_owned();
@@ -285,7 +210,10 @@ impl DynamoStore {
                 request = out.unprocessed_keys().cloned();
                 if request.as_ref().is_some_and(|r| !r.is_empty()) {
                     attempt += 1;
-                    backoff(attempt, "BatchGetItem unprocessed keys").await?;
+                    backoff(attempt, None).await.map_err(|e| StoreError::Contention {
+                        attempts: attempt,
+                        message: format!("BatchGetItem unprocessed keys: {e}"),
+                    })?;
                 }
             }
         }
@@ -296,7 +224,7 @@ impl DynamoStore {
     /// A record whose delta would overflow its customer's totals stops the
     /// chunk there: the records before it commit, and the overflow is the
     /// error (permanent, for that record alone).
-    async fn apply_delta_chunk(&self, chunk: &[DeltaRecord]) -> (Vec<Outcome>, Option<StoreError>) {
+    async fn apply_delta_chunk(&self, chunk: &[DeltaRecord]) -> (Vec<Outcome>, Option<DeltaError>) {
         let customers: Vec<&str> = {
             let mut c: Vec<&str> = chunk.iter().flat_map(|r| r.deltas.keys().map(String::as_str)).collect();
             c.sort_unstable();
@@ -305,7 +233,7 @@ impl DynamoStore {
         };
         let known = match self.get_totals(&customers).await {
             Ok(known) => known,
-            Err(e) => return (Vec::new(), Some(e)),
+            Err(e) => return (Vec::new(), Some(e.into())),
         };
         // The first record whose delta does not fit, added in order to the
         // stored totals (each key counted once, as the transaction would).
@@ -319,7 +247,7 @@ impl DynamoStore {
             }
             for (customer, delta) in &record.deltas {
                 if let Err(source) = running.entry(customer.as_str()).or_default().checked_add(delta) {
-                    overflow = Some((i, StoreError::Overflow { customer: customer.clone(), source }));
+                    overflow = Some((i, DeltaError::Overflow { customer: customer.clone(), source }));
                     break 'records;
                 }
             }
@@ -337,7 +265,7 @@ impl DynamoStore {
         &self,
         chunk: &[DeltaRecord],
         mut known: HashMap<String, (CustomerTotals, u64)>,
-    ) -> Result<Vec<Outcome>, StoreError> {
+    ) -> Result<Vec<Outcome>, DeltaError> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; chunk.len()];
         // A key twice in one chunk (a record delivered twice in one batch): the
         // later one is a duplicate, and one transaction may write a marker once.
@@ -360,7 +288,7 @@ impl DynamoStore {
                         .entry(customer)
                         .or_default()
                         .checked_add(delta)
-                        .map_err(|source| StoreError::Overflow { customer: customer.clone(), source })?;
+                        .map_err(|source| DeltaError::Overflow { customer: customer.clone(), source })?;
                 }
             }
             combined.retain(|_, d| !d.is_zero());
@@ -377,20 +305,20 @@ impl DynamoStore {
                 };
                 totals
                     .checked_add(delta)
-                    .map_err(|source| StoreError::Overflow { customer: (*customer).to_owned(), source })?;
+                    .map_err(|source| DeltaError::Overflow { customer: (*customer).to_owned(), source })?;
                 actions.push(self.totals_put(customer, &totals, version)?);
             }
-            match self.transact(actions).await? {
-                TxResult::Committed => {
+            match transact(&self.client, &self.state_table, actions, &self.capacity).await? {
+                Transacted::Committed => {
                     for &i in &live {
                         outcomes[i] = Some(Outcome::Applied);
                     }
                     break;
                 }
-                TxResult::Cancelled(reasons) => {
+                Transacted::Cancelled(reasons) => {
                     let mut resolved = false;
-                    for (pos, (code, item)) in reasons.into_iter().enumerate() {
-                        if code != "ConditionalCheckFailed" {
+                    for (pos, reason) in reasons.into_iter().enumerate() {
+                        if !reason.condition_failed() {
                             continue;
                         }
                         resolved = true;
@@ -399,9 +327,13 @@ impl DynamoStore {
                             outcomes[live[pos]] = Some(Outcome::Duplicate);
                         } else if let Some(customer) = customer_order.get(pos - live.len()) {
                             // Another writer changed the totals: take its item from the reason.
-                            match item {
+                            match reason.item {
                                 Some(item) => {
-                                    known.insert((*customer).to_owned(), totals_from_item(&item)?);
+                                    let item = from_sdk(item);
+                                    known.insert(
+                                        (*customer).to_owned(),
+                                        totals_from_item(&item).map_err(StoreError::from)?,
+                                    );
                                 }
                                 None => {
                                     known.remove(*customer);
@@ -410,7 +342,10 @@ impl DynamoStore {
                         }
                     }
                     if !resolved {
-                        backoff(attempt, "TransactWriteItems conflict or throttling").await?;
+                        backoff(attempt, None).await.map_err(|e| StoreError::Contention {
+                            attempts: attempt,
+                            message: format!("TransactWriteItems conflict or throttling: {e}"),
+                        })?;
                     }
                 }
             }
@@ -418,16 +353,12 @@ impl DynamoStore {
                 return Err(StoreError::Contention {
                     attempts: MAX_ATTEMPTS,
                     message: "customer totals kept changing under this transaction".into(),
-                });
+                }
+                .into());
             }
         }
         Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect())
     }
-}
-
-enum TxResult {
-    Committed,
-    Cancelled(Vec<(String, Option<Item>)>),
 }
 
 impl StateStore for DynamoStore {
@@ -486,13 +417,8 @@ impl StateStore for DynamoStore {
                 // transaction commits; a failure to build shows as a conflict.
                 let write = build(&all_outcomes(&vec![Outcome::Applied; units.len()]));
                 let last = |unit_outcomes: &[Outcome]| -> Write {
-                    let write = build(&all_outcomes(unit_outcomes));
-                    match self.manifest_put(&write) {
-                        Ok(w) => w,
-                        Err(_) => unreachable!("a manifest that built once builds again"),
-                    }
+                    manifest_put(&self.state_table, &build(&all_outcomes(unit_outcomes)))
                 };
-                self.manifest_put(&write)?;
                 self.exactly_once().commit_with_final(&units, &last, None).await.map_err(|e| match e {
                     FinalWriteError::Conflict => StoreError::ManifestConflict {
                         bucket: write.manifest.bucket.clone(),
@@ -513,7 +439,7 @@ impl StateStore for DynamoStore {
         Ok(all_outcomes(&committed))
     }
 
-    async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<StoreError>) {
+    async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<DeltaError>) {
         let mut outcomes = Vec::with_capacity(records.len());
         let mut start = 0;
         while start < records.len() {
@@ -543,87 +469,15 @@ impl StateStore for DynamoStore {
     }
 
     async fn get_manifest(&self, bucket: &str, key: &str, revision: &str) -> Result<Option<Manifest>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&*self.state_table)
-            .key("pk", SdkValue::S(object_pk(bucket, key)))
-            .key("sk", SdkValue::S(revision.to_owned()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| self.dynamo_error("GetItem", &self.state_table, &e))?;
-        out.item.map(|item| manifest_from_item(&from_sdk(item))).transpose().map_err(Into::into)
+        get_manifest(&self.client, &self.state_table, bucket, key, revision).await
     }
+}
 
-    async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
+/// Quarantine items go to the state table (its key schema is the one
+/// quarantine items need).
+impl QuarantineStore for DynamoStore {
+    async fn write_quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
         DynamoQuarantine::new(self.client.clone(), self.state_table.to_string()).write(records).await
-    }
-}
-
-/// Quarantine items in a DynamoDB table keyed `pk` (S) + `sk` (S): the
-/// state table's schema, and any table of your own with that key. An item
-/// per record: `pk` = `QUARANTINE#<source>`, `sk` = the record's id, with
-/// `reason` and `raw` (truncated to [`super::MAX_QUARANTINED_RAW_BYTES`]).
-#[derive(Debug, Clone)]
-pub struct DynamoQuarantine {
-    client: Client,
-    table: String,
-}
-
-impl DynamoQuarantine {
-    /// Quarantine items in `table`.
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
-    }
-
-    /// Writes the items (`BatchWriteItem`, 25 at a time, unprocessed items
-    /// retried with back-off).
-    pub async fn write(&self, records: &[Quarantined]) -> Result<(), StoreError> {
-        // Keys must be unique within one BatchWriteItem call.
-        let mut unique: BTreeMap<(&str, &str), &Quarantined> = BTreeMap::new();
-        for r in records {
-            unique.insert((&r.source, &r.record_id), r);
-        }
-        let records: Vec<&Quarantined> = unique.into_values().collect();
-        let now = Utc::now().to_rfc3339();
-        for group in records.chunks(MAX_BATCH_WRITE) {
-            let mut writes = Vec::with_capacity(group.len());
-            for r in group {
-                let put = PutRequest::builder()
-                    .set_item(Some(to_sdk(quarantine_to_item(r, &now))))
-                    .build()
-                    .map_err(|e| permanent("BatchWriteItem", &self.table, e))?;
-                writes.push(WriteRequest::builder().put_request(put).build());
-            }
-            let mut request = Some(HashMap::from([(self.table.clone(), writes)]));
-            let mut attempt = 0;
-            while let Some(items) = request.take().filter(|r| !r.is_empty()) {
-                let out = self.client.batch_write_item().set_request_items(Some(items)).send().await.map_err(|e| {
-                    StoreError::Dynamo {
-                        operation: "BatchWriteItem",
-                        table: self.table.clone(),
-                        message: sdk_message(&e),
-                        class: classify_sdk(&e),
-                    }
-                })?;
-                request = out.unprocessed_items().cloned();
-                if request.as_ref().is_some_and(|r| !r.is_empty()) {
-                    attempt += 1;
-                    backoff(attempt, "BatchWriteItem unprocessed items").await?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl super::QuarantineStore for DynamoQuarantine {
-    fn write_quarantine(
-        &self,
-        records: &[Quarantined],
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
-        self.write(records)
     }
 }
 
@@ -635,132 +489,4 @@ fn classify_existing(event: &OrderEvent, stored: Option<&Item>) -> Outcome {
         Some((at, id)) if at == event.occurred_at && id == event.event_id => Outcome::Duplicate,
         _ => Outcome::Stale,
     }
-}
-
-/// Exponential backoff with jitter between attempts; an error after the last.
-async fn backoff(attempt: u32, what: &str) -> Result<(), StoreError> {
-    if attempt >= MAX_ATTEMPTS {
-        return Err(StoreError::Contention { attempts: attempt, message: what.to_owned() });
-    }
-    let base = 20u64 << attempt.min(6);
-    let jitter = u64::from(Utc::now().timestamp_subsec_nanos()) % base;
-    tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
-    Ok(())
-}
-
-fn permanent(operation: &'static str, table: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Dynamo { operation, table: table.to_owned(), message: e.to_string(), class: ErrorClass::Permanent }
-}
-
-/// Converts an item to the SDK's attribute map.
-pub fn to_sdk(item: Item) -> HashMap<String, SdkValue> {
-    item.into_inner().into_iter().map(|(k, v)| (k, v.into())).collect()
-}
-
-/// Converts the SDK's attribute map to an item.
-pub fn from_sdk(map: HashMap<String, SdkValue>) -> Item {
-    Item::from(map.into_iter().map(|(k, v)| (k, AttributeValue::from(v))).collect::<HashMap<_, _>>())
-}
-
-/// Partition key of an object manifest.
-pub fn object_pk(bucket: &str, key: &str) -> String {
-    format!("OBJECT#{bucket}/{key}")
-}
-
-/// Partition key of quarantined records of a source.
-pub fn quarantine_pk(source: &str) -> String {
-    format!("QUARANTINE#{source}")
-}
-
-fn quarantine_to_item(r: &Quarantined, at: &str) -> Item {
-    Item::from(HashMap::from([
-        ("pk".to_owned(), s(quarantine_pk(&r.source))),
-        ("sk".to_owned(), s(&r.record_id)),
-        ("entity".to_owned(), s(entity::QUARANTINE)),
-        ("source".to_owned(), s(&r.source)),
-        ("recordId".to_owned(), s(&r.record_id)),
-        ("reason".to_owned(), s(&r.reason)),
-        ("raw".to_owned(), s(&r.raw)),
-        ("quarantinedAt".to_owned(), s(at)),
-    ]))
-}
-
-/// The manifest item of an object revision.
-pub fn manifest_to_item(m: &Manifest) -> Item {
-    let Counts { lines, accepted, rejected, stale, duplicates } = m.counts;
-    let mut map = HashMap::from([
-        ("pk".to_owned(), s(object_pk(&m.bucket, &m.key))),
-        ("sk".to_owned(), s(&m.revision)),
-        ("entity".to_owned(), s(entity::OBJECT)),
-        ("bucket".to_owned(), s(&m.bucket)),
-        ("key".to_owned(), s(&m.key)),
-        ("status".to_owned(), s(m.status.as_str())),
-        ("lines".to_owned(), n(lines)),
-        ("accepted".to_owned(), n(accepted)),
-        ("rejected".to_owned(), n(rejected)),
-        ("stale".to_owned(), n(stale)),
-        ("duplicates".to_owned(), n(duplicates)),
-        (
-            "checkpoint".to_owned(),
-            AttributeValue::M(HashMap::from([
-                ("line".to_owned(), n(m.checkpoint.line)),
-                ("byte".to_owned(), n(m.checkpoint.byte)),
-            ])),
-        ),
-        ("startedAt".to_owned(), s(m.started_at.to_rfc3339())),
-    ]);
-    if let Some(header) = &m.csv_header {
-        map.insert("csvHeader".to_owned(), s(header));
-    }
-    if let Some(at) = m.finished_at {
-        map.insert("finishedAt".to_owned(), s(at.to_rfc3339()));
-    }
-    Item::from(map)
-}
-
-/// Reads a manifest item.
-pub fn manifest_from_item(item: &Item) -> Result<Manifest, super::item::ItemError> {
-    const E: &str = entity::OBJECT;
-    let bad = |attribute, problem: &str| super::item::ItemError { entity: E, attribute, problem: problem.to_owned() };
-    let status = match item.get_s(E, "status")? {
-        "IN_PROGRESS" => ObjectStatus::InProgress,
-        "COMPLETED" => ObjectStatus::Completed,
-        "FAILED" => ObjectStatus::Failed,
-        _ => return Err(bad("status", "is not IN_PROGRESS, COMPLETED or FAILED")),
-    };
-    let checkpoint = match item.get("checkpoint") {
-        Some(AttributeValue::M(m)) => {
-            let num = |k: &str| match m.get(k) {
-                Some(AttributeValue::N(v)) => v.parse::<u64>().ok(),
-                _ => None,
-            };
-            Checkpoint {
-                line: num("line").ok_or_else(|| bad("checkpoint", "has no numeric line"))?,
-                byte: num("byte").ok_or_else(|| bad("checkpoint", "has no numeric byte"))?,
-            }
-        }
-        _ => return Err(bad("checkpoint", "is missing or not a map")),
-    };
-    let time = |attribute: &'static str| -> Result<Option<chrono::DateTime<Utc>>, super::item::ItemError> {
-        item.opt_s(attribute)
-            .map(|t| parse_timestamp(t).ok_or_else(|| bad(attribute, "is not an RFC 3339 timestamp")))
-            .transpose()
-    };
-    Ok(Manifest {
-        bucket: item.get_s(E, "bucket")?.to_owned(),
-        key: item.get_s(E, "key")?.to_owned(),
-        revision: item.get_s(E, "sk")?.to_owned(),
-        status,
-        counts: Counts {
-            lines: item.get_n(E, "lines")?,
-            accepted: item.get_n(E, "accepted")?,
-            rejected: item.get_n(E, "rejected")?,
-            stale: item.get_n(E, "stale")?,
-            duplicates: item.get_n(E, "duplicates")?,
-        },
-        checkpoint,
-        csv_header: item.opt_s("csvHeader").map(str::to_owned),
-        started_at: time("startedAt")?.ok_or_else(|| bad("startedAt", "is missing"))?,
-        finished_at: time("finishedAt")?,
-    })
 }

@@ -6,7 +6,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use super::{DeltaRecord, Manifest, ManifestFn, Marker, Outcome, Quarantined, StateStore, StoreError};
+use shared::dynamo::StoreError;
+use shared::manifest::{Manifest, ManifestFn};
+use shared::quarantine::{QuarantineStore, Quarantined};
+
+use super::{DeltaError, DeltaRecord, Marker, Outcome, StateStore};
 use crate::order::{ApplyOutcome, CustomerTotals, Order, OrderEvent, apply};
 
 /// One committed change of an order, as a stream record would carry it.
@@ -149,7 +153,7 @@ impl StateStore for MemoryStore {
         Ok(outcomes)
     }
 
-    async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<StoreError>) {
+    async fn apply_deltas(&self, records: &[DeltaRecord]) -> (Vec<Outcome>, Option<DeltaError>) {
         let mut inner = self.lock();
         let mut outcomes = Vec::with_capacity(records.len());
         for record in records {
@@ -163,7 +167,7 @@ impl StateStore for MemoryStore {
                 let mut totals = inner.totals.get(customer).cloned().unwrap_or_default();
                 if let Err(source) = totals.checked_add(delta) {
                     inner.markers.remove(&record.idempotency_key);
-                    return (outcomes, Some(StoreError::Overflow { customer: customer.clone(), source }));
+                    return (outcomes, Some(DeltaError::Overflow { customer: customer.clone(), source }));
                 }
                 updated.push((customer.clone(), totals));
             }
@@ -176,8 +180,10 @@ impl StateStore for MemoryStore {
     async fn get_manifest(&self, bucket: &str, key: &str, revision: &str) -> Result<Option<Manifest>, StoreError> {
         Ok(self.lock().manifests.get(&(bucket.to_owned(), key.to_owned(), revision.to_owned())).cloned())
     }
+}
 
-    async fn quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
+impl QuarantineStore for MemoryStore {
+    async fn write_quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         for r in records {
             inner.quarantine.insert((r.source.clone(), r.record_id.clone()), r.clone());

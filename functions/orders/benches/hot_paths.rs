@@ -1,16 +1,16 @@
 //! Criterion micro-benchmarks of the hot pure functions: event parsing, key
-//! derivation, order validation and the apply rule. `cargo bench -p shared`.
+//! derivation, order validation and the apply rule. `cargo bench -p orders`.
 //!
 //! Inputs are the fixture events of `events/`, so the shapes are the real ones.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use orders::order::{ApplyOutcome, apply, parse_order_event};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use shared::event::{s3, sqs, stream};
 use shared::idempotency::{IdempotencyKey, KeySource};
-use shared::order::{ApplyOutcome, apply, parse_order_event};
 
 fn records(text: &str) -> Vec<Value> {
     let event: Value = serde_json::from_str(text).expect("fixture is JSON");
@@ -18,9 +18,9 @@ fn records(text: &str) -> Vec<Value> {
 }
 
 fn event_parsing(c: &mut Criterion) {
-    let sqs_record = records(include_str!("../../events/sqs-standard.json")).remove(0);
-    let stream_record = records(include_str!("../../events/stream-orders.json")).remove(1);
-    let notification = records(include_str!("../../events/s3-via-sqs.json")).remove(0);
+    let sqs_record = records(include_str!("../../../events/sqs-standard.json")).remove(0);
+    let stream_record = records(include_str!("../../../events/stream-orders.json")).remove(1);
+    let notification = records(include_str!("../../../events/s3-via-sqs.json")).remove(0);
     let notification_body = notification["body"].as_str().expect("body").to_owned();
 
     let mut group = c.benchmark_group("event");
@@ -37,8 +37,9 @@ fn event_parsing(c: &mut Criterion) {
 }
 
 fn key_derivation(c: &mut Criterion) {
-    let message = sqs::Message::parse(&records(include_str!("../../events/sqs-standard.json"))[0]).expect("parses");
-    let record = stream::Record::parse(&records(include_str!("../../events/stream-orders.json"))[1]).expect("parses");
+    let message = sqs::Message::parse(&records(include_str!("../../../events/sqs-standard.json"))[0]).expect("parses");
+    let record =
+        stream::Record::parse(&records(include_str!("../../../events/stream-orders.json"))[1]).expect("parses");
     let keys = IdempotencyKey::new("orders");
     let by_body = KeySource::BodyPointer("/eventId".into());
 

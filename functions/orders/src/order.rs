@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::batch::Outcome;
+use shared_core::batch::Outcome;
 
 /// Longest id accepted for `eventId`, `orderId` and `customerId`, in characters.
 pub const MAX_ID_CHARS: usize = 128;
@@ -455,7 +455,7 @@ pub enum ApplyOutcome {
 pub fn fingerprint(event: &OrderEvent) -> String {
     // The canonical text is hashed as it is written, never built as a
     // string: a `format!` of it was a tenth of the SQS handler's time.
-    let mut hasher = crate::key::Hasher::default();
+    let mut hasher = shared_core::key::Hasher::default();
     let _ = write_canonical(&mut hasher, event);
     hasher.finish()
 }
@@ -800,7 +800,7 @@ mod tests {
         let mut canonical = String::new();
         write_canonical(&mut canonical, &event).unwrap();
         assert_eq!(canonical, "e-1\no-1\nc-1\nPAID\n12.3\nEUR\n2026-11-28T09:00:00.000000000Z");
-        assert_eq!(fingerprint(&event), crate::key::fingerprint(canonical.as_bytes()));
+        assert_eq!(fingerprint(&event), shared_core::key::fingerprint(canonical.as_bytes()));
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! Typed persistence of the state table: orders and customer totals (and,
+//! through the toolkit, object manifests and quarantined records), behind
+//! one small port ([`StateStore`]) with a DynamoDB implementation and an
+//! in-memory one for unit tests.
+//!
+//! Every write that must happen once commits together with what proves it
+//! happened: an order update carries its apply-rule condition, a totals delta
+//! commits with its idempotency marker, an object chunk's orders commit with
+//! the manifest checkpoint that covers them.
+
+pub mod dynamo;
+pub mod item;
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use shared::dynamo::StoreError;
+use shared::error::{Classify, ErrorClass};
+use shared::manifest::{Manifest, ManifestFn};
+use shared::quarantine::QuarantineStore;
+
+use crate::order::{CustomerTotals, OrderEvent};
+
+pub use shared::batch::Outcome;
+
+/// An idempotency marker: written in the same transaction as the effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    /// The idempotency key (the marker item's partition key).
+    pub key: String,
+    /// Hash of the payload, to tell a duplicate from a reused key.
+    pub validation: Option<String>,
+}
+
+/// A stream record's effect on customer totals, with the idempotency key that
+/// makes it happen once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaRecord {
+    /// The key of the marker written with the deltas.
+    pub idempotency_key: String,
+    /// customerId -> delta. Empty when the change does not affect totals
+    /// (the marker is still written, so a replay is seen as a duplicate).
+    pub deltas: BTreeMap<String, CustomerTotals>,
+}
+
+/// Why applying totals deltas stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Adding a record's delta to a customer's totals would overflow
+    /// (permanent: that record is quarantined, the others go on).
+    #[error("customer {customer}: {source}")]
+    Overflow {
+        /// The customer whose totals would overflow.
+        customer: String,
+        /// What overflowed.
+        source: crate::order::TotalsOverflow,
+    },
+}
+
+impl Classify for DeltaError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Store(e) => e.class(),
+            Self::Overflow { .. } => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// The state table port.
+pub trait StateStore: QuarantineStore {
+    /// Applies order events by the apply rule; returns one outcome per event,
+    /// in input order. With a manifest, the manifest write commits in the same
+    /// transaction as the last group of orders; it is built from the outcomes
+    /// the events will have if that transaction commits.
+    ///
+    /// With `markers` (one per event), each event also writes its idempotency
+    /// marker in the same transaction: an event whose marker exists is a
+    /// duplicate (or `KeyReused`) and changes nothing.
+    fn apply_orders(
+        &self,
+        events: &[OrderEvent],
+        markers: Option<&[Marker]>,
+        manifest: Option<&ManifestFn<'_>>,
+    ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
+
+    /// Applies totals deltas exactly once each, in order. Returns the outcomes
+    /// of the records committed (a prefix of `records`) and the error that
+    /// stopped the rest, if any.
+    fn apply_deltas(&self, records: &[DeltaRecord]) -> impl Future<Output = (Vec<Outcome>, Option<DeltaError>)> + Send;
+
+    /// Reads the manifest of an object revision.
+    fn get_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        revision: &str,
+    ) -> impl Future<Output = Result<Option<Manifest>, StoreError>> + Send;
+}
+
+pub(crate) use crate::order::combine as combine_orders;
+
+/// Decides events whose key repeats an earlier event's key in the same batch:
+/// duplicates, or reused keys when the payload hashes differ.
+pub(crate) fn dedupe_markers(len: usize, markers: Option<&[Marker]>) -> Vec<Option<Outcome>> {
+    match markers {
+        Some(markers) => {
+            assert_eq!(markers.len(), len, "one marker per event");
+            let keys: Vec<(&str, Option<&str>)> =
+                markers.iter().map(|m| (m.key.as_str(), m.validation.as_deref())).collect();
+            shared_core::plan::repeated_keys(&keys)
+        }
+        None => vec![None; len],
+    }
+}
