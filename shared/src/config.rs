@@ -321,6 +321,7 @@ pub fn dynamodb_client(
     aws_sdk_dynamodb::Client::from_conf(config)
 }
 
+#[cfg(feature = "s3")]
 /// The S3 client. Path-style addressing when an endpoint override is set:
 /// local emulators serve buckets under the path, not as host names.
 pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
@@ -331,6 +332,7 @@ pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
+#[cfg(feature = "s3")]
 /// The SQS client.
 pub fn sqs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::from_conf(
@@ -359,7 +361,9 @@ macro_rules! deferred_endpoints {
     };
 }
 deferred_endpoints!(DynamoDbEndpoints, aws_sdk_dynamodb);
+#[cfg(feature = "s3")]
 deferred_endpoints!(S3Endpoints, aws_sdk_s3);
+#[cfg(feature = "s3")]
 deferred_endpoints!(SqsEndpoints, aws_sdk_sqs);
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
+#[cfg(any(feature = "sqs", feature = "dynamodb-stream"))]
 use serde_json::Value;
 use serde_json::value::RawValue;
 use shared_core::batch::{
@@ -67,7 +68,11 @@ use shared_core::batch::{
 };
 
 use crate::error::{Classify, ErrorClass};
-use crate::event::{EventError, RawBatch, sqs, stream};
+#[cfg(feature = "sqs")]
+use crate::event::sqs;
+#[cfg(feature = "dynamodb-stream")]
+use crate::event::stream;
+use crate::event::{EventError, RawBatch};
 use crate::quarantine::{QuarantineStore, Quarantined};
 
 /// What the planner decided for one record.
@@ -130,6 +135,81 @@ impl<E: Classify + std::fmt::Display> From<&E> for CommitError {
 /// at its first failure); they are reported for retry.
 pub type Committed = Vec<Result<Outcome, CommitError>>;
 
+/// How the effects handed to a commit relate, by the delivery's rules: what
+/// a commit must keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ordering {
+    /// The batch's delivery.
+    pub delivery: Delivery,
+    /// Each effect's FIFO message group (`None` elsewhere), in the order given.
+    pub groups: Vec<Option<String>>,
+}
+
+impl Ordering {
+    /// Whether the effects may commit concurrently, in any order: the
+    /// messages of a standard queue are independent; a FIFO group's and a
+    /// shard's are not.
+    pub fn independent(&self) -> bool {
+        self.delivery == Delivery::Standard
+    }
+}
+
+/// Commits `effects` one by one with `commit`, keeping the delivery's order:
+/// a standard queue's up to `concurrency` at once; a FIFO queue's in order,
+/// an effect whose group already failed (transiently) not attempted but
+/// reported for retry; a stream's in order, stopping at the first transient
+/// failure (the shard is retried from it). A permanent failure (quarantined)
+/// does not stop a group or a shard; a fatal one stops everything.
+///
+/// The order-keeping commit for effects that are not DynamoDB writes (the
+/// lock path's calls); [`ExactlyOnce`](crate::exactly_once::ExactlyOnce)
+/// keeps the order of its transactions itself.
+pub async fn commit_in_order<E, F, Fut>(
+    effects: Vec<E>,
+    ordering: &Ordering,
+    concurrency: usize,
+    commit: F,
+) -> Committed
+where
+    F: Fn(E) -> Fut,
+    Fut: Future<Output = Result<Outcome, CommitError>>,
+{
+    use futures::StreamExt;
+    if ordering.independent() {
+        let mut results: Vec<Option<Result<Outcome, CommitError>>> = vec![None; effects.len()];
+        let commit = &commit;
+        let mut done = futures::stream::iter(effects.into_iter().enumerate())
+            .map(|(i, effect)| async move { (i, commit(effect).await) })
+            .buffer_unordered(concurrency.max(1));
+        while let Some((i, result)) = done.next().await {
+            results[i] = Some(result);
+        }
+        return results.into_iter().map(|r| r.unwrap_or(Err(CommitError::Transient("not committed".into())))).collect();
+    }
+    let mut results = Vec::with_capacity(effects.len());
+    let mut failed_groups: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for (i, effect) in effects.into_iter().enumerate() {
+        let group = ordering.groups.get(i).and_then(Option::as_deref);
+        if group.is_some_and(|g| failed_groups.contains(g)) {
+            results.push(Err(CommitError::Transient("an earlier message of its group failed".into())));
+            continue;
+        }
+        let result = commit(effect).await;
+        let stop = matches!(result, Err(CommitError::Transient(_) | CommitError::Fatal(_)));
+        let fatal = matches!(result, Err(CommitError::Fatal(_)));
+        results.push(result);
+        if stop {
+            match (ordering.delivery, group) {
+                (Delivery::Fifo, Some(g)) if !fatal => {
+                    failed_groups.insert(g);
+                }
+                _ => break,
+            }
+        }
+    }
+    results
+}
+
 /// A record type the engine reads from a batch: SQS messages and DynamoDB
 /// stream records.
 pub trait BatchRecord: Sized {
@@ -154,6 +234,7 @@ pub trait BatchRecord: Sized {
     fn unparsed(raw: &RawValue, index: usize) -> (RecordRef, String);
 }
 
+#[cfg(feature = "sqs")]
 impl BatchRecord for sqs::Message {
     fn parse(raw: &RawValue) -> Result<Self, EventError> {
         sqs::Message::parse_raw(raw)
@@ -188,6 +269,7 @@ impl BatchRecord for sqs::Message {
     }
 }
 
+#[cfg(feature = "dynamodb-stream")]
 impl BatchRecord for stream::Record {
     fn parse(raw: &RawValue) -> Result<Self, EventError> {
         stream::Record::parse_raw(raw)
@@ -224,6 +306,7 @@ impl BatchRecord for stream::Record {
 
 /// The quarantine source of messages of a queue: `sqs/<queue name>`, from
 /// the queue's ARN.
+#[cfg(feature = "sqs")]
 pub fn sqs_source(arn: Option<&str>) -> String {
     let queue = arn.and_then(|a| a.rsplit(':').next()).filter(|q| !q.is_empty()).unwrap_or("unknown");
     format!("sqs/{queue}")
@@ -231,6 +314,7 @@ pub fn sqs_source(arn: Option<&str>) -> String {
 
 /// The quarantine source of a table's stream records: `ddb-stream/<table>`,
 /// from the stream's ARN (`arn:aws:dynamodb:region:account:table/NAME/stream/LABEL`).
+#[cfg(feature = "dynamodb-stream")]
 pub fn stream_source(arn: Option<&str>) -> String {
     let table = arn.and_then(|arn| arn.split('/').nth(1)).unwrap_or("unknown");
     format!("ddb-stream/{table}")
@@ -290,6 +374,27 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
         C: FnOnce(Vec<E>) -> Fut,
         Fut: Future<Output = Committed>,
     {
+        self.process_ordered(batch, deadline, plan, |effects, _| commit(effects)).await
+    }
+
+    /// [`process`](Self::process) with the commit told how its effects
+    /// relate ([`Ordering`]), so that it can keep the delivery's order
+    /// itself: [`commit_in_order`], or
+    /// [`ExactlyOnce`](crate::exactly_once::ExactlyOnce) with
+    /// concurrency only where [`Ordering::independent`] says so.
+    pub async fn process_ordered<R, E, P, C, Fut>(
+        &self,
+        batch: &RawBatch,
+        deadline: Option<SystemTime>,
+        plan: P,
+        commit: C,
+    ) -> Result<(BatchResponse, Summary), InvocationError>
+    where
+        R: BatchRecord,
+        P: FnMut(&R) -> Result<Plan<E>, RecordError>,
+        C: FnOnce(Vec<E>, Ordering) -> Fut,
+        Fut: Future<Output = Committed>,
+    {
         // Boxed: the engine's future is deep, and a caller's handler future
         // (inside lambda_runtime's) would otherwise exceed the compiler's
         // layout depth limit, asking every user for `#![recursion_limit]`.
@@ -306,7 +411,7 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
     where
         R: BatchRecord,
         P: FnMut(&R) -> Result<Plan<E>, RecordError>,
-        C: FnOnce(Vec<E>) -> Fut,
+        C: FnOnce(Vec<E>, Ordering) -> Fut,
         Fut: Future<Output = Committed>,
     {
         let raws = batch.records().map_err(|e| InvocationError::new(e.to_string()))?;
@@ -393,7 +498,9 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
             }
         }
         if !positions.is_empty() {
-            let committed = match before(answer_by, AssertUnwindSafe(commit(to_commit)).catch_unwind()).await {
+            let ordering = Ordering { delivery, groups: positions.iter().map(|&i| refs[i].group.clone()).collect() };
+            let committed = match before(answer_by, AssertUnwindSafe(commit(to_commit, ordering)).catch_unwind()).await
+            {
                 Some(Ok(committed)) => committed,
                 None => {
                     tracing::error!(

@@ -207,6 +207,13 @@ impl Write {
         Self::new(check.map(|c| TransactWriteItem::builder().condition_check(c).build()), item)
     }
 
+    /// Rejects the record when this action's condition fails, with the
+    /// reason `reason` gives from the stored item (absent when there is
+    /// none): the common case of [`on_condition_failed`](Self::on_condition_failed).
+    pub fn reject_with(self, reason: impl Fn(Option<&Item>) -> String + Send + Sync + 'static) -> Self {
+        self.on_condition_failed(move |stored| Verdict::Reject(reason(stored)))
+    }
+
     /// How to read this action's condition failing, from the stored item
     /// (absent when there is none). Without it, a failed condition rejects
     /// the record.
@@ -223,17 +230,53 @@ const ALL_OLD: ReturnValuesOnConditionCheckFailure = ReturnValuesOnConditionChec
 #[derive(Debug, Clone)]
 pub struct UnitOfWork {
     /// `None`: no marker (the unit is made once by something else, such as
-    /// an object's checkpoint committed with it).
+    /// an object's checkpoint committed with it), or a key still to derive.
     key: Option<String>,
+    /// A key the entry point derives from the record (see [`Self::for_record`]
+    /// and [`Self::keyed`]) before the unit is committed.
+    derive: Option<Derive>,
     fingerprint: Option<String>,
     writes: Vec<Write>,
     outcome: Outcome,
 }
 
+/// A key still to derive: from the record's identity, or from a kind and an
+/// identity of the domain's under the function's key prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Derive {
+    /// The record's identity.
+    Record,
+    /// `{prefix}#{kind}#{identity}`.
+    Named { kind: String, identity: String },
+}
+
 impl UnitOfWork {
-    /// A unit under idempotency key `key` (see [`crate::idempotency::IdempotencyKey`]).
+    fn with(key: Option<String>, derive: Option<Derive>) -> Self {
+        Self { key, derive, fingerprint: None, writes: Vec::new(), outcome: Outcome::Applied }
+    }
+
+    /// The record's writes, exactly once per record: its idempotency key is
+    /// the record's identity (an SQS message by `IDEMPOTENCY_KEY_SOURCE`, by
+    /// default its `messageId`; a stream record by its `eventID`), derived
+    /// by the entry point. A redelivery of the record changes nothing.
+    pub fn for_record() -> Self {
+        Self::with(None, Some(Derive::Record))
+    }
+
+    /// Exactly once per `identity` of `kind` (a reservation id, a payment
+    /// id): the key `{prefix}#{kind}#{identity}` under the function's key
+    /// prefix, so a producer's resend in another message is caught too. The
+    /// entry point fingerprints the record's body (its JSON meaning: members
+    /// in any order) unless [`fingerprint`](Self::fingerprint) says
+    /// otherwise, so the same identity with another payload is a reused key.
+    pub fn keyed(kind: impl Into<String>, identity: impl Into<String>) -> Self {
+        Self::with(None, Some(Derive::Named { kind: kind.into(), identity: identity.into() }))
+    }
+
+    /// A unit under the full idempotency key `key`, as derived by
+    /// [`crate::idempotency::IdempotencyKey`] (for committers of your own).
     pub fn new(key: impl Into<String>) -> Self {
-        Self { key: Some(key.into()), fingerprint: None, writes: Vec::new(), outcome: Outcome::Applied }
+        Self::with(Some(key.into()), None)
     }
 
     /// A unit without an idempotency marker: for writes that are made
@@ -241,7 +284,31 @@ impl UnitOfWork {
     /// commits in the same transaction), or whose conditions alone make them
     /// idempotent.
     pub fn unkeyed() -> Self {
-        Self { key: None, fingerprint: None, writes: Vec::new(), outcome: Outcome::Applied }
+        Self::with(None, None)
+    }
+
+    /// Derives the key [`for_record`](Self::for_record) or
+    /// [`keyed`](Self::keyed) asked for: `record` gives the record's key (or
+    /// `None` where keys may be missing), `body` the fingerprint of its
+    /// payload.
+    #[cfg(any(feature = "sqs", feature = "dynamodb-stream"))]
+    pub(crate) fn derive_key(
+        mut self,
+        keys: &shared_core::key::Keys,
+        record: impl FnOnce() -> Result<Option<String>, shared_core::key::KeyError>,
+        body: impl FnOnce() -> Option<String>,
+    ) -> Result<Self, shared_core::key::KeyError> {
+        match self.derive.take() {
+            None => {}
+            Some(Derive::Record) => self.key = record()?,
+            Some(Derive::Named { kind, identity }) => {
+                self.key = Some(keys.custom(&kind, &identity));
+                if self.fingerprint.is_none() {
+                    self.fingerprint = body();
+                }
+            }
+        }
+        Ok(self)
     }
 
     /// The payload's fingerprint ([`shared_core::key::fingerprint`] of what
@@ -269,9 +336,14 @@ impl UnitOfWork {
         self
     }
 
-    /// The idempotency key, if the unit has a marker.
+    /// The idempotency key, if the unit has a marker (and it is derived).
     pub fn key(&self) -> Option<&str> {
         self.key.as_deref()
+    }
+
+    /// The payload's fingerprint, if given or derived.
+    pub fn fingerprint_value(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
     }
 }
 
@@ -422,6 +494,13 @@ impl ExactlyOnce {
         };
         let mut live: Vec<usize> = Vec::new();
         for (i, unit) in units.iter().enumerate() {
+            if unit.derive.is_some() {
+                results[i] = Some(Err(CommitError::Permanent(
+                    "the unit's idempotency key was never derived: commit it through an entry point \
+                     (shared::lambda), or give it a full key (UnitOfWork::new)"
+                        .into(),
+                )));
+            }
             if results[i].is_some() {
                 continue;
             }

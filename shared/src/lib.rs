@@ -21,9 +21,30 @@ pub mod error;
 pub mod event;
 pub mod exactly_once;
 pub mod idempotency;
+#[cfg(feature = "s3")]
 pub mod ingest;
+pub mod lambda;
 pub mod manifest;
+#[cfg(feature = "s3")]
 pub mod object;
 pub mod quarantine;
 pub mod runtime;
 pub mod telemetry;
+
+/// The AWS SDK's DynamoDB crate, as the toolkit uses it: build your writes
+/// with its types (`shared::dynamodb::types::Update`) without a version of
+/// your own to keep in step.
+pub use aws_sdk_dynamodb as dynamodb;
+pub use engine::CommitError;
+#[cfg(feature = "dynamodb-stream")]
+pub use event::stream::Change;
+pub use exactly_once::{UnitOfWork, Verdict, Write};
+#[cfg(feature = "dynamodb-stream")]
+pub use lambda::dynamodb_stream;
+#[cfg(all(feature = "dynamodb-stream", feature = "lock"))]
+pub use lambda::dynamodb_stream_with_lock;
+#[cfg(feature = "sqs")]
+pub use lambda::sqs;
+#[cfg(all(feature = "sqs", feature = "lock"))]
+pub use lambda::sqs_with_lock;
+pub use lambda::{Call, Error, Function, Invalid};

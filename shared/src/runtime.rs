@@ -36,6 +36,15 @@ pub fn block_on<F>(main: F) -> Result<(), lambda_runtime::Error>
 where
     F: Future<Output = Result<(), lambda_runtime::Error>>,
 {
+    start(main)
+}
+
+/// [`block_on`] for a `main` with an error type of its own.
+pub(crate) fn start<F, E>(main: F) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+    E: From<std::io::Error>,
+{
     let user_set = ["SSL_CERT_FILE", "SSL_CERT_DIR"].iter().any(|v| std::env::var_os(v).is_some());
     if !user_set && let Some(file) = openssl_probe::probe().cert_file {
         // SAFETY: no other thread exists yet (the runtime starts below), so

@@ -1,19 +1,14 @@
 //! An inventory-reservation SQS consumer: each message reserves a quantity
 //! of one SKU, exactly once, or is quarantined with the reason it cannot be.
 //!
-//! The whole domain is [`plan`]: parse and validate the message, key it by
-//! its reservation id, and describe the effect as a DynamoDB update with
-//! its condition. The toolkit's engine does the rest (partial batch
-//! response, FIFO order, quarantine, the deadline), and `ExactlyOnce`
-//! commits each reservation together with its idempotency marker.
+//! The whole domain is [`reserve`]: validate the request and describe its
+//! effect, a DynamoDB update with its condition. The toolkit does the rest
+//! (the partial batch response, FIFO order, quarantine, the deadline, and
+//! the idempotency marker committed with the update).
 
-use aws_sdk_dynamodb::types::{AttributeValue, Update};
 use serde::Deserialize;
-use shared::batch::RecordError;
-use shared::core::key::{Keys, fingerprint};
-use shared::engine::Plan;
-use shared::event::sqs;
-use shared::exactly_once::{UnitOfWork, Verdict, Write};
+use shared::dynamodb::types::{AttributeValue, Update};
+use shared::{Invalid, UnitOfWork, Write};
 
 /// A reservation request, the body of one message.
 #[derive(Debug, Deserialize)]
@@ -28,36 +23,24 @@ pub struct Reservation {
     pub quantity: u32,
 }
 
-/// Plans one message: the reservation's update of its SKU's stock, under
-/// the key `{prefix}#reservation#{reservationId}`.
-pub fn plan(keys: &Keys, table: &str, message: &sqs::Message) -> Result<Plan<UnitOfWork>, RecordError> {
-    let r: Reservation = message.json_body().map_err(|e| RecordError::Permanent(e.to_string()))?;
+/// The reservation's update of its SKU's stock in `table`, once per
+/// reservation id: the same request resent is a duplicate; the same id with
+/// another SKU or quantity is a reused key (both read from the body).
+pub fn reserve(table: &str, r: Reservation) -> Result<UnitOfWork, Invalid> {
     if r.quantity == 0 {
-        return Err(RecordError::Permanent("quantity: must be at least 1".into()));
+        return Err(Invalid::new("quantity: must be at least 1"));
     }
-    let reserve = Update::builder()
+    let update = Update::builder()
         .table_name(table)
         .key("sku", AttributeValue::S(r.sku.clone()))
         .update_expression("SET available = available - :n, reserved = if_not_exists(reserved, :zero) + :n")
         .condition_expression("available >= :n")
         .expression_attribute_values(":n", AttributeValue::N(r.quantity.to_string()))
         .expression_attribute_values(":zero", AttributeValue::N("0".into()));
-    let (sku, wanted) = (r.sku.clone(), r.quantity);
-    let reserve =
-        Write::update(reserve).on_condition_failed(move |stored| match stored.and_then(|item| item.get("available")) {
-            None => Verdict::Reject(format!("sku {sku}: no such item")),
-            Some(available) => Verdict::Reject(format!(
-                "sku {sku}: {wanted} requested, {} available",
-                available.as_n().map_or("?", String::as_str)
-            )),
-        });
-    // The fingerprint covers what the reservation means, not its JSON
-    // formatting: the same request resent is a duplicate; the same id with
-    // another SKU or quantity is a reused key.
-    let meaning = format!("{}\n{}", r.sku, r.quantity);
-    Ok(Plan::Effect(
-        UnitOfWork::new(keys.custom("reservation", &r.reservation_id))
-            .fingerprint(fingerprint(meaning.as_bytes()))
-            .write(reserve),
-    ))
+    let (sku, wanted) = (r.sku, r.quantity);
+    let reserve = Write::update(update).reject_with(move |stored| match stored.and_then(|i| i.get("available")) {
+        None => format!("sku {sku}: no such item"),
+        Some(left) => format!("sku {sku}: {wanted} requested, {} available", left.as_n().map_or("?", String::as_str)),
+    });
+    Ok(UnitOfWork::keyed("reservation", r.reservation_id).write(reserve))
 }

@@ -12,7 +12,7 @@ pub mod order;
 
 #[cfg(feature = "aws")]
 pub mod config;
-#[cfg(feature = "aws")]
+#[cfg(feature = "ingest")]
 pub mod lines;
 #[cfg(feature = "aws")]
 pub mod state;

@@ -299,6 +299,34 @@ pub enum RecordError {
     Transient(String),
 }
 
+/// A record your planner refuses for good, with the reason (naming the
+/// field and the rule): quarantined, never retried.
+///
+/// ```
+/// use shared_core::batch::{Invalid, RecordError};
+///
+/// let refused: RecordError = Invalid::new("quantity: must be at least 1").into();
+/// assert_eq!(refused, RecordError::Permanent("quantity: must be at least 1".into()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Invalid {
+    reason: String,
+}
+
+impl Invalid {
+    /// A refusal with this reason.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into() }
+    }
+}
+
+impl From<Invalid> for RecordError {
+    fn from(invalid: Invalid) -> Self {
+        Self::Permanent(invalid.reason)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,6 +139,56 @@ pub fn fingerprint(payload: &[u8]) -> String {
     hex(&Sha256::digest(payload))
 }
 
+/// [`fingerprint`] of a JSON value's meaning, not its text: object members
+/// in key order and no white space, so a resend with its fields reordered or
+/// spaced otherwise is the same payload (Powertools hashes `json.dumps` with
+/// `sort_keys=True` for the same reason).
+///
+/// ```
+/// use serde_json::json;
+/// use shared_core::key::fingerprint_json;
+///
+/// assert_eq!(fingerprint_json(&json!({"a": 1, "b": [2, {"d": 4, "c": 3}]})),
+///            fingerprint_json(&json!({"b": [2, {"c": 3, "d": 4}], "a": 1})));
+/// assert_ne!(fingerprint_json(&json!({"a": 1})), fingerprint_json(&json!({"a": 2})));
+/// ```
+pub fn fingerprint_json(value: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    fn write(out: &mut Hasher, value: &serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut members: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+                members.sort_by(|a, b| a.0.cmp(b.0));
+                out.0.update(b"{");
+                for (i, (k, v)) in members.into_iter().enumerate() {
+                    if i > 0 {
+                        out.0.update(b",");
+                    }
+                    let _ = write!(out, "{}:", serde_json::Value::String(k.clone()));
+                    write(out, v);
+                }
+                out.0.update(b"}");
+            }
+            serde_json::Value::Array(items) => {
+                out.0.update(b"[");
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.0.update(b",");
+                    }
+                    write(out, v);
+                }
+                out.0.update(b"]");
+            }
+            scalar => {
+                let _ = write!(out, "{scalar}");
+            }
+        }
+    }
+    let mut hasher = Hasher::default();
+    write(&mut hasher, value);
+    hasher.finish()
+}
+
 /// [`fingerprint`] of text written piece by piece (`write!` into it), without
 /// building the text: the same digest as `fingerprint` of the whole.
 #[derive(Debug, Default)]

@@ -10,9 +10,14 @@
 //! `ApproximateCreationDateTime` as a number or a string), so each parser fills
 //! what may be absent before handing the record to `aws_lambda_events`.
 
+#[cfg(feature = "s3")]
 pub mod envelope;
+pub mod image;
+#[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "sqs")]
 pub mod sqs;
+#[cfg(feature = "dynamodb-stream")]
 pub mod stream;
 
 use serde::Deserialize;
@@ -39,6 +44,15 @@ pub enum EventError {
         what: &'static str,
         /// The field's wire name, e.g. `messageId`.
         field: &'static str,
+    },
+    /// A body (or an image) that is not of the type its function reads:
+    /// names the field and what is wrong with it.
+    #[error("invalid: {}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
+    Invalid {
+        /// The field, as a path (`items[0].sku`); empty for the body as a whole.
+        path: String,
+        /// What is wrong with it.
+        message: String,
     },
     /// Valid JSON of the wrong shape: not an object, an unknown event name,
     /// a number that is not one.
@@ -199,4 +213,34 @@ impl RawBatch {
 
 pub(crate) fn json_error(what: &'static str, e: serde_json::Error) -> EventError {
     EventError::Json { what, message: e.to_string() }
+}
+
+/// Reads JSON `text` (a message body) as a `T` of yours: text that is not
+/// JSON is `malformed JSON in {what}: ...`; JSON of the wrong shape names
+/// the field, `invalid: {field}: {problem}`.
+///
+/// ```
+/// #[derive(Debug, serde::Deserialize)]
+/// #[allow(dead_code)]
+/// struct Reservation { sku: String, quantity: u32 }
+///
+/// let err = shared::event::typed::<Reservation>("SQS message body", r#"{"sku": "A", "quantity": "3"}"#).unwrap_err();
+/// assert_eq!(err.to_string(), r#"invalid: quantity: invalid type: string "3", expected u32 at line 1 column 29"#);
+/// let err = shared::event::typed::<Reservation>("SQS message body", r#"{"sku": "A""#).unwrap_err();
+/// assert!(err.to_string().starts_with("malformed JSON in SQS message body"));
+/// ```
+pub fn typed<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, EventError> {
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                EventError::Invalid { path: if path == "." { String::new() } else { path }, message: inner.to_string() }
+            }
+            _ => json_error(what, inner),
+        }
+    })?;
+    reader.end().map_err(|e| json_error(what, e))?;
+    Ok(value)
 }

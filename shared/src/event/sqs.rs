@@ -120,9 +120,11 @@ impl Message {
         self.group_id.is_some() || self.event_source_arn.as_deref().is_some_and(|a| a.ends_with(".fifo"))
     }
 
-    /// Deserializes the body as JSON into `T`.
+    /// The body read as your `T` ([`super::typed`]): not JSON is
+    /// `malformed JSON in SQS message body: ...`; the wrong shape names the
+    /// field, `invalid: {field}: ...`.
     pub fn json_body<T: DeserializeOwned>(&self) -> Result<T, EventError> {
-        serde_json::from_str(&self.body).map_err(|e| json_error("SQS message body", e))
+        super::typed("SQS message body", &self.body)
     }
 }
 

@@ -12,7 +12,7 @@ const WHAT: &str = "DynamoDB stream record";
 
 /// The kind of change a stream record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub enum ChangeKind {
     /// `INSERT`: a new item (no old image).
     Insert,
     /// `MODIFY`: an item replaced or updated.
@@ -26,8 +26,8 @@ pub enum Change {
 pub struct Record {
     /// `eventID`: unique per stream record.
     pub event_id: String,
-    /// `eventName`, as a [`Change`].
-    pub change: Change,
+    /// `eventName`, as a [`ChangeKind`].
+    pub change: ChangeKind,
     /// Absent in records of DynamoDB change data delivered through Kinesis.
     pub sequence_number: Option<String>,
     /// The record as `aws_lambda_events` parsed it; the images are read
@@ -79,9 +79,9 @@ impl Record {
     fn from_raw(raw: EventRecord) -> Result<Self, EventError> {
         let sequence_number = raw.change.sequence_number.clone().filter(|s| !s.is_empty());
         let change = match raw.event_name.as_str() {
-            "INSERT" => Change::Insert,
-            "MODIFY" => Change::Modify,
-            "REMOVE" => Change::Remove,
+            "INSERT" => ChangeKind::Insert,
+            "MODIFY" => ChangeKind::Modify,
+            "REMOVE" => ChangeKind::Remove,
             other => {
                 return Err(EventError::Shape { what: WHAT, message: format!("unknown eventName {other:?}") });
             }
@@ -105,6 +105,30 @@ impl Record {
     pub fn new_image(&self) -> Option<&serde_dynamo::Item> {
         Some(&self.raw.change.new_image).filter(|i| !i.is_empty())
     }
+
+    /// The change with its images read as a `T` of yours (numbers exactly:
+    /// see [`super::image`]); an image that does not read names the image
+    /// and the field (`invalid: new image: amount: ...`).
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> Result<Change<T>, EventError> {
+        let read =
+            |what, image: Option<&serde_dynamo::Item>| image.map(|i| super::image::from_item(what, i)).transpose();
+        Ok(Change {
+            kind: self.change,
+            old: read("old image", self.old_image())?,
+            new: read("new image", self.new_image())?,
+        })
+    }
+}
+
+/// A stream record's change, its images read as a type of yours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change<T> {
+    /// Insert, modify or remove.
+    pub kind: ChangeKind,
+    /// The item before (absent for an insert, or without old images).
+    pub old: Option<T>,
+    /// The item after (absent for a remove, or without new images).
+    pub new: Option<T>,
 }
 
 /// True when the record needs a fix before `aws_lambda_events` reads it:

@@ -14,8 +14,12 @@
 //! Identities longer than [`MAX_IDENTITY_BYTES`] are replaced by their SHA-256
 //! (DynamoDB keys are limited to 2048 bytes; object keys alone may take 1024).
 
+#[cfg(feature = "s3")]
 use crate::event::s3::ObjectRef;
-use crate::event::{sqs, stream};
+#[cfg(feature = "sqs")]
+use crate::event::sqs;
+#[cfg(feature = "dynamodb-stream")]
+use crate::event::stream;
 
 pub use shared_core::key::{KeyError, KeySource, Keys, MAX_IDENTITY_BYTES};
 
@@ -46,11 +50,13 @@ impl IdempotencyKey {
         Self { keys: self.keys.allowing_missing() }
     }
 
+    #[cfg(any(feature = "sqs", feature = "dynamodb-stream", feature = "s3"))]
     fn key(&self, kind: &str, identity: &str) -> String {
         self.keys.custom(kind, identity)
     }
 
     /// The key of an S3 object revision.
+    #[cfg(feature = "s3")]
     pub fn s3_object(&self, object: &ObjectRef) -> Result<Option<String>, KeyError> {
         let base = format!("{}/{}", object.bucket, object.key);
         if let Some(version) = object.version_id.as_deref().filter(|v| !v.is_empty() && *v != "null") {
@@ -66,6 +72,7 @@ impl IdempotencyKey {
     }
 
     /// The key of an SQS message.
+    #[cfg(feature = "sqs")]
     pub fn sqs(&self, source: &KeySource, message: &sqs::Message) -> Result<Option<String>, KeyError> {
         match source {
             KeySource::MessageId => Ok(Some(self.key("sqs", &message.message_id))),
@@ -100,6 +107,7 @@ impl IdempotencyKey {
     }
 
     /// The key of a DynamoDB stream record.
+    #[cfg(feature = "dynamodb-stream")]
     pub fn stream(&self, record: &stream::Record) -> Result<Option<String>, KeyError> {
         if record.event_id.is_empty() {
             return self.keys.missing("stream record has no eventID".into());

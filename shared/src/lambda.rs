@@ -1,0 +1,619 @@
+//! The entry points: one per trigger kind, each a whole Lambda function
+//! around what your records mean, in the spirit of Powertools'
+//! `process_partial_response` with `@idempotent`.
+//!
+//! You give a typed body (your `serde` type) and what it means: the writes
+//! that are its effect on DynamoDB ([`UnitOfWork`]), or a call outside
+//! DynamoDB under the idempotency lock ([`Call`]). The entry point reads
+//! the toolkit's settings from the environment once ([`Settings`]), builds
+//! the clients once, and for every batch parses each record on its own,
+//! quarantines what can never be processed with its reason, keeps the
+//! deadline guard, commits each record's effect exactly once (its marker in
+//! the same transaction), keeps FIFO groups' and shards' order, and answers
+//! with the partial batch response:
+//!
+//! ```no_run
+//! use serde::Deserialize;
+//! use shared::dynamodb::types::{AttributeValue, Update};
+//! use shared::{UnitOfWork, Write};
+//!
+//! #[derive(Deserialize)]
+//! struct Reservation { sku: String, quantity: u32 }
+//!
+//! fn main() -> Result<(), shared::Error> {
+//!     let table = shared::config::required("INVENTORY_TABLE")?;
+//!     shared::sqs("inventory-reservations", move |r: Reservation| {
+//!         UnitOfWork::for_record().write(Write::update(
+//!             Update::builder()
+//!                 .table_name(&table)
+//!                 .key("sku", AttributeValue::S(r.sku))
+//!                 .update_expression("SET reserved = reserved + :n")
+//!                 .expression_attribute_values(":n", AttributeValue::N(r.quantity.to_string())),
+//!         ))
+//!     })
+//! }
+//! ```
+//!
+//! What the planner returns can be a [`UnitOfWork`] (or a [`Call`]), an
+//! `Option` of one (`None`: nothing to do, the record is counted as
+//! ignored), or a `Result` whose error is [`Invalid`] (the record is
+//! quarantined with that reason) or [`RecordError`]. A body that does not
+//! read as your type is quarantined as `invalid: {field}: ...` (or
+//! `malformed JSON in SQS message body: ...`) without reaching your planner.
+//!
+//! Functions whose commit is their own (the orders pipeline's stores) take
+//! [`Function::run`]: the same settings, clients and telemetry, with a
+//! handler of their own.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+use shared_core::batch::{InvocationError, RecordError, Summary};
+
+use crate::config::{ConfigError, Defaults, Settings};
+#[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream")))]
+use crate::engine::CommitError;
+use crate::engine::{Engine, Plan};
+use crate::exactly_once::{Derive, ExactlyOnce, UnitOfWork};
+use crate::idempotency::IdempotencyKey;
+use crate::quarantine::{DynamoQuarantine, QuarantineStore};
+use crate::runtime::{Payload, Telemetry};
+
+/// Items of the record-based entry points: compiled with a record source.
+macro_rules! with_records {
+    ($($item:item)*) => { $( #[cfg(any(feature = "sqs", feature = "dynamodb-stream"))] $item )* };
+}
+
+with_records! {
+    use serde::de::DeserializeOwned;
+    use shared_core::key::{KeyError, fingerprint_json};
+    use crate::engine::{BatchRecord, Ordering};
+    use crate::event::RawBatch;
+}
+
+pub use shared_core::batch::Invalid;
+
+/// Why a function could not start or run.
+#[derive(thiserror::Error)]
+pub enum Error {
+    /// Its configuration is missing or invalid (the message names the
+    /// variable).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The async runtime could not start.
+    #[error("the async runtime could not start: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// The Lambda runtime loop failed (the Runtime API went away).
+    #[error("the Lambda runtime failed: {0}")]
+    Lambda(lambda_runtime::Error),
+}
+
+/// Shown as its message: what `main` prints when it returns the error
+/// (`Error: environment variable INVENTORY_TABLE is required but not set`).
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// A Lambda function on the toolkit: its name (the `function` dimension of
+/// its metrics, and the default key prefix) and its defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Function {
+    name: &'static str,
+    defaults: Defaults,
+}
+
+/// What a function's setup can use: the settings and the clients, built
+/// once.
+#[derive(Debug)]
+pub struct Aws {
+    settings: Settings,
+    sdk: aws_config::SdkConfig,
+    telemetry: Telemetry,
+    dynamodb: aws_sdk_dynamodb::Client,
+}
+
+impl Aws {
+    /// The toolkit's settings, read once.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The SDK configuration (region, credentials, endpoint overrides).
+    pub fn sdk_config(&self) -> &aws_config::SdkConfig {
+        &self.sdk
+    }
+
+    /// The DynamoDB client (its requests counted in the invocation's metrics).
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        self.dynamodb.clone()
+    }
+
+    /// The counters of the invocation's telemetry, for stores that meter
+    /// their own requests.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// The S3 client.
+    #[cfg(feature = "s3")]
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        crate::config::s3_client(&self.sdk)
+    }
+
+    /// The SQS client.
+    #[cfg(feature = "s3")]
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        crate::config::sqs_client(&self.sdk)
+    }
+
+    /// Idempotency keys under the function's prefix (`IDEMPOTENCY_KEY_PREFIX`).
+    pub fn keys(&self) -> IdempotencyKey {
+        IdempotencyKey::new(&self.settings.idempotency_key_prefix)
+    }
+
+    /// The exactly-once committer on `IDEMPOTENCY_TABLE` (required), with
+    /// the settings' marker TTL and `POWERTOOLS_IDEMPOTENCY_DISABLED`.
+    pub fn exactly_once(&self) -> Result<ExactlyOnce, ConfigError> {
+        Ok(ExactlyOnce::new(self.dynamodb(), self.settings.require_idempotency_table()?)
+            .with_marker_ttl(self.settings.idempotency_ttl)
+            .with_idempotency_disabled(self.settings.idempotency_disabled)
+            .with_capacity_meter(self.telemetry.capacity.clone()))
+    }
+
+    /// Quarantine items in `QUARANTINE_TABLE` (required; key `pk` + `sk`).
+    pub fn quarantine(&self) -> Result<DynamoQuarantine, ConfigError> {
+        Ok(DynamoQuarantine::new(self.dynamodb(), self.settings.require_quarantine_table()?))
+    }
+
+    /// The batch engine over `quarantine`, with the settings' deadline
+    /// margin and `FAIL_ON_ALL_FAILED`.
+    pub fn engine<'q, Q: QuarantineStore>(&self, quarantine: &'q Q) -> Engine<'q, Q> {
+        Engine::new(quarantine)
+            .deadline_margin(self.settings.deadline_margin)
+            .fail_on_all_failed(self.settings.fail_on_all_failed)
+    }
+}
+
+impl Function {
+    /// A function named `name`, with the toolkit's defaults
+    /// ([`Defaults::named`]).
+    pub const fn new(name: &'static str) -> Self {
+        Self { name, defaults: Defaults::named(name) }
+    }
+
+    /// Other defaults for what the environment leaves unset (a domain's key
+    /// prefix shared by several functions, say).
+    pub const fn defaults(mut self, defaults: Defaults) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
+    /// Runs the function with a handler of your own: `setup` builds it once
+    /// from the settings and clients; it is called with each invocation's
+    /// payload and deadline and returns the response with the summary that
+    /// the invocation's log line and metrics report.
+    pub fn run<P, H, R>(self, setup: impl FnOnce(&Aws) -> Result<H, Error>) -> Result<(), Error>
+    where
+        P: Payload,
+        H: AsyncFn(P, SystemTime) -> Result<(R, Summary), InvocationError>,
+        R: Serialize,
+    {
+        crate::runtime::start(async move {
+            crate::telemetry::init();
+            let settings = Settings::from_env(&self.defaults)?;
+            let telemetry = Telemetry::default();
+            let sdk = crate::config::aws_sdk_config().await;
+            let dynamodb = crate::config::dynamodb_client(&sdk, &telemetry.requests);
+            let aws = Aws { settings, sdk, telemetry, dynamodb };
+            let handler = setup(&aws)?;
+            let handler = &handler;
+            crate::runtime::serve(self.name, &aws.telemetry, move |payload: P, context| {
+                handler(payload, crate::runtime::deadline(&context))
+            })
+            .await
+            .map_err(Error::Lambda)
+        })
+    }
+
+    /// Runs an SQS consumer (standard or FIFO queue): each message's body
+    /// read as a `T`, planned into a [`UnitOfWork`] and committed exactly
+    /// once with its idempotency marker.
+    #[cfg(feature = "sqs")]
+    pub fn sqs<T, F, O>(self, plan: F) -> Result<(), Error>
+    where
+        T: DeserializeOwned,
+        F: Fn(T) -> O,
+        O: IntoPlan<UnitOfWork>,
+    {
+        self.run(|aws| {
+            let work = Work::new(aws)?;
+            Ok(async move |batch: RawBatch, deadline: SystemTime| {
+                work.process(&batch, deadline, |m: &crate::event::sqs::Message| work.plan_sqs(&plan, m)).await
+            })
+        })
+    }
+
+    /// Runs an SQS consumer whose effect is a call outside DynamoDB: each
+    /// message's body read as a `T`, planned into a [`Call`], and `effect`
+    /// run with its input at most once per key under the idempotency lock.
+    #[cfg(all(feature = "sqs", feature = "lock"))]
+    pub fn sqs_with_lock<T, F, O, I, E, R>(self, plan: F, effect: E) -> Result<(), Error>
+    where
+        T: DeserializeOwned,
+        F: Fn(T) -> O,
+        O: IntoPlan<Call<I>>,
+        I: Serialize,
+        E: AsyncFn(I) -> Result<R, CommitError>,
+        R: Serialize + DeserializeOwned,
+    {
+        self.run(|aws| {
+            let calls = Calls::new(aws)?;
+            Ok(async move |batch: RawBatch, deadline: SystemTime| {
+                calls
+                    .process(&batch, deadline, |m: &crate::event::sqs::Message| calls.work.plan_sqs(&plan, m), &effect)
+                    .await
+            })
+        })
+    }
+
+    /// Runs a DynamoDB stream consumer: each record's images read as a `T`
+    /// ([`Change`](crate::event::stream::Change)), planned into a
+    /// [`UnitOfWork`] and committed exactly once, in shard order.
+    #[cfg(feature = "dynamodb-stream")]
+    pub fn dynamodb_stream<T, F, O>(self, plan: F) -> Result<(), Error>
+    where
+        T: DeserializeOwned,
+        F: Fn(crate::event::stream::Change<T>) -> O,
+        O: IntoPlan<UnitOfWork>,
+    {
+        self.run(|aws| {
+            let work = Work::new(aws)?;
+            Ok(async move |batch: RawBatch, deadline: SystemTime| {
+                work.process(&batch, deadline, |r: &crate::event::stream::Record| work.plan_stream(&plan, r)).await
+            })
+        })
+    }
+
+    /// Runs a DynamoDB stream consumer whose effect is a call outside
+    /// DynamoDB, under the idempotency lock, in shard order: the first call
+    /// that fails stops the shard there, and Lambda retries from it.
+    #[cfg(all(feature = "dynamodb-stream", feature = "lock"))]
+    pub fn dynamodb_stream_with_lock<T, F, O, I, E, R>(self, plan: F, effect: E) -> Result<(), Error>
+    where
+        T: DeserializeOwned,
+        F: Fn(crate::event::stream::Change<T>) -> O,
+        O: IntoPlan<Call<I>>,
+        I: Serialize,
+        E: AsyncFn(I) -> Result<R, CommitError>,
+        R: Serialize + DeserializeOwned,
+    {
+        self.run(|aws| {
+            let calls = Calls::new(aws)?;
+            Ok(async move |batch: RawBatch, deadline: SystemTime| {
+                calls
+                    .process(
+                        &batch,
+                        deadline,
+                        |r: &crate::event::stream::Record| calls.work.plan_stream(&plan, r),
+                        &effect,
+                    )
+                    .await
+            })
+        })
+    }
+}
+
+/// [`Function::sqs`] of a function named `name`: the SQS consumer in one
+/// call.
+#[cfg(feature = "sqs")]
+pub fn sqs<T, F, O>(name: &'static str, plan: F) -> Result<(), Error>
+where
+    T: DeserializeOwned,
+    F: Fn(T) -> O,
+    O: IntoPlan<UnitOfWork>,
+{
+    Function::new(name).sqs(plan)
+}
+
+/// [`Function::dynamodb_stream`] of a function named `name`.
+#[cfg(feature = "dynamodb-stream")]
+pub fn dynamodb_stream<T, F, O>(name: &'static str, plan: F) -> Result<(), Error>
+where
+    T: DeserializeOwned,
+    F: Fn(crate::event::stream::Change<T>) -> O,
+    O: IntoPlan<UnitOfWork>,
+{
+    Function::new(name).dynamodb_stream(plan)
+}
+
+/// [`Function::sqs_with_lock`] of a function named `name`.
+#[cfg(all(feature = "sqs", feature = "lock"))]
+pub fn sqs_with_lock<T, F, O, I, E, R>(name: &'static str, plan: F, effect: E) -> Result<(), Error>
+where
+    T: DeserializeOwned,
+    F: Fn(T) -> O,
+    O: IntoPlan<Call<I>>,
+    I: Serialize,
+    E: AsyncFn(I) -> Result<R, CommitError>,
+    R: Serialize + DeserializeOwned,
+{
+    Function::new(name).sqs_with_lock(plan, effect)
+}
+
+/// [`Function::dynamodb_stream_with_lock`] of a function named `name`.
+#[cfg(all(feature = "dynamodb-stream", feature = "lock"))]
+pub fn dynamodb_stream_with_lock<T, F, O, I, E, R>(name: &'static str, plan: F, effect: E) -> Result<(), Error>
+where
+    T: DeserializeOwned,
+    F: Fn(crate::event::stream::Change<T>) -> O,
+    O: IntoPlan<Call<I>>,
+    I: Serialize,
+    E: AsyncFn(I) -> Result<R, CommitError>,
+    R: Serialize + DeserializeOwned,
+{
+    Function::new(name).dynamodb_stream_with_lock(plan, effect)
+}
+
+/// What a planner may return for one record: an effect, `Option` of one
+/// (`None`: ignored), or a `Result` of either (its error quarantines the
+/// record, or retries it if transient).
+pub trait IntoPlan<E> {
+    /// The record's plan, or why it has none.
+    fn into_plan(self) -> Result<Plan<E>, RecordError>;
+}
+
+impl<E> IntoPlan<E> for Plan<E> {
+    fn into_plan(self) -> Result<Plan<E>, RecordError> {
+        Ok(self)
+    }
+}
+
+impl IntoPlan<UnitOfWork> for UnitOfWork {
+    fn into_plan(self) -> Result<Plan<UnitOfWork>, RecordError> {
+        Ok(Plan::Effect(self))
+    }
+}
+
+impl IntoPlan<UnitOfWork> for Option<UnitOfWork> {
+    fn into_plan(self) -> Result<Plan<UnitOfWork>, RecordError> {
+        Ok(self.map_or(Plan::Ignore, Plan::Effect))
+    }
+}
+
+impl<I> IntoPlan<Call<I>> for Call<I> {
+    fn into_plan(self) -> Result<Plan<Call<I>>, RecordError> {
+        Ok(Plan::Effect(self))
+    }
+}
+
+impl<I> IntoPlan<Call<I>> for Option<Call<I>> {
+    fn into_plan(self) -> Result<Plan<Call<I>>, RecordError> {
+        Ok(self.map_or(Plan::Ignore, Plan::Effect))
+    }
+}
+
+impl<E, P: IntoPlan<E>, X: Into<RecordError>> IntoPlan<E> for Result<P, X> {
+    fn into_plan(self) -> Result<Plan<E>, RecordError> {
+        self.map_err(Into::into)?.into_plan()
+    }
+}
+
+/// A call outside DynamoDB (an HTTP request, an email), made at most once
+/// per key under the Powertools-style idempotency lock: an `INPROGRESS`
+/// record that expires with the invocation's deadline, then `COMPLETED`
+/// with the call's result, replayed for every later record with the key.
+/// Unlike a [`UnitOfWork`], a call that succeeded but whose completion was
+/// not recorded (the invocation died in between) runs again once its lock
+/// expires: at-least-once, as in Powertools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call<I> {
+    input: I,
+    derive: Derive,
+    key: Option<String>,
+}
+
+impl<I> Call<I> {
+    /// A call with `input`, once per record (its key is the record's identity).
+    pub fn for_record(input: I) -> Self {
+        Self { input, derive: Derive::Record, key: None }
+    }
+
+    /// A call with `input`, once per `identity` of `kind` (`{prefix}#{kind}#{identity}`).
+    pub fn keyed(kind: impl Into<String>, identity: impl Into<String>, input: I) -> Self {
+        Self { input, derive: Derive::Named { kind: kind.into(), identity: identity.into() }, key: None }
+    }
+
+    /// The input the call is made with.
+    pub fn input(&self) -> &I {
+        &self.input
+    }
+}
+
+with_records! {
+/// What the exactly-once entry points hold: the engine's quarantine, the
+/// committer and the settings.
+struct Work {
+    quarantine: DynamoQuarantine,
+    exactly_once: ExactlyOnce,
+    keys: IdempotencyKey,
+    settings: Settings,
+}
+
+impl Work {
+    fn new(aws: &Aws) -> Result<Self, ConfigError> {
+        Ok(Self {
+            quarantine: aws.quarantine()?,
+            exactly_once: aws.exactly_once()?,
+            keys: aws.keys(),
+            settings: aws.settings.clone(),
+        })
+    }
+
+    fn engine(&self) -> Engine<'_, DynamoQuarantine> {
+        Engine::new(&self.quarantine)
+            .deadline_margin(self.settings.deadline_margin)
+            .fail_on_all_failed(self.settings.fail_on_all_failed)
+    }
+
+    /// The transactions of a standard queue's batch go `COMMIT_CONCURRENCY`
+    /// at a time; a FIFO group's or a shard's one after another.
+    fn concurrency(&self, ordering: &Ordering) -> usize {
+        if ordering.independent() { self.settings.commit_concurrency } else { 1 }
+    }
+
+    async fn process<R: BatchRecord>(
+        &self,
+        batch: &RawBatch,
+        deadline: SystemTime,
+        plan: impl FnMut(&R) -> Result<Plan<UnitOfWork>, RecordError>,
+    ) -> Result<(crate::batch::BatchResponse, Summary), InvocationError> {
+        let deadline = Some(deadline);
+        self.engine()
+            .process_ordered(batch, deadline, plan, |units, ordering| {
+                let committer = self.exactly_once.clone().concurrency(self.concurrency(&ordering));
+                async move { committer.commit(units, deadline).await }
+            })
+            .await
+    }
+
+    #[cfg(feature = "sqs")]
+    fn plan_sqs<T, F, O, E>(&self, plan: &F, message: &crate::event::sqs::Message) -> Result<Plan<E>, RecordError>
+    where
+        T: DeserializeOwned,
+        F: Fn(T) -> O,
+        O: IntoPlan<E>,
+        E: DeriveKey,
+    {
+        let body: T = message.json_body().map_err(|e| RecordError::Permanent(e.to_string()))?;
+        match plan(body).into_plan()? {
+            Plan::Ignore => Ok(Plan::Ignore),
+            Plan::Effect(effect) => effect
+                .derive_key(
+                    &self.keys,
+                    || self.keys.sqs(&self.settings.idempotency_key_source, message),
+                    || {
+                        let body = serde_json::from_str::<serde_json::Value>(&message.body).ok()?;
+                        Some(fingerprint_json(&body))
+                    },
+                )
+                .map(Plan::Effect)
+                .map_err(|e| RecordError::Permanent(e.to_string())),
+        }
+    }
+
+    #[cfg(feature = "dynamodb-stream")]
+    fn plan_stream<T, F, O, E>(&self, plan: &F, record: &crate::event::stream::Record) -> Result<Plan<E>, RecordError>
+    where
+        T: DeserializeOwned,
+        F: Fn(crate::event::stream::Change<T>) -> O,
+        O: IntoPlan<E>,
+        E: DeriveKey,
+    {
+        let change = record.typed::<T>().map_err(|e| RecordError::Permanent(e.to_string()))?;
+        match plan(change).into_plan()? {
+            Plan::Ignore => Ok(Plan::Ignore),
+            Plan::Effect(effect) => effect
+                .derive_key(
+                    &self.keys,
+                    || self.keys.stream(record),
+                    || {
+                        let image = serde_json::to_value(record.new_image()?).ok()?;
+                        Some(fingerprint_json(&image))
+                    },
+                )
+                .map(Plan::Effect)
+                .map_err(|e| RecordError::Permanent(e.to_string())),
+        }
+    }
+}
+
+/// An effect whose idempotency key the entry point derives.
+trait DeriveKey: Sized {
+    fn derive_key(
+        self,
+        keys: &shared_core::key::Keys,
+        record: impl FnOnce() -> Result<Option<String>, KeyError>,
+        body: impl FnOnce() -> Option<String>,
+    ) -> Result<Self, KeyError>;
+}
+
+impl DeriveKey for UnitOfWork {
+    fn derive_key(
+        self,
+        keys: &shared_core::key::Keys,
+        record: impl FnOnce() -> Result<Option<String>, KeyError>,
+        body: impl FnOnce() -> Option<String>,
+    ) -> Result<Self, KeyError> {
+        UnitOfWork::derive_key(self, keys, record, body)
+    }
+}
+
+/// A call's key, derived; the lock validates the call's input itself.
+impl<I> DeriveKey for Call<I> {
+    fn derive_key(
+        mut self,
+        keys: &shared_core::key::Keys,
+        record: impl FnOnce() -> Result<Option<String>, KeyError>,
+        _body: impl FnOnce() -> Option<String>,
+    ) -> Result<Self, KeyError> {
+        self.key = Some(match &self.derive {
+            Derive::Named { kind, identity } => keys.custom(kind, identity),
+            Derive::Record => record()?.ok_or_else(|| KeyError::Missing("a call needs an idempotency key".into()))?,
+        });
+        Ok(self)
+    }
+}
+}
+
+/// What the lock entry points hold.
+#[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream")))]
+struct Calls {
+    work: Work,
+    lock: crate::idempotency::Idempotency<crate::idempotency::dynamo::DynamoIdempotencyStore>,
+}
+
+#[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream")))]
+impl Calls {
+    fn new(aws: &Aws) -> Result<Self, ConfigError> {
+        let store = crate::idempotency::dynamo::DynamoIdempotencyStore::new(
+            aws.dynamodb(),
+            aws.settings.require_idempotency_table()?,
+        );
+        let options =
+            crate::idempotency::Options { expires_after: aws.settings.idempotency_ttl, validate_payload: true };
+        Ok(Self { work: Work::new(aws)?, lock: crate::idempotency::Idempotency::new(store, options) })
+    }
+
+    async fn process<R, I, E, X>(
+        &self,
+        batch: &RawBatch,
+        deadline: SystemTime,
+        plan: impl FnMut(&R) -> Result<Plan<Call<I>>, RecordError>,
+        effect: &E,
+    ) -> Result<(crate::batch::BatchResponse, Summary), InvocationError>
+    where
+        R: BatchRecord,
+        I: Serialize,
+        E: AsyncFn(I) -> Result<X, CommitError>,
+        X: Serialize + DeserializeOwned,
+    {
+        use crate::engine::{Committed, commit_in_order};
+        let deadline = Some(deadline);
+        self.work
+            .engine()
+            .process_ordered(batch, deadline, plan, |calls: Vec<Call<I>>, ordering| async move {
+                let concurrency = self.work.concurrency(&ordering);
+                let committed: Committed = commit_in_order(calls, &ordering, concurrency, |call| async move {
+                    let key = call.key.unwrap_or_default();
+                    let payload = serde_json::to_vec(&call.input)
+                        .map_err(|e| CommitError::Permanent(format!("the call's input does not serialize: {e}")))?;
+                    self.lock.commit_with_lock(&key, &payload, deadline, || effect(call.input)).await
+                })
+                .await;
+                committed
+            })
+            .await
+    }
+}
