@@ -47,4 +47,4 @@ pub use lambda::dynamodb_stream_with_lock;
 pub use lambda::sqs;
 #[cfg(all(feature = "sqs", feature = "lock"))]
 pub use lambda::sqs_with_lock;
-pub use lambda::{Call, Error, Function, Invalid};
+pub use lambda::{Aws, Call, Error, Function, Invalid};

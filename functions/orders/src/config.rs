@@ -36,6 +36,17 @@ impl Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// The orders' tables from the process environment, beside settings
+    /// already read (by the entry point, with [`DEFAULTS`]).
+    pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
+        let lookup = |name: &str| std::env::var(name).ok();
+        Ok(Self {
+            state_table: required_in(lookup, "STATE_TABLE")?,
+            idempotency_table: required_in(lookup, "IDEMPOTENCY_TABLE")?,
+            settings,
+        })
+    }
+
     /// Reads configuration through `lookup` (for tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         Ok(Self {

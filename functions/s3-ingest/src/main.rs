@@ -1,44 +1,26 @@
-//! Lambda entry point of `s3-ingest`: wires configuration, clients and the
-//! handler once, then serves invocations.
+//! Lambda entry point of `s3-ingest`: the toolkit's settings with the
+//! orders' defaults, the state store, the object source and the hand-off
+//! queue, then the handler for every event.
 
-use orders::config::Config;
+use orders::config::{Config, DEFAULTS};
 use orders::state::dynamo::DynamoStore;
 use s3_ingest::{Deadline, Handoff};
-use shared::config::{aws_sdk_config, dynamodb_client, s3_client, sqs_client};
 use shared::object::S3Source;
-use shared::runtime::{Telemetry, serve};
 
-fn main() -> Result<(), lambda_runtime::Error> {
-    shared::runtime::block_on(run())
-}
-
-async fn run() -> Result<(), lambda_runtime::Error> {
-    shared::telemetry::init();
-    let config = Config::from_env()?;
-    let telemetry = Telemetry::default();
-    let sdk = aws_sdk_config().await;
-    let store = DynamoStore::new(
-        dynamodb_client(&sdk, &telemetry.requests),
-        config.state_table.clone(),
-        config.idempotency_table.clone(),
-    )
-    .with_marker_ttl(config.idempotency_ttl)
-    .with_capacity_meter(telemetry.capacity.clone())
-    .with_commit_concurrency(config.commit_concurrency);
-    let objects = S3Source::new(s3_client(&sdk));
-    let handoff = match &config.ingest_queue_url {
-        Some(url) => Handoff::Queue { client: sqs_client(&sdk), queue_url: url.clone() },
-        None => Handoff::Retry,
-    };
-    serve("s3-ingest", &telemetry, |payload: serde_json::Value, context| {
-        let deadline = Deadline::At(shared::runtime::deadline(&context));
-        let (store, objects, handoff, config) = (&store, &objects, &handoff, &config);
-        async move {
+fn main() -> Result<(), shared::Error> {
+    shared::Function::new("s3-ingest").defaults(DEFAULTS).run(|aws| {
+        let config = Config::from_settings(aws.settings().clone())?;
+        let store = DynamoStore::from_aws(aws, &config);
+        let objects = S3Source::new(aws.s3());
+        let handoff = match &config.ingest_queue_url {
+            Some(url) => Handoff::Queue { client: aws.sqs(), queue_url: url.clone() },
+            None => Handoff::Retry,
+        };
+        Ok(async move |payload: serde_json::Value, deadline| {
+            let deadline = Deadline::At(deadline);
             // Boxed: the ingest future is deep, and a boxed one keeps main's small.
-            let (response, summary, _) =
-                Box::pin(s3_ingest::handle(store, objects, handoff, config, &payload, &deadline)).await?;
-            Ok((response, summary))
-        }
+            let handled = Box::pin(s3_ingest::handle(&store, &objects, &handoff, &config, &payload, &deadline)).await;
+            handled.map(|(response, summary, _)| (response, summary))
+        })
     })
-    .await
 }

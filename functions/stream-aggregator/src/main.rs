@@ -1,35 +1,16 @@
-//! Lambda entry point of `stream-aggregator`: wires configuration, clients and the
-//! handler once, then serves invocations.
+//! Lambda entry point of `stream-aggregator`: the toolkit's settings with
+//! the orders' defaults, the state store, then the handler for every batch.
 
-use orders::config::Config;
+use orders::config::{Config, DEFAULTS};
 use orders::state::dynamo::DynamoStore;
-use shared::config::{aws_sdk_config, dynamodb_client};
 use shared::event::RawBatch;
-use shared::runtime::{Telemetry, serve};
 
-fn main() -> Result<(), lambda_runtime::Error> {
-    shared::runtime::block_on(run())
-}
-
-async fn run() -> Result<(), lambda_runtime::Error> {
-    shared::telemetry::init();
-    let config = Config::from_env()?;
-    let telemetry = Telemetry::default();
-    let sdk = aws_sdk_config().await;
-    let store = DynamoStore::new(
-        dynamodb_client(&sdk, &telemetry.requests),
-        config.state_table.clone(),
-        config.idempotency_table.clone(),
-    )
-    .with_marker_ttl(config.idempotency_ttl)
-    .with_capacity_meter(telemetry.capacity.clone())
-    .with_commit_concurrency(config.commit_concurrency);
-    serve("stream-aggregator", &telemetry, |payload: RawBatch, context| {
-        let (store, config) = (&store, &config);
-        async move {
-            let deadline = Some(shared::runtime::deadline(&context));
-            stream_aggregator::handle_batch(store, config, &payload, deadline).await
-        }
+fn main() -> Result<(), shared::Error> {
+    shared::Function::new("stream-aggregator").defaults(DEFAULTS).run(|aws| {
+        let config = Config::from_settings(aws.settings().clone())?;
+        let store = DynamoStore::from_aws(aws, &config);
+        Ok(async move |batch: RawBatch, deadline| {
+            stream_aggregator::handle_batch(&store, &config, &batch, Some(deadline)).await
+        })
     })
-    .await
 }

@@ -68,6 +68,15 @@ impl DynamoStore {
         }
     }
 
+    /// The store of an orders function: its tables and settings from
+    /// `config`, its client and capacity meter from the entry point.
+    pub fn from_aws(aws: &shared::Aws, config: &crate::config::Config) -> Self {
+        Self::new(aws.dynamodb(), config.state_table.clone(), config.idempotency_table.clone())
+            .with_marker_ttl(config.idempotency_ttl)
+            .with_capacity_meter(aws.telemetry().capacity.clone())
+            .with_commit_concurrency(config.commit_concurrency)
+    }
+
     /// Sums the capacity DynamoDB reports consuming into `meter`.
     pub fn with_capacity_meter(mut self, meter: CapacityMeter) -> Self {
         self.capacity = meter;
