@@ -137,7 +137,7 @@ pub fn handler_rate(function: Function, n: u64, rounds: usize, round: Duration) 
 
 /// Turns the functions' JSON logs on (INFO, as deployed), written to a sink.
 /// Global and once per process: run every logging-off figure first.
-pub fn enable_json_logs() -> Result<(), String> {
+pub fn enable_json_logs() -> Result<(), shared::telemetry::TryInitError> {
     shared::telemetry::init_with(true, tracing::level_filters::LevelFilter::INFO, || Box::new(std::io::sink()))
 }
 

@@ -238,6 +238,7 @@ pub struct UnitOfWork {
     fingerprint: Option<String>,
     writes: Vec<Write>,
     outcome: Outcome,
+    remember_rejection: bool,
 }
 
 /// A key still to derive: from the record's identity, or from a kind and an
@@ -252,7 +253,14 @@ pub(crate) enum Derive {
 
 impl UnitOfWork {
     fn with(key: Option<String>, derive: Option<Derive>) -> Self {
-        Self { key, derive, fingerprint: None, writes: Vec::new(), outcome: Outcome::Applied }
+        Self {
+            key,
+            derive,
+            fingerprint: None,
+            writes: Vec::new(),
+            outcome: Outcome::Applied,
+            remember_rejection: false,
+        }
     }
 
     /// The record's writes, exactly once per record: its idempotency key is
@@ -325,6 +333,20 @@ impl UnitOfWork {
         // growth takes four.
         self.writes.reserve_exact(1);
         self.writes.push(write);
+        self
+    }
+
+    /// What a later record with this unit's key gets after this one was
+    /// rejected ([`Verdict::Reject`]). By default, as in Powertools, a
+    /// rejected record leaves no marker, so the later record is evaluated
+    /// again: a reservation refused for want of stock goes through once
+    /// stock is back. With `remember_rejection()`, the rejection is final:
+    /// its marker is committed with the reason, and every later record with
+    /// the key is quarantined as `rejected before: <reason>` without being
+    /// evaluated (a payment refused as fraudulent stays refused). Either
+    /// way, the rejected record itself is quarantined with its reason.
+    pub fn remember_rejection(mut self) -> Self {
+        self.remember_rejection = true;
         self
     }
 
@@ -672,6 +694,7 @@ impl ExactlyOnce {
             .iter()
             .map(|&i| {
                 let mut p = Pending::new(self.has_marker(&units[i]), units[i].outcome);
+                p.remember_rejection = units[i].remember_rejection;
                 if results.get(i).is_some() {
                     (p.marker, p.writes) = (false, false);
                 }
@@ -685,7 +708,7 @@ impl ExactlyOnce {
             let mut slots: Vec<(usize, Option<usize>)> = Vec::new();
             for (m, &i) in members.iter().enumerate() {
                 if pending[m].marker {
-                    actions.push(self.marker_put(&units[i], now)?);
+                    actions.push(self.marker_put(&units[i], pending[m].rejection.as_deref(), now)?);
                     slots.push((m, None));
                 }
                 if pending[m].writes {
@@ -716,7 +739,13 @@ impl ExactlyOnce {
                 Ok(Transacted::Committed) => {
                     for (m, &i) in members.iter().enumerate() {
                         if results.get(i).is_none() {
-                            results.set(i, Ok(pending[m].counted));
+                            results.set(
+                                i,
+                                match pending[m].rejection.clone() {
+                                    Some(reason) => Err(CommitError::Permanent(reason)),
+                                    None => Ok(pending[m].counted),
+                                },
+                            );
                         }
                     }
                     return Ok(());
@@ -727,13 +756,14 @@ impl ExactlyOnce {
                             let reading = match (m, write) {
                                 (usize::MAX, _) => Reading::Final,
                                 (m, None) => {
-                                    let stored = reason
-                                        .item
-                                        .as_ref()
-                                        .and_then(|it| it.get("validation"))
-                                        .and_then(|v| v.as_s().ok());
+                                    let attribute = |name| {
+                                        reason.item.as_ref().and_then(|it| it.get(name)).and_then(|v| v.as_s().ok())
+                                    };
                                     let own = units[members[m]].fingerprint.as_deref();
-                                    Reading::Marker { reused: matches!((stored, own), (Some(a), Some(b)) if a != b) }
+                                    Reading::Marker {
+                                        reused: matches!((attribute("validation"), own), (Some(a), Some(b)) if a != b),
+                                        rejected: attribute("data").and_then(|d| rejection_of(d)),
+                                    }
                                 }
                                 (m, Some(w)) => Reading::Write((units[members[m]].writes[w].on_condition_failed)(
                                     reason.item.as_ref(),
@@ -771,11 +801,32 @@ impl ExactlyOnce {
             .into())
     }
 
-    fn marker_put(&self, unit: &UnitOfWork, now: i64) -> Result<TransactWriteItem, CommitError> {
+    fn marker_put(
+        &self,
+        unit: &UnitOfWork,
+        rejection: Option<&str>,
+        now: i64,
+    ) -> Result<TransactWriteItem, CommitError> {
         let key = unit.key.as_deref().unwrap_or_default();
-        marker_put(&self.idempotency_table, key, unit.fingerprint.as_deref(), self.marker_ttl, now)
-            .map_err(|e| CommitError::Permanent(e.to_string()))
+        let put = marker_put(&self.idempotency_table, key, unit.fingerprint.as_deref(), self.marker_ttl, now)
+            .map_err(|e| CommitError::Permanent(e.to_string()))?;
+        Ok(match (rejection, put.put) {
+            // The rejection's reason in `data`, as the result Powertools
+            // keeps there: `{"rejected": "<reason>"}`.
+            (Some(reason), Some(mut put)) => {
+                let data = serde_json::json!({ "rejected": reason }).to_string();
+                put.item.insert("data".into(), AttributeValue::S(data));
+                TransactWriteItem::builder().put(put).build()
+            }
+            (_, put) => TransactWriteItem::builder().set_put(put).build(),
+        })
     }
+}
+
+/// The reason a marker's `data` remembers a rejection with, if it does.
+fn rejection_of(data: &str) -> Option<String> {
+    let data: serde_json::Value = serde_json::from_str(data).ok()?;
+    data.get("rejected")?.as_str().map(str::to_owned)
 }
 
 /// One unit's result, once decided.

@@ -45,18 +45,21 @@ fn level_from_env() -> LevelFilter {
 
 type MakeWriter = fn() -> Box<dyn Write + Send>;
 
+pub use tracing_subscriber::util::TryInitError;
+
 /// Installs the subscriber with an explicit format, level and writer.
-pub fn init_with(json: bool, level: LevelFilter, writer: MakeWriter) -> Result<(), String> {
+/// Fails when a subscriber is installed already.
+pub fn init_with(json: bool, level: LevelFilter, writer: MakeWriter) -> Result<(), TryInitError> {
     if json {
-        tracing_subscriber::registry().with(level).with(FlatJson { writer }).try_init().map_err(|e| e.to_string())
+        tracing_subscriber::registry().with(level).with(FlatJson { writer }).try_init()
     } else {
         tracing_subscriber::fmt()
             .with_max_level(level)
             .with_target(false)
             .without_time()
             .with_writer(writer)
+            .finish()
             .try_init()
-            .map_err(|e| e.to_string())
     }
 }
 

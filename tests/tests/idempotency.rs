@@ -182,3 +182,66 @@ async fn the_lock_path_runs_once_and_takes_over_a_crashed_lock_only_after_its_ex
     assert!(matches!(other, Err(IdempotencyError::PayloadMismatch { .. })), "{other:?}");
     Ok(())
 }
+
+/// What a later record with the key of a rejected one gets, per unit: by
+/// default it is evaluated again (a reservation refused for want of stock
+/// goes through once there is stock); a unit that remembers its rejection
+/// leaves a marker with the reason, and the later record is rejected again
+/// without its write being tried, whatever the stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_records_key_is_evaluated_again_or_rejected_again_as_its_unit_says() -> anyhow::Result<()> {
+    use shared::dynamodb::types::{AttributeValue, Update};
+    use shared::exactly_once::ExactlyOnce;
+    use shared::{CommitError, UnitOfWork, Write};
+
+    let stack = Stack::start().await?;
+    let state = stack.spec.table("state")?.name.clone();
+    let committer = ExactlyOnce::new(stack.dynamodb.clone(), stack.spec.table("idempotency")?.name.clone());
+    let stock = |n: &str| {
+        stack
+            .dynamodb
+            .put_item()
+            .table_name(&state)
+            .item("pk", AttributeValue::S("SKU#A".into()))
+            .item("sk", AttributeValue::S("STOCK".into()))
+            .item("available", AttributeValue::N(n.into()))
+            .send()
+    };
+    // Take 5 of SKU A under `key`, rejected when fewer are available.
+    let take = |key: &str, remember: bool| {
+        let update = Update::builder()
+            .table_name(&state)
+            .key("pk", AttributeValue::S("SKU#A".into()))
+            .key("sk", AttributeValue::S("STOCK".into()))
+            .update_expression("SET available = available - :n")
+            .condition_expression("available >= :n")
+            .expression_attribute_values(":n", AttributeValue::N("5".into()));
+        let unit = UnitOfWork::new(key).write(Write::update(update).reject_with(|_| "not enough of A".into()));
+        if remember { unit.remember_rejection() } else { unit }
+    };
+    let available = || async {
+        let item = state_item(&stack, "SKU#A", "STOCK").await?.expect("the stock item");
+        n(&item, "available")
+    };
+
+    stock("1").await?;
+    let refused = committer.commit(vec![take("test#take#1", false), take("test#take#2", true)], None).await;
+    assert_eq!(
+        refused,
+        vec![
+            Err(CommitError::Permanent("not enough of A".into())),
+            Err(CommitError::Permanent("not enough of A".into()))
+        ]
+    );
+    assert_eq!(available().await?, dec("1"));
+
+    stock("10").await?;
+    let again = committer.commit(vec![take("test#take#1", false), take("test#take#2", true)], None).await;
+    assert_eq!(
+        again,
+        vec![Ok(Outcome::Applied), Err(CommitError::Permanent("rejected before: not enough of A".into()))],
+        "the first key is evaluated again and applied; the second is rejected again"
+    );
+    assert_eq!(available().await?, dec("5"), "only the re-evaluated take moved the stock");
+    Ok(())
+}

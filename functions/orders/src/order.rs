@@ -373,8 +373,9 @@ fn amount_field(raw: Option<&RawValue>) -> Result<Decimal, ValidationError> {
     parse_amount(&number).map_err(|rule| ValidationError::invalid(FIELD, rule))
 }
 
-/// Parses an exact, non-negative decimal with at most two decimal places.
-pub fn parse_amount(s: &str) -> Result<Decimal, String> {
+/// Parses an exact, non-negative decimal with at most two decimal places;
+/// the error is the rule it breaks (the caller names the field).
+fn parse_amount(s: &str) -> Result<Decimal, String> {
     let trimmed = s.trim();
     if trimmed.is_empty() || trimmed != s {
         return Err(format!("must be a decimal number, got {:?}", truncate(s, 40)));

@@ -55,8 +55,33 @@ impl Layout {
     }
 }
 
+/// Why a CSV row cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsvError {
+    /// A quoted field runs to the end of the line.
+    #[error("unterminated quoted field")]
+    Unterminated,
+    /// A closing quote is followed by something other than `,` or the end.
+    #[error("unexpected {0:?} after a closing quote")]
+    AfterQuote(char),
+    /// The row has another number of fields than the header row.
+    #[error("row has {row} fields, the header has {header}")]
+    FieldCount {
+        /// The row's fields.
+        row: usize,
+        /// The header row's fields.
+        header: usize,
+    },
+    /// The header row cannot be read.
+    #[error("header row: {0}")]
+    Header(Box<CsvError>),
+    /// A row before any header row.
+    #[error("no header row")]
+    NoHeader,
+}
+
 /// Parses a CSV line into fields (RFC 4180 quoting; records do not span lines).
-pub fn split_csv(line: &str) -> Result<Vec<String>, String> {
+pub fn split_csv(line: &str) -> Result<Vec<String>, CsvError> {
     let mut fields = Vec::new();
     let mut field = String::new();
     let mut chars = line.chars().peekable();
@@ -73,9 +98,7 @@ pub fn split_csv(line: &str) -> Result<Vec<String>, String> {
                     quoted = false;
                     match chars.peek() {
                         None | Some(',') => {}
-                        Some(other) => {
-                            return Err(format!("unexpected {other:?} after a closing quote"));
-                        }
+                        Some(other) => return Err(CsvError::AfterQuote(*other)),
                     }
                 }
                 _ => field.push(c),
@@ -94,7 +117,7 @@ pub fn split_csv(line: &str) -> Result<Vec<String>, String> {
         at_start = false;
     }
     if quoted {
-        return Err("unterminated quoted field".into());
+        return Err(CsvError::Unterminated);
     }
     fields.push(field);
     Ok(fields)
@@ -109,10 +132,10 @@ pub fn split_csv(line: &str) -> Result<Vec<String>, String> {
 /// let json = shared_core::lines::csv_record(&header, "A-1,3,").unwrap();
 /// assert_eq!(json, r#"{"quantity":"3","sku":"A-1"}"#);
 /// ```
-pub fn csv_record(header: &[String], row: &str) -> Result<String, String> {
+pub fn csv_record(header: &[String], row: &str) -> Result<String, CsvError> {
     let fields = split_csv(row)?;
     if fields.len() != header.len() {
-        return Err(format!("row has {} fields, the header has {}", fields.len(), header.len()));
+        return Err(CsvError::FieldCount { row: fields.len(), header: header.len() });
     }
     let object: serde_json::Map<String, serde_json::Value> = header
         .iter()
@@ -150,7 +173,7 @@ pub enum LineError {
     InvalidUtf8,
     /// A CSV row that cannot be read (or no header row before it).
     #[error("CSV: {0}")]
-    Csv(String),
+    Csv(#[from] CsvError),
     /// The line's record does not parse: the parser's reason.
     #[error(transparent)]
     Record(Box<dyn std::error::Error + Send + Sync>),
@@ -228,7 +251,7 @@ impl<'p, P: LineParser> Records<'p, P> {
                         self.header_line = Some(text.to_owned());
                         None
                     }
-                    Err(e) => Some(Err(LineError::Csv(format!("header row: {e}")))),
+                    Err(e) => Some(Err(LineError::Csv(CsvError::Header(Box::new(e))))),
                 },
                 Some(header) => Some(
                     csv_record(header, text)
@@ -241,6 +264,6 @@ impl<'p, P: LineParser> Records<'p, P> {
 }
 
 /// The field names of a CSV header row.
-fn header_fields(line: &str) -> Result<Vec<String>, String> {
+fn header_fields(line: &str) -> Result<Vec<String>, CsvError> {
     Ok(split_csv(line)?.into_iter().map(|f| f.trim().to_owned()).collect())
 }

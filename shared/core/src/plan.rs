@@ -139,12 +139,20 @@ pub struct Pending {
     pub counted: Outcome,
     /// Its result, once decided: an outcome, or the reason it is rejected.
     pub decided: Option<Result<Outcome, String>>,
+    /// A rejection is remembered: its marker is written with the reason,
+    /// and a later record with the key is rejected again without being
+    /// evaluated. Otherwise (the default, as in Powertools) a rejected
+    /// record leaves no marker and a later one with its key is evaluated
+    /// again.
+    pub remember_rejection: bool,
+    /// The reason a remembered rejection's marker carries, once read.
+    pub rejection: Option<String>,
 }
 
 impl Pending {
     /// A unit with everything still to send, counted as `counted` if it commits.
     pub fn new(marker: bool, counted: Outcome) -> Self {
-        Self { marker, writes: true, counted, decided: None }
+        Self { marker, writes: true, counted, decided: None, remember_rejection: false, rejection: None }
     }
 }
 
@@ -156,6 +164,8 @@ pub enum Reading {
     Marker {
         /// The stored fingerprint is not the unit's.
         reused: bool,
+        /// The marker remembers a rejection, with its reason.
+        rejected: Option<String>,
     },
     /// One of the unit's writes failed its condition; its verdict.
     Write(Verdict),
@@ -179,10 +189,11 @@ pub enum Next {
 /// Reads a cancelled commit's failed conditions, each given with the
 /// position of its unit in `units` (`usize::MAX` for the final write's), and
 /// decides what they can: a unit whose marker exists is a duplicate (or a
-/// reused key), whatever its writes said; a write's verdict decides the
-/// rest. A unit that is decided sends nothing more; a unit whose write was
-/// found applied or superseded still writes its marker, so that a replay is
-/// decided by the marker alone.
+/// reused key, or rejected again when the marker remembers a rejection),
+/// whatever its writes said; a write's verdict decides the rest. A unit that
+/// is decided sends nothing more; a unit whose write was found applied or
+/// superseded still writes its marker, so that a replay is decided by the
+/// marker alone, as does a rejected unit that remembers its rejection.
 ///
 /// ```
 /// use shared_core::batch::Outcome;
@@ -190,7 +201,7 @@ pub enum Next {
 ///
 /// let mut units = vec![Pending::new(true, Outcome::Applied), Pending::new(true, Outcome::Applied)];
 /// // Unit 0's order is newer in the table; unit 1's marker exists.
-/// let readings = [(0, Reading::Write(Verdict::Stale)), (1, Reading::Marker { reused: false })];
+/// let readings = [(0, Reading::Write(Verdict::Stale)), (1, Reading::Marker { reused: false, rejected: None })];
 /// assert_eq!(read_cancellation(&mut units, readings), Next::Resend);
 /// assert_eq!((units[0].marker, units[0].writes, units[0].counted), (true, false, Outcome::Stale));
 /// assert_eq!(units[1].decided, Some(Ok(Outcome::Duplicate)));
@@ -203,9 +214,12 @@ pub fn read_cancellation(units: &mut [Pending], readings: impl IntoIterator<Item
     let mut progress = false;
     // Markers first: a unit whose marker exists is decided by it alone.
     for (unit, reading) in &readings {
-        if let (Reading::Marker { reused }, Some(pending)) = (reading, units.get_mut(*unit)) {
+        if let (Reading::Marker { reused, rejected }, Some(pending)) = (reading, units.get_mut(*unit)) {
             progress = true;
-            pending.decided = Some(Ok(if *reused { Outcome::KeyReused } else { Outcome::Duplicate }));
+            pending.decided = Some(match rejected {
+                Some(reason) => Err(format!("rejected before: {reason}")),
+                None => Ok(if *reused { Outcome::KeyReused } else { Outcome::Duplicate }),
+            });
         }
     }
     for (unit, reading) in readings {
@@ -221,6 +235,11 @@ pub fn read_cancellation(units: &mut [Pending], readings: impl IntoIterator<Item
                 if !pending.marker {
                     pending.decided = Some(Ok(pending.counted));
                 }
+            }
+            Verdict::Reject(reason) if pending.remember_rejection && pending.marker => {
+                progress = true;
+                pending.writes = false;
+                pending.rejection = Some(reason);
             }
             Verdict::Reject(reason) => {
                 progress = true;
@@ -275,7 +294,7 @@ mod tests {
 
     fn reading() -> impl Strategy<Value = Reading> {
         prop_oneof![
-            4 => any::<bool>().prop_map(|reused| Reading::Marker { reused }),
+            4 => (any::<bool>(), proptest::option::of("[a-z]{1,4}")).prop_map(|(reused, rejected)| Reading::Marker { reused, rejected }),
             8 => verdict().prop_map(Reading::Write),
             1 => Just(Reading::Final),
         ]
@@ -285,28 +304,41 @@ mod tests {
     /// else its writes' verdicts in order (a rejection decides; a write
     /// found applied or superseded decides a unit without a marker, and
     /// sets how a unit with one counts).
-    fn expected(marker: bool, readings: &[Reading]) -> (Option<Result<Outcome, String>>, Option<Outcome>) {
-        if let Some(reused) = readings.iter().find_map(|r| match r {
-            Reading::Marker { reused } => Some(*reused),
+    fn expected(
+        marker: bool,
+        remember: bool,
+        readings: &[Reading],
+    ) -> (Option<Result<Outcome, String>>, Option<Outcome>, Option<String>) {
+        if let Some((reused, rejected)) = readings.iter().find_map(|r| match r {
+            Reading::Marker { reused, rejected } => Some((*reused, rejected.clone())),
             _ => None,
         }) {
-            return (Some(Ok(if reused { Outcome::KeyReused } else { Outcome::Duplicate })), None);
+            let decided = match rejected {
+                Some(reason) => Err(format!("rejected before: {reason}")),
+                None => Ok(if reused { Outcome::KeyReused } else { Outcome::Duplicate }),
+            };
+            return (Some(decided), None, None);
         }
         let mut counted = None;
+        let mut rejection = None;
         for r in readings {
             match r {
-                Reading::Write(Verdict::Reject(reason)) => return (Some(Err(reason.clone())), None),
+                Reading::Write(Verdict::Reject(reason)) if remember && marker => {
+                    // Remembered: the marker is still to write, with the reason.
+                    rejection = Some(reason.clone());
+                }
+                Reading::Write(Verdict::Reject(reason)) => return (Some(Err(reason.clone())), None, None),
                 Reading::Write(v @ (Verdict::Duplicate | Verdict::Stale)) => {
                     let outcome = if *v == Verdict::Stale { Outcome::Stale } else { Outcome::Duplicate };
                     if !marker {
-                        return (Some(Ok(outcome)), None);
+                        return (Some(Ok(outcome)), None, None);
                     }
                     counted = Some(outcome);
                 }
                 _ => {}
             }
         }
-        (None, counted)
+        (None, counted, rejection)
     }
 
     #[test]
@@ -317,7 +349,8 @@ mod tests {
             [(0, Reading::Write(Verdict::Duplicate)), (1, Reading::Write(Verdict::Stale))],
         );
         assert_eq!(next, Next::Resend);
-        assert_eq!(units[0], Pending { marker: true, writes: false, counted: Outcome::Duplicate, decided: None });
+        assert_eq!((units[0].marker, units[0].writes, units[0].counted), (true, false, Outcome::Duplicate));
+        assert_eq!(units[0].decided, None);
         assert_eq!(units[1].decided, Some(Ok(Outcome::Stale)));
         assert_eq!(read_cancellation(&mut units, [(0, Reading::Write(Verdict::Retry))]), Next::BackOff);
         assert_eq!(read_cancellation(&mut units, [(usize::MAX, Reading::Final)]), Next::FinalConflict);
@@ -331,10 +364,13 @@ mod tests {
         /// decided.
         #[test]
         fn cancellations_decide_each_unit_by_the_rules(
-            markers in proptest::collection::vec(any::<bool>(), 1..6),
+            markers in proptest::collection::vec((any::<bool>(), any::<bool>()), 1..6),
             readings in proptest::collection::vec((0usize..6, reading()), 0..12),
         ) {
-            let mut units: Vec<Pending> = markers.iter().map(|m| Pending::new(*m, Outcome::Applied)).collect();
+            let mut units: Vec<Pending> = markers
+                .iter()
+                .map(|(m, remember)| Pending { remember_rejection: *remember, ..Pending::new(*m, Outcome::Applied) })
+                .collect();
             // A unit has one marker action, so at most one marker reading.
             let mut marked = HashSet::new();
             let readings: Vec<(usize, Reading)> = readings
@@ -349,14 +385,16 @@ mod tests {
             let mut any_decided = false;
             for (u, pending) in units.iter().enumerate() {
                 let own: Vec<Reading> = readings.iter().filter(|(i, _)| *i == u).map(|(_, r)| r.clone()).collect();
-                let (decided, counted) = expected(markers[u], &own);
-                any_decided |= decided.is_some() || counted.is_some();
+                let (marker, remember) = markers[u];
+                let (decided, counted, rejection) = expected(marker, remember, &own);
+                any_decided |= decided.is_some() || counted.is_some() || rejection.is_some();
                 prop_assert_eq!(&pending.decided, &decided, "unit {} after {:?}", u, own);
+                prop_assert_eq!(&pending.rejection, &rejection, "unit {} after {:?}", u, own);
                 if decided.is_some() {
                     prop_assert!(!pending.marker && !pending.writes);
                 } else {
-                    prop_assert_eq!(pending.marker, markers[u]);
-                    prop_assert_eq!(pending.writes, counted.is_none());
+                    prop_assert_eq!(pending.marker, marker);
+                    prop_assert_eq!(pending.writes, counted.is_none() && rejection.is_none());
                     prop_assert_eq!(pending.counted, counted.unwrap_or(Outcome::Applied));
                 }
             }
