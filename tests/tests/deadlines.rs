@@ -49,6 +49,18 @@ struct Answer {
 /// Runs `function` on `event` (a file of `events/`) with every DynamoDB
 /// answer stalled, and returns its answer.
 async fn invoke_with_dynamodb_stalled(function: &str, event: &str) -> Result<Answer> {
+    invoke_stalled(function, &format!("events/{event}"), &[], Some(MARGIN_MS)).await
+}
+
+/// [`invoke_with_dynamodb_stalled`] of any event file (relative to the
+/// workspace root), with variables of the function's own, and its
+/// `DEADLINE_MARGIN_MS` (`None`: the default, unset).
+async fn invoke_stalled(
+    function: &str,
+    event: &str,
+    own_env: &[(&str, &str)],
+    margin_ms: Option<u64>,
+) -> Result<Answer> {
     let mut stack = Stack::start().await?;
     let proxy = FaultProxy::start(
         &stack.dynamodb_endpoint,
@@ -61,11 +73,12 @@ async fn invoke_with_dynamodb_stalled(function: &str, event: &str) -> Result<Ans
 
     let api = RuntimeApi::start()?;
     api.set_deadline(LEFT);
-    let event = std::fs::read(stack.root.join("events").join(event)).with_context(|| format!("reading {event}"))?;
+    let event = std::fs::read(stack.root.join(event)).with_context(|| format!("reading {event}"))?;
     api.arm(vec![event]);
     let mut env = lambda_env(&api, function, None, None);
     env.extend(stack.function_env()?);
-    env.push(("DEADLINE_MARGIN_MS".into(), MARGIN_MS.to_string()));
+    env.extend(margin_ms.map(|ms| ("DEADLINE_MARGIN_MS".to_owned(), ms.to_string())));
+    env.extend(own_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     let exe: PathBuf = stack.root.join("target/debug").join(function);
     let log = std::fs::File::create(stack.run_dir().join(format!("{function}-deadline.log")))?;
     let _process = Function(
@@ -111,8 +124,13 @@ fn failed_ids(body: &Value) -> Vec<&str> {
 
 /// The ids of the records of a fixture event.
 fn fixture_ids(event: &str, field: &str) -> Result<Vec<String>> {
+    fixture_ids_at(&format!("events/{event}"), field)
+}
+
+/// [`fixture_ids`] of any event file (relative to the workspace root).
+fn fixture_ids_at(event: &str, field: &str) -> Result<Vec<String>> {
     let root = xtask::stack::workspace_root();
-    let event: Value = serde_json::from_slice(&std::fs::read(root.join("events").join(event))?)?;
+    let event: Value = serde_json::from_slice(&std::fs::read(root.join(event))?)?;
     let ids = event["Records"].as_array().context("Records")?.iter();
     Ok(ids.filter_map(|r| r.pointer(field).and_then(Value::as_str).map(str::to_owned)).collect())
 }
@@ -150,5 +168,23 @@ async fn s3_ingest_invoked_directly_fails_before_its_deadline_when_dynamodb_stal
     assert!(!answer.ok, "an error, so the asynchronous retry resumes the object: {}", answer.body);
     let message = answer.body["errorMessage"].as_str().unwrap_or_default();
     assert!(message.contains("deadline"), "{message}");
+    Ok(())
+}
+
+/// The function the README shows (`examples/inventory-reservations`, whose
+/// `main.rs` and `lib.rs` are the README's blocks, checked by
+/// `tests/tests/docs.rs`), written with nothing but the toolkit's entry
+/// point: its deadline guard is on by default, so it answers before the
+/// deadline with every message reported for retry when DynamoDB stalls.
+#[tokio::test]
+async fn the_readme_function_answers_before_its_deadline_when_dynamodb_stalls() -> Result<()> {
+    const EVENT: &str = "examples/inventory-reservations/events/sqs-reservations.json";
+    let state = xtask::spec::StackSpec::load()?.table("state")?.name.clone();
+    let own = [("INVENTORY_TABLE", "inventory"), ("QUARANTINE_TABLE", state.as_str())];
+    // No DEADLINE_MARGIN_MS: the default margin (5 s) of an 8 s invocation.
+    let answer = invoke_stalled("inventory-reservations", EVENT, &own, None).await?;
+    assert!(answer.ok, "a partial batch response, not an error: {}", answer.body);
+    // Neither a reservation nor a quarantine item could be written.
+    assert_eq!(failed_ids(&answer.body), fixture_ids_at(EVENT, "/messageId")?);
     Ok(())
 }
