@@ -704,6 +704,14 @@ mod tests {
     }
 
     #[test]
+    fn marker_keys_take_the_configured_prefix_and_the_default_matches_stored_markers() {
+        let e = event("e1", "o1", "c1", "PLACED", "1", "2026-11-01T10:00:00Z");
+        assert_eq!(marker_of(&keys(), &e).0, "orders#sqs-body#/eventId=e1", "the key stored markers hold");
+        assert_eq!(marker_of(&Keys::new("shop"), &e).0, "shop#sqs-body#/eventId=e1");
+        assert_eq!(marker_of(&Keys::new("shop"), &e).1, marker_of(&keys(), &e).1, "the fingerprint is the event's");
+    }
+
+    #[test]
     fn a_manifest_writes_its_checkpoint_as_the_next_line_and_reads_back_from_its_row() {
         let mut m = ObjectManifest::new("b", "k.ndjson", "etag");
         for decided in [Ok(Outcome::Applied), Ok(Outcome::Stale), Ok(Outcome::Duplicate), Err("bad".into())] {

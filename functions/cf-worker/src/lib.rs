@@ -10,7 +10,8 @@
 //!   chunks with the object's manifest (the checkpoint) in the same batch.
 //!
 //! Parsing, validation, the apply rule and the contribution rule are the
-//! `orders` crate's; idempotency keys, the line rule, the record formats (CSV header,
+//! `orders` crate's; idempotency keys (under `IDEMPOTENCY_KEY_PREFIX`,
+//! `orders` by default), the line rule, the record formats (CSV header,
 //! byte-order mark), quarantine records, manifests' checkpoints and counters,
 //! and which messages of a batch are acknowledged or retried (`settle`) are
 //! `shared-core`'s: the same functions the Lambda functions call. What is

@@ -53,7 +53,9 @@ struct Settings {
     ingest_queue: String,
     /// The bucket the `BUCKET` binding reads.
     bucket_name: String,
-    /// Idempotency keys of order events, under the Lambda functions' default prefix.
+    /// Idempotency keys of order events, under `IDEMPOTENCY_KEY_PREFIX`
+    /// (default `orders`, the Lambda functions' default: the markers either
+    /// platform stores keep matching).
     keys: Keys,
     max_line_bytes: usize,
     chunk_lines: usize,
@@ -72,7 +74,9 @@ impl Settings {
         Self {
             ingest_queue: var("INGEST_QUEUE").unwrap_or_else(|| "ingest".into()),
             bucket_name: var("BUCKET_NAME").unwrap_or_default(),
-            keys: Keys::new("orders"),
+            keys: Keys::new(
+                var("IDEMPOTENCY_KEY_PREFIX").filter(|p| !p.trim().is_empty()).unwrap_or_else(|| "orders".into()),
+            ),
             max_line_bytes: num("MAX_LINE_BYTES", 1024 * 1024),
             chunk_lines: num("CHUNK_LINES", 50).max(1),
             chunks_per_invocation: num("CHUNKS_PER_INVOCATION", 200).max(1),

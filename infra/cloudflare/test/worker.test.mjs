@@ -156,6 +156,20 @@ describe("order events", () => {
     await assertInvariant(stack);
   });
 
+  test("idempotency keys are under IDEMPOTENCY_KEY_PREFIX, `orders` (the Lambda functions' default) when unset", async () => {
+    const body = event("k-1", "o-k1", "c-k", "PLACED", "1.00", "2026-11-06T10:00:00Z");
+    await worker.queue(ORDERS_QUEUE, [message(body)]);
+    const key = (db) => db.prepare("SELECT key FROM idempotency WHERE key LIKE '%=k-1'").first("key");
+    assert.equal(await key(stack.db), "orders#sqs-body#/eventId=k-1");
+    const shop = await start({ vars: { IDEMPOTENCY_KEY_PREFIX: "shop" } });
+    try {
+      await (await shop.mf.getWorker()).queue(ORDERS_QUEUE, [message(body)]);
+      assert.equal(await key(shop.db), "shop#sqs-body#/eventId=k-1");
+    } finally {
+      await shop.stop();
+    }
+  });
+
   test("a transient D1 failure retries the batch through the queue, then it applies once", async () => {
     await stack.db.prepare("ALTER TABLE idempotency RENAME TO idempotency_away").run();
     const before = stack.summaries()[ORDERS_QUEUE]?.failed ?? 0;
