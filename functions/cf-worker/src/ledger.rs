@@ -298,7 +298,7 @@ impl ManifestRow {
         Ok(ObjectManifest {
             status,
             checkpoint: Checkpoint {
-                line: count(self.next_line - 1, "next_line - 1")?,
+                line: count(self.next_line.saturating_sub(1), "next_line - 1")?,
                 byte: count(self.next_byte, "next_byte")?,
             },
             counts: Counts {
