@@ -12,6 +12,7 @@ use orders::lines::OrderLines;
 use orders::order::{OrderEvent, format_timestamp, parse_order_event};
 use orders::state::item::{order_from_item, order_to_item};
 use serde_json::Value;
+use shared::core::lines::LineSplitter;
 use shared::event::{s3, sqs, stream};
 use shared::ingest::Records;
 use shared::object::{Format, Line, LineContent, LineReader};
@@ -108,12 +109,17 @@ pub fn stream_record(data: &[u8]) {
 /// the header row). Every line must be exactly its bytes of the input, and
 /// reading the input in small chunks (a `BufReader` of 1 to 8 bytes, by input
 /// length) must give the same lines as reading it whole: S3 bodies arrive in
-/// chunks that split lines and `\r\n` anywhere.
+/// chunks that split lines and `\r\n` anywhere. The Worker's way in, the
+/// same chunks pushed into the core's splitter, must give them too.
 pub fn object_lines(data: &[u8]) {
     let lines = read_lines(data, data.len());
     let capacity = 1 + data.len() % 8;
     let chunked = read_lines(tokio::io::BufReader::with_capacity(capacity, data), data.len());
     assert_eq!(chunked, lines, "reading in chunks of {capacity} bytes changes the lines");
+    let mut splitter = LineSplitter::new(MAX_LINE_BYTES, 1, 0);
+    let mut pushed: Vec<Line> = data.chunks(capacity).flat_map(|chunk| splitter.push(chunk)).collect();
+    pushed.extend(splitter.finish());
+    assert_eq!(pushed, lines, "pushing chunks of {capacity} bytes, as the Worker does, changes the lines");
 
     let mut ndjson = Records::new(&OrderLines, Format::Ndjson);
     let mut csv = Records::new(&OrderLines, Format::Csv);

@@ -1,7 +1,9 @@
 //! Streaming reads of S3 objects: the body is read as a byte stream (never
 //! buffered whole), gzip is decompressed on the fly, and lines come out one at
-//! a time with their line number and byte offset. A line longer than the bound
-//! is reported, not allocated; invalid UTF-8 is reported, not fatal.
+//! a time with their line number and byte offset, split by the core's line
+//! rule ([`shared_core::lines`]; the Worker reads R2 objects by the same
+//! one). A line longer than the bound is reported, not allocated; invalid
+//! UTF-8 is reported, not fatal.
 
 use crate::error::Classify;
 use std::collections::HashMap;
@@ -11,7 +13,8 @@ use std::pin::Pin;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::event::s3::ObjectRef;
-pub use shared_core::lines::{Format, Layout, LineError, csv_record, split_csv};
+use shared_core::lines::LineSplitter;
+pub use shared_core::lines::{Format, Layout, Line, LineContent, LineError, csv_record, split_csv};
 
 /// Why an object could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -218,117 +221,42 @@ pub fn decoded(reader: Pin<Box<dyn AsyncRead + Send>>, gzip: bool) -> Pin<Box<dy
     }
 }
 
-/// One line of an object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    /// 1-based line number in the object.
-    pub number: u64,
-    /// Byte offset of the line's first byte in the decoded object.
-    pub offset: u64,
-    /// The line without its `\n` or `\r\n`.
-    pub content: LineContent,
-}
-
-/// What a line holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LineContent {
-    /// A line of valid UTF-8 within the bound.
-    Text(String),
-    /// Longer than the bound; only the first bytes are kept (for the report).
-    TooLong {
-        /// The line's length in bytes, without its terminator.
-        length: u64,
-        /// Its first 256 bytes (`TOO_LONG_PREFIX`).
-        prefix: Vec<u8>,
-    },
-    /// Not UTF-8; the bytes are kept (bounded by the line bound).
-    InvalidUtf8(Vec<u8>),
-}
-
-/// Bytes of an over-long line kept for the rejects report.
-const TOO_LONG_PREFIX: usize = 256;
-
-/// Splits a decoded stream into lines (`\n`, with an optional `\r` before it).
+/// Reads a decoded stream's lines: the core's [`LineSplitter`] (the line
+/// rule every platform reads objects by) over an async buffered reader.
 pub struct LineReader<R> {
     inner: R,
-    max_line_bytes: usize,
-    next_number: u64,
-    offset: u64,
-    buffer: Vec<u8>,
+    splitter: LineSplitter,
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
     /// A reader whose first line has number `first_line` at byte `offset`.
     pub fn new(inner: R, max_line_bytes: usize, first_line: u64, offset: u64) -> Self {
-        Self { inner, max_line_bytes, next_number: first_line, offset, buffer: Vec::new() }
+        Self { inner, splitter: LineSplitter::new(max_line_bytes, first_line, offset) }
     }
 
     /// Offset of the next line to be read.
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.splitter.offset()
     }
 
     /// Number of the next line to be read.
     pub fn next_number(&self) -> u64 {
-        self.next_number
+        self.splitter.next_number()
     }
 
     /// Reads the next line; `None` at the end of the stream.
     pub async fn next_line(&mut self) -> std::io::Result<Option<Line>> {
-        self.buffer.clear();
-        let start = self.offset;
-        let mut length: u64 = 0;
-        let mut saw_any = false;
-        let mut last_byte: Option<u8> = None;
-        let mut terminator: u64 = 0;
         loop {
             let available = self.inner.fill_buf().await?;
             if available.is_empty() {
-                break;
+                return Ok(self.splitter.finish());
             }
-            saw_any = true;
-            let newline = memchr::memchr(b'\n', available);
-            let used = newline.map_or(available.len(), |i| i + 1);
-            let content_end = newline.unwrap_or(available.len());
-            // Keep at most the bound (+1 to know it was exceeded) of the content.
-            let room = (self.max_line_bytes + 1).saturating_sub(self.buffer.len());
-            self.buffer.extend_from_slice(&available[..content_end.min(room)]);
-            if let Some(i) = newline {
-                let before = if i > 0 { Some(available[i - 1]) } else { last_byte };
-                terminator = if before == Some(b'\r') { 2 } else { 1 };
-            } else if content_end > 0 {
-                last_byte = Some(available[content_end - 1]);
-            }
-            length += used as u64;
+            let (used, line) = self.splitter.feed(available);
             self.inner.consume(used);
-            if newline.is_some() {
-                break;
+            if line.is_some() {
+                return Ok(line);
             }
         }
-        if !saw_any {
-            return Ok(None);
-        }
-        self.offset += length;
-        let number = self.next_number;
-        self.next_number += 1;
-        let content_length = length - terminator;
-        if terminator == 2 && self.buffer.len() as u64 > content_length {
-            self.buffer.pop(); // The `\r` of `\r\n`.
-        }
-        // The line takes the buffer; the next line's starts at this one's size,
-        // so a line costs one allocation rather than a series of regrowths.
-        let next_capacity = self.buffer.len().max(64).min(self.max_line_bytes + 1);
-        let mut bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(next_capacity));
-        let content = if content_length > self.max_line_bytes as u64 {
-            bytes.truncate(TOO_LONG_PREFIX);
-            LineContent::TooLong { length: content_length, prefix: bytes }
-        } else {
-            match String::from_utf8(bytes) {
-                Ok(text) => LineContent::Text(text),
-                Err(e) => LineContent::InvalidUtf8(e.into_bytes()),
-            }
-        };
-        Ok(Some(Line { number, offset: start, content }))
     }
 }
 

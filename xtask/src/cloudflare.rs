@@ -51,6 +51,17 @@ fn infra(root: &Path) -> PathBuf {
     root.join("infra/cloudflare")
 }
 
+/// Where cargo puts its build output: `CARGO_TARGET_DIR` when set (relative
+/// to the workspace, as cargo reads it), else the workspace's `target/`.
+/// The Worker's bundle still goes to [`OUT_DIR`] under the workspace
+/// (wrangler.jsonc's `main` points there).
+fn cargo_target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
 /// `major.minor` of `node --version`'s `v22.23.5`.
 fn node_version(node: &Path) -> Option<(u32, u32)> {
     let out = Command::new(node).arg("--version").output().ok()?;
@@ -189,7 +200,7 @@ impl Tools {
                 .current_dir(&self.root),
             &format!("cargo build -p {WORKER} --target {WASM_TARGET}"),
         )?;
-        let wasm = self.root.join(format!("target/{WASM_TARGET}/{PROFILE}/cf_worker.wasm"));
+        let wasm = cargo_target_dir(&self.root).join(format!("{WASM_TARGET}/{PROFILE}/cf_worker.wasm"));
         let out = self.root.join(OUT_DIR);
         let pkg = out.join("pkg");
         if pkg.exists() {

@@ -2,11 +2,16 @@
 //!
 //! A [`Ledger`] is loaded with the rows the records touch (orders, customer
 //! totals, idempotency markers, the object's manifest), then decides each
-//! record in order with the core's rules ([`order::apply`],
+//! record in order with the orders' rules ([`order::apply`],
 //! [`order::totals_delta`], [`CustomerTotals::checked_add`]), so a later
-//! record of the batch sees the earlier ones' effects. [`Ledger::statements`]
-//! turns the result into one D1 batch: every write guarded by what was read,
-//! so the batch aborts as a whole if anything changed in between.
+//! record of the batch sees the earlier ones' effects: each ends in the
+//! core's [`Outcome`] or is rejected with its reason (quarantined as the
+//! core's [`Quarantined`]). [`Ledger::statements`] turns the result into
+//! one D1 batch: every write guarded by what was read, so the batch aborts
+//! as a whole if anything changed in between.
+//!
+//! An object's progress is an [`ObjectManifest`]: the core's [`Checkpoint`]
+//! and [`Counts`], as one row of `manifests`.
 //!
 //! Schema: `infra/cloudflare/migrations/`.
 
@@ -15,16 +20,30 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use orders::order::{self, ApplyOutcome, Currency, CustomerTotals, Order, OrderEvent, OrderStatus};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use shared_core::batch::Outcome;
 use shared_core::key::Keys;
-
-/// Prefix of the idempotency keys of order events: the Lambda functions' default.
-pub const KEY_PREFIX: &str = "orders";
+use shared_core::manifest::{Checkpoint, Counts, ObjectStatus};
+use shared_core::quarantine::Quarantined;
 
 /// The idempotency key and fingerprint of an order event from a queue: the
-/// core's `/eventId` body key and the fingerprint of the validated event, as
-/// `sqs-consumer` computes them.
-pub fn marker_of(event: &OrderEvent) -> (String, String) {
-    (Keys::new(KEY_PREFIX).body_string("/eventId", &event.event_id), order::fingerprint(event))
+/// core's `/eventId` body key under `keys`' prefix and the fingerprint of
+/// the validated event, as `sqs-consumer` computes them.
+pub fn marker_of(keys: &Keys, event: &OrderEvent) -> (String, String) {
+    (keys.body_string("/eventId", &event.event_id), order::fingerprint(event))
+}
+
+/// What became of one record: its outcome, or why it can never be applied
+/// (to be quarantined with that reason).
+pub type Decided = Result<Outcome, String>;
+
+/// A record's end as the `outcome` of its idempotency marker.
+fn marker_outcome(decided: &Decided) -> &'static str {
+    match decided {
+        Ok(Outcome::Applied) => "APPLIED",
+        Ok(Outcome::Stale) => "STALE",
+        Ok(Outcome::Duplicate) => "DUPLICATE",
+        Ok(Outcome::KeyReused) | Err(_) => "QUARANTINED",
+    }
 }
 
 /// A value bound to a statement.
@@ -65,7 +84,7 @@ const GUARD: &str = "INSERT INTO write_guard (ok) SELECT NULL WHERE changes() = 
 /// The most parameters one D1 statement takes.
 const MAX_PARAMS: usize = 100;
 
-/// `SELECT`s of the rows with these ids, at most [`MAX_PARAMS`] ids each.
+/// `SELECT`s of the rows with these ids, at most `MAX_PARAMS` (100) ids each.
 pub fn select_in(columns: &str, table: &str, id: &str, ids: &BTreeSet<String>) -> Vec<Statement> {
     let ids: Vec<&String> = ids.iter().collect();
     ids.chunks(MAX_PARAMS)
@@ -85,8 +104,6 @@ pub const ORDER_COLUMNS: &str = "order_id, customer_id, status, amount, currency
 pub const TOTALS_COLUMNS: &str = "customer_id, order_count, totals, version";
 /// Columns of [`MarkerRecord`].
 pub const MARKER_COLUMNS: &str = "key, fingerprint";
-/// Columns of [`ManifestRecord`].
-pub const MANIFEST_COLUMNS: &str = "bucket, key, revision, status, reason, next_line, next_byte, lines, accepted, rejected, stale, duplicates, version";
 
 /// A row of `orders`, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,109 +183,144 @@ pub struct MarkerRecord {
     pub fingerprint: String,
 }
 
-/// A row of `manifests`: one object revision's progress and counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestRecord {
+/// Where an object revision stands: the core's [`ObjectStatus`], or
+/// `REJECTED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// `IN_PROGRESS`, `COMPLETED`, or `FAILED` (it cannot be read).
+    Object(ObjectStatus),
+    /// `REJECTED`: not a format the Worker ingests (the Lambda functions
+    /// record such an object as `FAILED`).
+    Rejected,
+}
+
+impl Status {
+    /// The `status` column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Object(status) => status.as_str(),
+            Self::Rejected => "REJECTED",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [ObjectStatus::InProgress, ObjectStatus::Completed, ObjectStatus::Failed]
+            .into_iter()
+            .map(Self::Object)
+            .chain([Self::Rejected])
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// One object revision's manifest: its status, checkpoint and counters, a
+/// row of `manifests`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectManifest {
     /// The bucket.
     pub bucket: String,
     /// The object key.
     pub key: String,
     /// The eTag of the revision.
     pub revision: String,
-    /// `IN_PROGRESS`, `COMPLETED`, `FAILED` (cannot be read) or `REJECTED`
-    /// (not a format we ingest).
-    pub status: String,
+    /// How far it got.
+    pub status: Status,
     /// Why it failed or was rejected.
     pub reason: Option<String>,
-    /// The checkpoint: the next physical line to read (1-based).
-    pub next_line: i64,
-    /// The checkpoint: the decoded byte offset of that line.
-    pub next_byte: i64,
-    /// Record lines read (blank lines and a CSV header are not records).
-    pub lines: i64,
-    /// Lines whose event was applied.
-    pub accepted: i64,
-    /// Lines quarantined.
-    pub rejected: i64,
-    /// Lines older than their order's stored event.
-    pub stale: i64,
-    /// Lines whose event was already applied.
-    pub duplicates: i64,
+    /// The last line committed and the decoded offset after it (stored as
+    /// `next_line` = `line + 1` and `next_byte`).
+    pub checkpoint: Checkpoint,
+    /// Every record line up to the checkpoint, by its end.
+    pub counts: Counts,
     /// Writes so far; the write guard.
     pub version: i64,
 }
 
-impl ManifestRecord {
+impl ObjectManifest {
     /// A new manifest, nothing read yet.
     pub fn new(bucket: &str, key: &str, revision: &str) -> Self {
         Self {
             bucket: bucket.into(),
             key: key.into(),
             revision: revision.into(),
-            status: "IN_PROGRESS".into(),
-            next_line: 1,
-            ..Self::default()
+            status: Status::Object(ObjectStatus::InProgress),
+            reason: None,
+            checkpoint: Checkpoint::default(),
+            counts: Counts::default(),
+            version: 0,
         }
     }
 
     /// Whether nothing is left to do for this revision.
     pub fn is_final(&self) -> bool {
-        self.status != "IN_PROGRESS"
+        self.status != Status::Object(ObjectStatus::InProgress)
+    }
+
+    /// Counts one record line by what became of it (lines of objects carry
+    /// no idempotency marker, so a reused key never comes up).
+    pub fn count(&mut self, decided: &Decided) {
+        let counter = match decided {
+            Ok(Outcome::Applied) => &mut self.counts.accepted,
+            Ok(Outcome::Stale) => &mut self.counts.stale,
+            Ok(Outcome::Duplicate | Outcome::KeyReused) => &mut self.counts.duplicates,
+            Err(_) => &mut self.counts.rejected,
+        };
+        *counter += 1;
+        self.counts.lines += 1;
     }
 }
 
-/// What became of one record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// It changed its order (and its customers' totals).
-    Applied,
-    /// Its order already holds a newer event.
-    Stale,
-    /// It was already applied (same key and fingerprint, or its order holds it).
-    Duplicate,
-    /// It can never be applied; the reason names why.
-    Rejected(String),
+/// Columns of [`ManifestRow`].
+pub const MANIFEST_COLUMNS: &str = "bucket, key, revision, status, reason, next_line, next_byte, lines, accepted, rejected, stale, duplicates, version";
+
+/// A row of `manifests` as D1 returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ManifestRow {
+    bucket: String,
+    key: String,
+    revision: String,
+    status: String,
+    reason: Option<String>,
+    next_line: i64,
+    next_byte: i64,
+    lines: i64,
+    accepted: i64,
+    rejected: i64,
+    stale: i64,
+    duplicates: i64,
+    version: i64,
 }
 
-impl Decision {
-    /// The outcome's name in summaries and markers.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Applied => "APPLIED",
-            Self::Stale => "STALE",
-            Self::Duplicate => "DUPLICATE",
-            Self::Rejected(_) => "QUARANTINED",
-        }
+impl ManifestRow {
+    /// The manifest it holds; an error names what does not read back.
+    pub fn into_manifest(self) -> Result<ObjectManifest, String> {
+        let status = Status::parse(&self.status).ok_or_else(|| format!("status {:?} is not a status", self.status))?;
+        let count = |n: i64, what: &str| u64::try_from(n).map_err(|_| format!("{what} {n} is negative"));
+        Ok(ObjectManifest {
+            status,
+            checkpoint: Checkpoint {
+                line: count(self.next_line.saturating_sub(1), "next_line - 1")?,
+                byte: count(self.next_byte, "next_byte")?,
+            },
+            counts: Counts {
+                lines: count(self.lines, "lines")?,
+                accepted: count(self.accepted, "accepted")?,
+                rejected: count(self.rejected, "rejected")?,
+                stale: count(self.stale, "stale")?,
+                duplicates: count(self.duplicates, "duplicates")?,
+            },
+            bucket: self.bucket,
+            key: self.key,
+            revision: self.revision,
+            reason: self.reason,
+            version: self.version,
+        })
     }
 }
 
-/// A quarantined record: where it came from, its id there, why, and the raw
-/// record (truncated to [`MAX_RAW_BYTES`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Quarantined {
-    /// `queue/<queue>` or `r2/<bucket>/<key>`.
-    pub source: String,
-    /// The message id, or `line-<n>`.
-    pub record_id: String,
-    /// The reason.
-    pub reason: String,
-    /// The raw record.
-    pub raw: String,
-}
-
-/// Largest raw record kept in quarantine (as in the Lambda functions).
-pub const MAX_RAW_BYTES: usize = 8 * 1024;
-
-impl Quarantined {
-    /// A quarantined record, `raw` truncated on a character boundary.
-    pub fn new(source: &str, record_id: &str, reason: &str, raw: &str) -> Self {
-        Self {
-            source: source.into(),
-            record_id: record_id.into(),
-            reason: reason.into(),
-            raw: order::truncate(raw, MAX_RAW_BYTES).into(),
-        }
-    }
+/// A D1 INTEGER of a count (D1 integers reach JavaScript as numbers, exact
+/// to 2^53: far above any count here).
+fn int(n: u64) -> Param {
+    Param::Int(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 /// A row as read, or absent, or present but unreadable (the reason).
@@ -311,7 +363,7 @@ pub struct Ledger {
     dirty_totals: BTreeSet<String>,
     new_markers: Vec<(String, String, &'static str)>,
     quarantine: Vec<Quarantined>,
-    manifest: Option<(ManifestRecord, Option<i64>)>,
+    manifest: Option<(ObjectManifest, Option<i64>)>,
 }
 
 impl Ledger {
@@ -350,7 +402,7 @@ impl Ledger {
 
     /// The object's manifest to write with the batch: `stored` says whether
     /// D1 holds it (then its `version` guards the update), else it is inserted.
-    pub fn write_manifest(&mut self, manifest: ManifestRecord, stored: bool) {
+    pub fn write_manifest(&mut self, manifest: ObjectManifest, stored: bool) {
         let read = stored.then_some(manifest.version);
         self.manifest = Some((manifest, read));
     }
@@ -361,45 +413,45 @@ impl Ledger {
     }
 
     /// Decides one event, with its idempotency marker when it has one (queue
-    /// messages do; object lines are keyed by the apply rule alone).
-    pub fn decide(&mut self, event: &OrderEvent, marker: Option<(String, String)>) -> Decision {
+    /// messages do; object lines are keyed by the apply rule alone). A key
+    /// used before with a different payload is rejected with a reason that
+    /// names it.
+    pub fn decide(&mut self, event: &OrderEvent, marker: Option<(String, String)>) -> Decided {
         if let Some((key, fingerprint)) = &marker
             && let Some(stored) = self.markers.get(key)
         {
             return if stored == fingerprint {
-                Decision::Duplicate
+                Ok(Outcome::Duplicate)
             } else {
-                Decision::Rejected(format!("idempotency key {key} was already used with a different payload"))
+                Err(format!("idempotency key {key} was already used with a different payload"))
             };
         }
         let current = match self.orders.get(&event.order_id) {
             Some(Slot::Present(o)) => Some(o.clone()),
             Some(Slot::Unreadable(e)) => {
-                return Decision::Rejected(format!("stored order {} does not read back: {e}", event.order_id));
+                return Err(format!("stored order {} does not read back: {e}", event.order_id));
             }
             Some(Slot::Absent) | None => None,
         };
-        let decision = match order::apply(current.as_ref(), event) {
-            ApplyOutcome::Stale => Decision::Stale,
-            ApplyOutcome::Duplicate => Decision::Duplicate,
+        let decided = match order::apply(current.as_ref(), event) {
+            ApplyOutcome::Stale => Ok(Outcome::Stale),
+            ApplyOutcome::Duplicate => Ok(Outcome::Duplicate),
             ApplyOutcome::Applied(new) => {
                 let deltas = match order::totals_delta(current.as_ref(), Some(&new)) {
                     Ok(d) => d,
-                    Err(e) => return Decision::Rejected(format!("the order's contribution: {e}")),
+                    Err(e) => return Err(format!("the order's contribution: {e}")),
                 };
                 let mut updated = Vec::with_capacity(deltas.len());
                 for (customer, delta) in deltas {
                     let mut totals = match self.totals.get(&customer) {
                         Some(Slot::Present(t)) => t.clone(),
                         Some(Slot::Unreadable(e)) => {
-                            return Decision::Rejected(format!(
-                                "stored totals of customer {customer} do not read back: {e}"
-                            ));
+                            return Err(format!("stored totals of customer {customer} do not read back: {e}"));
                         }
                         Some(Slot::Absent) | None => CustomerTotals::default(),
                     };
                     if let Err(e) = totals.checked_add(&delta) {
-                        return Decision::Rejected(format!("customer {customer}'s totals: {e}"));
+                        return Err(format!("customer {customer}'s totals: {e}"));
                     }
                     updated.push((customer, totals));
                 }
@@ -409,14 +461,14 @@ impl Ledger {
                 }
                 self.dirty_orders.insert(new.order_id.clone());
                 self.orders.insert(new.order_id.clone(), Slot::Present(new));
-                Decision::Applied
+                Ok(Outcome::Applied)
             }
         };
         if let Some((key, fingerprint)) = marker {
             self.markers.insert(key.clone(), fingerprint.clone());
-            self.new_markers.push((key, fingerprint, decision.name()));
+            self.new_markers.push((key, fingerprint, marker_outcome(&decided)));
         }
-        decision
+        decided
     }
 
     /// The D1 batch that commits everything decided, `now` (RFC 3339) as
@@ -486,15 +538,15 @@ impl Ledger {
         }
         if let Some((m, read)) = &self.manifest {
             let counters = vec![
-                text(&m.status),
+                text(m.status.as_str()),
                 m.reason.clone().map_or(Param::Null, Param::Text),
-                Param::Int(m.next_line),
-                Param::Int(m.next_byte),
-                Param::Int(m.lines),
-                Param::Int(m.accepted),
-                Param::Int(m.rejected),
-                Param::Int(m.stale),
-                Param::Int(m.duplicates),
+                int(m.checkpoint.line + 1),
+                int(m.checkpoint.byte),
+                int(m.counts.lines),
+                int(m.counts.accepted),
+                int(m.counts.rejected),
+                int(m.counts.stale),
+                int(m.counts.duplicates),
                 text(now),
             ];
             match read {
@@ -526,6 +578,11 @@ mod tests {
     use super::*;
     use orders::order::parse_order_event;
 
+    /// The orders' keys, under the Worker's default prefix.
+    fn keys() -> Keys {
+        Keys::new("orders")
+    }
+
     fn event(id: &str, order: &str, customer: &str, status: &str, amount: &str, at: &str) -> OrderEvent {
         parse_order_event(&format!(
             r#"{{"eventId":"{id}","orderId":"{order}","customerId":"{customer}","status":"{status}","amount":"{amount}","currency":"EUR","occurredAt":"{at}"}}"#
@@ -546,7 +603,7 @@ mod tests {
     fn a_new_order_inserts_the_order_the_totals_and_the_marker_unguarded() {
         let e = event("e1", "o1", "c1", "PLACED", "10.50", "2026-11-01T10:00:00Z");
         let mut ledger = loaded(vec![], vec![], &[&e]);
-        assert_eq!(ledger.decide(&e, Some(marker_of(&e))), Decision::Applied);
+        assert_eq!(ledger.decide(&e, Some(marker_of(&keys(), &e))), Ok(Outcome::Applied));
         let sql: Vec<String> = ledger.statements("now").into_iter().map(|s| s.sql).collect();
         assert!(sql[0].starts_with("INSERT INTO orders"), "{sql:?}");
         assert!(sql[1].starts_with("INSERT INTO customer_totals"), "{sql:?}");
@@ -570,7 +627,7 @@ mod tests {
             TotalsRecord { customer_id: "c-old".into(), order_count: 1, totals: r#"{"EUR":"5"}"#.into(), version: 7 };
         let e = event("e1", "o1", "c-new", "PAID", "6.00", "2026-11-01T10:00:00Z");
         let mut ledger = loaded(vec![stored], vec![old_totals], &[&e]);
-        assert_eq!(ledger.decide(&e, None), Decision::Applied);
+        assert_eq!(ledger.decide(&e, None), Ok(Outcome::Applied));
         let statements = ledger.statements("now");
         let update = &statements[0];
         assert!(update.sql.starts_with("UPDATE orders"));
@@ -592,12 +649,12 @@ mod tests {
         let placed = event("e1", "o1", "c1", "PLACED", "10", "2026-11-01T10:00:00Z");
         let older = event("e0", "o1", "c1", "PLACED", "9", "2026-11-01T09:00:00Z");
         let mut ledger = loaded(vec![], vec![], &[&placed, &older]);
-        assert_eq!(ledger.decide(&placed, Some(marker_of(&placed))), Decision::Applied);
-        assert_eq!(ledger.decide(&older, Some(marker_of(&older))), Decision::Stale);
-        assert_eq!(ledger.decide(&placed, Some(marker_of(&placed))), Decision::Duplicate);
+        assert_eq!(ledger.decide(&placed, Some(marker_of(&keys(), &placed))), Ok(Outcome::Applied));
+        assert_eq!(ledger.decide(&older, Some(marker_of(&keys(), &older))), Ok(Outcome::Stale));
+        assert_eq!(ledger.decide(&placed, Some(marker_of(&keys(), &placed))), Ok(Outcome::Duplicate));
         let changed = event("e1", "o1", "c1", "PLACED", "11", "2026-11-01T10:00:00Z");
-        match ledger.decide(&changed, Some(marker_of(&changed))) {
-            Decision::Rejected(reason) => assert!(reason.contains("different payload"), "{reason}"),
+        match ledger.decide(&changed, Some(marker_of(&keys(), &changed))) {
+            Err(reason) => assert!(reason.contains("different payload"), "{reason}"),
             other => panic!("{other:?}"),
         }
         let markers = ledger.statements("now").iter().filter(|s| s.sql.starts_with("INSERT INTO idempotency")).count();
@@ -627,14 +684,14 @@ mod tests {
         let fine = event("e3", "o3", "c3", "PLACED", "1", "2026-11-01T10:00:00Z");
         let mut ledger = loaded(vec![bad], vec![full], &[&on_bad, &on_full, &fine]);
         match ledger.decide(&on_bad, None) {
-            Decision::Rejected(r) => assert!(r.contains("amount \"1e999\""), "{r}"),
+            Err(r) => assert!(r.contains("amount \"1e999\""), "{r}"),
             other => panic!("{other:?}"),
         }
         match ledger.decide(&on_full, None) {
-            Decision::Rejected(r) => assert!(r.contains("orderCount would overflow"), "{r}"),
+            Err(r) => assert!(r.contains("orderCount would overflow"), "{r}"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(ledger.decide(&fine, None), Decision::Applied);
+        assert_eq!(ledger.decide(&fine, None), Ok(Outcome::Applied));
         let statements = ledger.statements("now");
         assert_eq!(statements.len(), 2, "only o3 and c3: {statements:?}");
     }
@@ -644,5 +701,67 @@ mod tests {
         let ids: BTreeSet<String> = (0..250).map(|i| format!("o{i}")).collect();
         let statements = select_in(ORDER_COLUMNS, "orders", "order_id", &ids);
         assert_eq!(statements.iter().map(|s| s.params.len()).collect::<Vec<_>>(), vec![100, 100, 50]);
+    }
+
+    #[test]
+    fn marker_keys_take_the_configured_prefix_and_the_default_matches_stored_markers() {
+        let e = event("e1", "o1", "c1", "PLACED", "1", "2026-11-01T10:00:00Z");
+        assert_eq!(marker_of(&keys(), &e).0, "orders#sqs-body#/eventId=e1", "the key stored markers hold");
+        assert_eq!(marker_of(&Keys::new("shop"), &e).0, "shop#sqs-body#/eventId=e1");
+        assert_eq!(marker_of(&Keys::new("shop"), &e).1, marker_of(&keys(), &e).1, "the fingerprint is the event's");
+    }
+
+    #[test]
+    fn a_manifest_writes_its_checkpoint_as_the_next_line_and_reads_back_from_its_row() {
+        let mut m = ObjectManifest::new("b", "k.ndjson", "etag");
+        for decided in [Ok(Outcome::Applied), Ok(Outcome::Stale), Ok(Outcome::Duplicate), Err("bad".into())] {
+            m.count(&decided);
+        }
+        m.checkpoint = Checkpoint { line: 6, byte: 120 };
+        let mut ledger = Ledger::new();
+        ledger.write_manifest(m.clone(), false);
+        let insert = ledger.statements("now").pop().unwrap();
+        assert!(insert.sql.starts_with("INSERT INTO manifests"), "{}", insert.sql);
+        let ints: Vec<&Param> = insert.params.iter().filter(|p| matches!(p, Param::Int(_))).collect();
+        let expected = [7, 120, 4, 1, 1, 1, 1].map(Param::Int);
+        assert_eq!(
+            ints,
+            expected.iter().collect::<Vec<_>>(),
+            "next_line, next_byte, lines, accepted, rejected, stale, duplicates"
+        );
+        assert_eq!(insert.params[3], text("IN_PROGRESS"));
+        let row: ManifestRow = serde_json::from_value(serde_json::json!({
+            "bucket": "b", "key": "k.ndjson", "revision": "etag", "status": "IN_PROGRESS", "reason": null,
+            "next_line": 7, "next_byte": 120, "lines": 4, "accepted": 1, "rejected": 1, "stale": 1, "duplicates": 1,
+            "version": 0,
+        }))
+        .unwrap();
+        assert_eq!(row.into_manifest().unwrap(), m);
+        let rejected: ManifestRow = serde_json::from_value(serde_json::json!({
+            "bucket": "b", "key": "notes.txt", "revision": "etag", "status": "REJECTED", "reason": "not a format",
+            "next_line": 1, "next_byte": 0, "lines": 0, "accepted": 0, "rejected": 0, "stale": 0, "duplicates": 0,
+            "version": 1,
+        }))
+        .unwrap();
+        let rejected = rejected.into_manifest().unwrap();
+        assert_eq!((rejected.status, rejected.is_final()), (Status::Rejected, true));
+        let odd: ManifestRow = serde_json::from_value(serde_json::json!({
+            "bucket": "b", "key": "k", "revision": "r", "status": "DONE", "reason": null,
+            "next_line": 1, "next_byte": 0, "lines": 0, "accepted": 0, "rejected": 0, "stale": 0, "duplicates": 0,
+            "version": 1,
+        }))
+        .unwrap();
+        assert!(odd.into_manifest().unwrap_err().contains("\"DONE\""));
+    }
+
+    #[test]
+    fn quarantined_raw_records_are_cut_to_the_cores_bound_in_bytes() {
+        let raw = "é".repeat(shared_core::quarantine::MAX_QUARANTINED_RAW_BYTES);
+        let mut ledger = Ledger::new();
+        ledger.quarantine(Quarantined::new("queue/q", "m-1", "malformed", &raw));
+        let row = ledger.statements("now").pop().unwrap();
+        let Param::Text(kept) = &row.params[3] else { panic!("{row:?}") };
+        assert_eq!(kept.len(), shared_core::quarantine::MAX_QUARANTINED_RAW_BYTES, "bytes, not characters");
+        assert!(raw.starts_with(kept.as_str()));
     }
 }

@@ -9,10 +9,14 @@
 //!   as a stream (NDJSON, CSV with a header, gzip), its lines committed in
 //!   chunks with the object's manifest (the checkpoint) in the same batch.
 //!
-//! Parsing, validation, idempotency keys, fingerprints, the apply rule, the
-//! contribution rule and the line formats are `shared-core`'s, the same
-//! functions the Lambda functions call. What is here is how those decisions
-//! become D1 statements ([`ledger`]) and how an object's bytes become lines
+//! Parsing, validation, the apply rule and the contribution rule are the
+//! `orders` crate's; idempotency keys (under `IDEMPOTENCY_KEY_PREFIX`,
+//! `orders` by default), the line rule, the record formats (CSV header,
+//! byte-order mark), quarantine records, manifests' checkpoints and counters,
+//! and which messages of a batch are acknowledged or retried (`settle`) are
+//! `shared-core`'s: the same functions the Lambda functions call. What is
+//! here is how those decisions become D1 statements ([`ledger`]) and how an
+//! R2 object's stream is decompressed into the core's line splitter
 //! ([`lines`]); both are platform-neutral and unit-tested natively. The
 //! Workers glue (`worker` crate: Queues, D1, R2) builds for wasm32 only.
 //!

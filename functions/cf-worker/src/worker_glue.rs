@@ -1,11 +1,20 @@
 //! The Workers side: the queue handler, D1, R2 (wasm32 only).
+//!
+//! Each message of a batch ends in one of the core's dispositions, and the
+//! core's [`settle`] decides which are acknowledged and which retried:
+//! Cloudflare Queues acknowledge and retry each message on its own, as an
+//! SQS standard queue's mapping does ([`Delivery::Standard`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use futures::StreamExt;
-use orders::order::{OrderEvent, parse_order_event};
+use orders::order::{OrderEvent, ValidationError, parse_order_event};
 use serde::{Deserialize, Serialize};
-use shared_core::lines::{Format, Layout, csv_record, split_csv};
+use shared_core::batch::{Delivery, Disposition, Outcome, RecordRef, Summary, settle};
+use shared_core::key::Keys;
+use shared_core::lines::{Format, Layout, Line, Records};
+use shared_core::manifest::{Checkpoint, ObjectStatus};
+use shared_core::quarantine::Quarantined;
 use wasm_bindgen::JsValue;
 use worker::{
     D1Database, D1PreparedStatement, Env, MessageBatch, MessageExt, Range, RawMessage, console_error, console_log,
@@ -13,10 +22,15 @@ use worker::{
 };
 
 use crate::ledger::{
-    Decision, Ledger, MANIFEST_COLUMNS, MARKER_COLUMNS, ManifestRecord, MarkerRecord, ORDER_COLUMNS, OrderRecord,
-    Param, Quarantined, Statement, TOTALS_COLUMNS, TotalsRecord, marker_of, select_in,
+    Decided, Ledger, MANIFEST_COLUMNS, MARKER_COLUMNS, ManifestRow, MarkerRecord, ORDER_COLUMNS, ObjectManifest,
+    OrderRecord, Param, Statement, Status, TOTALS_COLUMNS, TotalsRecord, marker_of, select_in,
 };
-use crate::lines::{Line, LineSplitter};
+use crate::lines::ObjectLines;
+
+/// The orders' line parser: an NDJSON line, or a CSV row as the JSON object
+/// of its fields, to an order event (a function is a line parser).
+type Parser = fn(&str) -> Result<OrderEvent, ValidationError>;
+const PARSER: Parser = parse_order_event;
 
 /// Attempts of one batch's commit when a guard fails (a concurrent writer),
 /// each after a random pause of up to 10, 20, 40, ... 640 ms (about 1.3 s
@@ -39,6 +53,10 @@ struct Settings {
     ingest_queue: String,
     /// The bucket the `BUCKET` binding reads.
     bucket_name: String,
+    /// Idempotency keys of order events, under `IDEMPOTENCY_KEY_PREFIX`
+    /// (default `orders`, the Lambda functions' default: the markers either
+    /// platform stores keep matching).
+    keys: Keys,
     max_line_bytes: usize,
     chunk_lines: usize,
     chunks_per_invocation: usize,
@@ -46,7 +64,7 @@ struct Settings {
     budget_ms: f64,
     /// Fault injection for tests: stop (without acknowledging) once the
     /// checkpoint passes this line, unless it had already passed it.
-    interrupt_at_line: Option<i64>,
+    interrupt_at_line: Option<u64>,
 }
 
 impl Settings {
@@ -56,6 +74,9 @@ impl Settings {
         Self {
             ingest_queue: var("INGEST_QUEUE").unwrap_or_else(|| "ingest".into()),
             bucket_name: var("BUCKET_NAME").unwrap_or_default(),
+            keys: Keys::new(
+                var("IDEMPOTENCY_KEY_PREFIX").filter(|p| !p.trim().is_empty()).unwrap_or_else(|| "orders".into()),
+            ),
             max_line_bytes: num("MAX_LINE_BYTES", 1024 * 1024),
             chunk_lines: num("CHUNK_LINES", 50).max(1),
             chunks_per_invocation: num("CHUNKS_PER_INVOCATION", 200).max(1),
@@ -71,16 +92,47 @@ async fn consume(batch: MessageBatch<JsValue>, env: Env, _ctx: worker::Context) 
     let db = Db::new(env.d1("DB")?);
     let queue = batch.queue();
     let messages: Vec<RawMessage> = batch.raw_iter().collect();
-    if queue == settings.ingest_queue {
+    let summary = if queue == settings.ingest_queue {
+        let mut lines = Summary::default();
+        let mut dispositions = Vec::with_capacity(messages.len());
         for message in &messages {
-            ingest(&env, &db, &settings, &queue, message).await;
-            db.statements.set(0);
-            db.round_trips.set(0);
+            dispositions.push(ingest(&env, &db, &settings, &queue, message, &mut lines).await);
         }
+        // Counted as s3-ingest counts: the lines' outcomes, and the
+        // notifications that were quarantined, ignored or retried.
+        let notifications = answer(&messages, &dispositions);
+        lines.quarantined += notifications.quarantined;
+        lines.ignored += notifications.ignored;
+        lines.failed += notifications.failed;
+        lines
     } else {
-        orders(&db, &queue, &messages).await;
-    }
+        let dispositions = orders(&db, &settings.keys, &queue, &messages).await;
+        answer(&messages, &dispositions)
+    };
+    log_summary(&queue, &db, summary);
     Ok(())
+}
+
+/// Acknowledges or retries each message as the core's rules for a standard
+/// queue say, from what became of it (`dispositions`, one per message);
+/// returns the accounting.
+fn answer(messages: &[RawMessage], dispositions: &[Disposition]) -> Summary {
+    let records: Vec<RecordRef> = messages.iter().map(|m| RecordRef { id: m.id(), group: None }).collect();
+    // Only a batch failed as a whole is an error, and the Worker never asks
+    // for that (`fail_on_all_failed` off): every message is its own.
+    let Ok((response, summary)) = settle(Delivery::Standard, &records, dispositions, false) else {
+        messages.iter().for_each(MessageExt::retry);
+        return Summary { failed: messages.len() as u64, ..Summary::default() };
+    };
+    let retried: HashSet<&str> = response.ids().into_iter().collect();
+    for (message, record) in messages.iter().zip(&records) {
+        if retried.contains(record.id.as_str()) {
+            message.retry();
+        } else {
+            message.ack();
+        }
+    }
+    summary
 }
 
 fn now() -> String {
@@ -119,6 +171,11 @@ struct Db {
 impl Db {
     fn new(db: D1Database) -> Self {
         Self { db, statements: Default::default(), round_trips: Default::default() }
+    }
+
+    /// Statements and round trips sent so far.
+    fn sent(&self) -> (u64, u64) {
+        (self.statements.get(), self.round_trips.get())
     }
 
     /// Runs statements as one D1 batch (one transaction); the results of each.
@@ -176,47 +233,31 @@ async fn load(db: &Db, ledger: &mut Ledger, events: &[&OrderEvent], keys: &BTree
     Ok(())
 }
 
-/// Counts of one invocation, logged as its summary line.
-#[derive(Debug, Default, Serialize)]
-struct Summary {
-    applied: u64,
-    stale: u64,
-    duplicate: u64,
-    quarantined: u64,
-    ignored: u64,
-    /// Reported for retry (transient failures).
-    failed: u64,
-    /// D1 statements sent, and the batches (round trips) they went in.
-    d1_statements: u64,
-    d1_round_trips: u64,
-}
-
-impl Summary {
-    fn count(&mut self, d: &Decision) {
-        match d {
-            Decision::Applied => self.applied += 1,
-            Decision::Stale => self.stale += 1,
-            Decision::Duplicate => self.duplicate += 1,
-            Decision::Rejected(_) => self.quarantined += 1,
-        }
+/// Logs an invocation's summary line: the core's accounting of its
+/// messages (of an object's lines, on the ingest queue) and the D1
+/// statements and round trips it took.
+fn log_summary(queue: &str, db: &Db, summary: Summary) {
+    #[derive(Serialize)]
+    struct Logged {
+        #[serde(flatten)]
+        summary: Summary,
+        d1_statements: u64,
+        d1_round_trips: u64,
     }
-
-    fn log(mut self, queue: &str, db: &Db) {
-        self.d1_statements = db.statements.get();
-        self.d1_round_trips = db.round_trips.get();
-        let line = serde_json::json!({ "summary": self, "queue": queue });
-        console_log!("{line}");
-    }
+    let (d1_statements, d1_round_trips) = db.sent();
+    let line = serde_json::json!({ "summary": Logged { summary, d1_statements, d1_round_trips }, "queue": queue });
+    console_log!("{line}");
 }
 
 /// A message's event with its idempotency key and fingerprint, or why it
 /// is not one.
 type Parsed = Result<(OrderEvent, (String, String)), String>;
 
-/// A batch of order events: decided together, committed in one D1 batch, then
-/// acknowledged; on a transient failure every message is retried (nothing of
-/// the batch was applied).
-async fn orders(db: &Db, queue: &str, messages: &[RawMessage]) {
+/// A batch of order events, decided together and committed in one D1 batch:
+/// each message's outcome, or quarantined with its reason; every message
+/// failed (to be retried) when the batch cannot commit, since then nothing
+/// of it was applied.
+async fn orders(db: &Db, keys: &Keys, queue: &str, messages: &[RawMessage]) -> Vec<Disposition> {
     let source = format!("queue/{queue}");
     let bodies: Vec<String> = messages.iter().map(|m| body_text(&m.body())).collect();
     let parsed: Vec<Parsed> = bodies
@@ -224,7 +265,7 @@ async fn orders(db: &Db, queue: &str, messages: &[RawMessage]) {
         .map(|b| {
             parse_order_event(b)
                 .map(|e| {
-                    let marker = marker_of(&e);
+                    let marker = marker_of(keys, &e);
                     (e, marker)
                 })
                 .map_err(|e| e.to_string())
@@ -232,42 +273,41 @@ async fn orders(db: &Db, queue: &str, messages: &[RawMessage]) {
         .collect();
     let events: Vec<&OrderEvent> = parsed.iter().filter_map(|p| p.as_ref().ok().map(|(e, _)| e)).collect();
     let keys: BTreeSet<String> = parsed.iter().filter_map(|p| p.as_ref().ok().map(|(_, (k, _))| k.clone())).collect();
+    let mut why = "the commit kept conflicting with other writers".to_owned();
     for attempt in 0..CONFLICT_ATTEMPTS {
         back_off(attempt).await;
         let mut ledger = Ledger::new();
         if let Err(e) = load(db, &mut ledger, &events, &keys).await {
-            console_error!("reading D1 failed, the batch will be retried: {e}");
+            why = format!("reading D1 failed: {e}");
             break;
         }
-        let mut summary = Summary::default();
+        let mut dispositions = Vec::with_capacity(messages.len());
         for ((message, parsed), body) in messages.iter().zip(&parsed).zip(&bodies) {
-            let decision = match parsed {
+            let decided = match parsed {
                 Ok((event, marker)) => ledger.decide(event, Some(marker.clone())),
-                Err(reason) => Decision::Rejected(reason.clone()),
+                Err(reason) => Err(reason.clone()),
             };
-            if let Decision::Rejected(reason) = &decision {
-                ledger.quarantine(Quarantined::new(&source, &message.id(), reason, body));
-            }
-            summary.count(&decision);
+            dispositions.push(match decided {
+                Ok(outcome) => Disposition::Done(outcome),
+                Err(reason) => {
+                    ledger.quarantine(Quarantined::new(&source, message.id(), reason, body));
+                    Disposition::Quarantined
+                }
+            });
         }
         match db.run(&ledger.statements(&now())).await {
-            Ok(_) => {
-                messages.iter().for_each(MessageExt::ack);
-                summary.log(queue, db);
-                return;
-            }
+            Ok(_) => return dispositions,
             Err(e) if is_conflict(&e) => {
                 console_log!("{}", serde_json::json!({ "conflict": queue, "attempt": attempt + 1 }));
-                continue;
             }
             Err(e) => {
-                console_error!("committing to D1 failed, the batch will be retried: {e}");
+                why = format!("committing to D1 failed: {e}");
                 break;
             }
         }
     }
-    messages.iter().for_each(MessageExt::retry);
-    Summary { failed: messages.len() as u64, ..Summary::default() }.log(queue, db);
+    console_error!("{why}; the batch will be retried");
+    messages.iter().map(|_| Disposition::Failed(why.clone())).collect()
 }
 
 /// An R2 event notification, as R2 sends it to a queue.
@@ -293,94 +333,114 @@ struct NotifiedObject {
 
 /// What one notification's invocation ended with.
 enum Ended {
-    /// Acknowledge: the object is done (or never will be), the reason logged.
+    /// Acknowledge: the object is done (or another invocation holds it).
     Done(String),
+    /// Acknowledge: it can never be read; its manifest says why.
+    Unreadable(String),
+    /// Acknowledge: not a notification this Worker ingests.
+    Ignored(String),
     /// More to do: a continuation was sent; acknowledge this one.
     HandedOn,
     /// Transient failure: deliver the notification again.
     Retry(String),
 }
 
-async fn ingest(env: &Env, db: &Db, settings: &Settings, queue: &str, message: &RawMessage) {
+/// One notification: its object read from its checkpoint, the outcomes of
+/// its lines added to `lines`.
+async fn ingest(
+    env: &Env,
+    db: &Db,
+    settings: &Settings,
+    queue: &str,
+    message: &RawMessage,
+    lines: &mut Summary,
+) -> Disposition {
     let body = body_text(&message.body());
     let notification: Notification = match serde_json::from_str(&body) {
         Ok(n) => n,
         Err(e) => {
-            let q = Quarantined::new(
-                &format!("queue/{queue}"),
-                &message.id(),
-                &format!("not an R2 event notification: {e}"),
-                &body,
-            );
+            let reason = format!("not an R2 event notification: {e}");
             let mut ledger = Ledger::new();
-            ledger.quarantine(q);
-            match db.run(&ledger.statements(&now())).await {
-                Ok(_) => message.ack(),
+            ledger.quarantine(Quarantined::new(format!("queue/{queue}"), message.id(), reason, &body));
+            return match db.run(&ledger.statements(&now())).await {
+                Ok(_) => Disposition::Quarantined,
                 Err(e) => {
                     console_error!("quarantining failed: {e}");
-                    message.retry();
+                    Disposition::Failed(format!("quarantining failed: {e}"))
                 }
-            }
-            return;
+            };
         }
     };
+    let (statements, round_trips) = db.sent();
     let ended = if !matches!(notification.action.as_str(), "PutObject" | "CopyObject" | "CompleteMultipartUpload") {
-        Ended::Done(format!("ignored: action {}", notification.action))
+        Ended::Ignored(format!("ignored: action {}", notification.action))
     } else if notification.bucket != settings.bucket_name {
-        Ended::Done(format!("ignored: bucket {} is not {}", notification.bucket, settings.bucket_name))
+        Ended::Ignored(format!("ignored: bucket {} is not {}", notification.bucket, settings.bucket_name))
     } else {
-        ingest_object(env, db, settings, &notification).await
+        ingest_object(env, db, settings, &notification, lines).await
     };
     // One line per invocation of an object, with the D1 work it took.
     let log = |ended: &str| {
+        let (sent, trips) = db.sent();
         let line = serde_json::json!({
             "object": notification.object.key,
             "ended": ended,
-            "d1_statements": db.statements.get(),
-            "d1_round_trips": db.round_trips.get(),
+            "d1_statements": sent - statements,
+            "d1_round_trips": trips - round_trips,
         });
         console_log!("{line}");
     };
     match ended {
         Ended::Done(what) => {
             log(&what);
-            message.ack();
+            Disposition::Done(Outcome::Applied)
+        }
+        Ended::Unreadable(what) => {
+            log(&what);
+            Disposition::Quarantined
+        }
+        Ended::Ignored(what) => {
+            log(&what);
+            Disposition::Ignored
         }
         Ended::HandedOn => {
             log("handed on");
-            message.ack();
+            Disposition::Done(Outcome::Applied)
         }
         Ended::Retry(why) => {
             console_error!("object {}: {why}; the notification will be delivered again", notification.object.key);
             log("retry");
-            message.retry();
+            Disposition::Failed(why)
         }
     }
 }
 
-async fn read_manifest(db: &Db, bucket: &str, key: &str, revision: &str) -> worker::Result<Option<ManifestRecord>> {
+async fn read_manifest(db: &Db, bucket: &str, key: &str, revision: &str) -> Result<Option<ObjectManifest>, String> {
     let s = Statement {
         sql: format!("SELECT {MANIFEST_COLUMNS} FROM manifests WHERE bucket = ? AND key = ? AND revision = ?"),
         params: vec![Param::Text(bucket.into()), Param::Text(key.into()), Param::Text(revision.into())],
     };
-    let results = db.run(&[s]).await?;
-    Ok(results.first().map(|r| r.results::<ManifestRecord>()).transpose()?.and_then(|mut v| v.pop()))
+    let results = db.run(&[s]).await.map_err(|e| e.to_string())?;
+    let rows = results.first().map(|r| r.results::<ManifestRow>()).transpose().map_err(|e| e.to_string())?;
+    rows.and_then(|mut rows| rows.pop()).map(ManifestRow::into_manifest).transpose()
 }
 
 /// Ends an object that can never be read with a final manifest saying why.
-async fn finish_object(db: &Db, mut manifest: ManifestRecord, read: bool, status: &str, reason: String) -> Ended {
-    manifest.status = status.into();
+async fn finish_object(db: &Db, mut manifest: ObjectManifest, read: bool, status: Status, reason: String) -> Ended {
+    manifest.status = status;
     manifest.reason = Some(reason.clone());
     let mut ledger = Ledger::new();
     ledger.write_manifest(manifest, read);
     match db.run(&ledger.statements(&now())).await {
-        Ok(_) => Ended::Done(format!("{status}: {reason}")),
+        Ok(_) => Ended::Unreadable(format!("{}: {reason}", status.as_str())),
         Err(e) if is_conflict(&e) => Ended::Done("another invocation holds this object".into()),
         Err(e) => Ended::Retry(format!("writing the manifest failed: {e}")),
     }
 }
 
-async fn ingest_object(env: &Env, db: &Db, settings: &Settings, n: &Notification) -> Ended {
+const FAILED: Status = Status::Object(ObjectStatus::Failed);
+
+async fn ingest_object(env: &Env, db: &Db, settings: &Settings, n: &Notification, lines: &mut Summary) -> Ended {
     let started = js_sys::Date::now();
     let key = &n.object.key;
     let bucket = match env.bucket("BUCKET") {
@@ -399,17 +459,18 @@ async fn ingest_object(env: &Env, db: &Db, settings: &Settings, n: &Notification
     if let Some(m) = &read
         && m.is_final()
     {
-        return Ended::Done(format!("already {}", m.status));
+        // As s3-ingest counts an object it skips.
+        lines.duplicate += 1;
+        return Ended::Done(format!("already {}", m.status.as_str()));
     }
     let was_read = read.is_some();
-    let mut manifest = read.unwrap_or_else(|| ManifestRecord::new(&n.bucket, key, &revision));
+    let mut manifest = read.unwrap_or_else(|| ObjectManifest::new(&n.bucket, key, &revision));
     let Some(head) = head else {
-        return finish_object(db, manifest, was_read, "FAILED", format!("no such object: r2://{}/{key}", n.bucket))
-            .await;
+        return finish_object(db, manifest, was_read, FAILED, format!("no such object: r2://{}/{key}", n.bucket)).await;
     };
     if head.etag() != revision {
         let reason = format!("revision {revision} is gone: the object is now {}", head.etag());
-        return finish_object(db, manifest, was_read, "FAILED", reason).await;
+        return finish_object(db, manifest, was_read, FAILED, reason).await;
     }
     let meta = head.http_metadata();
     let Some(layout) = Layout::detect(key, meta.content_type.as_deref(), meta.content_encoding.as_deref()) else {
@@ -417,50 +478,55 @@ async fn ingest_object(env: &Env, db: &Db, settings: &Settings, n: &Notification
             "not a format we ingest: the key has no .ndjson/.jsonl/.json/.csv suffix and the content type is {:?}",
             meta.content_type
         );
-        return finish_object(db, manifest, was_read, "REJECTED", reason).await;
+        return finish_object(db, manifest, was_read, Status::Rejected, reason).await;
     };
     // Uncompressed NDJSON resumes with a ranged read; CSV (its header) and gzip
     // are read from the start, the committed lines skipped.
-    let ranged = layout.format == Format::Ndjson && !layout.gzip && manifest.next_byte > 0;
+    let ranged = layout.format == Format::Ndjson && !layout.gzip && manifest.checkpoint.byte > 0;
     let mut object_run = ObjectRun {
         db,
         source: format!("r2/{}/{key}", n.bucket),
-        layout,
-        header: None,
+        records: if ranged {
+            Records::resume(&PARSER, layout.format, None)
+        } else {
+            Records::new(&PARSER, layout.format)
+        },
+        max_line_bytes: settings.max_line_bytes,
         read: was_read,
         pending: Vec::new(),
+        lines,
     };
-    if ranged && manifest.next_byte as u64 >= head.size() {
+    if ranged && manifest.checkpoint.byte >= head.size() {
         // Handed on after its last line: nothing left to read (a range from the
         // end is not satisfiable), only the manifest to complete.
         return match object_run.commit(&mut manifest, true).await {
-            Ok(()) => Ended::Done(format!("COMPLETED: {} lines", manifest.lines)),
+            Ok(()) => Ended::Done(format!("COMPLETED: {} lines", manifest.counts.lines)),
             Err(ended) => ended,
         };
     }
     let mut get = bucket.get(key.as_str());
     if ranged {
-        get = get.range(Range::OffsetToEnd { offset: manifest.next_byte as u64 });
+        get = get.range(Range::OffsetToEnd { offset: manifest.checkpoint.byte });
     }
     let object = match get.execute().await {
         Ok(Some(o)) => o,
         Ok(None) => {
-            return finish_object(db, manifest, was_read, "FAILED", "the object was deleted while being read".into())
-                .await;
+            let reason = "the object was deleted while being read".into();
+            return finish_object(db, manifest, was_read, FAILED, reason).await;
         }
         Err(e) => return Ended::Retry(format!("reading the object failed: {e}")),
     };
     let mut stream = match object.body().map(|b| b.stream()) {
         Some(Ok(s)) => s,
         Some(Err(e)) => return Ended::Retry(format!("reading the object failed: {e}")),
-        None => return finish_object(db, manifest, was_read, "FAILED", "the object has no body".into()).await,
+        None => return finish_object(db, manifest, was_read, FAILED, "the object has no body".into()).await,
     };
     let mut splitter = if ranged {
-        LineSplitter::new(layout.gzip, settings.max_line_bytes, manifest.next_line as u64, manifest.next_byte as u64)
+        ObjectLines::new(layout.gzip, settings.max_line_bytes, manifest.checkpoint.line + 1, manifest.checkpoint.byte)
     } else {
-        LineSplitter::new(layout.gzip, settings.max_line_bytes, 1, 0)
+        ObjectLines::new(layout.gzip, settings.max_line_bytes, 1, 0)
     };
-    let interrupt = settings.interrupt_at_line.filter(|at| manifest.next_line <= *at);
+    let interrupt = settings.interrupt_at_line.filter(|at| manifest.checkpoint.line < *at);
     let mut chunks = 0;
     let mut finished = false;
     while !finished {
@@ -474,10 +540,10 @@ async fn ingest_object(env: &Env, db: &Db, settings: &Settings, n: &Notification
         };
         let lines = match lines {
             Ok(l) => l,
-            Err(reason) => return finish_object(db, manifest, object_run.read, "FAILED", reason).await,
+            Err(reason) => return finish_object(db, manifest, object_run.read, FAILED, reason).await,
         };
         for line in lines {
-            if (line.number as i64) < manifest.next_line {
+            if line.number <= manifest.checkpoint.line {
                 object_run.skip(&line);
                 continue;
             }
@@ -489,8 +555,9 @@ async fn ingest_object(env: &Env, db: &Db, settings: &Settings, n: &Notification
                 return ended;
             }
             chunks += 1;
-            if interrupt.is_some_and(|at| manifest.next_line > at) {
-                return Ended::Retry(format!("interrupted at line {} (INTERRUPT_AT_LINE)", manifest.next_line));
+            if interrupt.is_some_and(|at| manifest.checkpoint.line >= at) {
+                let next = manifest.checkpoint.line + 1;
+                return Ended::Retry(format!("interrupted at line {next} (INTERRUPT_AT_LINE)"));
             }
             if chunks >= settings.chunks_per_invocation || js_sys::Date::now() - started > settings.budget_ms {
                 return hand_on(env, n).await;
@@ -498,7 +565,7 @@ async fn ingest_object(env: &Env, db: &Db, settings: &Settings, n: &Notification
         }
     }
     match object_run.commit(&mut manifest, true).await {
-        Ok(()) => Ended::Done(format!("COMPLETED: {} lines", manifest.lines)),
+        Ok(()) => Ended::Done(format!("COMPLETED: {} lines", manifest.counts.lines)),
         Err(ended) => ended,
     }
 }
@@ -520,70 +587,45 @@ async fn hand_on(env: &Env, n: &Notification) -> Ended {
 struct ObjectRun<'a> {
     db: &'a Db,
     source: String,
-    layout: Layout,
-    header: Option<Result<Vec<String>, String>>,
+    /// The object's lines to records by its format (the core's, as on Lambda).
+    records: Records<'static, Parser>,
+    max_line_bytes: usize,
     /// Whether the manifest exists in D1 (its version guards the next write).
     read: bool,
     pending: Vec<Line>,
-}
-
-/// What a line is, once its text is read.
-enum Content {
-    NotARecord,
-    Event(OrderEvent),
-    Bad(String),
+    /// The outcomes of the lines this invocation committed.
+    lines: &'a mut Summary,
 }
 
 impl ObjectRun<'_> {
-    /// A committed line passed again on a read from the start: only the CSV
-    /// header matters.
+    /// A committed line passed again on a read from the start: only a CSV
+    /// header row matters.
     fn skip(&mut self, line: &Line) {
-        if self.layout.format == Format::Csv && line.number == 1 {
-            self.header = Some(line.text.clone().and_then(|t| split_csv(&t)));
+        if let Ok(text) = line.content.text(self.max_line_bytes) {
+            self.records.skip(text);
         }
     }
 
-    fn content(&mut self, line: &Line) -> Content {
-        let text = match &line.text {
-            Ok(t) => t,
-            Err(reason) => return Content::Bad(reason.clone()),
+    /// A line's record: `None` for no record (a blank line, the CSV
+    /// header), else the event or why the line is rejected.
+    fn record(&mut self, line: &Line) -> Option<Result<OrderEvent, String>> {
+        let record = match line.content.text(self.max_line_bytes) {
+            Ok(text) => self.records.line(text)?,
+            Err(e) => Err(e),
         };
-        if self.layout.format == Format::Csv && line.number == 1 {
-            self.header = Some(split_csv(text));
-            return Content::NotARecord;
-        }
-        if text.trim().is_empty() {
-            return Content::NotARecord;
-        }
-        let json = match (self.layout.format, &self.header) {
-            (Format::Ndjson, _) => text.clone(),
-            (Format::Csv, Some(Ok(header))) => match csv_record(header, text) {
-                Ok(j) => j,
-                Err(reason) => return Content::Bad(reason),
-            },
-            (Format::Csv, Some(Err(reason))) => return Content::Bad(format!("the CSV header is unreadable: {reason}")),
-            (Format::Csv, None) => return Content::Bad("no CSV header".into()),
-        };
-        match parse_order_event(&json) {
-            Ok(e) => Content::Event(e),
-            Err(e) => Content::Bad(e.to_string()),
-        }
+        Some(record.map_err(|e| e.to_string()))
     }
 
     /// Commits the pending lines with the manifest (its checkpoint past them,
     /// `COMPLETED` when `last`); on a guard failure reads again and decides
     /// again; a manifest changed meanwhile means another invocation holds the
     /// object.
-    async fn commit(&mut self, manifest: &mut ManifestRecord, last: bool) -> Result<(), Ended> {
+    async fn commit(&mut self, manifest: &mut ObjectManifest, last: bool) -> Result<(), Ended> {
         let lines = std::mem::take(&mut self.pending);
-        let contents: Vec<(&Line, Content)> = lines.iter().map(|l| (l, self.content(l))).collect();
-        let events: Vec<&OrderEvent> = contents
-            .iter()
-            .filter_map(|(_, c)| match c {
-                Content::Event(e) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let records: Vec<(&Line, Option<Result<OrderEvent, String>>)> =
+            lines.iter().map(|l| (l, self.record(l))).collect();
+        let events: Vec<&OrderEvent> =
+            records.iter().filter_map(|(_, r)| r.as_ref().and_then(|r| r.as_ref().ok())).collect();
         for attempt in 0..CONFLICT_ATTEMPTS {
             back_off(attempt).await;
             let mut ledger = Ledger::new();
@@ -591,35 +633,27 @@ impl ObjectRun<'_> {
                 return Err(Ended::Retry(format!("reading D1 failed: {e}")));
             }
             let mut next = manifest.clone();
-            for (line, content) in &contents {
-                let decision = match content {
-                    Content::NotARecord => None,
-                    Content::Event(e) => Some(ledger.decide(e, None)),
-                    Content::Bad(reason) => Some(Decision::Rejected(reason.clone())),
-                };
-                if let Some(d) = &decision {
-                    next.lines += 1;
-                    match d {
-                        Decision::Applied => next.accepted += 1,
-                        Decision::Stale => next.stale += 1,
-                        Decision::Duplicate => next.duplicates += 1,
-                        Decision::Rejected(reason) => {
-                            next.rejected += 1;
-                            let raw = line.text.as_deref().unwrap_or("");
-                            ledger.quarantine(Quarantined::new(
-                                &self.source,
-                                &format!("line-{}", line.number),
-                                reason,
-                                raw,
-                            ));
+            let mut counted = Summary::default();
+            for (line, record) in &records {
+                if let Some(record) = record {
+                    let decided: Decided = match record {
+                        Ok(event) => ledger.decide(event, None),
+                        Err(reason) => Err(reason.clone()),
+                    };
+                    next.count(&decided);
+                    match decided {
+                        Ok(outcome) => counted.count(outcome),
+                        Err(reason) => {
+                            counted.quarantined += 1;
+                            let id = format!("line-{}", line.number);
+                            ledger.quarantine(Quarantined::new(&self.source, id, reason, &line.content.lossy()));
                         }
                     }
                 }
-                next.next_line = line.number as i64 + 1;
-                next.next_byte = line.end as i64;
+                next.checkpoint = Checkpoint { line: line.number, byte: line.end };
             }
             if last {
-                next.status = "COMPLETED".into();
+                next.status = Status::Object(ObjectStatus::Completed);
             }
             ledger.write_manifest(next.clone(), self.read);
             match self.db.run(&ledger.statements(&now())).await {
@@ -627,6 +661,7 @@ impl ObjectRun<'_> {
                     next.version = if self.read { next.version + 1 } else { 1 };
                     self.read = true;
                     *manifest = next;
+                    *self.lines += counted;
                     return Ok(());
                 }
                 Err(e) if is_conflict(&e) => {

@@ -156,6 +156,20 @@ describe("order events", () => {
     await assertInvariant(stack);
   });
 
+  test("idempotency keys are under IDEMPOTENCY_KEY_PREFIX, `orders` (the Lambda functions' default) when unset", async () => {
+    const body = event("k-1", "o-k1", "c-k", "PLACED", "1.00", "2026-11-06T10:00:00Z");
+    await worker.queue(ORDERS_QUEUE, [message(body)]);
+    const key = (db) => db.prepare("SELECT key FROM idempotency WHERE key LIKE '%=k-1'").first("key");
+    assert.equal(await key(stack.db), "orders#sqs-body#/eventId=k-1");
+    const shop = await start({ vars: { IDEMPOTENCY_KEY_PREFIX: "shop" } });
+    try {
+      await (await shop.mf.getWorker()).queue(ORDERS_QUEUE, [message(body)]);
+      assert.equal(await key(shop.db), "shop#sqs-body#/eventId=k-1");
+    } finally {
+      await shop.stop();
+    }
+  });
+
   test("a transient D1 failure retries the batch through the queue, then it applies once", async () => {
     await stack.db.prepare("ALTER TABLE idempotency RENAME TO idempotency_away").run();
     const before = stack.summaries()[ORDERS_QUEUE]?.failed ?? 0;
@@ -233,6 +247,61 @@ describe("objects", () => {
     } finally {
       await clean.stop();
       await interrupted.stop();
+    }
+  });
+
+  test("a spreadsheet's CSV (byte-order mark, quoted header names, CRLF) reads like a plain one", async () => {
+    const stack = await start();
+    try {
+      const names = ["eventId", "orderId", "customerId", "status", "amount", "currency", "occurredAt"];
+      const rows = [
+        names.map((n) => `"${n}"`).join(","),
+        "s-1,o-s1,c-s,PLACED,10.50,EUR,2026-11-06T10:00:00Z",
+        "s-2,o-s2,c-s,PAID,2.25,EUR,2026-11-06T10:00:00Z",
+        "s-3,o-s3,c-s,REFUNDED,1.00,EUR,2026-11-06T10:00:00Z",
+      ];
+      const text = "\ufeff" + rows.join("\r\n") + "\r\n";
+      await stack.putObject("spreadsheet.csv", Buffer.from(text, "utf8"));
+      await stack.drained(0, ["spreadsheet.csv"]);
+      const snap = await stack.snapshot();
+      const m = snap.manifests.find((m) => m.key === "spreadsheet.csv");
+      assert.deepEqual(
+        [m.status, m.lines, m.accepted, m.rejected, m.next_line, m.next_byte],
+        ["COMPLETED", 3, 2, 1, 5, Buffer.byteLength(text)],
+      );
+      assert.deepEqual(
+        snap.orders.filter((o) => o.customer_id === "c-s").map((o) => [o.order_id, o.status, Number(o.amount)]),
+        [["o-s1", "PLACED", 10.5], ["o-s2", "PAID", 2.25]],
+      );
+      const bad = snap.quarantine.filter((q) => q.source === "r2/orders-ingest/spreadsheet.csv");
+      assert.deepEqual(bad.map((q) => q.record_id), ["line-4"]);
+      assert.match(bad[0].reason, /status: must be PLACED, PAID, SHIPPED or CANCELLED, got "REFUNDED"/);
+      await assertInvariant(stack);
+    } finally {
+      await stack.stop();
+    }
+  });
+
+  test("a CRLF line of exactly MAX_LINE_BYTES is read, one byte longer is rejected, as on Lambda", async () => {
+    const line = event("l-1", "o-l1", "c-l", "PLACED", "1.00", "2026-11-06T10:00:00Z");
+    const limit = Buffer.byteLength(line);
+    const stack = await start({ vars: { MAX_LINE_BYTES: String(limit) } });
+    try {
+      const longer = event("l-2", "o-l2", "c-l", "PLACED", "12.00", "2026-11-06T10:00:00Z");
+      assert.equal(Buffer.byteLength(longer), limit + 1);
+      await stack.putObject("limit.ndjson", Buffer.from(`${line}\r\n${longer}\r\n`));
+      await stack.drained(0, ["limit.ndjson"]);
+      const snap = await stack.snapshot();
+      const m = snap.manifests.find((m) => m.key === "limit.ndjson");
+      assert.deepEqual([m.status, m.lines, m.accepted, m.rejected], ["COMPLETED", 2, 1, 1]);
+      assert.deepEqual(snap.orders.map((o) => o.order_id), ["o-l1"]);
+      const bad = snap.quarantine.filter((q) => q.source === "r2/orders-ingest/limit.ndjson");
+      assert.deepEqual(
+        bad.map((q) => [q.record_id, q.reason]),
+        [["line-2", `line is ${limit + 1} bytes, over the limit of ${limit}`]],
+      );
+    } finally {
+      await stack.stop();
     }
   });
 
