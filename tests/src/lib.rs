@@ -136,3 +136,9 @@ pub fn order_item(order_id: &str, customer_id: &str, status: &str, amount: &str,
 pub async fn depth(stack: &Stack, queue_key: &str) -> Result<u64> {
     stack.queue_depth(queue_key).await
 }
+
+/// The README's Rust blocks that are not copies of a file, compiled and run
+/// as doctests (`tests/tests/docs.rs` checks the copies).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
