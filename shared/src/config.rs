@@ -203,6 +203,14 @@ pub fn required(name: &'static str) -> Result<String, ConfigError> {
     Env { lookup: |n: &str| std::env::var(n).ok() }.required(name)
 }
 
+/// A lookup over fixed variables instead of the process environment: for
+/// tests of settings (`Settings::from_lookup(vars(&[("X", "1")]), ...)`).
+pub fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: std::collections::HashMap<String, String> =
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    move |name| map.get(name).cloned()
+}
+
 /// A required variable read through `lookup` (for a function's own settings
 /// type, tested without the process environment).
 pub fn required_in(lookup: impl Fn(&str) -> Option<String>, name: &'static str) -> Result<String, ConfigError> {
@@ -369,11 +377,9 @@ deferred_endpoints!(SqsEndpoints, aws_sdk_sqs);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        move |name| map.get(name).cloned()
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        vars(pairs)
     }
 
     #[test]

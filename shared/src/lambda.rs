@@ -227,12 +227,7 @@ impl Function {
         F: Fn(T) -> O,
         O: IntoPlan<UnitOfWork>,
     {
-        self.run(|aws| {
-            let work = Work::new(aws)?;
-            Ok(async move |batch: RawBatch, deadline: SystemTime| {
-                work.process(&batch, deadline, |m: &crate::event::sqs::Message| work.plan_sqs(&plan, m)).await
-            })
-        })
+        self.exactly_once::<crate::event::sqs::Message, T, F, O>(plan)
     }
 
     /// Runs an SQS consumer whose effect is a call outside DynamoDB: each
@@ -248,14 +243,7 @@ impl Function {
         E: AsyncFn(I) -> Result<R, CommitError>,
         R: Serialize + DeserializeOwned,
     {
-        self.run(|aws| {
-            let calls = Calls::new(aws)?;
-            Ok(async move |batch: RawBatch, deadline: SystemTime| {
-                calls
-                    .process(&batch, deadline, |m: &crate::event::sqs::Message| calls.work.plan_sqs(&plan, m), &effect)
-                    .await
-            })
-        })
+        self.with_lock::<crate::event::sqs::Message, T, F, O, I, E, R>(plan, effect)
     }
 
     /// Runs a DynamoDB stream consumer: each record's images read as a `T`
@@ -268,12 +256,7 @@ impl Function {
         F: Fn(crate::event::stream::Change<T>) -> O,
         O: IntoPlan<UnitOfWork>,
     {
-        self.run(|aws| {
-            let work = Work::new(aws)?;
-            Ok(async move |batch: RawBatch, deadline: SystemTime| {
-                work.process(&batch, deadline, |r: &crate::event::stream::Record| work.plan_stream(&plan, r)).await
-            })
-        })
+        self.exactly_once::<crate::event::stream::Record, T, F, O>(plan)
     }
 
     /// Runs a DynamoDB stream consumer whose effect is a call outside
@@ -289,17 +272,43 @@ impl Function {
         E: AsyncFn(I) -> Result<R, CommitError>,
         R: Serialize + DeserializeOwned,
     {
+        self.with_lock::<crate::event::stream::Record, T, F, O, I, E, R>(plan, effect)
+    }
+
+    /// Records of type `Rec`, each planned into a unit of work committed
+    /// exactly once.
+    #[cfg(any(feature = "sqs", feature = "dynamodb-stream"))]
+    fn exactly_once<Rec, T, F, O>(self, plan: F) -> Result<(), Error>
+    where
+        Rec: Typed,
+        T: DeserializeOwned,
+        F: Fn(Rec::Body<T>) -> O,
+        O: IntoPlan<UnitOfWork>,
+    {
+        self.run(|aws| {
+            let work = Work::new(aws)?;
+            Ok(async move |batch: RawBatch, deadline: SystemTime| {
+                work.process(&batch, deadline, |record: &Rec| work.plan(&plan, record)).await
+            })
+        })
+    }
+
+    /// Records of type `Rec`, each planned into a call made under the lock.
+    #[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream")))]
+    fn with_lock<Rec, T, F, O, I, E, R>(self, plan: F, effect: E) -> Result<(), Error>
+    where
+        Rec: Typed,
+        T: DeserializeOwned,
+        F: Fn(Rec::Body<T>) -> O,
+        O: IntoPlan<Call<I>>,
+        I: Serialize,
+        E: AsyncFn(I) -> Result<R, CommitError>,
+        R: Serialize + DeserializeOwned,
+    {
         self.run(|aws| {
             let calls = Calls::new(aws)?;
             Ok(async move |batch: RawBatch, deadline: SystemTime| {
-                calls
-                    .process(
-                        &batch,
-                        deadline,
-                        |r: &crate::event::stream::Record| calls.work.plan_stream(&plan, r),
-                        &effect,
-                    )
-                    .await
+                calls.process(&batch, deadline, |record: &Rec| calls.work.plan(&plan, record), &effect).await
             })
         })
     }
@@ -478,54 +487,70 @@ impl Work {
             .await
     }
 
-    #[cfg(feature = "sqs")]
-    fn plan_sqs<T, F, O, E>(&self, plan: &F, message: &crate::event::sqs::Message) -> Result<Plan<E>, RecordError>
+    /// Reads a record's body as the planner's type, plans it, and derives
+    /// its effect's key.
+    fn plan<Rec, T, F, O, E>(&self, plan: &F, record: &Rec) -> Result<Plan<E>, RecordError>
     where
+        Rec: Typed,
         T: DeserializeOwned,
-        F: Fn(T) -> O,
+        F: Fn(Rec::Body<T>) -> O,
         O: IntoPlan<E>,
         E: DeriveKey,
     {
-        let body: T = message.json_body().map_err(|e| RecordError::Permanent(e.to_string()))?;
+        let body = record.body::<T>().map_err(|e| RecordError::Permanent(e.to_string()))?;
         match plan(body).into_plan()? {
             Plan::Ignore => Ok(Plan::Ignore),
             Plan::Effect(effect) => effect
-                .derive_key(
-                    &self.keys,
-                    || self.keys.sqs(&self.settings.idempotency_key_source, message),
-                    || {
-                        let body = serde_json::from_str::<serde_json::Value>(&message.body).ok()?;
-                        Some(fingerprint_json(&body))
-                    },
-                )
+                .derive_key(&self.keys, || record.key(&self.keys, &self.settings), || record.fingerprint())
                 .map(Plan::Effect)
                 .map_err(|e| RecordError::Permanent(e.to_string())),
         }
     }
+}
 
-    #[cfg(feature = "dynamodb-stream")]
-    fn plan_stream<T, F, O, E>(&self, plan: &F, record: &crate::event::stream::Record) -> Result<Plan<E>, RecordError>
-    where
-        T: DeserializeOwned,
-        F: Fn(crate::event::stream::Change<T>) -> O,
-        O: IntoPlan<E>,
-        E: DeriveKey,
-    {
-        let change = record.typed::<T>().map_err(|e| RecordError::Permanent(e.to_string()))?;
-        match plan(change).into_plan()? {
-            Plan::Ignore => Ok(Plan::Ignore),
-            Plan::Effect(effect) => effect
-                .derive_key(
-                    &self.keys,
-                    || self.keys.stream(record),
-                    || {
-                        let image = serde_json::to_value(record.new_image()?).ok()?;
-                        Some(fingerprint_json(&image))
-                    },
-                )
-                .map(Plan::Effect)
-                .map_err(|e| RecordError::Permanent(e.to_string())),
-        }
+/// A record type the entry points read a typed body from.
+trait Typed: BatchRecord {
+    /// What the planner gets for a body type `T`.
+    type Body<T>;
+    /// The body read as `T`.
+    fn body<T: DeserializeOwned>(&self) -> Result<Self::Body<T>, crate::event::EventError>;
+    /// The record's own idempotency key ([`UnitOfWork::for_record`]).
+    fn key(&self, keys: &IdempotencyKey, settings: &Settings) -> Result<Option<String>, KeyError>;
+    /// The fingerprint of its payload's JSON meaning ([`UnitOfWork::keyed`]).
+    fn fingerprint(&self) -> Option<String>;
+}
+
+#[cfg(feature = "sqs")]
+impl Typed for crate::event::sqs::Message {
+    type Body<T> = T;
+
+    fn body<T: DeserializeOwned>(&self) -> Result<T, crate::event::EventError> {
+        self.json_body()
+    }
+
+    fn key(&self, keys: &IdempotencyKey, settings: &Settings) -> Result<Option<String>, KeyError> {
+        keys.sqs(&settings.idempotency_key_source, self)
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        Some(fingerprint_json(&serde_json::from_str(&self.body).ok()?))
+    }
+}
+
+#[cfg(feature = "dynamodb-stream")]
+impl Typed for crate::event::stream::Record {
+    type Body<T> = crate::event::stream::Change<T>;
+
+    fn body<T: DeserializeOwned>(&self) -> Result<Self::Body<T>, crate::event::EventError> {
+        self.typed()
+    }
+
+    fn key(&self, keys: &IdempotencyKey, _: &Settings) -> Result<Option<String>, KeyError> {
+        keys.stream(self)
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        Some(fingerprint_json(&serde_json::to_value(self.new_image()?).ok()?))
     }
 }
 
