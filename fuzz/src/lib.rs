@@ -73,25 +73,31 @@ pub fn s3_notification(data: &[u8]) {
     }
 }
 
-/// `sqs::Message::parse` on the input when it is JSON. A parsed message must be
-/// reportable: `message_id_of` (used when parsing fails) agrees with it.
+/// `sqs::Message::parse_raw` on the input when it is JSON, as the engine
+/// reads each record of a batch, then the message's body as the entry
+/// points read it (`json_body`). A parsed message must be reportable:
+/// `message_id_of` (used when parsing fails) agrees with it.
 pub fn sqs_record(data: &[u8]) {
-    let Ok(record) = serde_json::from_slice::<Value>(data) else { return };
+    let Ok(raw) = serde_json::from_slice::<Box<serde_json::value::RawValue>>(data) else { return };
+    let record: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
     let id_of = sqs::message_id_of(&record);
-    if let Ok(message) = sqs::Message::parse(&record) {
-        assert_eq!(id_of, Some(message.message_id.as_str()), "message_id_of disagrees with Message::parse");
+    if let Ok(message) = sqs::Message::parse_raw(&raw) {
+        assert_eq!(id_of, Some(message.message_id.as_str()), "message_id_of disagrees with Message::parse_raw");
         let _ = message.is_fifo();
         let _ = message.json_body::<Value>();
     }
 }
 
-/// `stream::Record::parse` on the input when it is JSON, then `order_from_item`
-/// on its images. An order read from an image must survive the trip through
+/// `stream::Record::parse_raw` on the input when it is JSON, as the engine
+/// reads each record of a batch, its images read as the entry points read
+/// them (`typed`), then `order_from_item` on its images. An order read from an image must survive the trip through
 /// the item form the state table stores (`order_to_item`).
 pub fn stream_record(data: &[u8]) {
-    let Ok(value) = serde_json::from_slice::<Value>(data) else { return };
+    let Ok(raw) = serde_json::from_slice::<Box<serde_json::value::RawValue>>(data) else { return };
+    let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
     let _ = stream::sequence_number_of(&value);
-    let Ok(record) = stream::Record::parse(&value) else { return };
+    let Ok(record) = stream::Record::parse_raw(&raw) else { return };
+    let _ = record.typed::<Value>();
     for image in [record.new_image(), record.old_image()].into_iter().flatten() {
         if let Ok(order) = order_from_item(image) {
             let item = order_to_item(&order);

@@ -214,7 +214,7 @@ pub fn n(value: impl ToString) -> AttributeValue {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{entity} item: attribute `{attribute}` {problem}")]
 pub struct ItemError {
-    /// The item's kind, e.g. `order`.
+    /// The item's kind, e.g. `object`.
     pub entity: &'static str,
     /// The attribute's name.
     pub attribute: &'static str,

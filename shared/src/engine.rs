@@ -329,9 +329,11 @@ pub struct Engine<'q, Q> {
 }
 
 impl<'q, Q: QuarantineStore> Engine<'q, Q> {
-    /// An engine writing permanently bad records to `quarantine`.
+    /// An engine writing permanently bad records to `quarantine`, with the
+    /// deadline guard on at the default margin
+    /// ([`DEFAULT_DEADLINE_MARGIN`](crate::config::DEFAULT_DEADLINE_MARGIN)).
     pub fn new(quarantine: &'q Q) -> Self {
-        Self { quarantine, fail_on_all_failed: false, margin: Duration::ZERO }
+        Self { quarantine, fail_on_all_failed: false, margin: crate::config::DEFAULT_DEADLINE_MARGIN }
     }
 
     /// Fails the invocation when nothing in a batch succeeded

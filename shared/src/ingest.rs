@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::batch::{Outcome, Summary};
 use crate::dynamo::StoreError;
+use crate::engine::CommitError;
 use crate::error::{Classify, ErrorClass};
 use crate::event::s3::ObjectRef;
 use crate::manifest::{Checkpoint, Counts, Manifest, ManifestFn, ManifestWrite, ObjectStatus};
@@ -74,17 +75,6 @@ pub struct ObjectReport {
     pub result: &'static str,
     /// The manifest's counters after this invocation.
     pub counts: Counts,
-}
-
-/// Why an object could not be processed now.
-#[derive(Debug, thiserror::Error)]
-pub enum ObjectFailure {
-    /// Retry later (the object's message is reported for retry).
-    #[error("{0}")]
-    Transient(String),
-    /// Nothing can work (a missing table): the invocation fails.
-    #[error("{0}")]
-    Fatal(String),
 }
 
 /// When to stop starting work.
@@ -160,10 +150,13 @@ impl Handoff {
     }
 }
 
-fn store_failure(e: StoreError) -> ObjectFailure {
+/// Why an object could not be processed now: retried (transient), or the
+/// invocation fails (fatal: a missing table). An object that can never be
+/// read is not a failure: it ends with a FAILED manifest.
+fn store_failure(e: StoreError) -> CommitError {
     match e.class() {
-        ErrorClass::Fatal => ObjectFailure::Fatal(e.to_string()),
-        _ => ObjectFailure::Transient(e.to_string()),
+        ErrorClass::Fatal => CommitError::Fatal(e.to_string()),
+        _ => CommitError::Transient(e.to_string()),
     }
 }
 
@@ -197,7 +190,7 @@ struct Reader<'p, R, P> {
 }
 
 impl<R: tokio::io::AsyncBufRead + Unpin, P: LineParser> Reader<'_, R, P> {
-    async fn read_chunk(&mut self) -> Result<Chunk<P::Record>, ObjectFailure> {
+    async fn read_chunk(&mut self) -> Result<Chunk<P::Record>, CommitError> {
         let mut chunk = Chunk {
             records: Vec::new(),
             rejects: Vec::new(),
@@ -208,7 +201,7 @@ impl<R: tokio::io::AsyncBufRead + Unpin, P: LineParser> Reader<'_, R, P> {
         };
         while chunk.records.len() + chunk.rejects.len() < CHUNK_RECORDS {
             let line = self.lines.next_line().await.map_err(|e| {
-                ObjectFailure::Transient(format!("failed to read {} at byte {}: {e}", self.uri, self.lines.offset()))
+                CommitError::Transient(format!("failed to read {} at byte {}: {e}", self.uri, self.lines.offset()))
             })?;
             let Some(line) = line else {
                 chunk.finished = true;
@@ -276,7 +269,7 @@ impl Report {
         }
     }
 
-    async fn flush<K: ObjectSink>(&mut self, sink: &K, force: bool) -> Result<(), ObjectFailure> {
+    async fn flush<K: ObjectSink>(&mut self, sink: &K, force: bool) -> Result<(), CommitError> {
         if self.lines.is_empty() || (!force && self.bytes < REPORT_PART_BYTES) {
             return Ok(());
         }
@@ -292,7 +285,7 @@ impl Report {
         let key = format!("{}.lines-{first}-{last}.ndjson", self.base);
         sink.put(&self.bucket, &key, body, "application/x-ndjson")
             .await
-            .map_err(|e| ObjectFailure::Transient(e.to_string()))?;
+            .map_err(|e| CommitError::Transient(e.to_string()))?;
         self.parts += 1;
         Ok(())
     }
@@ -319,7 +312,7 @@ pub async fn ingest_object<S, O, P>(
     object: &ObjectRef,
     deadline: &Deadline,
     summary: &mut Summary,
-) -> Result<ObjectReport, ObjectFailure>
+) -> Result<ObjectReport, CommitError>
 where
     P: LineParser,
     S: ChunkStore<P::Record>,
@@ -369,7 +362,7 @@ where
             expected,
         };
         store.commit_chunk(&[], &move |_: &[Outcome]| write.clone()).await.map_err(store_failure)?;
-        Ok::<_, ObjectFailure>(())
+        Ok::<_, CommitError>(())
     };
     let body = match objects.open(object, if ranged { checkpoint.byte } else { 0 }).await {
         Ok(body) => body,
@@ -379,8 +372,8 @@ where
                 summary.quarantined += 1;
                 return Ok(report("REJECTED", counts));
             }
-            ErrorClass::Fatal => return Err(ObjectFailure::Fatal(e.to_string())),
-            ErrorClass::Transient => return Err(ObjectFailure::Transient(e.to_string())),
+            ErrorClass::Fatal => return Err(CommitError::Fatal(e.to_string())),
+            ErrorClass::Transient => return Err(CommitError::Transient(e.to_string())),
         },
     };
     let Some(layout) =
@@ -454,7 +447,7 @@ where
                 ManifestWrite { manifest: m, expected }
             };
             let outcomes = store.commit_chunk(&records, &build).await.map_err(store_failure)?;
-            Ok::<_, ObjectFailure>((build(&outcomes).manifest.counts, outcomes, rejects.len()))
+            Ok::<_, CommitError>((build(&outcomes).manifest.counts, outcomes, rejects.len()))
         };
         let (committed, read_ahead) = if finished {
             (commit.await, None)

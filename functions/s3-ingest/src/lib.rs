@@ -17,7 +17,7 @@ use shared::batch::{InvocationError, RecordError, Summary};
 use shared::engine::{CommitError, Engine, Plan, answer_by, before};
 use shared::event::s3::{self, Notification};
 use shared::event::{RawBatch, sqs};
-pub use shared::ingest::{CHUNK_RECORDS, Deadline, Handoff, ObjectFailure, ObjectReport, REJECTS_PREFIX};
+pub use shared::ingest::{CHUNK_RECORDS, Deadline, Handoff, ObjectReport, REJECTS_PREFIX};
 use shared::ingest::{IngestOptions, ingest_object};
 use shared::object::{ObjectSink, ObjectSource};
 
@@ -180,10 +180,10 @@ async fn ingest_message<S: StateStore, O: ObjectSource + ObjectSink>(
                 }
             }
             Ok(None) => {}
-            Err(ObjectFailure::Fatal(e)) => return Err(CommitError::Fatal(e)),
-            Err(ObjectFailure::Transient(e)) => {
+            Err(e @ CommitError::Fatal(_)) => return Err(e),
+            Err(e) => {
                 tracing::error!(error = %e, "object failed; reporting the message for retry");
-                return Err(CommitError::Transient(e));
+                return Err(e);
             }
         }
     }
@@ -197,7 +197,7 @@ async fn process_notification<S: StateStore, O: ObjectSource + ObjectSink>(
     notification: &Notification,
     deadline: &Deadline,
     summary: &mut Summary,
-) -> Result<Option<ObjectReport>, ObjectFailure> {
+) -> Result<Option<ObjectReport>, CommitError> {
     match notification {
         Notification::TestEvent | Notification::Ignored { .. } => {
             summary.ignored += 1;

@@ -356,3 +356,25 @@ async fn an_object_that_is_gone_ends_failed_with_its_reason_and_is_not_retried()
         assert_eq!(store.manifests()[0].status, ObjectStatus::Failed);
     }
 }
+
+/// A CSV as a spreadsheet exports it: a UTF-8 byte-order mark before the
+/// header row, every name and field quoted, CRLF line ends. Every row is an
+/// order (before, the mark glued to the first name made every row miss
+/// `eventId`, and each was rejected).
+#[tokio::test]
+async fn a_spreadsheet_csv_with_a_byte_order_mark_and_quoted_names_is_read_row_by_row() {
+    let store = MemoryStore::new();
+    let mut source = MemorySource::new();
+    let body = "\u{feff}\"eventId\",\"orderId\",\"customerId\",\"status\",\"amount\",\"currency\",\"occurredAt\"\r\n\
+                \"e-s1\",\"o-s1\",\"c-sheet\",\"PLACED\",\"12.50\",\"EUR\",\"2026-11-03T10:00:00Z\"\r\n\
+                \"e-s2\",\"o-s2\",\"c-sheet\",\"PAID\",\"7\",\"EUR\",\"2026-11-03T11:00:00Z\"\r\n";
+    source.insert(BUCKET, "incoming/export.csv", body);
+    let event = json!({"Records": [{"eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/export.csv", "eTag": "x"}}}]});
+    let (response, summary, _) =
+        handle(&store, &source, &Handoff::Retry, &config(), &event, &Deadline::None).await.unwrap();
+    assert_eq!(response["objects"][0]["result"], "COMPLETED", "{response}");
+    assert_eq!(summary, Summary { applied: 2, ..Summary::default() });
+    assert_eq!(store.orders().keys().collect::<Vec<_>>(), ["o-s1", "o-s2"]);
+    assert!(store.quarantined().is_empty(), "{:?}", store.quarantined());
+}

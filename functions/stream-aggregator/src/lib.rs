@@ -17,7 +17,7 @@ use orders::state::item::{is_order, order_from_item};
 use orders::state::{DeltaRecord, StateStore};
 use serde_json::Value;
 use shared::batch::{BatchResponse, InvocationError, RecordError, Summary};
-use shared::engine::{CommitError, Engine, Plan};
+use shared::engine::{Engine, Plan};
 use shared::event::{RawBatch, stream};
 use shared::idempotency::IdempotencyKey;
 
@@ -61,28 +61,7 @@ pub async fn handle_batch<S: StateStore>(
     deadline: Option<SystemTime>,
 ) -> Result<(BatchResponse, Summary), InvocationError> {
     let keys = IdempotencyKey::new(&config.idempotency_key_prefix);
-    // Deltas commit in shard order, a chunk at a time. A record that fails
-    // for good (its totals would overflow, a stored total that does not
-    // read) is quarantined and the rest go on; at the first transient
-    // failure the shard stops, and Lambda retries from that record.
-    let commit = |deltas: Vec<DeltaRecord>| async move {
-        let mut results: Vec<Result<_, CommitError>> = Vec::with_capacity(deltas.len());
-        while results.len() < deltas.len() {
-            let (outcomes, error) = store.apply_deltas(&deltas[results.len()..]).await;
-            results.extend(outcomes.into_iter().map(Ok));
-            let Some(e) = error else { break };
-            let error = CommitError::from(&e);
-            let permanent = matches!(error, CommitError::Permanent(_));
-            if !permanent {
-                tracing::error!(error = %e, "applying totals failed; the shard retries from the first unapplied record");
-            }
-            results.push(Err(error));
-            if !permanent {
-                break;
-            }
-        }
-        results
-    };
+    let commit = |deltas: Vec<DeltaRecord>| orders::state::commit_deltas(store, deltas);
     Engine::new(store)
         .fail_on_all_failed(config.fail_on_all_failed)
         .deadline_margin(config.deadline_margin)

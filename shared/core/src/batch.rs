@@ -321,6 +321,15 @@ impl Invalid {
     }
 }
 
+impl crate::error::Classify for RecordError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            Self::Permanent(_) => crate::error::ErrorClass::Permanent,
+            Self::Transient(_) => crate::error::ErrorClass::Transient,
+        }
+    }
+}
+
 impl From<Invalid> for RecordError {
     fn from(invalid: Invalid) -> Self {
         Self::Permanent(invalid.reason)

@@ -225,7 +225,7 @@ pub(crate) fn json_error(what: &'static str, e: serde_json::Error) -> EventError
 /// struct Reservation { sku: String, quantity: u32 }
 ///
 /// let err = shared::event::typed::<Reservation>("SQS message body", r#"{"sku": "A", "quantity": "3"}"#).unwrap_err();
-/// assert_eq!(err.to_string(), r#"invalid: quantity: invalid type: string "3", expected u32 at line 1 column 29"#);
+/// assert_eq!(err.to_string(), r#"invalid: quantity: invalid type: string "3", expected u32 at line 1 column 28"#);
 /// let err = shared::event::typed::<Reservation>("SQS message body", r#"{"sku": "A""#).unwrap_err();
 /// assert!(err.to_string().starts_with("malformed JSON in SQS message body"));
 /// ```

@@ -101,6 +101,32 @@ pub trait StateStore: QuarantineStore {
     ) -> impl Future<Output = Result<Option<Manifest>, StoreError>> + Send;
 }
 
+/// Commits totals deltas in shard order, a chunk at a time, keeping the
+/// stream's order duty: a record that fails for good (its totals would
+/// overflow, a stored total that does not read) is reported permanent (the
+/// engine quarantines it) and the rest go on; at the first transient
+/// failure the shard stops, the records after it not attempted, and Lambda
+/// retries from that record.
+pub async fn commit_deltas<S: StateStore>(store: &S, deltas: Vec<DeltaRecord>) -> shared::engine::Committed {
+    use shared::engine::CommitError;
+    let mut results: Vec<Result<Outcome, CommitError>> = Vec::with_capacity(deltas.len());
+    while results.len() < deltas.len() {
+        let (outcomes, error) = store.apply_deltas(&deltas[results.len()..]).await;
+        results.extend(outcomes.into_iter().map(Ok));
+        let Some(e) = error else { break };
+        let error = CommitError::from(&e);
+        let permanent = matches!(error, CommitError::Permanent(_));
+        if !permanent {
+            tracing::error!(error = %e, "applying totals failed; the shard retries from the first unapplied record");
+        }
+        results.push(Err(error));
+        if !permanent {
+            break;
+        }
+    }
+    results
+}
+
 pub(crate) use crate::order::combine as combine_orders;
 
 /// Decides events whose key repeats an earlier event's key in the same batch:
