@@ -163,6 +163,96 @@ pub async fn transact(
     }
 }
 
+/// The most statements one `BatchExecuteStatement` takes.
+/// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchExecuteStatement.html>
+pub const MAX_BATCH_STATEMENTS: usize = 25;
+
+/// Why one statement of a `BatchExecuteStatement` was not applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatementError {
+    /// Its code: `ConditionalCheckFailed`, `DuplicateItem`, `ThrottlingError`, ...
+    pub code: String,
+    /// Its message.
+    pub message: String,
+    /// The item that failed the condition, with
+    /// `ReturnValuesOnConditionCheckFailure`.
+    pub item: Option<SdkItem>,
+}
+
+/// Sends one `BatchExecuteStatement` (its consumed capacity summed into
+/// `capacity`): one answer per statement, in the order sent, `None` for a
+/// statement that was applied. Each statement succeeds or fails on its
+/// own; `table` names the request in errors.
+pub async fn execute_statements(
+    client: &Client,
+    table: &str,
+    statements: Vec<aws_sdk_dynamodb::types::BatchStatementRequest>,
+    capacity: &CapacityMeter,
+) -> Result<Vec<Option<StatementError>>, StoreError> {
+    let sent = client
+        .batch_execute_statement()
+        .set_statements(Some(statements))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .map_err(|e| StoreError::sdk("BatchExecuteStatement", table, &e))?;
+    capacity.add(sent.consumed_capacity().iter().filter_map(|c| c.capacity_units).sum());
+    Ok(sent
+        .responses()
+        .iter()
+        .map(|r| {
+            r.error().map(|e| StatementError {
+                code: e.code().map_or("None", |c| c.as_str()).to_owned(),
+                message: e.message().unwrap_or_default().to_owned(),
+                item: e.item().cloned(),
+            })
+        })
+        .collect())
+}
+
+/// Reads the items of `keys` from `table`, strongly consistent, in
+/// `BatchGetItem`s of at most 100 keys (their consumed capacity summed into
+/// `capacity`), unprocessed keys asked again with back-off. Items that do not
+/// exist are not in the answer, which is in no particular order.
+pub async fn batch_get(
+    client: &Client,
+    table: &str,
+    keys: Vec<SdkItem>,
+    capacity: &CapacityMeter,
+) -> Result<Vec<SdkItem>, StoreError> {
+    use aws_sdk_dynamodb::types::KeysAndAttributes;
+    let mut found = Vec::with_capacity(keys.len());
+    for group in keys.chunks(MAX_BATCH_GET) {
+        let wanted = KeysAndAttributes::builder()
+            .consistent_read(true)
+            .set_keys(Some(group.to_vec()))
+            .build()
+            .map_err(|e| StoreError::unbuildable("BatchGetItem", table, e))?;
+        let mut request = Some(HashMap::from([(table.to_owned(), wanted)]));
+        let mut attempt = 0;
+        while let Some(items) = request.take().filter(|r| !r.is_empty()) {
+            let out = client
+                .batch_get_item()
+                .set_request_items(Some(items))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| StoreError::sdk("BatchGetItem", table, &e))?;
+            capacity.add(out.consumed_capacity().iter().filter_map(|c| c.capacity_units).sum());
+            found.extend(out.responses().and_then(|r| r.get(table)).into_iter().flatten().cloned());
+            request = out.unprocessed_keys().cloned();
+            if request.as_ref().is_some_and(|r| !r.is_empty()) {
+                attempt += 1;
+                backoff(attempt, None).await.map_err(|e| StoreError::Contention {
+                    attempts: attempt,
+                    message: format!("BatchGetItem unprocessed keys: {e}"),
+                })?;
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Why [`backoff`] gave up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GaveUp {

@@ -52,9 +52,9 @@ use shared_core::plan::{
 
 pub use shared_core::plan::Verdict;
 
-use crate::dynamo::{MAX_ATTEMPTS, Transacted, backoff, transact};
+use crate::dynamo::{MAX_ATTEMPTS, MAX_BATCH_STATEMENTS, Transacted, backoff, execute_statements, transact};
 use crate::engine::{CommitError, Committed};
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorClass, classify_code};
 
 /// An item as DynamoDB returns it.
 pub type Item = HashMap<String, AttributeValue>;
@@ -83,6 +83,43 @@ enum Action {
     /// A builder that did not build (a required field missing): the unit
     /// fails as permanent when it is committed.
     Invalid(String),
+    /// A guarded write: PartiQL, committed outside a transaction.
+    Guarded(Box<Guarded>),
+}
+
+/// A PartiQL statement with its parameters (`?` in its text, in order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    text: String,
+    parameters: Vec<AttributeValue>,
+}
+
+impl Statement {
+    /// A statement: `INSERT INTO "table" VALUE {...}`, `UPDATE "table" SET
+    /// ... WHERE <key> AND <condition>` or `DELETE FROM ...`, with `?` for
+    /// each of `parameters`.
+    pub fn new(text: impl Into<String>, parameters: Vec<AttributeValue>) -> Self {
+        Self { text: text.into(), parameters }
+    }
+
+    fn build(&self) -> Result<aws_sdk_dynamodb::types::BatchStatementRequest, String> {
+        aws_sdk_dynamodb::types::BatchStatementRequest::builder()
+            .statement(&self.text)
+            .set_parameters((!self.parameters.is_empty()).then(|| self.parameters.clone()))
+            .return_values_on_condition_check_failure(ALL_OLD)
+            .build()
+            .map_err(|e| format!("the statement does not build: {e}"))
+    }
+}
+
+/// A guarded write's statements: an update (its condition is the guard),
+/// and, for an item that may not exist yet, the insert that creates it.
+#[derive(Debug, Clone, PartialEq)]
+struct Guarded {
+    insert: Option<Statement>,
+    update: Option<Statement>,
+    /// Try the insert first (the caller read the item as absent).
+    insert_first: bool,
 }
 
 impl Action {
@@ -91,6 +128,9 @@ impl Action {
             Self::Built(action) => Ok(TransactWriteItem::clone(action)),
             Self::Deferred(build) => build().map_err(|e| e.to_string()),
             Self::Invalid(reason) => Err(reason.clone()),
+            Self::Guarded(_) => Err("a guarded write (Write::statement) commits only in a guarded unit \
+                                     (UnitOfWork::guarded), never in a transaction"
+                .into()),
         }
     }
 
@@ -110,6 +150,7 @@ impl std::fmt::Debug for Write {
             Action::Built(action) => out.field("action", action),
             Action::Deferred(_) => out.field("action", &"deferred"),
             Action::Invalid(reason) => out.field("invalid", reason),
+            Action::Guarded(guarded) => out.field("guarded", guarded),
         };
         out.finish_non_exhaustive()
     }
@@ -214,6 +255,32 @@ impl Write {
         self.on_condition_failed(move |stored| Verdict::Reject(reason(stored)))
     }
 
+    /// A guarded write on `table`'s item `key`: one PartiQL statement whose
+    /// `WHERE` condition makes a second application a no-op (an update
+    /// applied only if the stored state is older than the record's, say),
+    /// for [`UnitOfWork::guarded`]. It commits outside a transaction, many to
+    /// a `BatchExecuteStatement`: one write request unit per KB instead of a
+    /// transaction's two, and no marker's. A failed condition is read by
+    /// [`on_condition_failed`](Self::on_condition_failed) from the item it
+    /// returns (absent when there is none).
+    pub fn statement(table: &str, key: Item, statement: Statement) -> Self {
+        Self::guarded(table, key, Guarded { insert: None, update: Some(statement), insert_first: false })
+    }
+
+    /// A guarded write that creates the item when it is absent (`insert`,
+    /// an `INSERT`) and otherwise applies `update` (an `UPDATE` whose
+    /// condition is the guard). `absent` says which to try first (from a
+    /// read of yours, say); when the item turns out otherwise, the other
+    /// statement is sent (PartiQL's `UPDATE` never creates an item, and its
+    /// `INSERT` fails on one that exists).
+    pub fn insert_or_update(table: &str, key: Item, insert: Statement, update: Statement, absent: bool) -> Self {
+        Self::guarded(table, key, Guarded { insert: Some(insert), update: Some(update), insert_first: absent })
+    }
+
+    fn guarded(table: &str, key: Item, guarded: Guarded) -> Self {
+        Self::with_action(Action::Guarded(Box::new(guarded)), identity(table, &key))
+    }
+
     /// How to read this action's condition failing, from the stored item
     /// (absent when there is none). Without it, a failed condition rejects
     /// the record.
@@ -239,6 +306,7 @@ pub struct UnitOfWork {
     writes: Vec<Write>,
     outcome: Outcome,
     remember_rejection: bool,
+    guarded: bool,
 }
 
 /// A key still to derive: from the record's identity, or from a kind and an
@@ -260,6 +328,7 @@ impl UnitOfWork {
             writes: Vec::new(),
             outcome: Outcome::Applied,
             remember_rejection: false,
+            guarded: false,
         }
     }
 
@@ -285,6 +354,24 @@ impl UnitOfWork {
     /// [`crate::idempotency::IdempotencyKey`] (for committers of your own).
     pub fn new(key: impl Into<String>) -> Self {
         Self::with(Some(key.into()), None)
+    }
+
+    /// A unit whose one write guards itself ([`Write::statement`] or
+    /// [`Write::insert_or_update`]): its condition makes a second
+    /// application a no-op and says, from the stored item, whether the
+    /// record was applied before (`Verdict::Duplicate`) or is older than
+    /// what is stored (`Verdict::Stale`). It needs no marker and no
+    /// transaction: [`ExactlyOnce`] commits such units 25 to a
+    /// `BatchExecuteStatement` (each answered on its own), at one write
+    /// request unit per KB of the item, where a marker and the write in a
+    /// transaction cost four. The guarantee is the condition's: the effect
+    /// happens once, and a record is told a duplicate only while the item
+    /// still shows it (a duplicate of a record that a later one superseded
+    /// reads as stale; a reused key is caught when the item keeps the
+    /// record's fingerprint). Keep units that touch several items, or whose
+    /// effect cannot be told applied from the item, on a marker.
+    pub fn guarded() -> Self {
+        Self { guarded: true, ..Self::with(None, None) }
     }
 
     /// A unit without an idempotency marker: for writes that are made
@@ -523,26 +610,49 @@ impl ExactlyOnce {
                         .into(),
                 )));
             }
+            if unit.guarded && results[i].is_none() {
+                let one_guarded_write = unit.key.is_none()
+                    && matches!(unit.writes.as_slice(), [w] if matches!(w.action, Action::Guarded(_)));
+                if !one_guarded_write || last.is_some() {
+                    results[i] = Some(Err(CommitError::Permanent(
+                        "a guarded unit takes one guarded write (Write::statement or Write::insert_or_update), \
+                         no key, and no final write"
+                            .into(),
+                    )));
+                }
+            }
             if results[i].is_some() {
                 continue;
             }
+            let limit = if unit.guarded { MAX_BATCH_STATEMENTS } else { limit };
             match commits(std::slice::from_ref(&shape(unit)), limit) {
                 Ok(_) => live.push(i),
                 Err(e) => results[i] = Some(Err(CommitError::Permanent(e.to_string()))),
             }
         }
-        let shapes: Vec<UnitShape> = live.iter().map(|i| shape(&units[*i])).collect();
-        // Every live unit fits on its own (checked above), so planning them
-        // together cannot fail; were it to, they are reported for retry.
-        let mut plan: Vec<Vec<usize>> =
-            commits(&shapes, limit).unwrap_or_default().into_iter().map(|range| live[range].to_vec()).collect();
+        // Each run of guarded units, or of units with markers, in its own
+        // commits: a statement batch (at most 25, one per item) or a
+        // transaction. Every live unit fits on its own (checked above), so
+        // planning them together cannot fail; were it to, they are reported
+        // for retry.
+        let mut plan: Vec<Vec<usize>> = Vec::new();
+        let mut kinds: Vec<bool> = Vec::new();
+        for run in live.chunk_by(|a, b| units[*a].guarded == units[*b].guarded) {
+            let guarded = units[run[0]].guarded;
+            let shapes: Vec<UnitShape> = run.iter().map(|i| shape(&units[*i])).collect();
+            for range in commits(&shapes, if guarded { MAX_BATCH_STATEMENTS } else { limit }).unwrap_or_default() {
+                plan.push(run[range].to_vec());
+                kinds.push(guarded);
+            }
+        }
         if plan.is_empty() && last.is_some() {
             plan.push(Vec::new()); // The final write alone.
+            kinds.push(false);
         }
         if self.concurrency > 1 && plan.len() > 1 {
             let final_members = if last.is_some() { plan.pop() } else { None };
             let shapes: HashMap<usize, UnitShape> = live.iter().map(|&i| (i, shape(&units[i]))).collect();
-            let failed = self.commit_concurrently(units, plan, &shapes, &mut results, deadline).await;
+            let failed = self.commit_concurrently(units, plan, &kinds, &shapes, &mut results, deadline).await;
             if let Some(members) = final_members {
                 if let Some(e) = failed {
                     // The final write must never commit without every unit.
@@ -552,20 +662,20 @@ impl ExactlyOnce {
             }
             return Ok(finish(results));
         }
-        let transactions = plan.len();
+        let commits_in_plan = plan.len();
         let mut stopped: Option<CommitError> = None;
         for (t, members) in plan.into_iter().enumerate() {
             if let Some(e) = &stopped {
                 for i in members {
                     results[i] = Some(Err(match e {
                         CommitError::Fatal(m) => CommitError::Fatal(m.clone()),
-                        _ => CommitError::Transient("an earlier transaction of the batch failed".into()),
+                        _ => CommitError::Transient("an earlier commit of the batch failed".into()),
                     }));
                 }
                 continue;
             }
-            let with_last = if t + 1 == transactions { last } else { None };
-            if let Err(e) = self.commit_one(units, &members, &mut results[..], with_last, deadline).await {
+            let with_last = if t + 1 == commits_in_plan { last } else { None };
+            if let Err(e) = self.commit_group(units, &members, kinds[t], &mut results[..], with_last, deadline).await {
                 if last.is_some() {
                     return Err(e);
                 }
@@ -584,6 +694,115 @@ impl ExactlyOnce {
         Ok(finish(results))
     }
 
+    /// Commits one group of the plan: a transaction, or a batch of guarded
+    /// statements.
+    async fn commit_group(
+        &self,
+        units: &[UnitOfWork],
+        members: &[usize],
+        guarded: bool,
+        results: &mut (impl Results + ?Sized),
+        last: Option<&FinalWrite<'_>>,
+        deadline: Option<SystemTime>,
+    ) -> Result<(), FinalWriteError> {
+        if guarded {
+            self.commit_statements(units, members, results, deadline).await.map_err(FinalWriteError::Commit)
+        } else {
+            self.commit_one(units, members, results, last, deadline).await
+        }
+    }
+
+    /// Commits guarded units in one `BatchExecuteStatement` per attempt,
+    /// deciding each from its own answer: applied; a failed condition read
+    /// by its write's verdict from the item it returns; an `INSERT` of an
+    /// item that exists sent again as its `UPDATE`, and an `UPDATE` of one
+    /// that does not as its `INSERT`; throttling and conflicts sent again
+    /// after a back-off. `Err` when nothing can be sent.
+    async fn commit_statements(
+        &self,
+        units: &[UnitOfWork],
+        members: &[usize],
+        results: &mut (impl Results + ?Sized),
+        deadline: Option<SystemTime>,
+    ) -> Result<(), CommitError> {
+        let guarded = |i: usize| match &units[i].writes[0].action {
+            Action::Guarded(g) => Some(g.as_ref()),
+            _ => None,
+        };
+        // Per member: the insert goes next (else the update).
+        let mut insert: Vec<bool> = members.iter().map(|&i| guarded(i).is_some_and(|g| g.insert_first)).collect();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut sent: Vec<usize> = Vec::new();
+            let mut requests = Vec::new();
+            for (m, &i) in members.iter().enumerate() {
+                if results.get(i).is_some() {
+                    continue;
+                }
+                let Some(g) = guarded(i) else { continue };
+                let statement = if insert[m] { g.insert.as_ref().or(g.update.as_ref()) } else { g.update.as_ref() };
+                match statement.map(Statement::build) {
+                    Some(Ok(request)) => {
+                        requests.push(request);
+                        sent.push(m);
+                    }
+                    Some(Err(reason)) => results.set(i, Err(CommitError::Permanent(reason))),
+                    None => results.set(i, Err(CommitError::Permanent("a guarded write without a statement".into()))),
+                }
+            }
+            if requests.is_empty() {
+                return Ok(());
+            }
+            let answers =
+                match execute_statements(&self.client, &self.idempotency_table, requests, &self.capacity).await {
+                    Ok(answers) => answers,
+                    Err(e) => match e.class() {
+                        ErrorClass::Transient => {
+                            backoff(attempt, deadline).await.map_err(|_| CommitError::Transient(e.to_string()))?;
+                            continue;
+                        }
+                        ErrorClass::Permanent => return Err(CommitError::Permanent(e.to_string())),
+                        ErrorClass::Fatal => return Err(CommitError::Fatal(e.to_string())),
+                    },
+                };
+            let mut back_off = false;
+            for (&m, answer) in sent.iter().zip(answers) {
+                let i = members[m];
+                let Some(e) = answer else {
+                    results.set(i, Ok(units[i].outcome));
+                    continue;
+                };
+                let g = guarded(i);
+                let exists = e.code == "DuplicateItem";
+                let absent = e.code == "ConditionalCheckFailed" && e.item.is_none();
+                if exists && insert[m] && g.is_some_and(|g| g.update.is_some()) {
+                    insert[m] = false; // Sent again at once, as its update.
+                } else if absent && !insert[m] && g.is_some_and(|g| g.insert.is_some()) {
+                    insert[m] = true; // Sent again at once, as its insert.
+                } else if exists || e.code == "ConditionalCheckFailed" {
+                    match (units[i].writes[0].on_condition_failed)(e.item.as_ref()) {
+                        Verdict::Duplicate => results.set(i, Ok(Outcome::Duplicate)),
+                        Verdict::Stale => results.set(i, Ok(Outcome::Stale)),
+                        Verdict::Reject(reason) => results.set(i, Err(CommitError::Permanent(reason))),
+                        Verdict::Retry => back_off = true,
+                    }
+                } else {
+                    let message = format!("DynamoDB BatchExecuteStatement: {}: {}", e.code, e.message);
+                    match classify_code(Some(&e.code), None) {
+                        ErrorClass::Transient => back_off = true,
+                        ErrorClass::Permanent => results.set(i, Err(CommitError::Permanent(message))),
+                        ErrorClass::Fatal => return Err(CommitError::Fatal(message)),
+                    }
+                }
+            }
+            if back_off {
+                backoff(attempt, deadline)
+                    .await
+                    .map_err(|e| CommitError::Transient(format!("guarded writes kept being refused: {e}")))?;
+            }
+        }
+        Err(CommitError::Transient(format!("gave up after {MAX_ATTEMPTS} attempts: guarded writes kept being refused")))
+    }
+
     /// Commits `plan`'s transactions up to [`concurrency`](Self::concurrency)
     /// at once, each after the earlier ones that share an item with it.
     /// Returns the first error, if any transaction failed.
@@ -591,6 +810,7 @@ impl ExactlyOnce {
         &self,
         units: &[UnitOfWork],
         plan: Vec<Vec<usize>>,
+        kinds: &[bool],
         shapes: &HashMap<usize, UnitShape>,
         results: &mut [Decided],
         deadline: Option<SystemTime>,
@@ -641,7 +861,7 @@ impl ExactlyOnce {
                     let members = &plan[t];
                     running.push(async move {
                         let mut own = Own { members, slots: vec![None; members.len()] };
-                        let result = self.commit_one(units, members, &mut own, None, deadline).await;
+                        let result = self.commit_group(units, members, kinds[t], &mut own, None, deadline).await;
                         (t, result, own.slots)
                     });
                 }

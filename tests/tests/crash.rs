@@ -26,10 +26,16 @@ const HOLD: Duration = Duration::from_secs(300);
 /// A stack whose functions reach DynamoDB through a proxy that holds back
 /// the answer to their first `TransactWriteItems`.
 async fn stack_holding_the_first_commit() -> Result<(Stack, FaultProxy)> {
+    stack_holding_the_first("TransactWriteItems").await
+}
+
+/// [`stack_holding_the_first_commit`] for a commit by `operation`
+/// (sqs-consumer's guarded orders commit with `BatchExecuteStatement`).
+async fn stack_holding_the_first(operation: &'static str) -> Result<(Stack, FaultProxy)> {
     let mut stack = Stack::start().await?;
     let proxy = FaultProxy::start(
         &stack.dynamodb_endpoint,
-        Target::DynamoDbOperation("TransactWriteItems"),
+        Target::DynamoDbOperation(operation),
         Plan::Schedule(vec![(0, Fault::Slow(HOLD))]),
     )
     .await?;
@@ -96,7 +102,7 @@ async fn assert_orders_applied_once(stack: &Stack, count: usize) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_consumer_killed_after_its_commit_is_redelivered_to_the_same_state() -> Result<()> {
-    let (stack, proxy) = stack_holding_the_first_commit().await?;
+    let (stack, proxy) = stack_holding_the_first("BatchExecuteStatement").await?;
     for i in 0..10 {
         stack.send("orders", &order_event(i), None).await?;
     }

@@ -3,9 +3,13 @@
 //!
 //! The batch rules (quarantine of bad messages, FIFO group blocking, the
 //! deadline guard, the response) are the toolkit's [`Engine`]; this crate
-//! says only how a message becomes an order event with its idempotency
-//! marker, and that the events of a batch are applied together by the apply
-//! rule, each with its marker in the same transaction.
+//! says only how a message becomes an order event with its idempotency key
+//! and fingerprint, and that the events of a batch are applied together by
+//! the apply rule. Keyed by the event's own id (`IDEMPOTENCY_KEY_SOURCE`
+//! `/eventId`, the orders' default), each order guards its events itself
+//! (`StateStore::apply_orders_guarded`: no marker, no transaction, one write
+//! request unit per applied event); keyed otherwise, each event's marker
+//! commits in the same transaction as its order.
 
 use std::time::SystemTime;
 
@@ -48,9 +52,18 @@ pub async fn handle_batch<S: StateStore>(
         let marker = Marker { key, validation: Some(fingerprint(&event)) };
         Ok(Plan::Effect((event, marker)))
     };
+    // Keyed by the event's own id (the default), each order guards its
+    // events itself: no marker, no transaction. Keyed otherwise (by
+    // messageId, say), the markers carry the key.
+    let guarded = matches!(&config.idempotency_key_source, KeySource::BodyPointer(p) if p == "/eventId");
     let commit = |planned: Vec<(OrderEvent, Marker)>| async move {
         let (events, markers): (Vec<OrderEvent>, Vec<Marker>) = planned.into_iter().unzip();
-        match store.apply_orders(&events, Some(&markers), None).await {
+        let applied = if guarded {
+            store.apply_orders_guarded(&events, &markers).await
+        } else {
+            store.apply_orders(&events, Some(&markers), None).await
+        };
+        match applied {
             Ok(outcomes) => outcomes
                 .into_iter()
                 .zip(&markers)

@@ -26,6 +26,9 @@ pub trait Classify {
 /// <https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html>
 const TRANSIENT_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
+    // A `BatchExecuteStatement` statement's codes lack the suffix.
+    "ProvisionedThroughputExceeded",
+    "ThrottlingError",
     "ThrottlingException",
     "Throttling",
     "ThrottledException",
@@ -47,6 +50,7 @@ const TRANSIENT_CODES: &[&str] = &[
 /// Codes that mean nothing this function does can succeed.
 const FATAL_CODES: &[&str] = &[
     "ResourceNotFoundException",
+    "ResourceNotFound",
     "AccessDeniedException",
     "AccessDenied",
     "UnrecognizedClientException",

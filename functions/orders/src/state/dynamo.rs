@@ -12,26 +12,27 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
-    AttributeValue as SdkValue, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    AttributeValue as SdkValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
 };
 use chrono::Utc;
 use serde_dynamo::Item;
 use shared::batch::Outcome;
 use shared::config::{DEFAULT_COMMIT_CONCURRENCY, DEFAULT_IDEMPOTENCY_TTL};
 use shared::dynamo::{
-    ItemExt, MAX_ATTEMPTS, MAX_BATCH_GET, MAX_TRANSACT_ITEMS, StoreError, Transacted, backoff, from_sdk, to_sdk,
-    transact,
+    ItemExt, MAX_ATTEMPTS, MAX_TRANSACT_ITEMS, StoreError, Transacted, backoff, batch_get, from_sdk, to_sdk, transact,
 };
 use shared::engine::CommitError;
 use shared::error::ErrorClass;
-use shared::exactly_once::{ExactlyOnce, FinalWriteError, UnitOfWork, Verdict, Write};
+use shared::exactly_once::{ExactlyOnce, FinalWriteError, Statement, UnitOfWork, Verdict, Write};
 use shared::manifest::{Manifest, ManifestFn, get_manifest, manifest_put};
 use shared::quarantine::{DynamoQuarantine, QuarantineStore, Quarantined};
 use shared::telemetry::CapacityMeter;
 
-use super::item::{ORDER_SK, TOTALS_SK, customer_pk, entity, order_pk, totals_from_item, totals_to_item};
+use super::item::{
+    ORDER_SK, TOTALS_SK, customer_pk, entity, order_from_item, order_pk, totals_from_item, totals_to_item,
+};
 use super::{DeltaError, DeltaRecord, Marker, StateStore, combine_orders, dedupe_markers};
-use crate::order::{CustomerTotals, OrderEvent, format_timestamp, parse_timestamp};
+use crate::order::{ApplyOutcome, CustomerTotals, Order, OrderEvent, apply, format_timestamp, parse_timestamp};
 
 /// The state table (and, for markers, the idempotency table) in DynamoDB.
 #[derive(Debug, Clone)]
@@ -155,6 +156,57 @@ impl DynamoStore {
         })
     }
 
+    /// An applied event as a guarded write of its order: an `INSERT` of the
+    /// order when it was read as absent, else an `UPDATE` whose condition is
+    /// the apply rule (each sent instead of the other when the order turns
+    /// out otherwise); the order keeps the event's fingerprint, so a failed
+    /// condition tells a duplicate and a reused key from a stale event.
+    fn guarded_order(&self, order: &Order, fingerprint: &str, reused: String, absent: bool) -> Write {
+        let table = &*self.state_table;
+        let occurred = format_timestamp(&order.occurred_at);
+        let s = |v: &str| SdkValue::S(v.to_owned());
+        let values = [
+            ("entity", s(entity::ORDER)),
+            ("orderId", s(&order.order_id)),
+            ("customerId", s(&order.customer_id)),
+            ("status", s(order.status.as_str())),
+            ("amount", SdkValue::N(order.amount.to_string())),
+            ("currency", s(order.currency.as_str())),
+            ("occurredAt", s(&occurred)),
+            ("lastEventId", s(&order.last_event_id)),
+            (LAST_FINGERPRINT, s(fingerprint)),
+        ];
+        let (pk, sk) = (s(&order_pk(&order.order_id)), s(ORDER_SK));
+        // INSERT INTO "t" VALUE {'pk': ?, 'sk': ?, 'entity': ?, ..., 'version': ?}
+        let fields: Vec<String> = ["pk", "sk"]
+            .iter()
+            .chain(values.iter().map(|(n, _)| n))
+            .chain(["version"].iter())
+            .map(|n| format!("'{n}': ?"))
+            .collect();
+        let mut params: Vec<SdkValue> = vec![pk.clone(), sk.clone()];
+        params.extend(values.iter().map(|(_, v)| v.clone()));
+        params.push(SdkValue::N("1".into()));
+        let insert = Statement::new(format!("INSERT INTO \"{table}\" VALUE {{{}}}", fields.join(", ")), params);
+        // UPDATE "t" SET "entity" = ? ... SET "version" = "version" + ? WHERE pk and the apply rule.
+        let sets: String = values.iter().map(|(n, _)| format!(" SET \"{n}\" = ?")).collect();
+        let mut params: Vec<SdkValue> = values.iter().map(|(_, v)| v.clone()).collect();
+        params.extend([SdkValue::N("1".into()), pk, sk, s(&occurred), s(&occurred), s(&order.last_event_id)]);
+        let update = Statement::new(
+            format!(
+                "UPDATE \"{table}\"{sets} SET \"version\" = \"version\" + ? WHERE \"pk\" = ? AND \"sk\" = ? \
+                 AND (\"occurredAt\" < ? OR (\"occurredAt\" = ? AND \"lastEventId\" < ?))"
+            ),
+            params,
+        );
+        let event = (order.occurred_at, order.last_event_id.clone(), fingerprint.to_owned());
+        Write::insert_or_update(table, key(order_pk(&order.order_id), ORDER_SK), insert, update, absent)
+            .on_condition_failed(move |stored| {
+                let stored = stored.cloned().map(from_sdk);
+                guarded_verdict(stored.as_ref(), &event.0, &event.1, &event.2, &reused)
+            })
+    }
+
     /// A marker write: succeeds only if the key is new (or its marker expired).
     fn marker_put(&self, marker: &Marker, now: i64) -> Result<TransactWriteItem, StoreError> {
         shared::exactly_once::marker_put(
@@ -189,42 +241,12 @@ impl DynamoStore {
     }
 
     async fn get_totals(&self, customers: &[&str]) -> Result<HashMap<String, (CustomerTotals, u64)>, StoreError> {
+        let keys = customers.iter().map(|c| key(customer_pk(c), TOTALS_SK)).collect();
         let mut found = HashMap::new();
-        for group in customers.chunks(MAX_BATCH_GET) {
-            let mut keys = KeysAndAttributes::builder().consistent_read(true);
-            for customer in group {
-                keys = keys.keys(HashMap::from([
-                    ("pk".to_owned(), SdkValue::S(customer_pk(customer))),
-                    ("sk".to_owned(), SdkValue::S(TOTALS_SK.to_owned())),
-                ]));
-            }
-            let mut request = Some(HashMap::from([(
-                self.state_table.to_string(),
-                keys.build().map_err(|e| StoreError::unbuildable("BatchGetItem", &self.state_table, e))?,
-            )]));
-            let mut attempt = 0;
-            while let Some(items) = request.take().filter(|r| !r.is_empty()) {
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .set_request_items(Some(items))
-                    .send()
-                    .await
-                    .map_err(|e| StoreError::sdk("BatchGetItem", &self.state_table, &e))?;
-                for item in out.responses().and_then(|r| r.get(&*self.state_table)).into_iter().flatten() {
-                    let item = from_sdk(item.clone());
-                    let customer = item.get_s(entity::CUSTOMER_TOTALS, "customerId")?.to_owned();
-                    found.insert(customer, totals_from_item(&item)?);
-                }
-                request = out.unprocessed_keys().cloned();
-                if request.as_ref().is_some_and(|r| !r.is_empty()) {
-                    attempt += 1;
-                    backoff(attempt, None).await.map_err(|e| StoreError::Contention {
-                        attempts: attempt,
-                        message: format!("BatchGetItem unprocessed keys: {e}"),
-                    })?;
-                }
-            }
+        for item in batch_get(&self.client, &self.state_table, keys, &self.capacity).await? {
+            let item = from_sdk(item);
+            let customer = item.get_s(entity::CUSTOMER_TOTALS, "customerId")?.to_owned();
+            found.insert(customer, totals_from_item(&item)?);
         }
         Ok(found)
     }
@@ -370,7 +392,102 @@ impl DynamoStore {
     }
 }
 
+/// The attribute of an order item that keeps its last event's fingerprint
+/// (on the guarded path, where no marker does).
+const LAST_FINGERPRINT: &str = "lastFingerprint";
+
+/// How a guarded order write's failed condition reads, from the stored
+/// order: the event is the one stored (a duplicate, or a reused key when
+/// the fingerprints differ), or older (stale).
+fn guarded_verdict(
+    stored: Option<&Item>,
+    occurred_at: &chrono::DateTime<Utc>,
+    event_id: &str,
+    fingerprint: &str,
+    reused: &str,
+) -> Verdict {
+    let stored_event = stored
+        .and_then(|item| Some((parse_timestamp(item.opt_s("occurredAt")?)?, item.opt_s("lastEventId")?.to_owned())));
+    match stored_event {
+        Some((at, id)) if at == *occurred_at && id == event_id => {
+            match stored.and_then(|item| item.opt_s(LAST_FINGERPRINT)) {
+                Some(stored) if stored != fingerprint => Verdict::Reject(reused.to_owned()),
+                _ => Verdict::Duplicate,
+            }
+        }
+        // Another writer got in between the read and the write with an
+        // older event: the rule decides again on the next attempt.
+        Some((at, id)) if (at, id.as_str()) < (*occurred_at, event_id) => Verdict::Retry,
+        _ => Verdict::Stale,
+    }
+}
+
 impl StateStore for DynamoStore {
+    async fn apply_orders_guarded(
+        &self,
+        events: &[OrderEvent],
+        markers: &[Marker],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        // Keys repeated in the batch, then the events that lose their order
+        // to a greater one of the same batch: decided here, as on the marker
+        // path. The winners' orders are read (one strongly consistent read
+        // each, 100 to a request) and each winner decided by the apply rule;
+        // only the applied ones are written.
+        let mut decided = dedupe_markers(events.len(), Some(markers));
+        let candidates: Vec<usize> = (0..events.len()).filter(|i| decided[*i].is_none()).collect();
+        let candidate_events: Vec<&OrderEvent> = candidates.iter().map(|i| &events[*i]).collect();
+        let (winners, losers) = combine_orders(&candidate_events);
+        for (c, outcome) in losers.iter().enumerate() {
+            if outcome.is_some() {
+                decided[candidates[c]] = *outcome;
+            }
+        }
+        let winners: Vec<usize> = winners.into_iter().map(|w| candidates[w]).collect();
+        let keys = winners.iter().map(|&e| key(order_pk(&events[e].order_id), ORDER_SK)).collect();
+        let mut stored: HashMap<String, Item> = HashMap::new();
+        for item in batch_get(&self.client, &self.state_table, keys, &self.capacity).await? {
+            let item = from_sdk(item);
+            stored.insert(item.get_s(entity::ORDER, "orderId")?.to_owned(), item);
+        }
+        let mut units = Vec::new();
+        let mut unit_event = Vec::new();
+        for e in winners {
+            let (event, marker) = (&events[e], &markers[e]);
+            let item = stored.get(&event.order_id);
+            let current = item.map(order_from_item).transpose()?;
+            let fingerprint = marker.validation.as_deref().unwrap_or_default();
+            let reused = format!("{REUSED_PREFIX}{}", marker.key);
+            let same_event = current.as_ref().is_some_and(|o| o.last_event_id == event.event_id);
+            let stored_fingerprint = item.and_then(|i| i.opt_s(LAST_FINGERPRINT));
+            if same_event && stored_fingerprint.is_some_and(|f| f != fingerprint) {
+                decided[e] = Some(Outcome::KeyReused);
+                continue;
+            }
+            match apply(current.as_ref(), event) {
+                ApplyOutcome::Applied(order) => {
+                    units.push(UnitOfWork::guarded().write(self.guarded_order(
+                        &order,
+                        fingerprint,
+                        reused,
+                        item.is_none(),
+                    )));
+                    unit_event.push(e);
+                }
+                ApplyOutcome::Stale => decided[e] = Some(Outcome::Stale),
+                ApplyOutcome::Duplicate => decided[e] = Some(Outcome::Duplicate),
+            }
+        }
+        let committed = self.exactly_once().commit_outcomes(&units, None).await;
+        for (u, result) in committed.into_iter().enumerate() {
+            decided[unit_event[u]] = Some(match result {
+                Ok(outcome) => outcome,
+                Err(CommitError::Permanent(reason)) if reason.starts_with(REUSED_PREFIX) => Outcome::KeyReused,
+                Err(e) => return Err(self.commit_error(e)),
+            });
+        }
+        Ok(decided.into_iter().map(|d| d.unwrap_or(Outcome::Applied)).collect())
+    }
+
     async fn apply_orders(
         &self,
         events: &[OrderEvent],
@@ -488,6 +605,15 @@ impl QuarantineStore for DynamoStore {
     async fn write_quarantine(&self, records: &[Quarantined]) -> Result<(), StoreError> {
         DynamoQuarantine::new(self.client.clone(), self.state_table.to_string()).write(records).await
     }
+}
+
+/// How a guarded write's reason for a reused key starts (the key follows),
+/// read back as [`Outcome::KeyReused`].
+const REUSED_PREFIX: &str = "reused idempotency key ";
+
+/// A state table key.
+fn key(pk: String, sk: &str) -> HashMap<String, SdkValue> {
+    HashMap::from([("pk".to_owned(), SdkValue::S(pk)), ("sk".to_owned(), SdkValue::S(sk.to_owned()))])
 }
 
 /// Decides stale or duplicate from the stored order a failed condition returned.

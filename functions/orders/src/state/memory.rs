@@ -29,6 +29,8 @@ struct Inner {
     orders: HashMap<String, Order>,
     totals: BTreeMap<String, CustomerTotals>,
     markers: HashMap<String, Option<String>>,
+    /// The guarded path's: each order's last event's fingerprint.
+    fingerprints: HashMap<String, String>,
     manifests: BTreeMap<(String, String, String), Manifest>,
     quarantine: BTreeMap<(String, String), Quarantined>,
     changes: Vec<OrderChange>,
@@ -78,6 +80,47 @@ impl MemoryStore {
 }
 
 impl StateStore for MemoryStore {
+    async fn apply_orders_guarded(
+        &self,
+        events: &[OrderEvent],
+        markers: &[Marker],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut inner = self.lock();
+        // As the DynamoDB store: repeated keys and the batch's losers first,
+        // then each winner by the apply rule against its stored order, a
+        // reused event id told by the fingerprint the order keeps.
+        let mut outcomes = super::dedupe_markers(events.len(), Some(markers));
+        let candidates: Vec<usize> = (0..events.len()).filter(|i| outcomes[*i].is_none()).collect();
+        let candidate_events: Vec<&OrderEvent> = candidates.iter().map(|i| &events[*i]).collect();
+        let (winners, losers) = super::combine_orders(&candidate_events);
+        for (c, outcome) in losers.into_iter().enumerate() {
+            if outcome.is_some() {
+                outcomes[candidates[c]] = outcome;
+            }
+        }
+        for w in winners {
+            let i = candidates[w];
+            let (event, fingerprint) = (&events[i], markers[i].validation.clone().unwrap_or_default());
+            let current = inner.orders.get(&event.order_id);
+            let same_event = current.is_some_and(|o| o.last_event_id == event.event_id);
+            if same_event && inner.fingerprints.get(&event.order_id).is_some_and(|f| *f != fingerprint) {
+                outcomes[i] = Some(Outcome::KeyReused);
+                continue;
+            }
+            outcomes[i] = Some(match apply(current, event) {
+                ApplyOutcome::Applied(order) => {
+                    inner.fingerprints.insert(order.order_id.clone(), fingerprint);
+                    let old = inner.orders.insert(order.order_id.clone(), order.clone());
+                    inner.changes.push(OrderChange { old, new: order });
+                    Outcome::Applied
+                }
+                ApplyOutcome::Stale => Outcome::Stale,
+                ApplyOutcome::Duplicate => Outcome::Duplicate,
+            });
+        }
+        Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Applied)).collect())
+    }
+
     async fn apply_orders(
         &self,
         events: &[OrderEvent],

@@ -87,6 +87,25 @@ pub trait StateStore: QuarantineStore {
         manifest: Option<&ManifestFn<'_>>,
     ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
 
+    /// Applies order events guarded by their orders, without markers: each
+    /// order item keeps its last event's id and fingerprint, so the apply
+    /// rule's own condition makes a redelivered event change nothing (a
+    /// duplicate when the order still holds it, stale once a later event
+    /// superseded it) and a reused event id with another payload is told
+    /// (`KeyReused`, while the order holds it). `markers` (one per event:
+    /// its key, here derived from its event id, and its fingerprint) decide
+    /// keys repeated within the batch and name a reused key. The cheap path
+    /// of [`shared::exactly_once`]: one write request unit per applied event
+    /// instead of four, and none for a stale or duplicate one. The default
+    /// commits through [`apply_orders`](Self::apply_orders) with the markers.
+    fn apply_orders_guarded(
+        &self,
+        events: &[OrderEvent],
+        markers: &[Marker],
+    ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send {
+        self.apply_orders(events, Some(markers), None)
+    }
+
     /// Applies totals deltas exactly once each, in order. Returns the outcomes
     /// of the records committed (a prefix of `records`) and the error that
     /// stopped the rest, if any.
