@@ -516,6 +516,27 @@ impl ExactlyOnce {
         self
     }
 
+    /// A unit that only records `key` as done: a record whose effect is
+    /// nothing (a change that moves no total) still counts once, a replay
+    /// of it as a duplicate. Its marker is the whole effect, so it needs no
+    /// transaction: one guarded `INSERT` of the marker (one write unit,
+    /// batched with the other guarded units), where a marker in a
+    /// transaction costs two.
+    pub fn marker_unit(&self, key: &str) -> UnitOfWork {
+        let expiration = chrono::Utc::now().timestamp() + self.marker_ttl.as_secs() as i64;
+        let table = &self.idempotency_table;
+        let insert = Statement::new(
+            format!("INSERT INTO \"{table}\" VALUE {{'id': ?, 'status': ?, 'expiration': ?}}"),
+            vec![
+                AttributeValue::S(key.to_owned()),
+                AttributeValue::S("COMPLETED".into()),
+                AttributeValue::N(expiration.to_string()),
+            ],
+        );
+        let marker = Item::from([("id".to_owned(), AttributeValue::S(key.to_owned()))]);
+        UnitOfWork::guarded().write(Write::statement(table, marker, insert).on_condition_failed(|_| Verdict::Duplicate))
+    }
+
     /// Keeps markers this long (`IDEMPOTENCY_TTL_SECONDS`).
     pub fn with_marker_ttl(mut self, ttl: Duration) -> Self {
         self.marker_ttl = ttl;

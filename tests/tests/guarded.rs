@@ -117,3 +117,46 @@ async fn guarded_orders_delivered_concurrently_apply_each_event_once() -> anyhow
     assert_eq!((s(&item, "status")?, n(&item, "version")?), ("PAID", dec("2")));
     Ok(())
 }
+
+/// Stream records that move no total (a status change, say) have no effect
+/// to pair their marker with: their markers go alone, guarded, outside the
+/// totals' transaction. A retried batch still finds every record done once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totals_records_without_a_delta_are_marked_alone_and_read_as_duplicates_when_retried() -> anyhow::Result<()> {
+    use orders::state::DeltaRecord;
+    let stack = Stack::start().await?;
+    let store = store(&stack)?;
+    let record = |key: &str, amount: Option<&str>| DeltaRecord {
+        idempotency_key: key.to_owned(),
+        deltas: amount
+            .map(|a| {
+                let totals = orders::order::CustomerTotals {
+                    order_count: 1,
+                    totals: [(orders::order::Currency::parse("EUR").expect("EUR"), a.parse().expect("a decimal"))]
+                        .into_iter()
+                        .collect(),
+                };
+                [("c-stream".to_owned(), totals)].into_iter().collect()
+            })
+            .unwrap_or_default(),
+    };
+    let batch = [
+        record("test#ddb-stream#1", Some("10.50")),
+        record("test#ddb-stream#2", None),
+        record("test#ddb-stream#3", None),
+        record("test#ddb-stream#4", Some("2.00")),
+    ];
+    let (outcomes, error) = store.apply_deltas(&batch).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(outcomes, [Outcome::Applied; 4]);
+    let (again, error) = store.apply_deltas(&batch).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(again, [Outcome::Duplicate; 4], "each record done once");
+    let totals = state_item(&stack, "CUSTOMER#c-stream", "TOTALS").await?.expect("the totals");
+    assert_eq!(n(&totals, "orderCount")?, dec("2"));
+    assert_eq!(integration_tests::totals(&totals)?.get("EUR"), Some(&dec("12.50")));
+    let markers = stack.scan("idempotency").await?;
+    assert_eq!(markers.len(), 4, "a marker per record, the two without a delta's included: {markers:?}");
+    assert!(markers.iter().all(|m| s(m, "status").ok() == Some("COMPLETED")), "{markers:?}");
+    Ok(())
+}

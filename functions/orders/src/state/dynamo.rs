@@ -284,17 +284,39 @@ impl DynamoStore {
             }
         }
         let fits = overflow.as_ref().map_or(chunk.len(), |(i, _)| *i);
-        match self.commit_delta_chunk(&chunk[..fits], known).await {
-            Ok(outcomes) => (outcomes, overflow.map(|(_, e)| e)),
-            Err(e) => (Vec::new(), Some(e)),
+        // Records that move a total commit their markers with the totals in
+        // one transaction; records that move none have no effect to pair a
+        // marker with, so theirs go alone, guarded, at a write unit each.
+        let (effects, none): (Vec<usize>, Vec<usize>) = (0..fits).partition(|&i| !chunk[i].deltas.is_empty());
+        let with_effects: Vec<&DeltaRecord> = effects.iter().map(|&i| &chunk[i]).collect();
+        let mut outcomes: Vec<Option<Result<Outcome, DeltaError>>> = (0..fits).map(|_| None).collect();
+        match self.commit_delta_chunk(&with_effects, known).await {
+            Ok(committed) => effects.iter().zip(committed).for_each(|(&i, o)| outcomes[i] = Some(Ok(o))),
+            Err(e) => return (Vec::new(), Some(e)),
         }
+        let exactly_once = self.exactly_once();
+        let markers: Vec<UnitOfWork> =
+            none.iter().map(|&i| exactly_once.marker_unit(&chunk[i].idempotency_key)).collect();
+        for (&i, result) in none.iter().zip(exactly_once.commit_outcomes(&markers, None).await) {
+            outcomes[i] = Some(result.map_err(|e| DeltaError::Store(self.commit_error(e))));
+        }
+        // The records committed, up to the first that was not: the shard
+        // retries from there (the later ones read as duplicates then).
+        let mut done = Vec::with_capacity(fits);
+        for outcome in outcomes.into_iter().flatten() {
+            match outcome {
+                Ok(o) => done.push(o),
+                Err(e) => return (done, Some(e)),
+            }
+        }
+        (done, overflow.map(|(_, e)| e))
     }
 
     /// Commits delta records whose sums fit (checked by the caller against
     /// `known`; a concurrent writer's totals are checked again here).
     async fn commit_delta_chunk(
         &self,
-        chunk: &[DeltaRecord],
+        chunk: &[&DeltaRecord],
         mut known: HashMap<String, (CustomerTotals, u64)>,
     ) -> Result<Vec<Outcome>, DeltaError> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; chunk.len()];
