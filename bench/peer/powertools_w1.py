@@ -5,7 +5,14 @@ under `@idempotent_function` on `DynamoDBPersistenceLayer`, each order written
 to the state table by the same conditional update (the apply rule) that
 sqs-consumer commits.
 
-Usage: powertools_w1.py ENDPOINT STATE_TABLE IDEMPOTENCY_TABLE EVENT_FILE
+Usage: powertools_w1.py ENDPOINT STATE_TABLE IDEMPOTENCY_TABLE EVENT_FILE [sqs|stream|lines]
+
+The other modes are the peer of the pipeline's other steps, each write under
+`@idempotent_function` as its documentation writes it: `stream`, a DynamoDB
+stream event of orders through `process_partial_response`, each record's
+customer-totals delta one `UpdateItem` (keyed by the record's `eventID`);
+`lines`, an NDJSON object's order events (EVENT_FILE is the object), each
+line's order written by the same update as W1's (keyed by its `eventId`).
 
 Prints one JSON line: records, failures, applied, stale, requests (every
 HTTP request boto3 sent to DynamoDB, retries included, counted on botocore's
@@ -24,6 +31,7 @@ from datetime import datetime, timezone
 import boto3
 from botocore.config import Config
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
@@ -50,8 +58,12 @@ class Context:
 
 def main():
     endpoint, state_table, idempotency_table, event_file = sys.argv[1:5]
+    mode = sys.argv[5] if len(sys.argv) > 5 else "sqs"
     with open(event_file, "rb") as f:
-        event = json.load(f)
+        if mode == "lines":
+            event = {"Records": [json.loads(line) for line in f if line.strip()]}
+        else:
+            event = json.load(f)
     session = boto3.session.Session(
         aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
     )
@@ -63,6 +75,8 @@ def main():
 
     dynamodb.meta.events.register("before-send.dynamodb", count)
     persistence = DynamoDBPersistenceLayer(table_name=idempotency_table, boto3_client=dynamodb)
+    if mode == "stream":
+        return report(event, stream(dynamodb, state_table, persistence, event), requests)
     # The same key as sqs-consumer's default (`/eventId` of the body) and a
     # payload hash, as ours has.
     config = IdempotencyConfig(
@@ -70,12 +84,21 @@ def main():
         payload_validation_jmespath="powertools_json(body)",
         raise_on_no_idempotency_key=True,
     )
+    line_config = IdempotencyConfig(
+        event_key_jmespath="eventId", payload_validation_jmespath="@", raise_on_no_idempotency_key=True
+    )
     processor = BatchProcessor(event_type=EventType.SQS)
     outcomes = {"applied": 0, "stale": 0}
 
+    @idempotent_function(data_keyword_argument="order", config=line_config, persistence_store=persistence)
+    def apply_line(order):
+        return apply_order(order)
+
     @idempotent_function(data_keyword_argument="record", config=config, persistence_store=persistence)
     def record_handler(record: SQSRecord):
-        order = json.loads(record.body)
+        return apply_order(json.loads(record.body))
+
+    def apply_order(order):
         for field in ("eventId", "orderId", "customerId", "status", "amount", "currency", "occurredAt"):
             if not isinstance(order.get(field), str) or not order[field]:
                 raise ValueError(f"{field} is required")
@@ -121,18 +144,76 @@ def main():
 
     context = Context()
     config.register_lambda_context(context)
+    line_config.register_lambda_context(context)
+
+    def run():
+        if mode == "lines":
+            for order in event["Records"]:
+                apply_line(order=order)
+            return 0, outcomes
+        response = process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+        return len(response.get("batchItemFailures", [])), outcomes
+
+    report(event, run, requests)
+
+
+def stream(dynamodb, state_table, persistence, event):
+    """The peer of stream-aggregator: each stream record of an order adds
+    its delta (count and amount of a non-CANCELLED order, new image minus old)
+    to its customer's totals, one `UpdateItem` under `@idempotent_function`."""
+    config = IdempotencyConfig(event_key_jmespath="eventID", raise_on_no_idempotency_key=True)
+    config.register_lambda_context(Context())
+    processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+    outcomes = {"applied": 0, "stale": 0}
+
+    def contribution(image):
+        if not image or image.get("status") == "CANCELLED":
+            return 0, decimal.Decimal(0)
+        return 1, decimal.Decimal(str(image["amount"]))
+
+    @idempotent_function(data_keyword_argument="record", config=config, persistence_store=persistence)
+    def record_handler(record: DynamoDBRecord):
+        new, old = record.dynamodb.new_image or {}, record.dynamodb.old_image or {}
+        customer = (new or old)["customerId"]
+        (n1, a1), (n0, a0) = contribution(new), contribution(old)
+        currency = (new or old)["currency"]
+        dynamodb.update_item(
+            TableName=state_table,
+            Key={"pk": {"S": f"CUSTOMER#{customer}"}, "sk": {"S": "TOTALS"}},
+            UpdateExpression="SET entity = :entity ADD orderCount :count, #total :amount",
+            ExpressionAttributeNames={"#total": f"total{currency}"},
+            ExpressionAttributeValues={
+                ":entity": {"S": "customer_totals"},
+                ":count": {"N": str(n1 - n0)},
+                ":amount": {"N": str(a1 - a0)},
+            },
+        )
+        outcomes["applied"] += 1
+        return {"outcome": "applied"}
+
+    def run():
+        response = process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=Context()
+        )
+        return len(response.get("batchItemFailures", [])), outcomes
+
+    return run
+
+
+def report(event, run, requests):
+    """Times `run` (the handler call alone) and prints the JSON line."""
     cpu_before = time.process_time()
     started = time.perf_counter()
-    response = process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    failures, outcomes = run()
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_before
     print(
         json.dumps(
             {
                 "records": len(event["Records"]),
-                "failures": len(response.get("batchItemFailures", [])),
+                "failures": failures,
                 "applied": outcomes["applied"],
                 "stale": outcomes["stale"],
                 "requests": requests[0],

@@ -78,8 +78,10 @@ impl DynamoDbLocal {
         xtask::dynamodb_local::check_java()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let (program, args) = install.command_line(port)?;
+        // Out of the workspace: it writes dynamodb-local-metadata.json where it runs.
         let child = Command::new(&program)
             .args(&args)
+            .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -287,12 +289,22 @@ pub fn powertools_peer(workspace: &Path) -> anyhow::Result<(std::path::PathBuf, 
 /// Runs the Powertools peer on the event in `event_file` against `endpoint`,
 /// with its own state and idempotency tables (created here).
 pub async fn powertools_w1(workspace: &Path, endpoint: &str, run: &str, event_file: &Path) -> anyhow::Result<PeerRun> {
+    powertools(workspace, endpoint, run, event_file, "sqs").await
+}
+
+async fn powertools(
+    workspace: &Path,
+    endpoint: &str,
+    run: &str,
+    event_file: &Path,
+    mode: &str,
+) -> anyhow::Result<PeerRun> {
     let (python, script) = powertools_peer(workspace)?;
     let client = aws_sdk_dynamodb::Client::new(&sdk_config(endpoint).await);
     let (state, idempotency) = (format!("peer-{run}-state"), format!("peer-{run}-idempotency"));
     create_tables(&client, &state, &idempotency).await?;
     let mut command = Command::new(&python);
-    command.arg(&script).args([endpoint, &state, &idempotency]).arg(event_file);
+    command.arg(&script).args([endpoint, &state, &idempotency]).arg(event_file).arg(mode);
     let out = tokio::task::spawn_blocking(move || command.output())
         .await?
         .with_context(|| format!("running {}", script.display()))?;
@@ -368,4 +380,99 @@ pub async fn ingest_s3(
         cpu_seconds: crate::rss::cpu_seconds().unwrap_or(0.0) - cpu_before,
         start_rss_kib,
     })
+}
+
+/// W1's events as the orders they become: the stream records of the state
+/// table (an INSERT of each new order, its new image as sqs-consumer writes
+/// it), for the aggregation step of the pipeline's cost.
+pub fn w1_stream_event(run: &str, n: u64) -> anyhow::Result<Value> {
+    let records = (0..n)
+        .map(|i| {
+            let body = crate::data::order_event(run, i, u64::MAX);
+            let event = orders::order::parse_order_event(&body).map_err(|e| anyhow::anyhow!("{body}: {e}"))?;
+            let orders::order::ApplyOutcome::Applied(order) = orders::order::apply(None, &event) else {
+                anyhow::bail!("a first event applies")
+            };
+            let image = serde_json::to_value(orders::state::item::order_to_item(&order))?;
+            let keys = serde_json::json!({ "pk": image["pk"], "sk": image["sk"] });
+            Ok(serde_json::json!({
+                "eventID": format!("{run}-stream-{i}"),
+                "eventName": "INSERT",
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": "us-east-1",
+                "dynamodb": {
+                    "ApproximateCreationDateTime": 1_795_867_200 + i,
+                    "Keys": keys,
+                    "NewImage": image,
+                    "SequenceNumber": format!("{:021}", 100_000 + i),
+                    "SizeBytes": 200,
+                    "StreamViewType": "NEW_AND_OLD_IMAGES"
+                },
+                "eventSourceARN": format!("arn:aws:dynamodb:us-east-1:123456789012:table/{run}-state/stream/2026-12-01T00:00:00.000")
+            }))
+        })
+        .collect::<anyhow::Result<Vec<Value>>>()?;
+    Ok(serde_json::json!({ "Records": records }))
+}
+
+/// W1's events as the lines of one NDJSON object, for the ingest step.
+pub fn w1_object(run: &str, n: u64) -> Vec<u8> {
+    (0..n).flat_map(|i| format!("{}\n", crate::data::order_event(run, i, u64::MAX)).into_bytes()).collect()
+}
+
+/// One step of the pipeline: records through a function, and their outcomes.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    pub records: u64,
+    pub applied: u64,
+    pub seconds: f64,
+}
+
+/// stream-aggregator over `event` against `endpoint` (tables created here),
+/// with the DynamoDB store.
+pub async fn aggregate(endpoint: &str, run: &str, event: &Value) -> anyhow::Result<Step> {
+    let client = shared::config::dynamodb_client(&sdk_config(endpoint).await, &RequestCounter::default());
+    let (state, idempotency) = (format!("aggregate-{run}-state"), format!("aggregate-{run}-idempotency"));
+    create_tables(&client, &state, &idempotency).await?;
+    let store = DynamoStore::new(client, state.clone(), idempotency.clone());
+    let config = crate::ingest::config(&state, &idempotency);
+    let started = Instant::now();
+    let (response, summary) = stream_aggregator::handle(&store, &config, event)
+        .await
+        .map_err(|e| anyhow::anyhow!("stream-aggregator failed: {e}"))?;
+    anyhow::ensure!(response.batch_item_failures.is_empty(), "item failures: {response:?}");
+    Ok(Step { records: summary.total(), applied: summary.applied, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// s3-ingest over `object` (in memory) against the DynamoDB `endpoint`
+/// (tables created here), with the DynamoDB store.
+pub async fn ingest_lines(endpoint: &str, run: &str, object: Vec<u8>) -> anyhow::Result<Step> {
+    let client = shared::config::dynamodb_client(&sdk_config(endpoint).await, &RequestCounter::default());
+    let (state, idempotency) = (format!("lines-{run}-state"), format!("lines-{run}-idempotency"));
+    create_tables(&client, &state, &idempotency).await?;
+    let store = DynamoStore::new(client, state.clone(), idempotency.clone());
+    let config = crate::ingest::config(&state, &idempotency);
+    let size = object.len() as u64;
+    let mut source = shared::object::MemorySource::new();
+    source.insert("bench", "incoming/w1.ndjson", object);
+    let payload = crate::ingest::s3_event("bench", "incoming/w1.ndjson", size);
+    let started = Instant::now();
+    let (_, summary, _) =
+        s3_ingest::handle(&store, &source, &s3_ingest::Handoff::Retry, &config, &payload, &s3_ingest::Deadline::None)
+            .await
+            .map_err(|e| anyhow::anyhow!("s3-ingest failed: {e}"))?;
+    Ok(Step { records: summary.total(), applied: summary.applied, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The Powertools peer of a step (`mode` `stream` or `lines`) on the file
+/// `input`, against `endpoint`.
+pub async fn powertools_step(
+    workspace: &Path,
+    endpoint: &str,
+    run: &str,
+    mode: &str,
+    input: &Path,
+) -> anyhow::Result<PeerRun> {
+    powertools(workspace, endpoint, &format!("{run}-{mode}"), input, mode).await
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 /// The default model: 4 ms for a single-item call (`PutItem`, `UpdateItem`,
 /// `GetItem`, `DeleteItem`, and any other call), 8 ms + 0.3 ms per action
 /// for `TransactWriteItems` (and `TransactGetItems`), 4 ms + 0.3 ms per item
-/// for `BatchWriteItem` and `BatchGetItem`. Why: DynamoDB answers single-item
+/// for `BatchWriteItem`, `BatchGetItem` and `BatchExecuteStatement`. Why: DynamoDB answers single-item
 /// calls within a region in single-digit milliseconds (its documented
 /// latency class; a few ms at the median as clients in the same region
 /// measure it); a transaction is a two-phase commit through a coordinator
@@ -61,6 +61,9 @@ impl Latency {
         if let Some(actions) = value.get("TransactItems").and_then(serde_json::Value::as_array) {
             return self.transaction + self.per_action * actions.len() as u32;
         }
+        if let Some(statements) = value.get("Statements").and_then(serde_json::Value::as_array) {
+            return self.single + self.per_action * statements.len() as u32;
+        }
         if let Some(tables) = value.get("RequestItems").and_then(serde_json::Value::as_object) {
             let items: usize = tables
                 .values()
@@ -84,23 +87,141 @@ impl Latency {
     }
 }
 
-/// The write request units a request would be billed on on-demand
-/// DynamoDB, for items of at most 1 KB (the bench's are): 2 per action of a
-/// `TransactWriteItems` (a transactional write takes two), 1 per item of a
-/// `BatchWriteItem`, 1 for a `PutItem`, `UpdateItem` or `DeleteItem` (told
-/// from reads by their body: an `Item`, an `UpdateExpression`, or a `Key`
-/// with a `ConditionExpression`), 0 for reads.
-pub fn write_units(value: &serde_json::Value) -> u64 {
+/// Bytes of one attribute value in DynamoDB's wire JSON (`{"S": "..."}`),
+/// by AWS's item-size rules
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html>):
+/// a string its UTF-8 bytes, a number 1 byte per two significant digits
+/// plus 1, binary its raw bytes, a boolean or null 1, a list or map 3 bytes
+/// plus its elements (each 1 byte more, a map's with their names), a set its
+/// elements.
+pub fn value_size(value: &serde_json::Value) -> u64 {
+    let Some((kind, v)) = value.as_object().and_then(|o| o.iter().next()) else { return 0 };
+    let text = |v: &serde_json::Value| v.as_str().map_or(0, |s| s.len() as u64);
+    let binary = |v: &serde_json::Value| v.as_str().map_or(0, |s| (s.len() as u64 * 3).div_ceil(4));
+    match kind.as_str() {
+        "S" => text(v),
+        "N" => number_size(v.as_str().unwrap_or_default()),
+        "B" => binary(v),
+        "BOOL" | "NULL" => 1,
+        "SS" => v.as_array().map_or(0, |a| a.iter().map(text).sum()),
+        "NS" => v.as_array().map_or(0, |a| a.iter().map(|n| number_size(n.as_str().unwrap_or_default())).sum()),
+        "BS" => v.as_array().map_or(0, |a| a.iter().map(binary).sum()),
+        "L" => 3 + v.as_array().map_or(0, |a| a.iter().map(|e| 1 + value_size(e)).sum()),
+        "M" => 3 + v.as_object().map_or(0, |m| m.iter().map(|(k, e)| 1 + k.len() as u64 + value_size(e)).sum()),
+        _ => 0,
+    }
+}
+
+/// A number's bytes: 1 per two significant digits (leading and trailing
+/// zeroes trimmed) plus 1.
+fn number_size(n: &str) -> u64 {
+    let digits: String = n.chars().filter(char::is_ascii_digit).collect();
+    let significant = digits.trim_start_matches('0').trim_end_matches('0').len().max(1) as u64;
+    significant.div_ceil(2) + 1
+}
+
+/// Bytes of an item in wire JSON: each attribute's name and value.
+pub fn item_size(item: &serde_json::Value) -> u64 {
+    item.as_object().map_or(0, |o| o.iter().map(|(name, v)| name.len() as u64 + value_size(v)).sum())
+}
+
+/// Write request units of one write of an item of `bytes`: one per
+/// started KB, at least one.
+pub fn write_units_of(bytes: u64) -> u64 {
+    bytes.div_ceil(1024).max(1)
+}
+
+/// Capacity a request would be billed on on-demand DynamoDB, by AWS's
+/// documented rules from the sizes of the items the request writes: a
+/// `PutItem` (or a batch's put, or a statement's `INSERT`) bills its item's
+/// started KB; an `UpdateItem` (or a statement's `UPDATE`) the item it
+/// leaves, estimated as its key and the values it sets; a delete 1; every
+/// write of a `TransactWriteItems` twice (a transactional write takes two).
+/// Reads bill one read unit per item of up to 4 KB strongly consistent,
+/// half eventually consistent, also for an item that is not there (the
+/// null endpoint finds none). DynamoDB Local reports these for single
+/// writes (checked against it by `tests/tests/capacity.rs`), but not for
+/// `BatchExecuteStatement`, and one unit per transactional write instead of
+/// two; so both programs' units are counted here, from their requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Units {
+    /// Write request units.
+    pub write: u64,
+    /// Read request units, in halves (an eventually consistent read is half).
+    pub read_halves: u64,
+}
+
+/// The [`Units`] of one request body.
+pub fn units(value: &serde_json::Value) -> Units {
+    let get = |v: &serde_json::Value, k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    // An update leaves (at least) its key and the values it sets.
+    let update_size = |u: &serde_json::Value| {
+        item_size(&get(u, "Key"))
+            + get(u, "ExpressionAttributeValues").as_object().map_or(0, |o| o.values().map(value_size).sum::<u64>())
+    };
+    let single = |v: &serde_json::Value| -> u64 {
+        if let Some(item) = v.get("Item") {
+            write_units_of(item_size(item))
+        } else if v.get("UpdateExpression").is_some() {
+            write_units_of(update_size(v))
+        } else if v.get("Key").is_some() && v.get("ConditionExpression").is_some() {
+            1
+        } else {
+            0
+        }
+    };
     if let Some(actions) = value.get("TransactItems").and_then(serde_json::Value::as_array) {
-        return 2 * actions.iter().filter(|a| a.get("ConditionCheck").is_none()).count() as u64;
+        let write = actions
+            .iter()
+            .filter_map(|a| a.get("Put").or_else(|| a.get("Update")).or_else(|| a.get("Delete")))
+            .map(|w| 2 * single(w).max(1))
+            .sum();
+        return Units { write, read_halves: 0 };
+    }
+    if let Some(statements) = value.get("Statements").and_then(serde_json::Value::as_array) {
+        let write = statements.iter().map(statement_units).sum();
+        return Units { write, read_halves: 0 };
     }
     if let Some(tables) = value.get("RequestItems").and_then(serde_json::Value::as_object) {
-        return tables.values().filter_map(serde_json::Value::as_array).map(|t| t.len() as u64).sum();
+        let mut out = Units::default();
+        for table in tables.values() {
+            if let Some(requests) = table.as_array() {
+                out.write += requests
+                    .iter()
+                    .map(|r| r.pointer("/PutRequest/Item").map_or(1, |item| write_units_of(item_size(item))))
+                    .sum::<u64>();
+            } else if let Some(keys) = table.get("Keys").and_then(serde_json::Value::as_array) {
+                let consistent = table.get("ConsistentRead").and_then(serde_json::Value::as_bool) == Some(true);
+                out.read_halves += keys.len() as u64 * if consistent { 2 } else { 1 };
+            }
+        }
+        return out;
     }
-    let single = value.get("Item").is_some()
-        || value.get("UpdateExpression").is_some()
-        || (value.get("Key").is_some() && value.get("ConditionExpression").is_some());
-    u64::from(single)
+    if value.get("Key").is_some()
+        && value.get("UpdateExpression").is_none()
+        && value.get("ConditionExpression").is_none()
+    {
+        // A GetItem.
+        let consistent = value.get("ConsistentRead").and_then(serde_json::Value::as_bool) == Some(true);
+        return Units { write: 0, read_halves: if consistent { 2 } else { 1 } };
+    }
+    Units { write: single(value), read_halves: 0 }
+}
+
+/// A PartiQL statement's write units: an `INSERT`'s item (its `VALUE`'s
+/// names and parameters), an `UPDATE`'s key and set values (its
+/// parameters, and the names it sets), a `DELETE` 1, a `SELECT` none.
+fn statement_units(statement: &serde_json::Value) -> u64 {
+    let text = statement.get("Statement").and_then(serde_json::Value::as_str).unwrap_or_default();
+    let parameters: u64 =
+        statement.get("Parameters").and_then(serde_json::Value::as_array).map_or(0, |p| p.iter().map(value_size).sum());
+    // The quoted names, the table's (the first) left out.
+    let names: u64 = text.split(['\'', '"']).skip(1).step_by(2).skip(1).map(|n| n.len() as u64).sum();
+    match text.split_whitespace().next().map(str::to_ascii_uppercase).as_deref() {
+        Some("INSERT" | "UPDATE") => write_units_of(parameters + names),
+        Some("DELETE") => 1,
+        _ => 0,
+    }
 }
 
 /// The running endpoint; it lives as long as the process.
@@ -108,8 +229,10 @@ pub struct NullDynamo {
     pub addr: SocketAddr,
     /// Requests answered so far.
     pub requests: Arc<AtomicU64>,
-    /// Write request units of those requests ([`write_units`]).
+    /// Write request units of those requests ([`units`]).
     pub write_units: Arc<AtomicU64>,
+    /// Read request units of those requests, in halves ([`units`]).
+    pub read_halves: Arc<AtomicU64>,
 }
 
 impl NullDynamo {
@@ -128,16 +251,17 @@ impl NullDynamo {
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
         let write_units = Arc::new(AtomicU64::new(0));
-        let counters = (requests.clone(), write_units.clone());
+        let read_halves = Arc::new(AtomicU64::new(0));
+        let counters = (requests.clone(), write_units.clone(), read_halves.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let counters = counters.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &counters.0, &counters.1, latency);
+                    let _ = serve(stream, &counters, latency);
                 });
             }
         });
-        Ok(Self { addr, requests, write_units })
+        Ok(Self { addr, requests, write_units, read_halves })
     }
 
     pub fn endpoint(&self) -> String {
@@ -153,12 +277,18 @@ impl NullDynamo {
     pub fn write_units(&self) -> u64 {
         self.write_units.load(Ordering::Relaxed)
     }
+
+    /// Read request units of the requests answered so far.
+    pub fn read_units(&self) -> f64 {
+        self.read_halves.load(Ordering::Relaxed) as f64 / 2.0
+    }
 }
+
+type Counters = (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicU64>);
 
 fn serve(
     stream: TcpStream,
-    requests: &AtomicU64,
-    write_units: &AtomicU64,
+    (requests, write_units, read_halves): &Counters,
     latency: Option<Latency>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
@@ -169,10 +299,24 @@ fn serve(
         if let Some(latency) = latency {
             std::thread::sleep(latency.delay_of(&value));
         }
-        write_units.fetch_add(crate::null_dynamo::write_units(&value), Ordering::Relaxed);
+        let billed = units(&value);
+        write_units.fetch_add(billed.write, Ordering::Relaxed);
+        read_halves.fetch_add(billed.read_halves, Ordering::Relaxed);
         requests.fetch_add(1, Ordering::Relaxed);
+        // Every write succeeds: a BatchExecuteStatement answers each of its
+        // statements; anything else answers `{}`.
+        let body = match value.get("Statements").and_then(serde_json::Value::as_array) {
+            Some(statements) => {
+                serde_json::json!({ "Responses": vec![serde_json::json!({}); statements.len()] }).to_string()
+            }
+            None => "{}".to_owned(),
+        };
         writer.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: bench\r\nContent-Length: 2\r\n\r\n{}",
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: bench\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
         )?;
         writer.flush()?;
     }
@@ -194,11 +338,41 @@ mod tests {
     }
 
     #[test]
-    fn write_units_follow_the_on_demand_rules() {
-        let units = |body: &str| write_units(&serde_json::from_str(body).unwrap());
-        assert_eq!(units(r#"{"TransactItems":[{"Put":{}},{"Update":{}},{"ConditionCheck":{}}]}"#), 4);
-        assert_eq!(units(r#"{"TableName":"t","Item":{}}"#), 1);
-        assert_eq!(units(r#"{"TableName":"t","Key":{},"UpdateExpression":"SET a = :a"}"#), 1);
-        assert_eq!(units(r#"{"TableName":"t","Key":{}}"#), 0);
+    fn units_follow_the_on_demand_rules_from_item_sizes() {
+        let units = |body: &str| units(&serde_json::from_str(body).unwrap());
+        let w = |write| Units { write, read_halves: 0 };
+        assert_eq!(
+            units(
+                r#"{"TransactItems":[{"Put":{"Item":{}}},{"Update":{"Key":{},"UpdateExpression":"SET a = :a"}},{"ConditionCheck":{}}]}"#
+            ),
+            w(4)
+        );
+        assert_eq!(units(r#"{"TableName":"t","Item":{}}"#), w(1));
+        assert_eq!(units(r#"{"TableName":"t","Key":{},"UpdateExpression":"SET a = :a"}"#), w(1));
+        // 1,020 bytes of string and a 3-byte name: 1,023 bytes, one unit; two more bytes, two.
+        let big = |n: usize| format!(r#"{{"TableName":"t","Item":{{"abc":{{"S":"{}"}}}}}}"#, "x".repeat(n));
+        assert_eq!(units(&big(1020)), w(1));
+        assert_eq!(units(&big(1022)), w(2));
+        assert_eq!(
+            units(r#"{"RequestItems":{"t":{"Keys":[{},{}],"ConsistentRead":true}}}"#),
+            Units { write: 0, read_halves: 4 }
+        );
+        assert_eq!(units(r#"{"TableName":"t","Key":{},"ConsistentRead":true}"#), Units { write: 0, read_halves: 2 });
+        let statements = r#"{"Statements":[
+            {"Statement":"INSERT INTO \"t\" VALUE {'pk': ?}","Parameters":[{"S":"a"}]},
+            {"Statement":"UPDATE \"t\" SET \"n\" = ? WHERE \"pk\" = ?","Parameters":[{"N":"1"},{"S":"a"}]},
+            {"Statement":"SELECT * FROM \"t\""}]}"#;
+        assert_eq!(units(statements), w(2));
+    }
+
+    #[test]
+    fn sizes_follow_aws_rules() {
+        let size = |v: &str| value_size(&serde_json::from_str(v).unwrap());
+        assert_eq!(size(r#"{"S":"héllo"}"#), 6);
+        assert_eq!(size(r#"{"N":"12345"}"#), 4, "5 significant digits: 3 bytes, plus 1");
+        assert_eq!(size(r#"{"N":"1000.00"}"#), 2, "trailing zeroes trimmed");
+        assert_eq!(size(r#"{"BOOL":true}"#), 1);
+        assert_eq!(size(r#"{"M":{"ab":{"S":"c"}}}"#), 3 + 1 + 2 + 1);
+        assert_eq!(size(r#"{"L":[{"S":"a"},{"N":"7"}]}"#), 3 + (1 + 1) + (1 + 2));
     }
 }

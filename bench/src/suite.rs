@@ -319,6 +319,10 @@ pub mod prices {
     pub const LAMBDA_REQUEST: f64 = 0.20 / 1e6;
     /// DynamoDB on-demand, USD per write request unit ($0.625 per million).
     pub const DYNAMODB_WRU: f64 = 0.625 / 1e6;
+    /// DynamoDB on-demand, USD per read request unit ($0.125 per million;
+    /// one strongly consistent read of up to 4 KB, or two eventually
+    /// consistent).
+    pub const DYNAMODB_RRU: f64 = 0.125 / 1e6;
     /// The functions' configured memory (`MemorySize` in infra/template.yaml), GB.
     pub const MEMORY_GB: f64 = 256.0 / 1024.0;
 }
@@ -356,21 +360,51 @@ impl Against {
     }
 }
 
-/// What W1 cost one program on the latency model: for the cost table.
+/// What a step cost one program on the latency model: for the cost tables.
+#[derive(Debug, Clone, Copy)]
 struct W1Cost {
     seconds: f64,
     write_units: u64,
+    read_units: f64,
     records: u64,
 }
 
 impl W1Cost {
-    /// USD per million events: (Lambda duration, Lambda requests, DynamoDB writes).
-    fn per_million(&self) -> (f64, f64, f64) {
+    /// USD per million events: (Lambda duration, Lambda requests, DynamoDB
+    /// writes, DynamoDB reads).
+    fn per_million(&self) -> (f64, f64, f64, f64) {
         let batches = 1e6 / self.records as f64;
         let gb_seconds = batches * self.seconds * prices::MEMORY_GB;
-        let wru = 1e6 * self.write_units as f64 / self.records as f64;
-        (gb_seconds * prices::LAMBDA_GB_SECOND, batches * prices::LAMBDA_REQUEST, wru * prices::DYNAMODB_WRU)
+        let per = |units: f64| 1e6 * units / self.records as f64;
+        (
+            gb_seconds * prices::LAMBDA_GB_SECOND,
+            batches * prices::LAMBDA_REQUEST,
+            per(self.write_units as f64) * prices::DYNAMODB_WRU,
+            per(self.read_units) * prices::DYNAMODB_RRU,
+        )
     }
+
+    /// USD per million events, all of it.
+    fn total(&self) -> f64 {
+        let (l, r, w, d) = self.per_million();
+        l + r + w + d
+    }
+
+    /// Two steps of one record's way: their units and times added.
+    fn then(&self, next: &W1Cost) -> W1Cost {
+        let scale = self.records as f64 / next.records.max(1) as f64;
+        W1Cost {
+            seconds: self.seconds + next.seconds * scale,
+            write_units: self.write_units + (next.write_units as f64 * scale).round() as u64,
+            read_units: self.read_units + next.read_units * scale,
+            records: self.records,
+        }
+    }
+}
+
+/// The capacity counted at a null endpoint so far: (write units, read units).
+fn counted(endpoint: &crate::null_dynamo::NullDynamo) -> (u64, f64) {
+    (endpoint.write_units(), endpoint.read_units())
 }
 
 /// Issue 4's workload (W1): 1,000 SQS events through `sqs_consumer::handle`
@@ -392,7 +426,7 @@ pub fn emulator_cost(opts: &Options, report: &mut Report, runtime: &tokio::runti
         return report.skip(format!("cost workload: {}: {e}", tmp.display()));
     }
     let n = opts.cost_events;
-    let mut costs: Option<(W1Cost, Option<W1Cost>)> = None;
+    let mut costs: Option<(W1Cost, Option<W1Cost>, Option<Steps>)> = None;
     for against in [Against::Local, Against::Model, Against::Null] {
         let engine = match against {
             Against::Local => match crate::emulator::DynamoDbLocal::start(&opts.workspace) {
@@ -421,10 +455,10 @@ pub fn emulator_cost(opts: &Options, report: &mut Report, runtime: &tokio::runti
         };
         // Scenario by scenario: the cost table takes the first one's write units.
         let mut deliveries = Vec::new();
-        let mut our_units = None;
+        let mut our_units: Option<(u64, f64)> = None;
         let mut failed = None;
         for (i, scenario) in scenarios.iter().enumerate() {
-            let units_before = counting.map(|c| c.write_units());
+            let units_before = counting.map(counted);
             match runtime.block_on(crate::emulator::cost(&endpoint, n, std::slice::from_ref(scenario))) {
                 Ok(d) => deliveries.extend(d),
                 Err(e) => {
@@ -433,7 +467,9 @@ pub fn emulator_cost(opts: &Options, report: &mut Report, runtime: &tokio::runti
                 }
             }
             if i == 0 {
-                our_units = counting.zip(units_before).map(|(c, before)| c.write_units() - before);
+                our_units = counting
+                    .zip(units_before)
+                    .map(|(c, before)| (c.write_units() - before.0, c.read_units() - before.1));
             }
         }
         if let Some(e) = failed {
@@ -443,7 +479,7 @@ pub fn emulator_cost(opts: &Options, report: &mut Report, runtime: &tokio::runti
         let peak = engine.as_ref().and_then(crate::emulator::DynamoDbLocal::peak_rss_kib);
 
         // The peer: the same events, the same endpoint, right after ours.
-        let peer_units_before = counting.map(|c| c.write_units());
+        let peer_units_before = counting.map(counted);
         let event_file = tmp.join(format!("w1-{run}.json"));
         let event = serde_json::json!({ "Records": crate::emulator::w1_records(run, n) });
         let peer = std::fs::write(&event_file, event.to_string()).map_err(anyhow::Error::from).and_then(|()| {
@@ -456,7 +492,8 @@ pub fn emulator_cost(opts: &Options, report: &mut Report, runtime: &tokio::runti
                 None
             }
         };
-        let peer_units = counting.zip(peer_units_before).map(|(c, before)| c.write_units() - before);
+        let peer_units =
+            counting.zip(peer_units_before).map(|(c, before)| (c.write_units() - before.0, c.read_units() - before.1));
         if let Some(p) = &peer {
             report.push(
                 Row::new(
@@ -530,17 +567,113 @@ pub fn emulator_cost(opts: &Options, report: &mut Report, runtime: &tokio::runti
             )));
         }
         if let (Against::Model, Some(d), Some(units)) = (against, deliveries.first(), our_units) {
-            let ours = W1Cost { seconds: d.seconds, write_units: units, records: d.records };
+            let ours = W1Cost { seconds: d.seconds, write_units: units.0, read_units: units.1, records: d.records };
             let theirs = peer.as_ref().zip(peer_units).map(|(p, units)| W1Cost {
                 seconds: p.seconds,
-                write_units: units,
+                write_units: units.0,
+                read_units: units.1,
                 records: p.records,
             });
-            costs = Some((ours, theirs));
+            let steps = pipeline_steps(opts, runtime, &model, &endpoint, n, &tmp);
+            if let Err(e) = &steps {
+                report.skip(format!("pipeline cost ({}): {e:#}", against.label()));
+            }
+            costs = Some((ours, theirs, steps.ok()));
         }
     }
-    if let Some((ours, theirs)) = costs {
+    if let Some((ours, theirs, steps)) = costs {
         cost_table(report, &ours, theirs.as_ref());
+        if let (Some(steps), Some(theirs)) = (steps, theirs) {
+            pipeline_table(report, &ours, &theirs, &steps);
+        }
+    }
+}
+
+/// The pipeline's other steps on the latency model, ours and the peer's,
+/// each counted at the endpoint: stream-aggregator over the stream records
+/// of W1's orders, and s3-ingest over an object of W1's events; then the
+/// peer doing the same with Powertools.
+struct Steps {
+    aggregate: W1Cost,
+    lines: W1Cost,
+    peer_aggregate: W1Cost,
+    peer_lines: W1Cost,
+}
+
+fn pipeline_steps(
+    opts: &Options,
+    runtime: &tokio::runtime::Runtime,
+    model: &crate::null_dynamo::NullDynamo,
+    endpoint: &str,
+    n: u64,
+    tmp: &std::path::Path,
+) -> anyhow::Result<Steps> {
+    let run = "pipeline";
+    let measure = |work: &dyn Fn() -> anyhow::Result<(u64, f64)>| -> anyhow::Result<W1Cost> {
+        let before = counted(model);
+        let (records, seconds) = work()?;
+        let after = counted(model);
+        Ok(W1Cost { seconds, write_units: after.0 - before.0, read_units: after.1 - before.1, records })
+    };
+    let stream = crate::emulator::w1_stream_event(run, n)?;
+    let object = crate::emulator::w1_object(run, n);
+    let aggregate = measure(&|| {
+        let s = runtime.block_on(crate::emulator::aggregate(endpoint, run, &stream))?;
+        anyhow::ensure!(s.records == n, "stream-aggregator counted {} of {n} records", s.records);
+        Ok((s.records, s.seconds))
+    })?;
+    let lines = measure(&|| {
+        let s = runtime.block_on(crate::emulator::ingest_lines(endpoint, run, object.clone()))?;
+        anyhow::ensure!(s.applied == n, "s3-ingest applied {} of {n} lines", s.applied);
+        Ok((s.records, s.seconds))
+    })?;
+    let stream_file = tmp.join("pipeline-stream.json");
+    std::fs::write(&stream_file, stream.to_string())?;
+    let object_file = tmp.join("pipeline-object.ndjson");
+    std::fs::write(&object_file, &object)?;
+    let peer = |mode: &str, file: &std::path::Path| -> anyhow::Result<W1Cost> {
+        measure(&|| {
+            let p = runtime.block_on(crate::emulator::powertools_step(&opts.workspace, endpoint, run, mode, file))?;
+            Ok((p.records, p.seconds))
+        })
+    };
+    Ok(Steps {
+        aggregate,
+        lines,
+        peer_aggregate: peer("stream", &stream_file)?,
+        peer_lines: peer("lines", &object_file)?,
+    })
+}
+
+/// The full pipeline's cost per million events, ours beside the peer's in
+/// the same run: an order event from the queue to its customer's totals
+/// (sqs-consumer, then stream-aggregator on the change it made), and an
+/// object line from S3 to the totals (s3-ingest, then stream-aggregator).
+fn pipeline_table(report: &mut Report, w1: &W1Cost, peer_w1: &W1Cost, steps: &Steps) {
+    let ways = [
+        (
+            "order event from the queue to the customer's totals",
+            w1.then(&steps.aggregate),
+            peer_w1.then(&steps.peer_aggregate),
+        ),
+        (
+            "object line from S3 to the customer's totals",
+            steps.lines.then(&steps.aggregate),
+            steps.peer_lines.then(&steps.peer_aggregate),
+        ),
+    ];
+    for (way, ours, theirs) in ways {
+        let per = |c: &W1Cost| (c.write_units as f64 / c.records as f64, c.read_units / c.records as f64);
+        let ((w, r), (pw, pr)) = (per(&ours), per(&theirs));
+        report.push(
+            Row::new("cost", format!("pipeline per million events, {way}: total"), ours.total(), "USD", Better::Lower)
+                .baseline(theirs.total(), "Powertools, same run")
+                .note(format!(
+                    "{:.2}x Powertools; ours {w:.2} WRU + {r:.2} RRU per event, Powertools {pw:.2} WRU + {pr:.2} RRU \
+                     (units counted at the latency model's endpoint by AWS's item-size rules)",
+                    ours.total() / theirs.total()
+                )),
+        );
     }
 }
 
@@ -549,34 +682,40 @@ pub fn emulator_cost(opts: &Options, report: &mut Report, runtime: &tokio::runti
 /// memory), Lambda requests (one invocation per batch) and DynamoDB write
 /// request units (counted at the endpoint from the requests made).
 fn cost_table(report: &mut Report, ours: &W1Cost, theirs: Option<&W1Cost>) {
-    let (l, r, d) = ours.per_million();
+    let (l, r, d, reads) = ours.per_million();
     let peer = theirs.map(W1Cost::per_million);
     let how = |c: &W1Cost| {
         format!(
-            "{:.1} GB-s, {:.0} WRU per million events ({:.3} s per batch of {} at {} MB; {:.1} WRU/record)",
+            "{:.1} GB-s, {:.0} WRU and {:.0} RRU per million events ({:.3} s per batch of {} at {} MB; {:.2} WRU and {:.2} RRU/record)",
             1e6 / c.records as f64 * c.seconds * prices::MEMORY_GB,
             1e6 * c.write_units as f64 / c.records as f64,
+            1e6 * c.read_units / c.records as f64,
             c.seconds,
             c.records,
             prices::MEMORY_GB * 1024.0,
-            c.write_units as f64 / c.records as f64
+            c.write_units as f64 / c.records as f64,
+            c.read_units / c.records as f64
         )
     };
     let price_note = format!(
-        "list prices us-east-1 as AWS's pricing pages state them (read 2026-12-02): Lambda x86 ${:.7}/GB-s, $0.20/M requests; DynamoDB on-demand $0.625/M WRU (a transactional write takes 2 WRU per item)",
+        "list prices us-east-1 as AWS's pricing pages state them (read 2026-12-02): Lambda x86 ${:.7}/GB-s, $0.20/M requests; DynamoDB on-demand $0.625/M WRU (a transactional write takes 2 WRU per item), $0.125/M RRU; units counted at the endpoint by AWS's item-size rules",
         prices::LAMBDA_GB_SECOND
     );
     let rows = [
         ("Lambda duration", l, peer.map(|p| p.0)),
         ("Lambda requests", r, peer.map(|p| p.1)),
         ("DynamoDB writes", d, peer.map(|p| p.2)),
-        ("total", l + r + d, peer.map(|p| p.0 + p.1 + p.2)),
+        ("DynamoDB reads", reads, peer.map(|p| p.3)),
+        ("total", l + r + d + reads, peer.map(|p| p.0 + p.1 + p.2 + p.3)),
     ];
     for (what, value, baseline) in rows {
         let mut row =
             Row::new("cost", format!("W1 per million events, sqs-consumer: {what}"), value, "USD", Better::Lower);
         if let Some(b) = baseline {
             row = row.baseline(b, "Powertools, same run");
+            if what == "total" {
+                row = row.target(0.5 * b, "<= 0.5x Powertools");
+            }
         }
         let note = match (what, theirs) {
             ("total", Some(t)) => format!("ours: {}; Powertools: {}; {price_note}", how(ours), how(t)),

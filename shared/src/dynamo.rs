@@ -211,43 +211,63 @@ pub async fn execute_statements(
 }
 
 /// Reads the items of `keys` from `table`, strongly consistent, in
-/// `BatchGetItem`s of at most 100 keys (their consumed capacity summed into
-/// `capacity`), unprocessed keys asked again with back-off. Items that do not
-/// exist are not in the answer, which is in no particular order.
+/// `BatchGetItem`s of at most 100 keys, up to [`BATCH_GET_CONCURRENCY`] of
+/// them at once (their consumed capacity summed into `capacity`), unprocessed
+/// keys asked again with back-off. Items that do not exist are not in the
+/// answer, which is in no particular order.
 pub async fn batch_get(
     client: &Client,
     table: &str,
     keys: Vec<SdkItem>,
     capacity: &CapacityMeter,
 ) -> Result<Vec<SdkItem>, StoreError> {
+    use futures::{StreamExt, TryStreamExt};
+    let groups: Vec<Vec<SdkItem>> = keys.chunks(MAX_BATCH_GET).map(<[SdkItem]>::to_vec).collect();
+    let found: Vec<Vec<SdkItem>> = futures::stream::iter(groups)
+        .map(|group| batch_get_group(client, table, group, capacity))
+        .buffer_unordered(BATCH_GET_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// How many of [`batch_get`]'s requests are in flight at once: a batch of
+/// 1,000 keys is read in one round trip.
+pub const BATCH_GET_CONCURRENCY: usize = 10;
+
+/// One `BatchGetItem` of at most 100 keys, its unprocessed keys asked again.
+async fn batch_get_group(
+    client: &Client,
+    table: &str,
+    group: Vec<SdkItem>,
+    capacity: &CapacityMeter,
+) -> Result<Vec<SdkItem>, StoreError> {
     use aws_sdk_dynamodb::types::KeysAndAttributes;
-    let mut found = Vec::with_capacity(keys.len());
-    for group in keys.chunks(MAX_BATCH_GET) {
-        let wanted = KeysAndAttributes::builder()
-            .consistent_read(true)
-            .set_keys(Some(group.to_vec()))
-            .build()
-            .map_err(|e| StoreError::unbuildable("BatchGetItem", table, e))?;
-        let mut request = Some(HashMap::from([(table.to_owned(), wanted)]));
-        let mut attempt = 0;
-        while let Some(items) = request.take().filter(|r| !r.is_empty()) {
-            let out = client
-                .batch_get_item()
-                .set_request_items(Some(items))
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await
-                .map_err(|e| StoreError::sdk("BatchGetItem", table, &e))?;
-            capacity.add(out.consumed_capacity().iter().filter_map(|c| c.capacity_units).sum());
-            found.extend(out.responses().and_then(|r| r.get(table)).into_iter().flatten().cloned());
-            request = out.unprocessed_keys().cloned();
-            if request.as_ref().is_some_and(|r| !r.is_empty()) {
-                attempt += 1;
-                backoff(attempt, None).await.map_err(|e| StoreError::Contention {
-                    attempts: attempt,
-                    message: format!("BatchGetItem unprocessed keys: {e}"),
-                })?;
-            }
+    let mut found = Vec::with_capacity(group.len());
+    let wanted = KeysAndAttributes::builder()
+        .consistent_read(true)
+        .set_keys(Some(group))
+        .build()
+        .map_err(|e| StoreError::unbuildable("BatchGetItem", table, e))?;
+    let mut request = Some(HashMap::from([(table.to_owned(), wanted)]));
+    let mut attempt = 0;
+    while let Some(items) = request.take().filter(|r| !r.is_empty()) {
+        let out = client
+            .batch_get_item()
+            .set_request_items(Some(items))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| StoreError::sdk("BatchGetItem", table, &e))?;
+        capacity.add(out.consumed_capacity().iter().filter_map(|c| c.capacity_units).sum());
+        found.extend(out.responses().and_then(|r| r.get(table)).into_iter().flatten().cloned());
+        request = out.unprocessed_keys().cloned();
+        if request.as_ref().is_some_and(|r| !r.is_empty()) {
+            attempt += 1;
+            backoff(attempt, None).await.map_err(|e| StoreError::Contention {
+                attempts: attempt,
+                message: format!("BatchGetItem unprocessed keys: {e}"),
+            })?;
         }
     }
     Ok(found)
