@@ -203,7 +203,7 @@ pub fn run_cloudflare() -> Result<()> {
     let tools = crate::cloudflare::Tools::ensure(&root)?;
     header("building the Worker (cargo build --target wasm32-unknown-unknown, wasm-bindgen)");
     let size = tools.build()?;
-    println!("  {}/pkg/index_bg.wasm: {size} bytes ({})", crate::cloudflare::OUT_DIR, elapsed(start));
+    println!("  {}: {size} bytes ({})", crate::cloudflare::wasm_module(&root)?.display(), elapsed(start));
     header(
         "starting the Worker under workerd (miniflare, infra/cloudflare/wrangler.jsonc), loading events/data/ into R2 \
          with the notifications R2 would send, sending the order events, draining",

@@ -419,7 +419,7 @@ pub fn run_cloudflare(lines: u64, messages: u64) -> Result<()> {
     super::header("installing the Cloudflare tools where missing and building the Worker");
     let tools = crate::cloudflare::Tools::ensure(&root)?;
     let size = tools.build()?;
-    println!("  {}/pkg/index_bg.wasm: {size} bytes", crate::cloudflare::OUT_DIR);
+    println!("  {}: {size} bytes", crate::cloudflare::wasm_module(&root)?.display());
     super::header(&format!(
         "{messages} order messages through the local queue, then one object of {lines} lines through R2 (workerd)"
     ));
