@@ -57,16 +57,19 @@ async fn invoke_with_dynamodb_stalled(function: &str, event: &str) -> Result<Ans
     )
     .await?;
     stack.function_dynamodb_endpoint = Some(proxy.endpoint());
-    xtask::lambda::build_functions(&stack.root, &[function.to_owned()]).await?;
+    // The binary as the local stack builds it, where cargo says it put it.
+    let exe: PathBuf = xtask::lambda::build_declared_functions(&stack.root)
+        .await?
+        .remove(function)
+        .with_context(|| format!("no binary built for {function}"))?;
 
     let api = RuntimeApi::start()?;
     api.set_deadline(LEFT);
     let event = std::fs::read(stack.root.join("events").join(event)).with_context(|| format!("reading {event}"))?;
     api.arm(vec![event]);
     let mut env = lambda_env(&api, function, None, None);
-    env.extend(stack.function_env()?);
+    env.extend(stack.function_env(function)?);
     env.push(("DEADLINE_MARGIN_MS".into(), MARGIN_MS.to_string()));
-    let exe: PathBuf = stack.root.join("target/debug").join(function);
     let log = std::fs::File::create(stack.run_dir().join(format!("{function}-deadline.log")))?;
     let _process = Function(
         Command::new(&exe)

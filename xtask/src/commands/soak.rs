@@ -501,7 +501,19 @@ async fn produce(stack: &Stack, producer: &mut Producer, duration: Duration) -> 
 
 async fn kill(stack: &Stack, done: &AtomicBool, seed: u64, kills: &mut BTreeMap<String, u64>) -> Result<()> {
     let mut rng = Rng::new(seed ^ 0x6B69_6C6C);
-    let functions: Vec<String> = stack.spec.function_names().map(str::to_owned).collect();
+    // The pipeline's functions: those fed by what the soak produces (the
+    // order queues, the uploads' notification queue, the state table's
+    // stream), not the other declared functions, which see no traffic here.
+    let prefix = stack.spec.bucket.notifications.first().map(|n| n.queue.clone());
+    let fed = |source: &crate::spec::MappingSource| match source {
+        crate::spec::MappingSource::Queue { queue } => {
+            [STANDARD_QUEUE, FIFO_QUEUE].contains(&queue.as_str()) || Some(queue) == prefix.as_ref()
+        }
+        crate::spec::MappingSource::Table { table } => table == "state",
+    };
+    let mut functions: Vec<String> =
+        stack.spec.mappings.iter().filter(|m| fed(&m.source)).map(|m| m.function.clone()).collect();
+    functions.dedup();
     let (low, high) = KILL_EVERY;
     while !done.load(Ordering::SeqCst) {
         let spread = u64::try_from((high - low).as_millis()).unwrap_or(1);
