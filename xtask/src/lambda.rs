@@ -183,10 +183,13 @@ struct Instance {
 }
 
 impl Lambda {
-    /// Builds every function the stack declares (one `cargo build`) and
-    /// serves them against `stack`.
-    pub(crate) async fn start(stack: &Stack) -> Result<Self> {
-        let names: Vec<String> = stack.spec.function_names().map(str::to_owned).collect();
+    /// Builds `functions` (declared in the stack's declaration; one `cargo
+    /// build`) and serves them against `stack`.
+    pub(crate) async fn start(stack: &Stack, functions: &[String]) -> Result<Self> {
+        for name in functions {
+            stack.spec.function(name)?;
+        }
+        let names = functions.to_vec();
         let root = stack.root.clone();
         let executables = tokio::task::spawn_blocking(move || build_functions_blocking(&root, &names, false))
             .await
@@ -194,7 +197,8 @@ impl Lambda {
         let bin = stack.run_dir().join("bin");
         std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
         let mut configs = Vec::new();
-        for (name, f) in &stack.spec.functions {
+        for name in functions {
+            let f = stack.spec.function(name)?;
             let built = executables.get(name).with_context(|| format!("no binary was built for {name}"))?;
             configs.push(FunctionConfig {
                 name: name.clone(),
@@ -225,9 +229,7 @@ impl Lambda {
             concurrency: concurrency.max(1),
             functions: functions
                 .into_iter()
-                .map(|config| {
-                    (config.name.clone(), Function { config, state: Mutex::default(), work: Notify::new() })
-                })
+                .map(|config| (config.name.clone(), Function { config, state: Mutex::default(), work: Notify::new() }))
                 .collect(),
             reports: broadcast::channel(256).0,
             history: Mutex::default(),
@@ -267,6 +269,11 @@ impl Lambda {
     /// The functions served.
     pub fn functions(&self) -> impl Iterator<Item = &str> {
         self.host.functions.keys().map(String::as_str)
+    }
+
+    /// Whether `function` is served.
+    pub fn serves(&self, function: &str) -> bool {
+        self.host.functions.contains_key(function)
     }
 
     /// Every function process's output so far (their JSON log lines), in
@@ -407,9 +414,15 @@ impl Host {
             ]
             .map(|(k, v)| (k.to_owned(), v)),
         );
-        let group =
-            ChildGroup::spawn_with_exact_env(&self.run, &format!("{name}-{id}"), &f.config.executable, &[], &env, &self.cwd)
-                .with_context(|| format!("starting {}", f.config.executable.display()))?;
+        let group = ChildGroup::spawn_with_exact_env(
+            &self.run,
+            &format!("{name}-{id}"),
+            &f.config.executable,
+            &[],
+            &env,
+            &self.cwd,
+        )
+        .with_context(|| format!("starting {}", f.config.executable.display()))?;
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).push(group.log_path().to_path_buf());
         let server = {
             let host = Arc::downgrade(self);
@@ -631,11 +644,8 @@ async fn runtime_api_call(host: Weak<Host>, function: String, id: u64, request: 
     let Some(rest) = path.strip_prefix(RUNTIME_PREFIX) else {
         return answer(StatusCode::NOT_FOUND, &[], "not a Runtime API path");
     };
-    let error_type = request
-        .headers()
-        .get("lambda-runtime-function-error-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let error_type =
+        request.headers().get("lambda-runtime-function-error-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     match (method, rest.split('/').collect::<Vec<_>>().as_slice()) {
         (Method::GET, ["invocation", "next"]) => {
@@ -705,16 +715,16 @@ async fn invoke_api(host: Weak<Host>, request: Request<Incoming>) -> HttpResult 
         return answer(StatusCode::SERVICE_UNAVAILABLE, &[], "the local Lambda stopped");
     };
     let path = request.uri().path().to_owned();
-    let function = match (request.method(), path.strip_prefix(INVOKE_PREFIX).and_then(|p| p.strip_suffix("/invocations"))) {
-        (&Method::POST, Some(f)) => f.to_owned(),
-        _ => return answer(StatusCode::NOT_FOUND, &[], format!("no Invoke API call {} {path}", request.method())),
-    };
+    let function =
+        match (request.method(), path.strip_prefix(INVOKE_PREFIX).and_then(|p| p.strip_suffix("/invocations"))) {
+            (&Method::POST, Some(f)) => f.to_owned(),
+            _ => return answer(StatusCode::NOT_FOUND, &[], format!("no Invoke API call {} {path}", request.method())),
+        };
     // A name, or an ARN with or without a qualifier.
     let function = percent_decode(&function);
     let function = function.rsplit_once(":function:").map_or(function.as_str(), |(_, f)| f);
     let function = function.split(':').next().unwrap_or_default().to_owned();
-    let asynchronous =
-        request.headers().get("x-amz-invocation-type").and_then(|v| v.to_str().ok()) == Some("Event");
+    let asynchronous = request.headers().get("x-amz-invocation-type").and_then(|v| v.to_str().ok()) == Some("Event");
     let payload = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if host.function(&function).is_err() {
         let message = format!(
@@ -812,7 +822,10 @@ mod tests {
     #[test]
     fn function_errors_read_the_runtime_body_or_the_header() {
         let body = br#"{"errorType":"Config","errorMessage":"environment variable X is required but not set"}"#;
-        assert_eq!(function_error(body, None), ("Config".into(), "environment variable X is required but not set".into()));
+        assert_eq!(
+            function_error(body, None),
+            ("Config".into(), "environment variable X is required but not set".into())
+        );
         assert_eq!(function_error(b"boom", Some("Runtime.Panic".into())), ("Runtime.Panic".into(), "boom".into()));
     }
 

@@ -244,8 +244,20 @@ impl Stack {
     /// Serves every declared function against this stack (builds their
     /// binaries first, in one `cargo build`).
     pub async fn start_lambda(&mut self) -> Result<&Lambda> {
+        let all: Vec<String> = self.spec.function_names().map(str::to_owned).collect();
+        self.start_lambda_with(&all).await
+    }
+
+    /// Serves only `functions` (a function's own test: it builds only that
+    /// binary); the [`crate::Driver`] then runs only their mappings.
+    pub async fn start_lambda_for(&mut self, functions: &[&str]) -> Result<&Lambda> {
+        let functions: Vec<String> = functions.iter().map(|f| (*f).to_owned()).collect();
+        self.start_lambda_with(&functions).await
+    }
+
+    async fn start_lambda_with(&mut self, functions: &[String]) -> Result<&Lambda> {
         if self.lambda.is_none() {
-            let lambda = Lambda::start(self).await?;
+            let lambda = Lambda::start(self, functions).await?;
             self.lambda = Some(lambda);
         }
         Ok(self.lambda.as_ref().expect("just set"))
@@ -259,12 +271,7 @@ impl Stack {
     /// Kills a function's process mid-invocation (SIGKILL); see
     /// [`Lambda::kill_function`].
     pub async fn kill_function(&self, function: &str) -> Result<()> {
-        self.lambda
-            .as_ref()
-            .context("start the functions first")?
-            .kill_function(function, None)
-            .await
-            .map(drop)
+        self.lambda.as_ref().context("start the functions first")?.kill_function(function, None).await.map(drop)
     }
 
     /// Kills one of `function`'s running processes (the `pick`-th, modulo
@@ -360,11 +367,9 @@ impl Stack {
     /// a variable it requires.
     pub fn remove_function_env(&mut self, function: &str, variable: &str) -> Result<()> {
         let spec = &mut self.spec;
-        let declared = spec.functions.get_mut(function).with_context(|| format!("no function {function:?} is declared"))?;
-        declared
-            .environment
-            .remove(variable)
-            .with_context(|| format!("{function} declares no variable {variable}"))?;
+        let declared =
+            spec.functions.get_mut(function).with_context(|| format!("no function {function:?} is declared"))?;
+        declared.environment.remove(variable).with_context(|| format!("{function} declares no variable {variable}"))?;
         Ok(())
     }
 
