@@ -29,10 +29,7 @@ async fn an_invoke_of_a_function_missing_a_required_variable_fails_within_second
     let event = std::fs::read(stack.root.join("examples/inventory-reservations/events/sqs-reservations.json"))?;
 
     // Through the Invoke API, as `cargo lambda invoke` calls it.
-    let url = format!(
-        "http://127.0.0.1:{}/2015-03-31/functions/inventory-reservations/invocations",
-        lambda.port()
-    );
+    let url = format!("http://127.0.0.1:{}/2015-03-31/functions/inventory-reservations/invocations", lambda.port());
     let started = Instant::now();
     let response = tokio::time::timeout(ANSWER_WITHIN, reqwest::Client::new().post(&url).body(event).send())
         .await

@@ -366,6 +366,11 @@ mod tests {
         // So `cargo xtask new` changes only the lines of what it adds.
         let path = crate::workspace::root().join("infra/stack.json");
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(Json::parse(&text).unwrap().pretty(), text, "{} is not laid out as Json::pretty writes it", path.display());
+        assert_eq!(
+            Json::parse(&text).unwrap().pretty(),
+            text,
+            "{} is not laid out as Json::pretty writes it",
+            path.display()
+        );
     }
 }

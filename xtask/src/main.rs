@@ -32,13 +32,16 @@ fn main() -> ExitCode {
             if args.cloudflare {
                 commands::demo::run_cloudflare()
             } else {
-                args.engine.engine().and_then(|engine| runtime()?.block_on(interruptible(commands::demo::run(engine), false)))
+                args.engine
+                    .engine()
+                    .and_then(|engine| runtime()?.block_on(interruptible(commands::demo::run(engine), false)))
             }
         }
         Command::BuildWorker(_) => commands::build_worker(),
-        Command::Stack(args) => args.engine.engine().and_then(|engine| {
-            runtime()?.block_on(interruptible(commands::stack::run(!args.no_driver, engine), true))
-        }),
+        Command::Stack(args) => args
+            .engine
+            .engine()
+            .and_then(|engine| runtime()?.block_on(interruptible(commands::stack::run(!args.no_driver, engine), true))),
         Command::Soak(args) => args.engine.engine().and_then(|engine| {
             let seed = args.seed.unwrap_or_else(|| {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())

@@ -344,7 +344,8 @@ pub fn template(spec: &StackSpec) -> Result<String> {
                 p.push(("DestinationConfig", json!({ "OnFailure": { "Destination": destination } })));
             }
             if !m.filter_patterns.is_empty() {
-                let filters: Vec<Value> = m.filter_patterns.iter().map(|pattern| json!({ "Pattern": pattern })).collect();
+                let filters: Vec<Value> =
+                    m.filter_patterns.iter().map(|pattern| json!({ "Pattern": pattern })).collect();
                 p.push(("FilterCriteria", json!({ "Filters": filters })));
             }
             let kind = if matches!(m.source, MappingSource::Queue { .. }) { "SQS" } else { "DynamoDB" };
@@ -781,7 +782,10 @@ fn queue_policy(queue: &str, mut allow: Vec<Value>) -> Json {
     statements.append(&mut allow);
     ordered(vec![
         ("Type", json!("AWS::SQS::QueuePolicy")),
-        ("Properties", ordered_value(vec![("Queues", json!([reference(queue)])), ("PolicyDocument", policy(statements))])),
+        (
+            "Properties",
+            ordered_value(vec![("Queues", json!([reference(queue)])), ("PolicyDocument", policy(statements))]),
+        ),
     ])
 }
 

@@ -109,7 +109,8 @@ pub fn build(root: &Path, args: &[&str], visible: bool) -> Result<Vec<Artifact>>
             reason: String,
         }
         if serde_json::from_str::<Message>(&line).is_ok_and(|m| m.reason == "compiler-artifact") {
-            artifacts.push(serde_json::from_str(&line).with_context(|| format!("a compiler-artifact message: {line}"))?);
+            artifacts
+                .push(serde_json::from_str(&line).with_context(|| format!("a compiler-artifact message: {line}"))?);
         }
     }
     let status = child.wait().with_context(|| format!("waiting for {what}"))?;
@@ -136,7 +137,9 @@ pub fn build_binaries(root: &Path, packages: &[String], visible: bool) -> Result
         .collect();
     for package in packages {
         if !executables.contains_key(package) {
-            bail!("cargo build -p {package} built no binary named {package} (a function's [[bin]] has its package's name)");
+            bail!(
+                "cargo build -p {package} built no binary named {package} (a function's [[bin]] has its package's name)"
+            );
         }
     }
     Ok(executables)
