@@ -231,12 +231,15 @@ impl Tools {
         }
         let dist_arg = dist.to_string_lossy().into_owned();
         // The entry named explicitly: wrangler.jsonc's `main` assumes the
-        // default target directory.
+        // default target directory. (With an entry given, wrangler looks for
+        // its configuration beside the entry: so --config too.)
         let main = out.join("worker.mjs").to_string_lossy().into_owned();
         self.node_status(&[
             "node_modules/wrangler/bin/wrangler.js",
             "deploy",
             &main,
+            "--config",
+            "wrangler.jsonc",
             "--dry-run",
             "--outdir",
             &dist_arg,
