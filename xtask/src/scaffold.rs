@@ -513,8 +513,19 @@ pub fn check_templates(root: &Path, run: &dyn Fn(&mut std::process::Command, &st
                 .with_context(|| format!("linking {tools} into {}", scratch.display()))?;
         }
     }
+    let members = ["shared", "shared/core", "xtask"];
     let manifest = std::fs::read_to_string(scratch.join("Cargo.toml"))?;
-    std::fs::write(scratch.join("Cargo.toml"), with_members(&manifest, &["shared", "shared/core", "xtask"])?)?;
+    std::fs::write(scratch.join("Cargo.toml"), with_members(&manifest, &members)?)?;
+    // Cargo names a path package's build by its path from the workspace
+    // root: the copy's `shared` would share the workspace's artefacts, and
+    // each build would undo the other's. A build-metadata version keeps them
+    // apart (dependents ask for the path, not a version).
+    for member in members {
+        let path = scratch.join(member).join("Cargo.toml");
+        let text = std::fs::read_to_string(&path)?;
+        ensure!(text.contains("\nversion = \"0.1.0\"\n"), "{}: no `version = \"0.1.0\"` line", path.display());
+        std::fs::write(&path, text.replacen("\nversion = \"0.1.0\"\n", "\nversion = \"0.1.0+template-check\"\n", 1))?;
+    }
     let mut packages = Vec::new();
     for (name, trigger) in CHECKED {
         create(&scratch, name, trigger).with_context(|| format!("cargo xtask new {name} in {}", scratch.display()))?;
@@ -541,8 +552,22 @@ pub fn check_templates(root: &Path, run: &dyn Fn(&mut std::process::Command, &st
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run(&mut cargo(&args), &format!("cargo {}", args.join(" ")))?;
     }
+    // And the template with the local-only functions deployed too, for the
+    // equivalence test's comparison of them (as the infra check does).
+    let all_functions = scratch.join("all-functions.template.yaml");
+    let mut all = crate::sam::template_spec(&std::fs::read_to_string(scratch.join(STACK_JSON))?)?;
+    for f in all.functions.values_mut() {
+        f.deploy = true;
+    }
+    std::fs::write(&all_functions, crate::sam::template(&all)?)?;
     let cfn_lint = root.join(".venv/bin/cfn-lint");
-    run(std::process::Command::new(cfn_lint).arg("template.yaml").current_dir(scratch.join("infra")), "cfn-lint")?;
+    run(
+        std::process::Command::new(cfn_lint)
+            .arg("template.yaml")
+            .arg(&all_functions)
+            .current_dir(scratch.join("infra")),
+        "cfn-lint",
+    )?;
     let cdk = scratch.join("infra/cdk");
     run(
         std::process::Command::new("node").args(["node_modules/typescript/bin/tsc", "-p", "."]).current_dir(&cdk),
@@ -558,7 +583,8 @@ pub fn check_templates(root: &Path, run: &dyn Fn(&mut std::process::Command, &st
             .arg("--test")
             .args(&tests)
             .current_dir(&cdk)
-            .env("CDK_DISABLE_VERSION_CHECK", "1"),
+            .env("CDK_DISABLE_VERSION_CHECK", "1")
+            .env("SAM_ALL_FUNCTIONS", &all_functions),
         "the CDK tests with the four functions declared",
     )?;
     std::fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
