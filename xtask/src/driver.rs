@@ -43,7 +43,7 @@
 //! function instance each. [`Driver::concurrent`] delivers several SQS
 //! batches of a queue at once and splits each stream batch by item key into
 //! up to a parallelization factor of concurrent batches, as Lambda does once
-//! it scales (`cargo lambda watch --concurrency` runs as many instances).
+//! it scales (the local Lambda runs up to `Stack::function_concurrency` processes of each function).
 //!
 //! Not modelled: `maximumBatchingWindowSeconds` (a latency/batch-size knob that
 //! does not change what is delivered).

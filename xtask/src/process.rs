@@ -254,8 +254,8 @@ kill -TERM 0"#
         if clear_env {
             command.env_clear();
         }
-        // `cargo lambda watch` builds the functions: with our package's
-        // variables it would rebuild what the other builds made.
+        // A child that runs cargo: with our package's variables it would
+        // rebuild what the other builds made.
         without_package_env(&mut command);
         let child = command
             .arg("-c")

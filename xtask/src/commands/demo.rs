@@ -29,7 +29,7 @@ pub async fn run(engine: crate::dynamodb_local::Engine) -> Result<()> {
     let mut stack = Stack::start_with(engine).await?;
     println!("  moto (S3, SQS) on {}", stack.endpoint);
     println!("  {} (DynamoDB, DynamoDB Streams) on {} ({})", engine.name(), stack.dynamodb_endpoint, elapsed(start));
-    header("starting `cargo lambda watch`");
+    header("serving the declared functions (the local Lambda)");
     let lambda_port = stack.start_lambda().await?.port();
     println!("  functions on http://127.0.0.1:{lambda_port} ({})", elapsed(start));
     let result = scenario_run(&stack, start).await;

@@ -549,8 +549,7 @@ impl Checks {
     /// it by at most the records of its invocations that crashed plus its
     /// messages received again (an invocation killed after it logged its
     /// summary is settled again when its messages come back; a kill fails
-    /// every invocation of that function in flight, including those of its
-    /// other instances, which may still finish and log; and a message whose
+    /// the invocation that process held, as on Lambda; and a message whose
     /// visibility timeout ends while a slow invocation holds it goes to
     /// another poller too).
     fn accounting(&self) -> &BTreeMap<String, Accounting> {

@@ -1,6 +1,6 @@
 //! `cargo xtask volume`: the data volumes users have, through the local stack
-//! `cargo xtask stack` runs (the same [`Stack`], functions under `cargo lambda
-//! watch`, and [`Driver`]): one NDJSON object of `--lines` orders uploaded
+//! `cargo xtask stack` runs (the same [`Stack`], its declared functions
+//! served by the local Lambda, and [`Driver`]): one NDJSON object of `--lines` orders uploaded
 //! under `incoming/` (S3 notification, ingest queue, s3-ingest, the state
 //! table's stream, stream-aggregator), then `--messages` order events on the
 //! orders queue (sqs-consumer). Reports each phase's time and each
