@@ -160,3 +160,92 @@ async fn totals_records_without_a_delta_are_marked_alone_and_read_as_duplicates_
     assert!(markers.iter().all(|m| s(m, "status").ok() == Some("COMPLETED")), "{markers:?}");
     Ok(())
 }
+
+/// The manifest write of a one-chunk object `key` of `lines` lines: its
+/// counts from the chunk's outcomes, its checkpoint after them.
+fn whole_object(key: &'static str, lines: u64) -> impl Fn(&[Outcome]) -> shared::manifest::ManifestWrite + Send + Sync {
+    use shared::manifest::{Checkpoint, Counts, Manifest, ManifestWrite, ObjectStatus};
+    move |outcomes: &[Outcome]| {
+        let mut counts = Counts { lines, ..Counts::default() };
+        for o in outcomes {
+            match o {
+                Outcome::Applied => counts.accepted += 1,
+                Outcome::Stale => counts.stale += 1,
+                Outcome::Duplicate | Outcome::KeyReused => counts.duplicates += 1,
+            }
+        }
+        ManifestWrite {
+            manifest: Manifest {
+                bucket: "uploads".into(),
+                key: key.into(),
+                revision: "v1".into(),
+                status: ObjectStatus::Completed,
+                counts,
+                checkpoint: Checkpoint { line: lines, byte: 100 * lines },
+                csv_header: None,
+                started_at: chrono::Utc::now(),
+                finished_at: None,
+            },
+            expected: None,
+        }
+    }
+}
+
+/// s3-ingest's chunks on the guarded path: the orders commit outside a
+/// transaction, then the checkpoint. When the checkpoint fails after the
+/// orders are in (the invocation died in between), the chunk read again
+/// counts its own writes as applied: the manifest's counts are those of a
+/// run without the failure. A line whose event came before by another
+/// object, or on the queue, is a duplicate; and an event a line applied is
+/// a duplicate on the queue, not a reused key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_chunk_read_again_after_its_checkpoint_failed_counts_its_own_writes_as_applied() -> anyhow::Result<()>
+{
+    use integration_tests::fault_proxy::{Fault, FaultProxy, Plan, Target};
+    use orders::lines::Chunks;
+    use shared::ingest::ChunkStore;
+
+    let stack = Stack::start().await?;
+    let store = store(&stack)?;
+    let bodies = [
+        event("e-10", "o-10", "PLACED", "1.00", "2026-12-01T10:00:00Z"),
+        event("e-11", "o-11", "PLACED", "2.00", "2026-12-01T10:00:00Z"),
+        event("e-12", "o-11", "PAID", "2.00", "2026-12-01T11:00:00Z"),
+    ];
+    let (events, _) = planned(&bodies);
+    let manifest = whole_object("a.ndjson", 3);
+
+    // Every TransactWriteItems refused: the orders go in, the checkpoint does not.
+    let proxy = FaultProxy::start(
+        &stack.dynamodb_endpoint,
+        Target::DynamoDbOperation("TransactWriteItems"),
+        Plan::Rate { rate: 1.0, faults: vec![Fault::ServerError], seed: 1 },
+    )
+    .await?;
+    let failing = DynamoStore::new(
+        stack.dynamodb_client_at(&proxy.endpoint()),
+        stack.spec.table("state")?.name.clone(),
+        stack.spec.table("idempotency")?.name.clone(),
+    );
+    let failed = Chunks(&failing).commit_chunk(&events, &manifest).await;
+    assert!(failed.is_err(), "the checkpoint cannot commit: {failed:?}");
+    let o11 = state_item(&stack, "ORDER#o-11", "ORDER").await?.expect("the orders went in");
+    assert_eq!(s(&o11, "lastEventId")?, "e-12");
+    assert!(state_item(&stack, "OBJECT#uploads/a.ndjson", "v1").await?.is_none(), "no checkpoint");
+
+    // Read again: its own writes count as applied, e-11 lost o-11 to e-12 as before.
+    let outcomes = Chunks(&store).commit_chunk(&events, &manifest).await?;
+    assert_eq!(outcomes, [Outcome::Applied, Outcome::Stale, Outcome::Applied]);
+    let m = state_item(&stack, "OBJECT#uploads/a.ndjson", "v1").await?.expect("the checkpoint");
+    assert_eq!((n(&m, "accepted")?, n(&m, "stale")?, n(&m, "duplicates")?), (dec("2"), dec("1"), dec("0")), "{m:?}");
+
+    // The same events in another object are duplicates there.
+    let other = whole_object("b.ndjson", 3);
+    let outcomes = Chunks(&store).commit_chunk(&events, &other).await?;
+    assert_eq!(outcomes, [Outcome::Duplicate, Outcome::Stale, Outcome::Duplicate]);
+
+    // On the queue, an event a line applied is a duplicate, not a reused key.
+    let (queued, markers) = planned(&bodies[..1]);
+    assert_eq!(store.apply_orders_guarded(&queued, &markers).await?, [Outcome::Duplicate]);
+    Ok(())
+}

@@ -24,7 +24,8 @@ impl LineParser for OrderLines {
 }
 
 /// A [`StateStore`] as the store an object's chunks commit to: each chunk's
-/// orders by the apply rule, with the manifest in the same transaction.
+/// orders by the apply rule, guarded by the orders themselves, then the
+/// manifest's checkpoint ([`StateStore::apply_chunk_guarded`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Chunks<'s, S>(pub &'s S);
 
@@ -52,6 +53,6 @@ impl<S: StateStore> ChunkStore<OrderEvent> for Chunks<'_, S> {
         records: &[OrderEvent],
         manifest: &ManifestFn<'_>,
     ) -> impl std::future::Future<Output = Result<Vec<Outcome>, StoreError>> + Send {
-        self.0.apply_orders(records, None, Some(manifest))
+        self.0.apply_chunk_guarded(records, manifest)
     }
 }

@@ -130,7 +130,7 @@ impl DynamoStore {
                 .update_expression(
                     "SET entity = :entity, orderId = :orderId, customerId = :customerId, #status = :status, \
                      amount = :amount, currency = :currency, occurredAt = :occurredAt, lastEventId = :eventId, \
-                     version = if_not_exists(version, :zero) + :one",
+                     version = if_not_exists(version, :zero) + :one REMOVE lastFingerprint, lastChunk",
                 )
                 .condition_expression(
                     "attribute_not_exists(pk) OR occurredAt < :occurredAt \
@@ -159,12 +159,19 @@ impl DynamoStore {
     /// An applied event as a guarded write of its order: an `INSERT` of the
     /// order when it was read as absent, else an `UPDATE` whose condition is
     /// the apply rule (each sent instead of the other when the order turns
-    /// out otherwise); the order keeps the event's fingerprint, so a failed
-    /// condition tells a duplicate and a reused key from a stale event.
-    fn guarded_order(&self, order: &Order, fingerprint: &str, reused: String, absent: bool) -> Write {
+    /// out otherwise). The order keeps what the event came with (`mark`):
+    /// its fingerprint, so a failed condition tells a duplicate from a
+    /// reused key; or the object chunk that wrote it, so the chunk read
+    /// again knows its own write. The other attribute is removed: each
+    /// describes the last event only.
+    fn guarded_order(&self, order: &Order, mark: Mark<'_>, absent: bool) -> Write {
         let table = &*self.state_table;
         let occurred = format_timestamp(&order.occurred_at);
         let s = |v: &str| SdkValue::S(v.to_owned());
+        let (marked, unmarked, mark_value) = match &mark {
+            Mark::Fingerprint { value, .. } => (LAST_FINGERPRINT, LAST_CHUNK, *value),
+            Mark::Chunk(chunk) => (LAST_CHUNK, LAST_FINGERPRINT, *chunk),
+        };
         let values = [
             ("entity", s(entity::ORDER)),
             ("orderId", s(&order.order_id)),
@@ -174,7 +181,7 @@ impl DynamoStore {
             ("currency", s(order.currency.as_str())),
             ("occurredAt", s(&occurred)),
             ("lastEventId", s(&order.last_event_id)),
-            (LAST_FINGERPRINT, s(fingerprint)),
+            (marked, s(mark_value)),
         ];
         let (pk, sk) = (s(&order_pk(&order.order_id)), s(ORDER_SK));
         // INSERT INTO "t" VALUE {'pk': ?, 'sk': ?, 'entity': ?, ..., 'version': ?}
@@ -188,22 +195,27 @@ impl DynamoStore {
         params.extend(values.iter().map(|(_, v)| v.clone()));
         params.push(SdkValue::N("1".into()));
         let insert = Statement::new(format!("INSERT INTO \"{table}\" VALUE {{{}}}", fields.join(", ")), params);
-        // UPDATE "t" SET "entity" = ? ... SET "version" = "version" + ? WHERE pk and the apply rule.
+        // UPDATE "t" SET "entity" = ? ... SET "version" = "version" + ? REMOVE "other"
+        // WHERE pk and the apply rule.
         let sets: String = values.iter().map(|(n, _)| format!(" SET \"{n}\" = ?")).collect();
         let mut params: Vec<SdkValue> = values.iter().map(|(_, v)| v.clone()).collect();
         params.extend([SdkValue::N("1".into()), pk, sk, s(&occurred), s(&occurred), s(&order.last_event_id)]);
         let update = Statement::new(
             format!(
-                "UPDATE \"{table}\"{sets} SET \"version\" = \"version\" + ? WHERE \"pk\" = ? AND \"sk\" = ? \
-                 AND (\"occurredAt\" < ? OR (\"occurredAt\" = ? AND \"lastEventId\" < ?))"
+                "UPDATE \"{table}\"{sets} SET \"version\" = \"version\" + ? REMOVE \"{unmarked}\" WHERE \"pk\" = ? \
+                 AND \"sk\" = ? AND (\"occurredAt\" < ? OR (\"occurredAt\" = ? AND \"lastEventId\" < ?))"
             ),
             params,
         );
-        let event = (order.occurred_at, order.last_event_id.clone(), fingerprint.to_owned());
+        let (at, id) = (order.occurred_at, order.last_event_id.clone());
+        let reused = match mark {
+            Mark::Fingerprint { value, reused } => Some((value.to_owned(), reused)),
+            Mark::Chunk(_) => None,
+        };
         Write::insert_or_update(table, key(order_pk(&order.order_id), ORDER_SK), insert, update, absent)
             .on_condition_failed(move |stored| {
                 let stored = stored.cloned().map(from_sdk);
-                guarded_verdict(stored.as_ref(), &event.0, &event.1, &event.2, &reused)
+                guarded_verdict(stored.as_ref(), &at, &id, reused.as_ref().map(|(f, r)| (f.as_str(), r.as_str())))
             })
     }
 
@@ -418,22 +430,36 @@ impl DynamoStore {
 /// (on the guarded path, where no marker does).
 const LAST_FINGERPRINT: &str = "lastFingerprint";
 
+/// The attribute of an order item that names the object chunk that wrote
+/// it (the guarded path of object lines).
+const LAST_CHUNK: &str = "lastChunk";
+
+/// What a guarded order write leaves on the order besides the event.
+#[derive(Debug, Clone)]
+enum Mark<'a> {
+    /// The event's fingerprint, and the rejection naming its key as reused
+    /// when the order holds the event with another fingerprint.
+    Fingerprint { value: &'a str, reused: String },
+    /// The object chunk that wrote it (its revision and starting checkpoint).
+    Chunk(&'a str),
+}
+
 /// How a guarded order write's failed condition reads, from the stored
 /// order: the event is the one stored (a duplicate, or a reused key when
-/// the fingerprints differ), or older (stale).
+/// `fingerprint` gives ours and the rejection, and the stored one differs),
+/// or older (stale).
 fn guarded_verdict(
     stored: Option<&Item>,
     occurred_at: &chrono::DateTime<Utc>,
     event_id: &str,
-    fingerprint: &str,
-    reused: &str,
+    fingerprint: Option<(&str, &str)>,
 ) -> Verdict {
     let stored_event = stored
         .and_then(|item| Some((parse_timestamp(item.opt_s("occurredAt")?)?, item.opt_s("lastEventId")?.to_owned())));
     match stored_event {
         Some((at, id)) if at == *occurred_at && id == event_id => {
-            match stored.and_then(|item| item.opt_s(LAST_FINGERPRINT)) {
-                Some(stored) if stored != fingerprint => Verdict::Reject(reused.to_owned()),
+            match (stored.and_then(|item| item.opt_s(LAST_FINGERPRINT)), fingerprint) {
+                (Some(stored), Some((ours, reused))) if stored != ours => Verdict::Reject(reused.to_owned()),
                 _ => Verdict::Duplicate,
             }
         }
@@ -487,12 +513,8 @@ impl StateStore for DynamoStore {
             }
             match apply(current.as_ref(), event) {
                 ApplyOutcome::Applied(order) => {
-                    units.push(UnitOfWork::guarded().write(self.guarded_order(
-                        &order,
-                        fingerprint,
-                        reused,
-                        item.is_none(),
-                    )));
+                    let mark = Mark::Fingerprint { value: fingerprint, reused };
+                    units.push(UnitOfWork::guarded().write(self.guarded_order(&order, mark, item.is_none())));
                     unit_event.push(e);
                 }
                 ApplyOutcome::Stale => decided[e] = Some(Outcome::Stale),
@@ -508,6 +530,77 @@ impl StateStore for DynamoStore {
             });
         }
         Ok(decided.into_iter().map(|d| d.unwrap_or(Outcome::Applied)).collect())
+    }
+
+    async fn apply_chunk_guarded(
+        &self,
+        events: &[OrderEvent],
+        manifest: &ManifestFn<'_>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        // The chunk's identity: the same object revision read again from the
+        // same checkpoint gives the same chunk.
+        let probe = manifest(&vec![Outcome::Applied; events.len()]);
+        let chunk = format!(
+            "{}/{}@{}:{}",
+            probe.manifest.bucket,
+            probe.manifest.key,
+            probe.manifest.revision,
+            probe.expected.map_or(0, |c| c.line)
+        );
+        // Events that lose their order to a greater one of the chunk are
+        // decided here; the winners' orders are read (strongly consistent),
+        // a winner this chunk already wrote counts as applied, and the rest
+        // are decided by the apply rule; only the applied ones are written.
+        let mut decided: Vec<Option<Outcome>> = vec![None; events.len()];
+        let all: Vec<&OrderEvent> = events.iter().collect();
+        let (winners, losers) = combine_orders(&all);
+        for (e, outcome) in losers.iter().enumerate() {
+            decided[e] = *outcome;
+        }
+        let keys = winners.iter().map(|&e| key(order_pk(&events[e].order_id), ORDER_SK)).collect();
+        let mut stored: HashMap<String, Item> = HashMap::new();
+        for item in batch_get(&self.client, &self.state_table, keys, &self.capacity).await? {
+            let item = from_sdk(item);
+            stored.insert(item.get_s(entity::ORDER, "orderId")?.to_owned(), item);
+        }
+        let mut units = Vec::new();
+        let mut unit_event = Vec::new();
+        for e in winners {
+            let event = &events[e];
+            let item = stored.get(&event.order_id);
+            let current = item.map(order_from_item).transpose()?;
+            let ours = current.as_ref().is_some_and(|o| o.last_event_id == event.event_id)
+                && item.and_then(|i| i.opt_s(LAST_CHUNK)) == Some(chunk.as_str());
+            if ours {
+                decided[e] = Some(Outcome::Applied);
+                continue;
+            }
+            match apply(current.as_ref(), event) {
+                ApplyOutcome::Applied(order) => {
+                    let mark = Mark::Chunk(&chunk);
+                    units.push(UnitOfWork::guarded().write(self.guarded_order(&order, mark, item.is_none())));
+                    unit_event.push(e);
+                }
+                ApplyOutcome::Stale => decided[e] = Some(Outcome::Stale),
+                ApplyOutcome::Duplicate => decided[e] = Some(Outcome::Duplicate),
+            }
+        }
+        for (u, result) in self.exactly_once().commit_outcomes(&units, None).await.into_iter().enumerate() {
+            decided[unit_event[u]] = Some(result.map_err(|e| self.commit_error(e))?);
+        }
+        // Every order is in: the checkpoint, alone.
+        let outcomes: Vec<Outcome> = decided.into_iter().map(|d| d.unwrap_or(Outcome::Applied)).collect();
+        let write = manifest(&outcomes);
+        let last = |_: &[Outcome]| -> Write { manifest_put(&self.state_table, &write) };
+        self.exactly_once().commit_with_final(&[], &last, None).await.map_err(|e| match e {
+            FinalWriteError::Conflict => StoreError::ManifestConflict {
+                bucket: write.manifest.bucket.clone(),
+                key: write.manifest.key.clone(),
+                line: write.expected.map_or(0, |c| c.line),
+            },
+            FinalWriteError::Commit(e) => self.commit_error(e),
+        })?;
+        Ok(outcomes)
     }
 
     async fn apply_orders(

@@ -189,6 +189,8 @@ impl StateStore for MemoryStore {
         inner.orders.reserve(applied.len());
         inner.changes.reserve(applied.len());
         for order in applied {
+            // The marker path keeps no fingerprint on the order (its marker does).
+            inner.fingerprints.remove(&order.order_id);
             let old = inner.orders.insert(order.order_id.clone(), order.clone());
             inner.changes.push(OrderChange { old, new: order });
         }

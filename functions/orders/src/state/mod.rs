@@ -106,6 +106,25 @@ pub trait StateStore: QuarantineStore {
         self.apply_orders(events, Some(markers), None)
     }
 
+    /// Applies an object chunk's order events guarded by their orders, as
+    /// [`apply_orders_guarded`](Self::apply_orders_guarded) does, then
+    /// commits the manifest `manifest` builds from their outcomes: the
+    /// chunk's checkpoint, conditional on the one it started from. Each
+    /// order written keeps the chunk's identity (object revision and
+    /// starting checkpoint) as its fingerprint, so a chunk read again after
+    /// its orders committed but its checkpoint did not (the invocation died
+    /// in between) counts its own writes as applied, and the manifest's
+    /// counts come out as if nothing had failed. The default commits the
+    /// chunk and its manifest in transactions
+    /// ([`apply_orders`](Self::apply_orders)).
+    fn apply_chunk_guarded(
+        &self,
+        events: &[OrderEvent],
+        manifest: &ManifestFn<'_>,
+    ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send {
+        self.apply_orders(events, None, Some(manifest))
+    }
+
     /// Applies totals deltas exactly once each, in order. Returns the outcomes
     /// of the records committed (a prefix of `records`) and the error that
     /// stopped the rest, if any.
