@@ -116,7 +116,10 @@ pub(crate) async fn commit<D: Database>(
 ) -> Result<Vec<Decided>, CommitFailure> {
     let mut pending: Vec<Pending> = units
         .iter()
-        .map(|u| Pending { remember_rejection: u.work.remember_rejection, ..Pending::new(u.key.is_some(), u.work.counted) })
+        .map(|u| Pending {
+            remember_rejection: u.work.remember_rejection,
+            ..Pending::new(u.key.is_some(), u.work.counted)
+        })
         .collect();
     let keyed: Vec<(usize, (&str, Option<&str>))> = units
         .iter()
@@ -158,17 +161,14 @@ pub(crate) async fn commit<D: Database>(
                     return Ok(finish(units, pending));
                 }
                 Err(e) => match e.failure() {
-                    Failure::Guard => {
-                        let Some((unit, write)) = e.guard().and_then(guard_position) else {
-                            last = e.to_string();
-                            next = Next::BackOff;
-                            continue;
-                        };
-                        match verdict(db, units, unit, write).await {
+                    Failure::Guard => match e.guard().and_then(guard_position) {
+                        Some((unit, write)) => match verdict(db, units, unit, write).await {
                             Ok(reading) => next = read_cancellation(&mut pending, [(unit, reading)]),
                             Err(e) => next = failed(&e, &mut last)?,
-                        }
-                    }
+                        },
+                        // A guard of someone else's: another writer's race.
+                        None => next = failed(&e, &mut last)?,
+                    },
                     // A marker written since the read (or a write of the
                     // units' own refused by a key): read the markers again.
                     Failure::Constraint => {
@@ -345,12 +345,14 @@ mod tests {
     fn reserve(sku: &str, n: u32) -> UnitOfWork {
         let sku = sku.to_owned();
         UnitOfWork::keyed("reservation", "ignored").write(
-            Write::new(Statement::new("UPDATE inventory SET available = available - ?1 WHERE sku = ?2").bind(n).bind(&sku))
-                .read(Statement::new("SELECT available FROM inventory WHERE sku = ?1").bind(&sku))
-                .reject_with(move |stored| match stored {
-                    None => format!("sku {sku}: no such item"),
-                    Some(row) => format!("sku {sku}: {n} requested, {} available", row["available"]),
-                }),
+            Write::new(
+                Statement::new("UPDATE inventory SET available = available - ?1 WHERE sku = ?2").bind(n).bind(&sku),
+            )
+            .read(Statement::new("SELECT available FROM inventory WHERE sku = ?1").bind(&sku))
+            .reject_with(move |stored| match stored {
+                None => format!("sku {sku}: no such item"),
+                Some(row) => format!("sku {sku}: {n} requested, {} available", row["available"]),
+            }),
         )
     }
 
@@ -407,7 +409,10 @@ mod tests {
         assert_eq!(decided[1], Err("idempotency key k2 was already used with a different payload".into()));
         assert_eq!((decided[2].clone(), decided[3].clone()), (Ok(Outcome::Applied), Ok(Outcome::Duplicate)));
         let sent = db.sent.borrow();
-        assert_eq!(sqls(&sent[1]), ["UPDATE inventory SET", "SELECT json_extract('{}', ?1)", "INSERT INTO idempotency", "INSERT OR IGNORE"]);
+        assert_eq!(
+            sqls(&sent[1]),
+            ["UPDATE inventory SET", "SELECT json_extract('{}', ?1)", "INSERT INTO idempotency", "INSERT OR IGNORE"]
+        );
         assert_eq!(sent[1][3].params()[1], d1::Param::from("m2"), "the reused key's message quarantined");
     }
 
@@ -453,7 +458,8 @@ mod tests {
     fn transient_failures_back_off_then_give_up_and_a_missing_schema_stops_at_once() {
         let a = reserve("A", 1);
         let units = [unit("m1", "k1", "f1", &a)];
-        let flaky = fake(|_, n| if n == 1 { Err(DbError::new("D1_ERROR: Network connection lost.")) } else { Ok(vec![]) });
+        let flaky =
+            fake(|_, n| if n == 1 { Err(DbError::new("D1_ERROR: Network connection lost.")) } else { Ok(vec![]) });
         let decided = futures::executor::block_on(commit(&flaky, TABLES, &units, &[], "now")).unwrap();
         assert_eq!(decided, [Ok(Outcome::Applied)]);
         let down = fake(|_, _| Err(DbError::new("D1_ERROR: overloaded")));

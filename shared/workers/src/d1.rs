@@ -146,7 +146,12 @@ pub const MAX_PARAMS: usize = 100;
 /// let statements = shared_workers::d1::select_in("id, n", "t", "id", ids.iter());
 /// assert_eq!(statements.iter().map(|s| s.params().len()).collect::<Vec<_>>(), [100, 100, 50]);
 /// ```
-pub fn select_in<'a>(columns: &str, table: &str, id: &str, ids: impl IntoIterator<Item = &'a String>) -> Vec<Statement> {
+pub fn select_in<'a>(
+    columns: &str,
+    table: &str,
+    id: &str,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> Vec<Statement> {
     let ids: Vec<&String> = ids.into_iter().collect();
     ids.chunks(MAX_PARAMS)
         .map(|chunk| {
@@ -286,7 +291,7 @@ mod binding {
     }
 
     impl Db {
-        /// The D1 database bound as `binding`.
+        /// Counts what is sent to `db`.
         pub fn new(db: D1Database) -> Self {
             Self { db, statements: Cell::new(0), round_trips: Cell::new(0) }
         }

@@ -55,7 +55,7 @@ pub use shared_core::plan::Verdict;
 pub use unit::{IntoPlan, UnitOfWork, Write};
 
 #[cfg(target_arch = "wasm32")]
-pub use queue::{Batch, Consumer, Error, Message, back_off, queue};
+pub use queue::{Batch, Consumer, Error, Message, back_off, now, queue};
 #[cfg(target_arch = "wasm32")]
 pub use worker::{self, Env};
 
@@ -75,11 +75,11 @@ pub type Decided = Result<Outcome, String>;
 macro_rules! export_queue {
     ($handler:path) => {
         #[$crate::__private::wasm_bindgen::prelude::wasm_bindgen(
-            wasm_bindgen = $crate::__private::wasm_bindgen,
-            wasm_bindgen_futures = $crate::__private::wasm_bindgen_futures,
-            js_sys = $crate::__private::js_sys,
-            js_name = queue
-        )]
+                    wasm_bindgen = $crate::__private::wasm_bindgen,
+                    wasm_bindgen_futures = $crate::__private::wasm_bindgen_futures,
+                    js_sys = $crate::__private::js_sys,
+                    js_name = queue
+                )]
         #[doc(hidden)]
         pub async fn __shared_workers_queue(
             batch: $crate::__private::MessageBatch,

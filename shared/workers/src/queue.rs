@@ -146,8 +146,9 @@ fn body_text(body: &JsValue) -> String {
     })
 }
 
-/// The current time, RFC 3339.
-pub(crate) fn now() -> String {
+/// The current time, RFC 3339 (JavaScript's clock: on Workers it moves
+/// with I/O).
+pub fn now() -> String {
     String::from(js_sys::Date::new_0().to_iso_string())
 }
 
@@ -190,7 +191,8 @@ impl Consumer {
     /// A consumer named `name`, its settings from the Worker's vars.
     pub fn new(name: &'static str, env: &worker::Env) -> Result<Self, Error> {
         let settings = Settings::read(name, |n| crate::config::var(env, n))?;
-        let db = env.d1(&settings.d1_binding).map_err(|e| Error::Binding(format!("D1 {}: {e}", settings.d1_binding)))?;
+        let db =
+            env.d1(&settings.d1_binding).map_err(|e| Error::Binding(format!("D1 {}: {e}", settings.d1_binding)))?;
         Ok(Self { name, settings, db: Db::new(db) })
     }
 
@@ -214,14 +216,18 @@ impl Consumer {
     /// message, in order); a retried message waits its delay. Returns the
     /// accounting.
     pub fn answer(&self, batch: &Batch, dispositions: &[Disposition]) -> Summary {
-        let records: Vec<RecordRef> = batch.messages.iter().map(|m| RecordRef { id: m.id.clone(), group: None }).collect();
+        let records: Vec<RecordRef> =
+            batch.messages.iter().map(|m| RecordRef { id: m.id.clone(), group: None }).collect();
         // Only a batch failed as a whole is an error, and that is never
         // asked for (`fail_on_all_failed` off): every message is its own.
         let (retried, summary) = match settle(Delivery::Standard, &records, dispositions, false) {
             Ok((response, summary)) => {
                 (response.ids().into_iter().map(str::to_owned).collect::<HashSet<String>>(), summary)
             }
-            Err(_) => (records.iter().map(|r| r.id.clone()).collect(), Summary { failed: records.len() as u64, ..Summary::default() }),
+            Err(_) => (
+                records.iter().map(|r| r.id.clone()).collect(),
+                Summary { failed: records.len() as u64, ..Summary::default() },
+            ),
         };
         for message in &batch.messages {
             if retried.contains(&message.id) {
@@ -286,7 +292,8 @@ impl Consumer {
             let planned_one = read::<T>(&message.body).and_then(|(value, body)| {
                 let unit = plan(body).into_plan()?;
                 let Some(unit) = unit else { return Ok(None) };
-                let (key, fingerprint) = self.key_of(&keys, message, &value, &unit).map_err(|e| RecordError::Permanent(e.to_string()))?;
+                let (key, fingerprint) =
+                    self.key_of(&keys, message, &value, &unit).map_err(|e| RecordError::Permanent(e.to_string()))?;
                 Ok(Some((unit, key, fingerprint)))
             });
             match planned_one {
@@ -328,12 +335,16 @@ impl Consumer {
             }
             Err(failure) => {
                 if let CommitFailure::Fatal(why) = &failure {
-                    worker::console_error!("{}: {why}: nothing can be committed until the schema is migrated", self.name);
+                    worker::console_error!(
+                        "{}: {why}: nothing can be committed until the schema is migrated",
+                        self.name
+                    );
                 }
                 // Nothing applied, no quarantine row either: every message
                 // that needed D1 goes back to the queue.
                 let why = failure.to_string();
-                for d in dispositions.iter_mut().filter(|d| !matches!(d, Disposition::Ignored | Disposition::Failed(_))) {
+                for d in dispositions.iter_mut().filter(|d| !matches!(d, Disposition::Ignored | Disposition::Failed(_)))
+                {
                     *d = Disposition::Failed(why.clone());
                 }
             }

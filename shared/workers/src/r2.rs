@@ -220,7 +220,9 @@ impl ObjectManifest {
             params.push(Param::Int(self.version));
             vec![
                 Statement::with_params(
-                    format!("UPDATE {table} SET status = ?, reason = ?, next_line = ?, next_byte = ?, lines = ?, accepted = ?, rejected = ?, stale = ?, duplicates = ?, updated_at = ?, version = version + 1 WHERE bucket = ? AND key = ? AND revision = ? AND version = ?"),
+                    format!(
+                        "UPDATE {table} SET status = ?, reason = ?, next_line = ?, next_byte = ?, lines = ?, accepted = ?, rejected = ?, stale = ?, duplicates = ?, updated_at = ?, version = version + 1 WHERE bucket = ? AND key = ? AND revision = ? AND version = ?"
+                    ),
                     params,
                 ),
                 d1::guard(MANIFEST_GUARD),
@@ -229,7 +231,9 @@ impl ObjectManifest {
             let mut params = key.to_vec();
             params.extend(counters);
             vec![Statement::with_params(
-                format!("INSERT INTO {table} (bucket, key, revision, status, reason, next_line, next_byte, lines, accepted, rejected, stale, duplicates, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"),
+                format!(
+                    "INSERT INTO {table} (bucket, key, revision, status, reason, next_line, next_byte, lines, accepted, rejected, stale, duplicates, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+                ),
                 params,
             )]
         }
@@ -249,8 +253,7 @@ impl ObjectManifest {
 const MANIFEST_GUARD: &str = "manifest";
 
 /// Columns of [`ManifestRow`].
-const MANIFEST_COLUMNS: &str =
-    "bucket, key, revision, status, reason, next_line, next_byte, lines, accepted, rejected, stale, duplicates, version";
+const MANIFEST_COLUMNS: &str = "bucket, key, revision, status, reason, next_line, next_byte, lines, accepted, rejected, stale, duplicates, version";
 
 /// A row of the manifests table as D1 returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -326,7 +329,12 @@ mod tests {
         let lines = all(&mut ObjectLines::new(false, 100, 1, 0), 100, &[b"ab", b"c\r\nde\n", b"\nlast"]);
         assert_eq!(
             lines,
-            vec![(1, 5, Ok("abc".into())), (2, 8, Ok("de".into())), (3, 9, Ok(String::new())), (4, 13, Ok("last".into()))]
+            vec![
+                (1, 5, Ok("abc".into())),
+                (2, 8, Ok("de".into())),
+                (3, 9, Ok(String::new())),
+                (4, 13, Ok("last".into()))
+            ]
         );
         let resumed = all(&mut ObjectLines::new(false, 100, 7, 40), 100, &[b"x\ny\n"]);
         assert_eq!((resumed[0].0, resumed[0].1, resumed[1].0, resumed[1].1), (7, 42, 8, 44));

@@ -101,12 +101,7 @@ fn iso8601(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
 #[cfg(test)]
@@ -143,7 +138,15 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["Applied", "Quarantined", "BatchSize", "InvocationDuration", "RecordDuration", "D1Statements", "D1RoundTrips"]
+            [
+                "Applied",
+                "Quarantined",
+                "BatchSize",
+                "InvocationDuration",
+                "RecordDuration",
+                "D1Statements",
+                "D1RoundTrips"
+            ]
         );
         assert_eq!(doc["RecordDuration"], 2.0);
         let line = invocation.line();
