@@ -33,6 +33,32 @@ use crate::portable::WASM_TARGET;
 pub const WORKER: &str = "cf-worker";
 /// Where the built Worker goes (wrangler.jsonc's `main` is `worker.mjs` there).
 pub const OUT_DIR: &str = "target/cf-worker";
+
+/// One Worker of the workspace: its crate, where it is built, and its
+/// wrangler configuration (whose `main` is `worker.mjs` in `out_dir`).
+#[derive(Debug, Clone, Copy)]
+pub struct Worker {
+    /// The crate (a cdylib on `shared-workers`).
+    pub package: &'static str,
+    /// Where it is built, under the workspace.
+    pub out_dir: &'static str,
+    /// Its wrangler configuration, under `infra/cloudflare`.
+    pub config: &'static str,
+}
+
+/// The Workers: the orders pipeline, and the example of another domain.
+pub const WORKERS: [Worker; 2] = [
+    Worker { package: WORKER, out_dir: OUT_DIR, config: "wrangler.jsonc" },
+    Worker {
+        package: "inventory-reservations-worker",
+        out_dir: "target/inventory-reservations-worker",
+        config: "inventory/wrangler.jsonc",
+    },
+];
+
+/// Every Worker's entry module: the runtime's queue event to the wasm
+/// module's `queue` export (`shared_workers::export_queue!`).
+const ENTRY: &str = "shared/workers/worker.mjs";
 /// The cargo profile of the Worker (Cargo.toml: panic = "abort", opt-level "s").
 const PROFILE: &str = "wasm-release";
 /// Node.js from npm when the machine's is older than wrangler needs.
@@ -60,6 +86,13 @@ fn cargo_target_dir(root: &Path) -> PathBuf {
         Some(dir) => root.join(dir),
         None => root.join("target"),
     }
+}
+
+/// The first `database_name` of a wrangler configuration.
+fn database_name(config: &str) -> Option<String> {
+    let at = config.find("\"database_name\"")?;
+    let rest = config[at..].split_once(':')?.1.trim_start().strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_owned())
 }
 
 /// `major.minor` of `node --version`'s `v22.23.5`.
@@ -192,16 +225,33 @@ impl Tools {
         Ok(())
     }
 
-    /// Builds the Worker into [`OUT_DIR`]; returns the wasm module's size in bytes.
+    /// Builds every Worker of [`WORKERS`] (one cargo build), each into its
+    /// `out_dir`; prints each wasm module's size and returns the orders
+    /// Worker's.
     pub fn build(&self) -> Result<u64> {
-        run(
-            cargo_command()
-                .args(["build", "-p", WORKER, "--target", WASM_TARGET, "--profile", PROFILE])
-                .current_dir(&self.root),
-            &format!("cargo build -p {WORKER} --target {WASM_TARGET}"),
-        )?;
-        let wasm = cargo_target_dir(&self.root).join(format!("{WASM_TARGET}/{PROFILE}/cf_worker.wasm"));
-        let out = self.root.join(OUT_DIR);
+        let mut cargo = cargo_command();
+        cargo.args(["build", "--target", WASM_TARGET, "--profile", PROFILE]).current_dir(&self.root);
+        for worker in WORKERS {
+            cargo.args(["-p", worker.package]);
+        }
+        run(&mut cargo, &format!("cargo build --target {WASM_TARGET} (the Workers)"))?;
+        let mut sizes = Vec::new();
+        for worker in WORKERS {
+            let size = self.bundle(&worker)?;
+            if worker.package != WORKER {
+                println!("    {}/pkg/index_bg.wasm: {size} bytes", worker.out_dir);
+            }
+            sizes.push(size);
+        }
+        Ok(sizes[0])
+    }
+
+    /// wasm-bindgen, the entry module and wrangler's bundle of one built
+    /// Worker; the wasm module's size in bytes.
+    fn bundle(&self, worker: &Worker) -> Result<u64> {
+        let file = worker.package.replace('-', "_");
+        let wasm = cargo_target_dir(&self.root).join(format!("{WASM_TARGET}/{PROFILE}/{file}.wasm"));
+        let out = self.root.join(worker.out_dir);
         let pkg = out.join("pkg");
         if pkg.exists() {
             std::fs::remove_dir_all(&pkg).with_context(|| format!("clearing {}", pkg.display()))?;
@@ -218,17 +268,61 @@ impl Tools {
         let index = pkg.join("index.js");
         let js = std::fs::read_to_string(&index).context("reading wasm-bindgen's index.js")?;
         std::fs::write(&index, js.replace("import source ", "import ")).context("writing index.js")?;
-        std::fs::copy(self.root.join("functions/cf-worker/worker.mjs"), out.join("worker.mjs"))
-            .context("copying worker.mjs")?;
-        // What `wrangler deploy` would upload, from wrangler.jsonc (which it
-        // validates): the bundle and the wasm module. The local stack runs it.
+        std::fs::copy(self.root.join(ENTRY), out.join("worker.mjs")).context("copying worker.mjs")?;
+        // What `wrangler deploy` would upload, from the Worker's wrangler
+        // configuration (which it validates): the bundle and the wasm
+        // module. The local stack runs it.
         let dist = out.join("dist");
         if dist.exists() {
             std::fs::remove_dir_all(&dist).with_context(|| format!("clearing {}", dist.display()))?;
         }
         let dist_arg = dist.to_string_lossy().into_owned();
-        self.node_status(&["node_modules/wrangler/bin/wrangler.js", "deploy", "--dry-run", "--outdir", &dist_arg])?;
+        self.node_status(&[
+            "node_modules/wrangler/bin/wrangler.js",
+            "deploy",
+            "--dry-run",
+            "--config",
+            worker.config,
+            "--outdir",
+            &dist_arg,
+        ])?;
         Ok(std::fs::metadata(pkg.join("index_bg.wasm")).context("the wasm module")?.len())
+    }
+
+    /// `cargo xtask test`'s Cloudflare step: clippy for wasm32 (the
+    /// workspace's clippy sees only the platform-neutral parts), the build,
+    /// each Worker's migrations through wrangler's own runner on a scratch
+    /// local database, and the tests under workerd.
+    pub fn test(&self) -> Result<()> {
+        let mut clippy = cargo_command();
+        clippy.args(["clippy", "--target", WASM_TARGET]).current_dir(&self.root);
+        for package in ["shared-workers"].into_iter().chain(WORKERS.map(|w| w.package)) {
+            clippy.args(["-p", package]);
+        }
+        run(clippy.args(["--", "-D", "warnings"]), "cargo clippy --target wasm32-unknown-unknown (the Workers)")?;
+        let size = self.build()?;
+        println!("    {OUT_DIR}/pkg/index_bg.wasm: {size} bytes");
+        for worker in WORKERS {
+            let scratch = self.root.join(worker.out_dir).join("d1-check");
+            let _ = std::fs::remove_dir_all(&scratch);
+            let scratch = scratch.to_string_lossy().into_owned();
+            let config = std::fs::read_to_string(infra(&self.root).join(worker.config))
+                .with_context(|| format!("reading {}", worker.config))?;
+            let database = database_name(&config).with_context(|| format!("{} names no D1 database", worker.config))?;
+            self.node_status(&[
+                "node_modules/wrangler/bin/wrangler.js",
+                "d1",
+                "migrations",
+                "apply",
+                &database,
+                "--local",
+                "--config",
+                worker.config,
+                "--persist-to",
+                &scratch,
+            ])?;
+        }
+        self.node_status(&["--test", "--test-reporter=spec", "test/"])
     }
 
     /// A Node command in `infra/cloudflare` with this Node first on `PATH`,
@@ -275,6 +369,18 @@ mod tests {
         assert_eq!(locked_wasm_bindgen("[[package]]\nname = \"serde\"\n"), None);
         let real = std::fs::read_to_string(crate::stack::workspace_root().join("Cargo.lock")).unwrap();
         assert!(locked_wasm_bindgen(&real).is_some(), "the workspace locks a wasm-bindgen (cf-worker)");
+    }
+
+    #[test]
+    fn every_workers_configuration_names_its_database_and_points_at_its_build() {
+        let root = crate::stack::workspace_root();
+        for worker in WORKERS {
+            let config = std::fs::read_to_string(infra(&root).join(worker.config)).unwrap();
+            assert!(database_name(&config).is_some(), "{}", worker.config);
+            let main = format!("target/{}/worker.mjs", worker.out_dir.trim_start_matches("target/"));
+            assert!(config.contains(&main), "{}: main is not {main}", worker.config);
+        }
+        assert_eq!(database_name(r#"{"database_name": "orders-state"}"#).as_deref(), Some("orders-state"));
     }
 
     #[test]
