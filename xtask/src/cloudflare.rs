@@ -292,7 +292,8 @@ impl Tools {
     /// `cargo xtask test`'s Cloudflare step: clippy for wasm32 (the
     /// workspace's clippy sees only the platform-neutral parts), the build,
     /// each Worker's migrations through wrangler's own runner on a scratch
-    /// local database, and the tests under workerd.
+    /// local database, the tests under workerd, and a minute of the Workers
+    /// soak (`cargo xtask soak --cloudflare --minutes 1 --seed 1`).
     pub fn test(&self) -> Result<()> {
         let mut clippy = cargo_command();
         clippy.args(["clippy", "--target", WASM_TARGET]).current_dir(&self.root);
@@ -322,7 +323,16 @@ impl Tools {
                 &scratch,
             ])?;
         }
-        self.node_status(&["--test", "--test-reporter=spec", "test/"])
+        // Node expands the pattern itself (no shell here).
+        self.node_status(&["--test", "--test-reporter=spec", "test/*.test.mjs"])?;
+        // A minute of the Workers soak: D1 faults, duplicates, reordering,
+        // concurrent batches, then every check.
+        crate::commands::soak_cloudflare::run(crate::commands::soak::Options {
+            duration: std::time::Duration::from_secs(60),
+            concurrency: 4,
+            seed: 1,
+            engine: crate::dynamodb_local::Engine::Local,
+        })
     }
 
     /// A Node command in `infra/cloudflare` with this Node first on `PATH`,

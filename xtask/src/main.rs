@@ -22,6 +22,7 @@ commands:
                        DynamoDB faults and SIGKILLed functions, with concurrent deliveries
                        (default 2 minutes, concurrency 4, a seed from the clock); then the
                        invariant and every record's accounting, and a report
+                       (--cloudflare: the orders Worker under workerd, with D1 faults)
   volume [--lines N] [--messages N] [--cloudflare]
                        one object of N lines (default 100000) and N queue messages (default
                        10000) through the local stack: time and the emulators' peak memory
@@ -129,6 +130,9 @@ fn main() -> ExitCode {
                 seed,
                 engine: f.engine,
             };
+            if f.cloudflare {
+                return commands::soak_cloudflare::run(options); // issue 29: the Workers soak
+            }
             runtime()?.block_on(interruptible(commands::soak::run(options), false))
         }),
         ["volume", rest @ ..] => flags(rest, commands::flags_of("volume")).and_then(|f| {

@@ -5,7 +5,7 @@
 //! 1. The markers of the batch's keys are read (one round trip): a key
 //!    seen before is a duplicate, a reused key, or a remembered rejection
 //!    (the core's [`read_cancellation`] with [`Reading::Marker`]); a key
-//!    repeated within the batch is decided by [`repeated_keys`].
+//!    repeated within the batch is decided by [`repeated_keys_of`].
 //! 2. The rest go in one batch: each unit's writes, each guarded write
 //!    followed by its [`guard`](crate::d1::guard), then its marker (a plain
 //!    INSERT: a marker another invocation wrote since the read fails the
@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 
 use shared_core::batch::Outcome;
-use shared_core::plan::{Next, Pending, Reading, read_cancellation, repeated_keys};
+use shared_core::plan::{Next, Pending, Reading, read_cancellation, repeated_keys_of};
 use shared_core::quarantine::Quarantined;
 
 use crate::d1::{self, DbError, Failure, Row, Statement};
@@ -121,15 +121,11 @@ pub(crate) async fn commit<D: Database>(
             ..Pending::new(u.key.is_some(), u.work.counted)
         })
         .collect();
-    let keyed: Vec<(usize, (&str, Option<&str>))> = units
-        .iter()
-        .enumerate()
-        .filter_map(|(i, u)| u.key.as_deref().map(|k| (i, (k, u.fingerprint.as_deref()))))
-        .collect();
-    let keys: Vec<(&str, Option<&str>)> = keyed.iter().map(|(_, k)| *k).collect();
-    for ((i, _), repeated) in keyed.iter().zip(repeated_keys(&keys)) {
+    let keys: Vec<(Option<&str>, Option<&str>)> =
+        units.iter().map(|u| (u.key.as_deref(), u.fingerprint.as_deref())).collect();
+    for (p, repeated) in pending.iter_mut().zip(repeated_keys_of(&keys)) {
         if let Some(outcome) = repeated {
-            (pending[*i].marker, pending[*i].writes, pending[*i].decided) = (false, false, Some(Ok(outcome)));
+            (p.marker, p.writes, p.decided) = (false, false, Some(Ok(outcome)));
         }
     }
     let mut read_markers = true;

@@ -71,15 +71,17 @@ pub type Decided = Result<Outcome, String>;
 /// The export reads the delivered batch itself rather than through
 /// `#[event(queue)]`: workers-rs 0.8.7 hides a message's `attempts`
 /// (cloudflare/workers-rs#1057), which the retry delays are made from.
+// rustfmt indents the attribute's arguments further on every run.
+#[rustfmt::skip]
 #[macro_export]
 macro_rules! export_queue {
     ($handler:path) => {
         #[$crate::__private::wasm_bindgen::prelude::wasm_bindgen(
-                    wasm_bindgen = $crate::__private::wasm_bindgen,
-                    wasm_bindgen_futures = $crate::__private::wasm_bindgen_futures,
-                    js_sys = $crate::__private::js_sys,
-                    js_name = queue
-                )]
+            wasm_bindgen = $crate::__private::wasm_bindgen,
+            wasm_bindgen_futures = $crate::__private::wasm_bindgen_futures,
+            js_sys = $crate::__private::js_sys,
+            js_name = queue
+        )]
         #[doc(hidden)]
         pub async fn __shared_workers_queue(
             batch: $crate::__private::MessageBatch,

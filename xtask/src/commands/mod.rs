@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod soak;
+pub mod soak_cloudflare;
 pub mod stack;
 pub mod test;
 pub mod volume;
@@ -21,7 +22,7 @@ pub const FLAGS: &[(&str, &[&str])] = &[
     ("demo", &["--dynamodb", "--cloudflare"]),
     ("stack", &["--dynamodb", "--no-driver"]),
     ("volume", &["--dynamodb", "--lines", "--messages", "--cloudflare"]),
-    ("soak", &["--dynamodb", "--minutes", "--concurrency", "--seed"]),
+    ("soak", &["--dynamodb", "--minutes", "--concurrency", "--seed", "--cloudflare"]),
 ];
 
 /// The flags of `command` (empty for a command without flags).

@@ -50,7 +50,7 @@ const STEPS: [(&str, Action); 11] = [
     ),
     ("infra checks", Action::Infra),
     (
-        "Cloudflare Workers: tools, build, wrangler's bundles, migrations, tests under workerd (node --test infra/cloudflare/test)",
+        "Cloudflare Workers: tools, build, wrangler's bundles, migrations, tests under workerd (node --test infra/cloudflare/test), a 1-minute soak",
         Action::Cloudflare,
     ),
 ];

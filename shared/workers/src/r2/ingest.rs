@@ -23,12 +23,12 @@ use worker::{Env, Range};
 use super::{ManifestRow, Notification, ObjectLines, ObjectManifest, Status};
 use crate::Decided;
 use crate::config::var;
-use crate::d1::{self, Db, DbError, Statement};
+use crate::d1::{self, Db, DbError, Failure, Statement};
 use crate::queue::{Batch, Consumer, Message, back_off, now};
 
 /// Attempts of one chunk's commit when a write guard fails (a concurrent
-/// writer), each after a random back-off; then the notification is
-/// delivered again.
+/// writer) or D1 fails, each after a random back-off; then the
+/// notification is delivered again.
 const CONFLICT_ATTEMPTS: u32 = 8;
 
 /// The ingest's settings, from the Worker's vars.
@@ -242,7 +242,15 @@ impl Run<'_> {
             Err(e) => return Ended::Retry(format!("reading the object failed: {e}")),
         };
         let revision = n.object.e_tag.clone().or_else(|| head.as_ref().map(|h| h.etag())).unwrap_or_default();
-        let read = match self.read_manifest(&n.bucket, key, &revision).await {
+        let mut read = self.read_manifest(&n.bucket, key, &revision).await;
+        for attempt in 1..CONFLICT_ATTEMPTS {
+            if read.is_ok() {
+                break;
+            }
+            back_off(attempt).await;
+            read = self.read_manifest(&n.bucket, key, &revision).await;
+        }
+        let read = match read {
             Ok(m) => m,
             Err(e) => return Ended::Retry(format!("reading the manifest failed: {e}")),
         };
@@ -426,12 +434,19 @@ impl<P: LineParser> Chunk<'_, '_, P> {
             records.iter().filter_map(|(_, r)| r.as_ref().and_then(|r| r.as_ref().ok())).collect();
         let (db, settings) = (self.run.db(), self.run.settings);
         let quarantine_table = &self.run.consumer.settings().quarantine_table;
+        let mut why = String::from("the commit kept conflicting with other writers");
         for attempt in 0..CONFLICT_ATTEMPTS {
             back_off(attempt).await;
             let now = now();
             let (decided, mut statements) = match chunks.plan(db, &valid, &now).await {
                 Ok(planned) => planned,
-                Err(e) => return Err(Ended::Retry(format!("reading D1 failed: {e}"))),
+                Err(e) if e.failure() == Failure::Schema => {
+                    return Err(Ended::Retry(format!("reading D1 failed: {e}")));
+                }
+                Err(e) => {
+                    why = format!("reading D1 failed: {e}");
+                    continue;
+                }
             };
             let mut decided = decided.into_iter();
             let mut next = manifest.clone();
@@ -469,20 +484,32 @@ impl<P: LineParser> Chunk<'_, '_, P> {
                     *self.lines += counted;
                     return Ok(());
                 }
-                Err(e) if e.is_conflict() => {
+                Err(e) if e.failure() == Failure::Schema => {
+                    return Err(Ended::Retry(format!("committing to D1 failed: {e}")));
+                }
+                // A conflict, or a failure that may have come after the batch
+                // ran (its answer lost): the manifest says which.
+                Err(e) => {
+                    why = format!("committing to D1 failed: {e}");
                     let expected = self.stored.then_some(manifest.version);
                     match self.run.read_manifest(&manifest.bucket, &manifest.key, &manifest.revision).await {
+                        // This very chunk is committed: it was this batch.
+                        Ok(Some(stored)) if stored.checkpoint == next.checkpoint && stored.counts == next.counts => {
+                            self.stored = true;
+                            *manifest = stored;
+                            *self.lines += counted;
+                            return Ok(());
+                        }
                         Ok(stored) if stored.as_ref().map(|m| m.version) != expected => {
                             return Err(Ended::Done("another invocation holds this object".into()));
                         }
                         Ok(_) => continue,
-                        Err(e) => return Err(Ended::Retry(format!("reading the manifest failed: {e}"))),
+                        Err(e) => why = format!("reading the manifest failed: {e}"),
                     }
                 }
-                Err(e) => return Err(Ended::Retry(format!("committing to D1 failed: {e}"))),
             }
         }
-        Err(Ended::Retry("the commit kept conflicting with other writers".into()))
+        Err(Ended::Retry(why))
     }
 }
 
