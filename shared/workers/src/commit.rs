@@ -129,6 +129,10 @@ pub(crate) async fn commit<D: Database>(
         }
     }
     let mut read_markers = true;
+    // The markers are read again after a key refused a write: if they
+    // decide nothing, the refusal was another writer's race, or a write of
+    // the units' own: back off.
+    let mut after_conflict = false;
     let mut back_offs = 0;
     let mut last = String::from("the commit kept conflicting with other writers");
     let rounds = 2 * units.len() + MAX_BACK_OFFS as usize + 4;
@@ -140,7 +144,10 @@ pub(crate) async fn commit<D: Database>(
                     read_markers = false;
                     if !readings.is_empty() {
                         next = read_cancellation(&mut pending, readings);
+                    } else if after_conflict {
+                        next = Next::BackOff;
                     }
+                    after_conflict = false;
                 }
                 Err(e) => next = failed(&e, &mut last)?,
             }
@@ -169,7 +176,7 @@ pub(crate) async fn commit<D: Database>(
                     // units' own refused by a key): read the markers again.
                     Failure::Constraint => {
                         last = e.to_string();
-                        read_markers = true;
+                        (read_markers, after_conflict) = (true, true);
                     }
                     Failure::Schema | Failure::Transient => next = failed(&e, &mut last)?,
                 },
@@ -311,7 +318,6 @@ mod tests {
     use std::cell::RefCell;
 
     use serde_json::json;
-    use shared_core::plan::Verdict;
 
     use super::*;
     use crate::unit::Write;
@@ -468,6 +474,22 @@ mod tests {
     }
 
     #[test]
+    fn a_key_refusing_a_write_of_the_units_own_backs_off_and_gives_up() {
+        let a = reserve("A", 1);
+        let units = [unit("m1", "k1", "f1", &a)];
+        let db = fake(|s, _| {
+            if s[0].sql().starts_with("SELECT") {
+                Ok(vec![vec![]])
+            } else {
+                Err(DbError::new("D1_ERROR: UNIQUE constraint failed: inventory.sku: SQLITE_CONSTRAINT"))
+            }
+        });
+        let failure = futures::executor::block_on(commit(&db, TABLES, &units, &[], "now")).unwrap_err();
+        assert!(matches!(failure, CommitFailure::Transient(ref m) if m.contains("inventory.sku")), "{failure:?}");
+        assert!(db.sent.borrow().len() <= 2 * (MAX_BACK_OFFS as usize + 1) + 1, "{}", db.sent.borrow().len());
+    }
+
+    #[test]
     fn a_marker_written_meanwhile_is_read_again_and_decides_its_unit() {
         let a = reserve("A", 1);
         let units = [unit("m1", "k1", "f1", &a)];
@@ -479,6 +501,5 @@ mod tests {
         let decided = futures::executor::block_on(commit(&db, TABLES, &units, &[], "now")).unwrap();
         assert_eq!(decided, [Ok(Outcome::Duplicate)]);
         assert_eq!(db.sent.borrow().len(), 3, "read, batch, read again; nothing left to send");
-        let _ = Verdict::Retry;
     }
 }

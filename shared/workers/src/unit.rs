@@ -44,7 +44,9 @@ impl std::fmt::Debug for Write {
 impl Write {
     /// A write whose condition is that it changes at least one row: when it
     /// changes none, nothing of its batch applies and its verdict decides
-    /// the record (by default, rejected).
+    /// the record (by default, rejected). Write an insert whose row may
+    /// exist as `INSERT OR IGNORE`: a constraint's error does not say which
+    /// write it stopped, so it is read as another writer's race and retried.
     pub fn new(statement: Statement) -> Self {
         let reject: ReadFailure = Rc::new(|_| Verdict::Reject("a condition of its write failed".into()));
         Self { statement, guarded: true, read: None, on_condition_failed: reject }
