@@ -19,7 +19,7 @@
 import { readFileSync, readdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Miniflare, convertV4MiniflareOptions } from "miniflare";
+import { Log, LogLevel, Miniflare, convertV4MiniflareOptions } from "miniflare";
 import { unstable_getMiniflareWorkerOptions } from "wrangler";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -40,6 +40,18 @@ export const WORKERS = {
     migrations: join(infraDir, "inventory/migrations"),
   },
 };
+
+/// miniflare's own warnings (its queue broker says when it moves a message
+/// to a dead-letter queue), kept instead of printed.
+class Captured extends Log {
+  constructor(sink) {
+    super(LogLevel.WARN);
+    this.sink = sink;
+  }
+  log(message) {
+    this.sink.push(message);
+  }
+}
 
 /// The entry module that wraps the Worker's D1 binding with faults (see the
 /// top of this file). Its class is named D1Database: workers-rs checks a
@@ -99,6 +111,7 @@ export async function start({ worker = "orders", vars = {}, faults = null, persi
   // The bundle `wrangler deploy` would upload (`cargo xtask build-worker`).
   const builtDir = resolve(infraDir, "../../target", w.built, "dist");
   const logs = [];
+  const warnings = [];
   const modules = builtModules(builtDir);
   if (faults) {
     vars = { ...vars, D1_FAULTS: JSON.stringify(faults) };
@@ -123,6 +136,7 @@ export async function start({ worker = "orders", vars = {}, faults = null, persi
     ],
     ...(persist ? { resourcePersistencePath: persist } : {}),
     telemetry: { enabled: false },
+    log: new Captured(warnings),
     handleStructuredLogs({ level, message }) {
       for (const line of message.split("\n")) {
         logs.push(line);
@@ -138,7 +152,9 @@ export async function start({ worker = "orders", vars = {}, faults = null, persi
     }
   }
   const bucket = worker === "orders" ? await mf.getR2Bucket("BUCKET") : null;
-  return new Stack(mf, db, bucket, logs);
+  const stack = new Stack(mf, db, bucket, logs);
+  stack.warnings = warnings;
+  return stack;
 }
 
 /// The built Worker's modules (`cargo xtask build-worker`), the entry first.
@@ -222,6 +238,12 @@ export class Stack {
     return totals;
   }
 
+  /// Messages the local queues moved to a dead-letter queue (miniflare's
+  /// broker says so in a warning).
+  deadLettered() {
+    return (this.warnings ?? []).filter((w) => w.includes("to dead letter queue")).length;
+  }
+
   /// The D1 faults the stack's wrapper injected (see the top of this file).
   faults() {
     const out = { before: 0, after: 0 };
@@ -234,12 +256,13 @@ export class Stack {
 
   /// Waits until `condition()` holds, polling; fails after `timeoutMs`
   /// naming what it waited for.
-  async until(what, condition, timeoutMs = 60_000) {
+  async until(what, condition, timeoutMs = 60_000, { log = true } = {}) {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (await condition()) return;
       if (Date.now() > deadline) {
-        throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\nworker log:\n${this.logs.join("\n")}`);
+        const worker = log ? `\nworker log:\n${this.logs.join("\n")}` : "";
+        throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${worker}`);
       }
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -247,7 +270,7 @@ export class Stack {
 
   /// Waits until every order message sent has a settled outcome (applied,
   /// stale, duplicate, quarantined) and every object has a final manifest.
-  async drained(ordersSent, objects, timeoutMs) {
+  async drained(ordersSent, objects, timeoutMs, options) {
     await this.until(
       `${ordersSent} order message(s) and ${objects.length} object(s) to settle`,
       async () => {
@@ -258,6 +281,7 @@ export class Stack {
         return objects.every((k) => results.some((m) => m.key === k && m.status !== "IN_PROGRESS"));
       },
       timeoutMs,
+      options,
     );
   }
 

@@ -2,7 +2,7 @@
 //!
 //! A [`Statement`] is SQL with its bound [`Param`]s, built before it meets
 //! the binding, so what a batch will do can be planned and unit-tested
-//! natively. [`Db`] (wasm32) sends statements as one D1 `batch`, which D1
+//! natively. `Db` (wasm32) sends statements as one D1 `batch`, which D1
 //! runs as one SQL transaction: every statement applies, or none does.
 //! <https://developers.cloudflare.com/d1/worker-api/d1-database/#batch>
 //!

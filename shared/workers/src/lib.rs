@@ -21,14 +21,14 @@
 //! ```
 //!
 //! The parts:
-//! - [`unit`]: [`UnitOfWork`] and [`Write`], the names of `shared`'s.
+//! - [`unit`](mod@unit): [`UnitOfWork`] and [`Write`], the names of `shared`'s.
 //! - [`d1`]: statements as values, the guard that names a failed write,
 //!   and (wasm32) the binding that counts what it sends.
 //! - [`config`]: the settings from the Worker's vars.
 //! - [`telemetry`]: the summary line and the EMF document.
 //! - [`r2`]: typed R2 event notifications, an object's lines and its
 //!   manifest, and (wasm32) the object ingest for any line parser.
-//! - (wasm32) the queue consumer: [`queue`], [`Consumer`], [`Batch`],
+//! - (wasm32) the queue consumer: `queue`, `Consumer`, `Batch`, and
 //!   [`export_queue!`].
 //!
 //! The batch rules, keys, fingerprints, the reading of failed conditions,

@@ -2,7 +2,7 @@
 //! object's bytes to the core's numbered lines ([`ObjectLines`], gzip
 //! decoded as the body streams in), an object's manifest as a D1 row
 //! ([`ObjectManifest`]: the core's checkpoint and counters), and (wasm32)
-//! the ingest: any [`LineParser`]'s records committed in chunks, each
+//! the ingest: any [`LineParser`](shared_core::lines::LineParser)'s records committed in chunks, each
 //! with the manifest in the same D1 batch, resumed from the checkpoint,
 //! handed on to the next invocation when one runs long.
 //!

@@ -42,6 +42,10 @@ struct SoakRun {
     run: DemoRun,
     queue_sent: u64,
     direct: Direct,
+    #[serde(default)]
+    drain_timed_out: bool,
+    #[serde(default)]
+    dead_lettered: u64,
     faults: Faults,
     quarantined_messages: u64,
 }
@@ -133,6 +137,12 @@ pub fn run(options: Options) -> Result<()> {
 fn check(producer: &Producer, soak: &SoakRun) -> Result<Vec<String>> {
     let snapshot = soak.run.snapshot()?;
     let mut problems = snapshot.invariant_violations();
+    if soak.dead_lettered > 0 {
+        problems.push(format!("{} message(s) moved to a dead-letter queue", soak.dead_lettered));
+    }
+    if soak.drain_timed_out {
+        problems.push("the Worker did not drain within 300 s of the producer's end".into());
+    }
 
     // Every order as the apply rule leaves it, no order more.
     problems.extend(producer.order_problems(&snapshot));
@@ -210,6 +220,7 @@ fn report(sent: &Sent, soak: &SoakRun, problems: &[String], options: &Options, s
                 vec!["straight to the handler: messages".into(), n(d.messages)],
                 vec!["  in batches (delivered twice at once)".into(), format!("{} ({})", d.batches, d.twice)],
                 vec!["  deliveries (retried by the handler)".into(), format!("{} ({})", d.deliveries, d.retried)],
+                vec!["moved to a dead-letter queue".into(), n(soak.dead_lettered)],
                 vec!["D1 batches failed before running".into(), n(soak.faults.before)],
                 vec!["D1 batches run, answer lost".into(), n(soak.faults.after)],
             ]

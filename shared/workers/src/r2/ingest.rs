@@ -16,7 +16,7 @@
 use futures::StreamExt;
 use shared_core::batch::{Disposition, Outcome, Summary};
 use shared_core::lines::{Format, Layout, Line, LineParser, Records};
-use shared_core::manifest::{Checkpoint, ObjectStatus};
+use shared_core::manifest::{Checkpoint, Counts, ObjectStatus};
 use shared_core::quarantine::Quarantined;
 use worker::{Env, Range};
 
@@ -493,11 +493,14 @@ impl<P: LineParser> Chunk<'_, '_, P> {
                     why = format!("committing to D1 failed: {e}");
                     let expected = self.stored.then_some(manifest.version);
                     match self.run.read_manifest(&manifest.bucket, &manifest.key, &manifest.revision).await {
-                        // This very chunk is committed: it was this batch.
-                        Ok(Some(stored)) if stored.checkpoint == next.checkpoint && stored.counts == next.counts => {
+                        // This very chunk is committed (by this batch, whose
+                        // answer was lost, or by another invocation that read
+                        // the same lines): its lines are counted, by the
+                        // outcomes that commit decided.
+                        Ok(Some(stored)) if stored.checkpoint == next.checkpoint => {
+                            *self.lines += delta(&manifest.counts, &stored.counts);
                             self.stored = true;
                             *manifest = stored;
-                            *self.lines += counted;
                             return Ok(());
                         }
                         Ok(stored) if stored.as_ref().map(|m| m.version) != expected => {
@@ -510,6 +513,17 @@ impl<P: LineParser> Chunk<'_, '_, P> {
             }
         }
         Err(Ended::Retry(why))
+    }
+}
+
+/// The outcomes of the lines counted between two manifests of one object.
+fn delta(before: &Counts, after: &Counts) -> Summary {
+    Summary {
+        applied: after.accepted.saturating_sub(before.accepted),
+        stale: after.stale.saturating_sub(before.stale),
+        duplicate: after.duplicates.saturating_sub(before.duplicates),
+        quarantined: after.rejected.saturating_sub(before.rejected),
+        ..Summary::default()
     }
 }
 
