@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
@@ -27,7 +27,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::batch::Summary;
 
 /// The EMF namespace of every metric.
-pub const NAMESPACE: &str = "StreamProcessor";
+pub use shared_core::telemetry::NAMESPACE;
 
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init() {
@@ -267,13 +267,7 @@ impl Invocation {
             );
         });
         let mut metrics = Metrics::new(&self.function);
-        metrics.count("Applied", summary.applied);
-        metrics.count("Stale", summary.stale);
-        metrics.count("Duplicate", summary.duplicate);
-        metrics.count("Quarantined", summary.quarantined);
-        metrics.count("Ignored", summary.ignored);
-        metrics.count("Failed", summary.failed);
-        metrics.put("BatchSize", "Count", batch_size as f64);
+        metrics.0.summary(summary, batch_size);
         metrics.put("InvocationDuration", "Milliseconds", elapsed.as_secs_f64() * 1000.0);
         if batch_size > 0 {
             metrics.put("RecordDuration", "Milliseconds", elapsed.as_secs_f64() * 1000.0 / batch_size as f64);
@@ -309,13 +303,10 @@ pub fn service_name() -> Option<&'static str> {
     SERVICE.get_or_init(|| std::env::var("POWERTOOLS_SERVICE_NAME").ok().filter(|v| !v.trim().is_empty())).as_deref()
 }
 
-/// An EMF document under construction: metrics with one dimension, `function`.
+/// An EMF document under construction: metrics with one dimension,
+/// `function` (the core's document, the same on every platform).
 #[derive(Debug, Clone)]
-pub struct Metrics {
-    namespace: String,
-    function: String,
-    values: Vec<(&'static str, &'static str, f64)>,
-}
+pub struct Metrics(shared_core::telemetry::Metrics);
 
 impl Metrics {
     /// Metrics of `function` (the dimension's value) in the [`namespace`].
@@ -325,45 +316,23 @@ impl Metrics {
 
     /// Metrics of `function` in `namespace`.
     pub fn with_namespace(namespace: &str, function: &str) -> Self {
-        Self { namespace: namespace.to_owned(), function: function.to_owned(), values: Vec::new() }
+        Self(shared_core::telemetry::Metrics::new(namespace, function))
     }
 
     /// Records a count; zero counts are left out (nothing is printed for an
     /// unused metric).
     pub fn count(&mut self, name: &'static str, value: u64) {
-        if value > 0 {
-            self.values.push((name, "Count", value as f64));
-        }
+        self.0.count(name, value);
     }
 
     /// Records a value with a unit.
     pub fn put(&mut self, name: &'static str, unit: &'static str, value: f64) {
-        self.values.push((name, unit, value));
+        self.0.put(name, unit, value);
     }
 
     /// The EMF document, or `None` when no metric was recorded.
     pub fn document(&self, at: SystemTime) -> Option<Value> {
-        if self.values.is_empty() {
-            return None;
-        }
-        let timestamp = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let definitions: Vec<Value> =
-            self.values.iter().map(|(name, unit, _)| json!({"Name": name, "Unit": unit})).collect();
-        let mut doc = json!({
-            "_aws": {
-                "Timestamp": timestamp,
-                "CloudWatchMetrics": [{
-                    "Namespace": self.namespace,
-                    "Dimensions": [["function"]],
-                    "Metrics": definitions,
-                }],
-            },
-            "function": self.function,
-        });
-        for (name, _, value) in &self.values {
-            doc[*name] = json!(value);
-        }
-        Some(doc)
+        self.0.document(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
     }
 
     /// Writes the document as one line; writes nothing when no metric was recorded.
@@ -376,6 +345,8 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

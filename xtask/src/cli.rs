@@ -109,6 +109,9 @@ pub struct SoakArgs {
     /// The random seed [default: from the clock]
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The orders Worker under workerd instead (Queues, R2, D1 with injected faults).
+    #[arg(long)]
+    pub cloudflare: bool,
 }
 
 fn positive_minutes(text: &str) -> Result<f64, String> {

@@ -14,11 +14,12 @@
 //!
 //! The build is worker-build's steps done here: `cargo build` for wasm32,
 //! `wasm-bindgen --target module`, the entry module
-//! `functions/cf-worker/worker.mjs` beside its output in `cf-worker/` of
-//! cargo's target directory, and the bundle (`wrangler deploy --dry-run
-//! --outdir <target>/cf-worker/dist`: what a deploy uploads, from
-//! `wrangler.jsonc`, which it validates). The local stack and its tests run
-//! that bundle (`CF_WORKER_DIST` tells them where it is).
+//! `shared/workers/worker.mjs` beside its output in `cf-worker/` of cargo's
+//! target directory (for each Worker, its own folder there), and the bundle
+//! (`wrangler deploy <entry> --dry-run --outdir <target>/cf-worker/dist`:
+//! what a deploy uploads, from `wrangler.jsonc`, which it validates). The
+//! local stack and its tests run that bundle (`CF_TARGET_DIR` tells them
+//! where cargo's target directory is).
 //! (worker-build itself takes about nine minutes to install and downloads
 //! its tools from GitHub unless each is pointed at a local copy.)
 
@@ -32,17 +33,49 @@ use crate::portable::WASM_TARGET;
 
 /// The Worker crate.
 pub const WORKER: &str = "cf-worker";
-/// Where the built Worker goes: `cf-worker/` in cargo's target directory
-/// (wrangler.jsonc's `main` is `worker.mjs` there when the target directory
-/// is the default `target/`; the build passes it explicitly).
-pub fn out_dir(root: &Path) -> Result<PathBuf> {
-    Ok(crate::workspace::target_dir(root)?.join("cf-worker"))
+/// One Worker of the workspace: its crate, where it is built, and its
+/// wrangler configuration (whose `main` is `worker.mjs` in its folder of the
+/// default target directory; the build names the entry explicitly).
+#[derive(Debug, Clone, Copy)]
+pub struct Worker {
+    /// The crate (a cdylib on `shared-workers`).
+    pub package: &'static str,
+    /// Its folder in cargo's target directory.
+    pub folder: &'static str,
+    /// Its wrangler configuration, under `infra/cloudflare`.
+    pub config: &'static str,
 }
 
-/// The wasm module a deploy uploads, once built.
+impl Worker {
+    /// Where it is built: its folder in cargo's target directory.
+    pub fn out_dir(&self, root: &Path) -> Result<PathBuf> {
+        Ok(crate::workspace::target_dir(root)?.join(self.folder))
+    }
+}
+
+/// The Workers: the orders pipeline, and the example of another domain.
+pub const WORKERS: [Worker; 2] = [
+    Worker { package: WORKER, folder: "cf-worker", config: "wrangler.jsonc" },
+    Worker {
+        package: "inventory-reservations-worker",
+        folder: "inventory-reservations-worker",
+        config: "inventory/wrangler.jsonc",
+    },
+];
+
+/// Where the orders Worker is built: `cf-worker/` in cargo's target directory.
+pub fn out_dir(root: &Path) -> Result<PathBuf> {
+    WORKERS[0].out_dir(root)
+}
+
+/// The orders Worker's wasm module (what a deploy uploads), once built.
 pub fn wasm_module(root: &Path) -> Result<PathBuf> {
     Ok(out_dir(root)?.join("pkg/index_bg.wasm"))
 }
+
+/// Every Worker's entry module: the runtime's queue event to the wasm
+/// module's `queue` export (`shared_workers::export_queue!`).
+const ENTRY: &str = "shared/workers/worker.mjs";
 /// The cargo profile of the Worker (Cargo.toml: panic = "abort", opt-level "s").
 const PROFILE: &str = "wasm-release";
 /// Node.js from npm when the machine's is older than wrangler needs.
@@ -59,6 +92,13 @@ pub struct Tools {
 
 fn infra(root: &Path) -> PathBuf {
     root.join("infra/cloudflare")
+}
+
+/// The first `database_name` of a wrangler configuration.
+fn database_name(config: &str) -> Option<String> {
+    let at = config.find("\"database_name\"")?;
+    let rest = config[at..].split_once(':')?.1.trim_start().strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_owned())
 }
 
 /// `major.minor` of `node --version`'s `v22.23.5`.
@@ -191,20 +231,40 @@ impl Tools {
         Ok(())
     }
 
-    /// Builds the Worker into [`out_dir`]; returns the wasm module's size in bytes.
+    /// Builds every Worker of [`WORKERS`] (one cargo build), each into its
+    /// `out_dir`; prints each wasm module's size and returns the orders
+    /// Worker's.
     pub fn build(&self) -> Result<u64> {
-        let artifacts =
-            crate::workspace::build(&self.root, &["-p", WORKER, "--target", WASM_TARGET, "--profile", PROFILE], true)?;
-        // The wasm file cargo says it wrote (its name, cf_worker.wasm, is the
-        // crate's; its directory depends on the target directory).
-        let wasm = artifacts
-            .iter()
-            .filter(|a| a.target.kind.iter().any(|k| k == "cdylib"))
-            .flat_map(|a| &a.filenames)
-            .find(|f| f.extension().is_some_and(|e| e == "wasm"))
-            .cloned()
-            .with_context(|| format!("cargo build -p {WORKER} --target {WASM_TARGET} reported no .wasm file"))?;
-        let out = out_dir(&self.root)?;
+        let mut args = vec!["--target", WASM_TARGET, "--profile", PROFILE];
+        for worker in WORKERS {
+            args.extend(["-p", worker.package]);
+        }
+        let artifacts = crate::workspace::build(&self.root, &args, true)?;
+        let mut sizes = Vec::new();
+        for worker in WORKERS {
+            // The wasm file cargo says it wrote (named as the crate; its
+            // directory depends on the target directory).
+            let name = worker.package.replace('-', "_");
+            let wasm = artifacts
+                .iter()
+                .filter(|a| a.target.name == name && a.target.kind.iter().any(|k| k == "cdylib"))
+                .flat_map(|a| &a.filenames)
+                .find(|f| f.extension().is_some_and(|e| e == "wasm"))
+                .cloned()
+                .with_context(|| format!("cargo build -p {} --target {WASM_TARGET} reported no .wasm file", worker.package))?;
+            let size = self.bundle(&worker, &wasm)?;
+            if worker.package != WORKER {
+                println!("    {}: {size} bytes", worker.out_dir(&self.root)?.join("pkg/index_bg.wasm").display());
+            }
+            sizes.push(size);
+        }
+        Ok(sizes[0])
+    }
+
+    /// wasm-bindgen, the entry module and wrangler's bundle of one built
+    /// Worker; the wasm module's size in bytes.
+    fn bundle(&self, worker: &Worker, wasm: &Path) -> Result<u64> {
+        let out = worker.out_dir(&self.root)?;
         let pkg = out.join("pkg");
         if pkg.exists() {
             std::fs::remove_dir_all(&pkg).with_context(|| format!("clearing {}", pkg.display()))?;
@@ -213,7 +273,7 @@ impl Tools {
             Command::new(&self.wasm_bindgen)
                 .args(["--target", "module", "--no-typescript", "--out-name", "index", "--out-dir"])
                 .arg(&pkg)
-                .arg(&wasm),
+                .arg(wasm),
             "wasm-bindgen",
         )?;
         // `--target module` imports the wasm as a source-phase import; workerd
@@ -221,16 +281,16 @@ impl Tools {
         let index = pkg.join("index.js");
         let js = std::fs::read_to_string(&index).context("reading wasm-bindgen's index.js")?;
         std::fs::write(&index, js.replace("import source ", "import ")).context("writing index.js")?;
-        std::fs::copy(self.root.join("functions/cf-worker/worker.mjs"), out.join("worker.mjs"))
-            .context("copying worker.mjs")?;
-        // What `wrangler deploy` would upload, from wrangler.jsonc (which it
-        // validates): the bundle and the wasm module. The local stack runs it.
+        std::fs::copy(self.root.join(ENTRY), out.join("worker.mjs")).context("copying worker.mjs")?;
+        // What `wrangler deploy` would upload, from the Worker's wrangler
+        // configuration (which it validates): the bundle and the wasm
+        // module. The local stack runs it.
         let dist = out.join("dist");
         if dist.exists() {
             std::fs::remove_dir_all(&dist).with_context(|| format!("clearing {}", dist.display()))?;
         }
         let dist_arg = dist.to_string_lossy().into_owned();
-        // The entry named explicitly: wrangler.jsonc's `main` assumes the
+        // The entry named explicitly: the configuration's `main` assumes the
         // default target directory. (With an entry given, wrangler looks for
         // its configuration beside the entry: so --config too.)
         let main = out.join("worker.mjs").to_string_lossy().into_owned();
@@ -239,7 +299,7 @@ impl Tools {
             "deploy",
             &main,
             "--config",
-            "wrangler.jsonc",
+            worker.config,
             "--dry-run",
             "--outdir",
             &dist_arg,
@@ -247,13 +307,59 @@ impl Tools {
         Ok(std::fs::metadata(pkg.join("index_bg.wasm")).context("the wasm module")?.len())
     }
 
+    /// `cargo xtask test`'s Cloudflare step: clippy for wasm32 (the
+    /// workspace's clippy sees only the platform-neutral parts), the build,
+    /// each Worker's migrations through wrangler's own runner on a scratch
+    /// local database, the tests under workerd, and a minute of the Workers
+    /// soak (`cargo xtask soak --cloudflare --minutes 1 --seed 1`).
+    pub fn test(&self) -> Result<()> {
+        let mut clippy = cargo_command();
+        clippy.args(["clippy", "--target", WASM_TARGET]).current_dir(&self.root);
+        for package in ["shared-workers"].into_iter().chain(WORKERS.map(|w| w.package)) {
+            clippy.args(["-p", package]);
+        }
+        run(clippy.args(["--", "-D", "warnings"]), "cargo clippy --target wasm32-unknown-unknown (the Workers)")?;
+        let size = self.build()?;
+        println!("    {}: {size} bytes", wasm_module(&self.root)?.display());
+        for worker in WORKERS {
+            let scratch = worker.out_dir(&self.root)?.join("d1-check");
+            let _ = std::fs::remove_dir_all(&scratch);
+            let scratch = scratch.to_string_lossy().into_owned();
+            let config = std::fs::read_to_string(infra(&self.root).join(worker.config))
+                .with_context(|| format!("reading {}", worker.config))?;
+            let database = database_name(&config).with_context(|| format!("{} names no D1 database", worker.config))?;
+            self.node_status(&[
+                "node_modules/wrangler/bin/wrangler.js",
+                "d1",
+                "migrations",
+                "apply",
+                &database,
+                "--local",
+                "--config",
+                worker.config,
+                "--persist-to",
+                &scratch,
+            ])?;
+        }
+        // Node expands the pattern itself (no shell here).
+        self.node_status(&["--test", "--test-reporter=spec", "test/*.test.mjs"])?;
+        // A minute of the Workers soak: D1 faults, duplicates, reordering,
+        // concurrent batches, then every check.
+        crate::commands::soak_cloudflare::run(crate::commands::soak::Options {
+            duration: std::time::Duration::from_secs(60),
+            concurrency: 4,
+            seed: 1,
+            engine: crate::dynamodb_local::Engine::Local,
+        })
+    }
+
     /// A Node command in `infra/cloudflare` with this Node first on `PATH`,
     /// wrangler's telemetry off.
     pub fn node(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.node);
-        if let Ok(out) = out_dir(&self.root) {
-            // Where local/stack.mjs finds the bundle.
-            cmd.env("CF_WORKER_DIST", out.join("dist"));
+        if let Ok(target) = crate::workspace::target_dir(&self.root) {
+            // Where local/stack.mjs finds the Workers' bundles.
+            cmd.env("CF_TARGET_DIR", target);
         }
         cmd.args(args)
             .current_dir(infra(&self.root))
@@ -295,6 +401,18 @@ mod tests {
         assert_eq!(locked_wasm_bindgen("[[package]]\nname = \"serde\"\n"), None);
         let real = std::fs::read_to_string(crate::stack::workspace_root().join("Cargo.lock")).unwrap();
         assert!(locked_wasm_bindgen(&real).is_some(), "the workspace locks a wasm-bindgen (cf-worker)");
+    }
+
+    #[test]
+    fn every_workers_configuration_names_its_database_and_points_at_its_build() {
+        let root = crate::stack::workspace_root();
+        for worker in WORKERS {
+            let config = std::fs::read_to_string(infra(&root).join(worker.config)).unwrap();
+            assert!(database_name(&config).is_some(), "{}", worker.config);
+            let main = format!("target/{}/worker.mjs", worker.folder);
+            assert!(config.contains(&main), "{}: main is not {main}", worker.config);
+        }
+        assert_eq!(database_name(r#"{"database_name": "orders-state"}"#).as_deref(), Some("orders-state"));
     }
 
     #[test]

@@ -52,6 +52,9 @@ fn main() -> ExitCode {
                 seed,
                 engine,
             };
+            if args.cloudflare {
+                return commands::soak_cloudflare::run(options);
+            }
             runtime()?.block_on(interruptible(commands::soak::run(options), false))
         }),
         Command::Volume(args) => {

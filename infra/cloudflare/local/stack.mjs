@@ -1,16 +1,25 @@
-// The local Cloudflare stack: the built Worker under workerd (miniflare),
-// with the bindings of ../wrangler.jsonc (D1, R2, the queues with their retry
-// limits and dead-letter queues), D1 migrated from ../migrations. R2's event
-// notifications are not emulated locally, so `putObject` plays them: it
-// stores the object and sends the notification R2 would send.
+// The local Cloudflare stack: a built Worker under workerd (miniflare), with
+// the bindings of its wrangler configuration (D1, R2, the queues with their
+// retry limits and dead-letter queues), D1 migrated from its migrations
+// folder. R2's event notifications are not emulated locally, so `putObject`
+// plays them: it stores the object and sends the notification R2 would send.
 //
-// Worker logs are captured: every queue invocation logs one summary line,
-// which is how `drained` knows that every message sent has an outcome.
+// Worker logs are captured: every queue invocation logs one summary line
+// (the toolkit's, as on Lambda), which is how `drained` knows that every
+// message sent has an outcome.
+//
+// D1 faults: with `faults` (or the var D1_FAULTS), the Worker's D1 binding is
+// wrapped before the Worker sees it (an entry module of the stack's, around
+// the bundle's): `{"rate": 0.1, "seed": 7}` fails that share of D1 batches,
+// half of them before they run (nothing applied) and half after (applied,
+// the answer lost); `{"before": [2, 3], "after": [5]}` fails the batches of
+// those numbers (counted from 1 per isolate). The faults live here, in the
+// test harness, not in the Worker.
 
 import { readFileSync, readdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Miniflare, convertV4MiniflareOptions } from "miniflare";
+import { Log, LogLevel, Miniflare, convertV4MiniflareOptions } from "miniflare";
 import { unstable_getMiniflareWorkerOptions } from "wrangler";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -19,32 +28,118 @@ export const config = join(infraDir, "wrangler.jsonc");
 export const ORDERS_QUEUE = "orders-events";
 export const INGEST_QUEUE = "orders-ingest-events";
 export const BUCKET = "orders-ingest";
+export const RESERVATIONS_QUEUE = "reservations";
 
-/// Starts the Worker. `vars` override the configuration's (tests use small
-/// chunks and fault injection); `persist` keeps D1/R2 in a folder.
-export async function start({ vars = {}, persist = false, echo = false } = {}) {
-  const { workerOptions } = unstable_getMiniflareWorkerOptions(config);
-  // The bundle `wrangler deploy` would upload (`cargo xtask build-worker`):
-  // xtask names it (cargo's target directory may be elsewhere); by hand,
-  // the default target directory's.
-  const builtDir = process.env.CF_WORKER_DIST ?? resolve(infraDir, "../../target/cf-worker/dist");
+/// The Workers of the workspace: their configuration, build and migrations.
+export const WORKERS = {
+  orders: { name: "orders-pipeline", config, built: "cf-worker", migrations: join(infraDir, "migrations") },
+  inventory: {
+    name: "inventory-reservations",
+    config: join(infraDir, "inventory/wrangler.jsonc"),
+    built: "inventory-reservations-worker",
+    migrations: join(infraDir, "inventory/migrations"),
+  },
+};
+
+/// miniflare's own warnings (its queue broker says when it moves a message
+/// to a dead-letter queue), kept instead of printed.
+class Captured extends Log {
+  constructor(sink) {
+    super(LogLevel.WARN);
+    this.sink = sink;
+  }
+  log(message) {
+    this.sink.push(message);
+  }
+}
+
+/// The entry module that wraps the Worker's D1 binding with faults (see the
+/// top of this file). Its class is named D1Database: workers-rs checks a
+/// binding's constructor name.
+const FAULTY_ENTRY = `
+import worker from "./worker.js";
+let calls = 0;
+let seed = 0;
+const counts = { before: 0, after: 0 };
+function random() {
+  seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
+  return seed / 4294967296;
+}
+class D1Database {
+  constructor(inner, plan) { this.inner = inner; this.plan = plan; }
+  prepare(sql) { return this.inner.prepare(sql); }
+  async batch(statements) {
+    calls += 1;
+    const p = this.plan;
+    let fault = null;
+    if (p.before?.includes(calls)) fault = "before";
+    else if (p.after?.includes(calls)) fault = "after";
+    else if (p.rate && random() < p.rate) fault = random() < 0.5 ? "before" : "after";
+    if (fault === "before") {
+      counts.before += 1;
+      console.log(JSON.stringify({ d1_fault: "before", call: calls, ...counts }));
+      throw new Error("D1_ERROR: injected fault: the batch did not run");
+    }
+    const results = await this.inner.batch(statements);
+    if (fault === "after") {
+      counts.after += 1;
+      console.log(JSON.stringify({ d1_fault: "after", call: calls, ...counts }));
+      throw new Error("D1_ERROR: injected fault: the batch ran, its answer was lost");
+    }
+    return results;
+  }
+}
+export default {
+  async queue(batch, env, ctx) {
+    if (env.D1_FAULTS) {
+      const plan = JSON.parse(env.D1_FAULTS);
+      if (!seed) seed = (plan.seed ?? 1) >>> 0 || 1;
+      env = { ...env, DB: new D1Database(env.DB, plan) };
+    }
+    return worker.queue(batch, env, ctx);
+  },
+};
+`;
+
+/// Starts a Worker of WORKERS (`worker`, default the orders pipeline).
+/// `vars` override the configuration's (tests use small chunks and fault
+/// injection); `faults` wraps its D1 binding (see the top of this file);
+/// `persist` keeps D1/R2 in a folder.
+export async function start({ worker = "orders", vars = {}, faults = null, persist = false, echo = false } = {}) {
+  const w = WORKERS[worker];
+  const { workerOptions } = unstable_getMiniflareWorkerOptions(w.config);
+  // The bundle `wrangler deploy` would upload (`cargo xtask build-worker`),
+  // in cargo's target directory: xtask names it (it may be elsewhere); by
+  // hand, the default one.
+  const target = process.env.CF_TARGET_DIR ?? resolve(infraDir, "../../target");
+  const builtDir = resolve(target, w.built, "dist");
   const logs = [];
+  const warnings = [];
+  const modules = builtModules(builtDir);
+  if (faults) {
+    vars = { ...vars, D1_FAULTS: JSON.stringify(faults) };
+    modules.unshift({ type: "ESModule", path: join(builtDir, "faulty-entry.mjs"), contents: FAULTY_ENTRY });
+  }
   // wrangler gives the worker options in miniflare 4's shape; miniflare 5 converts them.
   const mf = new Miniflare(convertV4MiniflareOptions({
     workers: [
       {
         ...workerOptions,
-        name: "orders-pipeline",
-        // Every file of the bundle, named by its path in it: worker.js first (the entry).
+        name: w.name,
+        // Every file of the bundle, named by its path in it: the entry first.
         modulesRoot: builtDir,
-        modules: builtModules(builtDir),
+        modules,
         bindings: { ...workerOptions.bindings, ...vars },
-        // The local producers of the stack (the Worker itself only produces to INGEST).
-        queueProducers: { ...workerOptions.queueProducers, ORDERS: { queueName: ORDERS_QUEUE } },
+        // The local producers of the stack (the orders Worker itself only produces to INGEST).
+        queueProducers: {
+          ...workerOptions.queueProducers,
+          ...(worker === "orders" ? { ORDERS: { queueName: ORDERS_QUEUE } } : { RESERVATIONS: { queueName: RESERVATIONS_QUEUE } }),
+        },
       },
     ],
     ...(persist ? { resourcePersistencePath: persist } : {}),
     telemetry: { enabled: false },
+    log: new Captured(warnings),
     handleStructuredLogs({ level, message }) {
       for (const line of message.split("\n")) {
         logs.push(line);
@@ -54,12 +149,15 @@ export async function start({ vars = {}, persist = false, echo = false } = {}) {
   }));
   await mf.ready;
   const db = await mf.getD1Database("DB");
-  for (const file of readdirSync(join(infraDir, "migrations")).sort()) {
-    for (const statement of splitSql(readFileSync(join(infraDir, "migrations", file), "utf8"))) {
+  for (const file of readdirSync(w.migrations).sort()) {
+    for (const statement of splitSql(readFileSync(join(w.migrations, file), "utf8"))) {
       await db.prepare(statement).run();
     }
   }
-  return new Stack(mf, db, await mf.getR2Bucket("BUCKET"), logs);
+  const bucket = worker === "orders" ? await mf.getR2Bucket("BUCKET") : null;
+  const stack = new Stack(mf, db, bucket, logs);
+  stack.warnings = warnings;
+  return stack;
 }
 
 /// The built Worker's modules (`cargo xtask build-worker`), the entry first.
@@ -93,12 +191,18 @@ export class Stack {
     this.logs = logs;
   }
 
+  /// Sends JSON text bodies, as a producer would, through the local
+  /// producer binding `binding`, a hundred at a time.
+  async send(binding, bodies) {
+    const queue = await this.mf.getQueueProducer(binding);
+    for (let i = 0; i < bodies.length; i += 100) {
+      await queue.sendBatch(bodies.slice(i, i + 100).map((body) => ({ body, contentType: "text" })));
+    }
+  }
+
   /// Sends order events (JSON text, as a producer would) to the orders queue.
   async sendOrders(lines) {
-    const queue = await this.mf.getQueueProducer("ORDERS");
-    for (let i = 0; i < lines.length; i += 100) {
-      await queue.sendBatch(lines.slice(i, i + 100).map((body) => ({ body, contentType: "text" })));
-    }
+    await this.send("ORDERS", lines);
   }
 
   /// Stores an object and sends the object-created notification R2 would send.
@@ -117,7 +221,9 @@ export class Stack {
     );
   }
 
-  /// The summary lines the Worker logged, per queue, summed.
+  /// The summary lines the Worker logged (`"message": "invocation
+  /// summary"`, the toolkit's shape), per queue: the counters and D1
+  /// figures summed, and the invocations counted.
   summaries() {
     const totals = {};
     for (const line of this.logs) {
@@ -128,21 +234,38 @@ export class Stack {
       } catch {
         continue;
       }
-      if (!parsed.summary) continue;
-      const t = (totals[parsed.queue] ??= { applied: 0, stale: 0, duplicate: 0, quarantined: 0, ignored: 0, failed: 0 });
-      for (const [k, v] of Object.entries(parsed.summary)) t[k] = (t[k] ?? 0) + v;
+      if (parsed.message !== "invocation summary") continue;
+      const t = (totals[parsed.queue] ??= { applied: 0, stale: 0, duplicate: 0, quarantined: 0, ignored: 0, failed: 0, records: 0, d1_statements: 0, d1_round_trips: 0, invocations: 0 });
+      for (const k of Object.keys(t)) t[k] += k === "invocations" ? 1 : (parsed[k] ?? 0);
     }
     return totals;
   }
 
+  /// Messages the local queues moved to a dead-letter queue (miniflare's
+  /// broker says so in a warning).
+  deadLettered() {
+    return (this.warnings ?? []).filter((w) => w.includes("to dead letter queue")).length;
+  }
+
+  /// The D1 faults the stack's wrapper injected (see the top of this file).
+  faults() {
+    const out = { before: 0, after: 0 };
+    for (const line of this.logs) {
+      if (!line.includes('"d1_fault"')) continue;
+      out[JSON.parse(line).d1_fault] += 1;
+    }
+    return out;
+  }
+
   /// Waits until `condition()` holds, polling; fails after `timeoutMs`
   /// naming what it waited for.
-  async until(what, condition, timeoutMs = 60_000) {
+  async until(what, condition, timeoutMs = 60_000, { log = true } = {}) {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (await condition()) return;
       if (Date.now() > deadline) {
-        throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\nworker log:\n${this.logs.join("\n")}`);
+        const worker = log ? `\nworker log:\n${this.logs.join("\n")}` : "";
+        throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${worker}`);
       }
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -150,7 +273,7 @@ export class Stack {
 
   /// Waits until every order message sent has a settled outcome (applied,
   /// stale, duplicate, quarantined) and every object has a final manifest.
-  async drained(ordersSent, objects, timeoutMs) {
+  async drained(ordersSent, objects, timeoutMs, options) {
     await this.until(
       `${ordersSent} order message(s) and ${objects.length} object(s) to settle`,
       async () => {
@@ -161,6 +284,7 @@ export class Stack {
         return objects.every((k) => results.some((m) => m.key === k && m.status !== "IN_PROGRESS"));
       },
       timeoutMs,
+      options,
     );
   }
 

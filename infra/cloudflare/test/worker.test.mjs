@@ -186,20 +186,38 @@ describe("order events", () => {
     await assertInvariant(stack);
   });
 
-  test("a guard that matches no row fails its whole D1 batch: nothing of the batch is written", async () => {
+  test("a guard after a write that changed no row fails its whole D1 batch, naming itself: nothing of the batch is written", async () => {
     await stack.db.prepare("INSERT INTO customer_totals VALUES ('c-g', 1, '{}', 5)").run();
+    const guard = stack.db.prepare("SELECT json_extract('{}', ?1) WHERE changes() = 0").bind("guard#ledger");
     const guarded = [
-      stack.db.prepare("INSERT INTO idempotency VALUES ('k-g', 'f', 'APPLIED', 'now')"),
+      stack.db.prepare("INSERT INTO idempotency (key, fingerprint, outcome, recorded_at) VALUES ('k-g', 'f', 'APPLIED', 'now')"),
       stack.db.prepare("UPDATE customer_totals SET order_count = 2, version = 6 WHERE customer_id = 'c-g' AND version = 4"),
-      stack.db.prepare("INSERT INTO write_guard (ok) SELECT NULL WHERE changes() = 0"),
+      guard,
     ];
-    await assert.rejects(stack.db.batch(guarded), /NOT NULL constraint failed: write_guard.ok/);
+    await assert.rejects(stack.db.batch(guarded), /bad JSON path: 'guard#ledger'/);
     assert.equal(await stack.db.prepare("SELECT COUNT(*) AS n FROM idempotency WHERE key = 'k-g'").first("n"), 0);
     guarded[1] = stack.db.prepare("UPDATE customer_totals SET order_count = 2, version = 6 WHERE customer_id = 'c-g' AND version = 5");
     await stack.db.batch(guarded);
     assert.equal(await stack.db.prepare("SELECT order_count FROM customer_totals WHERE customer_id = 'c-g'").first("order_count"), 2);
-    assert.equal(await stack.db.prepare("SELECT COUNT(*) AS n FROM write_guard").first("n"), 0);
     await stack.db.prepare("DELETE FROM customer_totals WHERE customer_id = 'c-g'").run();
+    await stack.db.prepare("DELETE FROM idempotency WHERE key = 'k-g'").run();
+  });
+
+  test("every invocation logs the toolkit's summary line and metrics, in the Lambda functions' shape", async () => {
+    const before = stack.logs.length;
+    await worker.queue(ORDERS_QUEUE, [message(event("l-1", "o-l1", "c-l", "PLACED", "1.00", "2026-11-06T10:00:00Z")), message("nope")]);
+    const lines = stack.logs.slice(before).filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+    const summary = lines.find((l) => l.message === "invocation summary");
+    assert.deepEqual(
+      [summary.function_name, summary.queue, summary.applied, summary.quarantined, summary.failed, summary.records],
+      ["orders", ORDERS_QUEUE, 1, 1, 0, 2],
+    );
+    assert.equal(summary.level, "INFO");
+    assert.ok(summary.d1_round_trips >= 2 && summary.d1_statements > summary.d1_round_trips, JSON.stringify(summary));
+    const metrics = lines.find((l) => l._aws);
+    assert.deepEqual(metrics._aws.CloudWatchMetrics[0].Dimensions, [["function"]]);
+    assert.equal(metrics._aws.CloudWatchMetrics[0].Namespace, "StreamProcessor");
+    assert.deepEqual([metrics.function, metrics.Applied, metrics.Quarantined, metrics.BatchSize], ["orders", 1, 1, 2]);
   });
 
   test("concurrent invocations on the same order and customer: every write guarded, the totals exact", async () => {

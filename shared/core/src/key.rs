@@ -130,6 +130,27 @@ impl Keys {
     pub fn body_string(&self, pointer: &str, value: &str) -> String {
         self.joined("sqs-body", &[pointer, "=", value])
     }
+
+    /// The key of a message body by the value its JSON `pointer` selects
+    /// (kind `sqs-body`): a non-empty string as it is, a number as written;
+    /// `None` when the body has neither there.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use shared_core::key::Keys;
+    ///
+    /// let keys = Keys::new("p");
+    /// assert_eq!(keys.body_pointer("/id", &json!({"id": "e-1"})).as_deref(), Some("p#sqs-body#/id=e-1"));
+    /// assert_eq!(keys.body_pointer("/id", &json!({"id": 7})).as_deref(), Some("p#sqs-body#/id=7"));
+    /// assert_eq!(keys.body_pointer("/id", &json!({"id": ""})), None);
+    /// ```
+    pub fn body_pointer(&self, pointer: &str, body: &serde_json::Value) -> Option<String> {
+        match body.pointer(pointer)? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(self.body_string(pointer, s)),
+            n @ serde_json::Value::Number(_) => Some(self.joined("sqs-body", &[pointer, "=", &n.to_string()])),
+            _ => None,
+        }
+    }
 }
 
 /// SHA-256 of a payload, hex: the `validation` attribute of an idempotency

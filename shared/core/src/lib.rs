@@ -19,6 +19,8 @@
 //! - [`lines`]: line formats of ingested objects (NDJSON, CSV with a header).
 //! - [`manifest`]: an ingested object's checkpoint and counters.
 //! - [`quarantine`]: records that can never be processed, with their reason.
+//! - [`telemetry`]: the summary line's counters and the EMF metrics
+//!   document, in the one shape every platform logs.
 #![deny(missing_docs)]
 
 pub mod batch;
@@ -28,3 +30,4 @@ pub mod lines;
 pub mod manifest;
 pub mod plan;
 pub mod quarantine;
+pub mod telemetry;

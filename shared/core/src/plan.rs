@@ -110,6 +110,28 @@ pub fn repeated_keys(keys: &[(&str, Option<&str>)]) -> Vec<Option<Outcome>> {
         .collect()
 }
 
+/// [`repeated_keys`] of every unit of a batch, keyed or not (`(key,
+/// fingerprint)`, the key `None` for a unit without a marker): one entry
+/// per unit, `None` for an unkeyed unit and for the first of each key.
+///
+/// ```
+/// use shared_core::batch::Outcome;
+/// use shared_core::plan::repeated_keys_of;
+///
+/// let units = [(Some("k"), Some("f")), (None, None), (Some("k"), Some("f"))];
+/// assert_eq!(repeated_keys_of(&units), [None, None, Some(Outcome::Duplicate)]);
+/// ```
+pub fn repeated_keys_of(units: &[(Option<&str>, Option<&str>)]) -> Vec<Option<Outcome>> {
+    let keyed: Vec<(usize, (&str, Option<&str>))> =
+        units.iter().enumerate().filter_map(|(i, (key, f))| key.map(|k| (i, (k, *f)))).collect();
+    let keys: Vec<(&str, Option<&str>)> = keyed.iter().map(|(_, k)| *k).collect();
+    let mut out = vec![None; units.len()];
+    for ((i, _), repeated) in keyed.iter().zip(repeated_keys(&keys)) {
+        out[*i] = repeated;
+    }
+    out
+}
+
 /// How to read a write's condition failing, from the stored item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

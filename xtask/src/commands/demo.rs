@@ -105,7 +105,7 @@ fn print_state(snap: &StateSnapshot, where_: &str) {
 }
 
 /// The logged outcomes per function (or queue).
-fn accounting_table(by: &str, accounting: &BTreeMap<String, Accounting>) -> String {
+pub(crate) fn accounting_table(by: &str, accounting: &BTreeMap<String, Accounting>) -> String {
     table(
         &[by, "applied", "stale", "duplicate", "quarantined", "ignored", "retried"],
         accounting

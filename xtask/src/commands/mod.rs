@@ -5,6 +5,7 @@ pub mod demo;
 pub mod infra;
 pub mod new;
 pub mod soak;
+pub mod soak_cloudflare;
 pub mod stack;
 pub mod test;
 pub mod volume;

@@ -60,13 +60,13 @@ pub struct Options {
 }
 
 /// Order events sent per producer tick, and the tick.
-const EVENTS_PER_TICK: usize = 4;
-const TICK: Duration = Duration::from_millis(500);
+pub(crate) const EVENTS_PER_TICK: usize = 4;
+pub(crate) const TICK: Duration = Duration::from_millis(500);
 /// An object every this many ticks, of this many lines (two of them bad).
-const OBJECT_EVERY_TICKS: u64 = 30;
-const OBJECT_LINES: usize = 24;
+pub(crate) const OBJECT_EVERY_TICKS: u64 = 30;
+pub(crate) const OBJECT_LINES: usize = 24;
 /// Share of the functions' DynamoDB requests that get a fault.
-const FAULT_RATE: f64 = 0.1;
+pub(crate) const FAULT_RATE: f64 = 0.1;
 /// Time between kills: uniformly drawn in this range.
 const KILL_EVERY: (Duration, Duration) = (Duration::from_secs(4), Duration::from_secs(12));
 /// The drain after the producer stops: a backlog, retries after the 2 s
@@ -107,14 +107,14 @@ impl Rng {
 
 /// One valid event, as the model keeps it.
 #[derive(Debug, Clone)]
-struct Event {
-    event_id: String,
+pub(crate) struct Event {
+    pub(crate) event_id: String,
     order_id: String,
     customer_id: String,
-    status: &'static str,
+    pub(crate) status: &'static str,
     /// Cents.
     cents: u64,
-    currency: &'static str,
+    pub(crate) currency: &'static str,
     occurred_at: String,
 }
 
@@ -128,7 +128,7 @@ impl Event {
         .to_string()
     }
 
-    fn amount(&self) -> Decimal {
+    pub(crate) fn amount(&self) -> Decimal {
         Decimal::new(i64::try_from(self.cents).unwrap_or(i64::MAX), 2)
     }
 }
@@ -145,23 +145,43 @@ struct OrderModel {
 
 /// What the producer sent, by kind.
 #[derive(Debug, Clone, Default)]
-struct Sent {
-    new_orders: u64,
-    updates: u64,
-    exact_resends: u64,
-    reformatted_resends: u64,
-    older_events: u64,
-    poison: u64,
-    fifo: u64,
-    objects: u64,
-    object_lines: u64,
-    bad_object_lines: u64,
+pub(crate) struct Sent {
+    pub(crate) new_orders: u64,
+    pub(crate) updates: u64,
+    pub(crate) exact_resends: u64,
+    pub(crate) reformatted_resends: u64,
+    pub(crate) older_events: u64,
+    pub(crate) poison: u64,
+    pub(crate) fifo: u64,
+    pub(crate) objects: u64,
+    pub(crate) object_lines: u64,
+    pub(crate) bad_object_lines: u64,
     /// Every SQS message sent to the orders queues.
-    messages: u64,
+    pub(crate) messages: u64,
+}
+
+impl Sent {
+    /// The report's rows of what was sent: `messages` names the messages,
+    /// `fifo` the FIFO share.
+    pub(crate) fn rows(&self, messages: &str, fifo: &str) -> Vec<Vec<String>> {
+        let n = |v: u64| v.to_string();
+        vec![
+            vec![messages.into(), n(self.messages)],
+            vec!["  new orders".into(), n(self.new_orders)],
+            vec!["  updates".into(), n(self.updates)],
+            vec![fifo.into(), n(self.fifo)],
+            vec!["  exact resends".into(), n(self.exact_resends)],
+            vec!["  resends differing only in formatting".into(), n(self.reformatted_resends)],
+            vec!["  older than their order's newest".into(), n(self.older_events)],
+            vec!["  poison".into(), n(self.poison)],
+            vec!["objects uploaded".into(), n(self.objects)],
+            vec!["  lines (bad)".into(), format!("{} ({})", self.object_lines, self.bad_object_lines)],
+        ]
+    }
 }
 
 /// The seeded producer and the model of what it sent.
-struct Producer {
+pub(crate) struct Producer {
     rng: Rng,
     orders: Vec<OrderModel>,
     /// Every valid event sent (queues and objects), by order.
@@ -175,11 +195,11 @@ struct Producer {
     clock: u64,
     next_event: u64,
     objects: Vec<String>,
-    sent: Sent,
+    pub(crate) sent: Sent,
 }
 
 impl Producer {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self {
             rng: Rng::new(seed),
             orders: Vec::new(),
@@ -270,7 +290,7 @@ impl Producer {
     }
 
     /// One tick's messages: (queue key, body, FIFO group).
-    fn tick_messages(&mut self) -> Vec<(&'static str, String, Option<String>, bool)> {
+    pub(crate) fn tick_messages(&mut self) -> Vec<(&'static str, String, Option<String>, bool)> {
         let mut out = Vec::new();
         for _ in 0..EVENTS_PER_TICK {
             let roll = self.rng.below(100);
@@ -317,7 +337,7 @@ impl Producer {
     }
 
     /// An NDJSON object: valid events and two bad lines.
-    fn object(&mut self) -> (String, Vec<u8>) {
+    pub(crate) fn object(&mut self) -> (String, Vec<u8>) {
         let mut lines = Vec::new();
         for _ in 0..OBJECT_LINES - 2 {
             let event = self.valid_event(false, false);
@@ -334,10 +354,41 @@ impl Producer {
         (key, (lines.join("\n") + "\n").into_bytes())
     }
 
+    /// Where the stored orders differ from what the apply rule gives for
+    /// every valid event sent (whatever the order and number of
+    /// deliveries), and orders stored that were never sent.
+    pub(crate) fn order_problems(&self, snapshot: &crate::report::StateSnapshot) -> Vec<String> {
+        let mut problems = Vec::new();
+        let expected = self.expected_orders();
+        let stored: BTreeMap<&str, &crate::report::OrderRow> =
+            snapshot.orders.iter().map(|o| (o.order_id.as_str(), o)).collect();
+        for (id, event) in &expected {
+            match stored.get(id) {
+                None => problems.push(format!("order {id}: missing; its newest event is {}", event.event_id)),
+                Some(row) => {
+                    let want = (event.event_id.as_str(), event.status, event.amount().normalize(), event.currency);
+                    let got = (
+                        row.last_event_id.as_str(),
+                        row.status.as_str(),
+                        row.amount.normalize(),
+                        row.currency.as_str(),
+                    );
+                    if want != got {
+                        problems.push(format!("order {id}: stored {got:?}, the apply rule gives {want:?}"));
+                    }
+                }
+            }
+        }
+        for id in stored.keys().filter(|id| !expected.contains_key(*id)) {
+            problems.push(format!("order {id} is stored but was never sent"));
+        }
+        problems
+    }
+
     /// Per order: the event the apply rule leaves stored (the greatest
     /// `(occurredAt, eventId)` of its valid events, whatever the order of
     /// arrival).
-    fn expected_orders(&self) -> BTreeMap<&str, &Event> {
+    pub(crate) fn expected_orders(&self) -> BTreeMap<&str, &Event> {
         self.events
             .iter()
             .filter_map(|(id, events)| {
@@ -575,25 +626,7 @@ async fn check(
     let snapshot = &verdict.snapshot;
 
     // Every order as the apply rule leaves it, no order more.
-    let expected = producer.expected_orders();
-    let stored: BTreeMap<&str, &crate::report::OrderRow> =
-        snapshot.orders.iter().map(|o| (o.order_id.as_str(), o)).collect();
-    for (id, event) in &expected {
-        match stored.get(id) {
-            None => problems.push(format!("order {id}: missing; its newest event is {}", event.event_id)),
-            Some(row) => {
-                let want = (event.event_id.as_str(), event.status, event.amount().normalize(), event.currency);
-                let got =
-                    (row.last_event_id.as_str(), row.status.as_str(), row.amount.normalize(), row.currency.as_str());
-                if want != got {
-                    problems.push(format!("order {id}: stored {got:?}, the apply rule gives {want:?}"));
-                }
-            }
-        }
-    }
-    for id in stored.keys().filter(|id| !expected.contains_key(*id)) {
-        problems.push(format!("order {id} is stored but was never sent"));
-    }
+    problems.extend(producer.order_problems(snapshot));
 
     // Every poison message quarantined with a reason, under its queue.
     let queue = &stack.spec.queue(STANDARD_QUEUE)?.name;
@@ -620,7 +653,7 @@ async fn check(
     Ok(Checks {
         problems,
         accounting: verdict.accounting,
-        orders_checked: expected.len(),
+        orders_checked: producer.events.len(),
         settled_twice: settled.saturating_sub(producer.sent.messages),
     })
 }
@@ -643,24 +676,7 @@ fn print_report(
         elapsed(start)
     );
     let n = |v: u64| v.to_string();
-    print!(
-        "{}",
-        table(
-            &["events", "count"],
-            vec![
-                vec!["SQS messages sent".into(), n(sent.messages)],
-                vec!["  new orders".into(), n(sent.new_orders)],
-                vec!["  updates".into(), n(sent.updates)],
-                vec!["  to the FIFO queue".into(), n(sent.fifo)],
-                vec!["  exact resends".into(), n(sent.exact_resends)],
-                vec!["  resends differing only in formatting".into(), n(sent.reformatted_resends)],
-                vec!["  older than their order's newest".into(), n(sent.older_events)],
-                vec!["  poison".into(), n(sent.poison)],
-                vec!["objects uploaded".into(), n(sent.objects)],
-                vec!["  lines (bad)".into(), format!("{} ({})", sent.object_lines, sent.bad_object_lines)],
-            ]
-        )
-    );
+    print!("{}", table(&["events", "count"], sent.rows("SQS messages sent", "  to the FIFO queue")));
     print!(
         "{}",
         table(

@@ -59,7 +59,8 @@ const STEPS: [(&str, Action); 12] = [
         Action::Templates,
     ),
     (
-        "Cloudflare Worker: tools, build, wrangler's bundle, tests under workerd (node --test infra/cloudflare/test)",
+        "Cloudflare Workers: tools, build, wrangler's bundles, migrations, tests under workerd (node --test \
+         infra/cloudflare/test), a 1-minute soak",
         Action::Cloudflare,
     ),
 ];
@@ -112,41 +113,6 @@ fn run_step(root: &Path, action: &Action) -> Result<()> {
         Action::CoreTree => crate::portable::check_tree(root),
         Action::CoreWasm => crate::portable::check_wasm(root),
         Action::Docs => crate::portable::check_docs(root),
-        Action::Cloudflare => {
-            let tools = crate::cloudflare::Tools::ensure(root)?;
-            // The workspace's clippy sees only the platform-neutral part (the
-            // Workers glue is wasm32-only).
-            super::cargo_with_venv(
-                root,
-                &[
-                    "clippy",
-                    "-p",
-                    crate::cloudflare::WORKER,
-                    "--target",
-                    crate::portable::WASM_TARGET,
-                    "--",
-                    "-D",
-                    "warnings",
-                ],
-            )?;
-            let size = tools.build()?;
-            println!("    {}: {size} bytes", crate::cloudflare::wasm_module(root)?.display());
-            // The deploy path's own migration runner, on a scratch local database.
-            let scratch = crate::cloudflare::out_dir(root)?.join("d1-check");
-            let _ = std::fs::remove_dir_all(&scratch);
-            let wrangler = "node_modules/wrangler/bin/wrangler.js";
-            let scratch = scratch.to_string_lossy().into_owned();
-            tools.node_status(&[
-                wrangler,
-                "d1",
-                "migrations",
-                "apply",
-                "orders-state",
-                "--local",
-                "--persist-to",
-                &scratch,
-            ])?;
-            tools.node_status(&["--test", "--test-reporter=spec", "test/worker.test.mjs"])
-        }
+        Action::Cloudflare => crate::cloudflare::Tools::ensure(root)?.test(),
     }
 }
