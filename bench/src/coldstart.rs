@@ -132,5 +132,5 @@ pub fn run_once(
 
 /// Where the release binaries are.
 pub fn release_dir(workspace: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from).join("release")
+    crate::suite::target_dir(workspace).join("release")
 }

@@ -83,9 +83,9 @@ impl Options {
     }
 }
 
-/// `target/` of the workspace (or `CARGO_TARGET_DIR`).
+/// The workspace's target directory, as `cargo metadata` reports it.
 pub fn target_dir(workspace: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from)
+    xtask::workspace::target_dir(workspace).unwrap_or_else(|e| panic!("the target directory: {e:#}"))
 }
 
 /// The workspace root: the parent of this crate.

@@ -454,6 +454,16 @@ impl UnitOfWork {
     pub fn fingerprint_value(&self) -> Option<&str> {
         self.fingerprint.as_deref()
     }
+
+    /// The kind and identity a [`keyed`](Self::keyed) unit's key is
+    /// derived from (`{prefix}#{kind}#{identity}` once an entry point
+    /// derives it): what a planner's unit test checks.
+    pub fn keyed_by(&self) -> Option<(&str, &str)> {
+        match &self.derive {
+            Some(Derive::Named { kind, identity }) => Some((kind, identity)),
+            _ => None,
+        }
+    }
 }
 
 /// Commits units of work exactly once, markers in `idempotency_table`.

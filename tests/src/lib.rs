@@ -1,6 +1,6 @@
 //! Helpers for the integration and end-to-end tests. Every test starts its own
 //! local stack ([`xtask::Stack`]: moto for S3 and SQS, DynamoDB Local for
-//! DynamoDB, and `cargo lambda watch`, on free ports), so tests run in
+//! DynamoDB, and the functions served as Lambda serves them, on free ports), so tests run in
 //! parallel without sharing state, and reads its results back through the
 //! AWS API from the emulators: a test cannot pass without them.
 //! `LOCAL_STACK_DYNAMODB=moto` runs them with moto's DynamoDB instead (no
@@ -22,8 +22,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 /// A DynamoDB item as the SDK returns it.
 pub type Item = HashMap<String, AttributeValue>;
 
-/// A stack with every resource and the functions served by `cargo lambda
-/// watch`.
+/// A stack with every resource and every declared function served.
 pub async fn stack_with_functions() -> Result<Stack> {
     let mut stack = Stack::start().await?;
     stack.start_lambda().await?;

@@ -69,17 +69,20 @@ async fn invoke_stalled(
     )
     .await?;
     stack.function_dynamodb_endpoint = Some(proxy.endpoint());
-    xtask::lambda::build_functions(&stack.root, &[function.to_owned()]).await?;
+    // The binary as the local stack builds it, where cargo says it put it.
+    let exe: PathBuf = xtask::lambda::build_declared_functions(&stack.root)
+        .await?
+        .remove(function)
+        .with_context(|| format!("no binary built for {function}"))?;
 
     let api = RuntimeApi::start()?;
     api.set_deadline(LEFT);
     let event = std::fs::read(stack.root.join(event)).with_context(|| format!("reading {event}"))?;
     api.arm(vec![event]);
     let mut env = lambda_env(&api, function, None, None);
-    env.extend(stack.function_env()?);
+    env.extend(stack.function_env(function)?);
     env.extend(margin_ms.map(|ms| ("DEADLINE_MARGIN_MS".to_owned(), ms.to_string())));
     env.extend(own_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let exe: PathBuf = stack.root.join("target/debug").join(function);
     let log = std::fs::File::create(stack.run_dir().join(format!("{function}-deadline.log")))?;
     let _process = Function(
         Command::new(&exe)

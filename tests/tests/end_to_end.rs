@@ -1,7 +1,7 @@
 //! End to end: the demo scenario (sample objects, order events on both
 //! queues with a duplicate, an older event and poison messages, late events
-//! after a first drain) through every mapping and the real binaries under
-//! `cargo lambda watch`, then DESIGN.md's invariant and the accounting.
+//! after a first drain) through every mapping and the real binaries served as
+//! Lambda serves them, then DESIGN.md's invariant and the accounting.
 
 use integration_tests::{dec, drain, n, stack_with_functions, state_item, totals};
 use xtask::scenario::{self, FIFO_QUEUE, STANDARD_QUEUE};

@@ -1,29 +1,12 @@
-//! The examples of other domains, through their real binaries under
-//! `cargo lambda watch`, against the emulator: what a team writing its own
-//! function on the toolkit gets.
+//! The examples of other domains, through their real binaries against the
+//! emulator, served as `infra/stack.json` declares them (their tables,
+//! environment and mappings, like any function of your own): what a team
+//! writing its own function on the toolkit gets.
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use integration_tests::{Item, n, s, state_items_with_prefix};
 use serde_json::Value;
-use xtask::{Invocation, Lambda, Stack};
-
-/// Creates a table keyed `key` (S) in the stack's emulator.
-async fn create_table(stack: &Stack, name: &str, key: &str) -> anyhow::Result<()> {
-    stack
-        .dynamodb
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder().attribute_name(key).attribute_type(ScalarAttributeType::S).build()?,
-        )
-        .key_schema(KeySchemaElement::builder().attribute_name(key).key_type(KeyType::Hash).build()?)
-        .send()
-        .await?;
-    Ok(())
-}
+use xtask::{Invocation, Stack};
 
 async fn inventory(stack: &Stack, table: &str, sku: &str) -> anyhow::Result<Item> {
     let out = stack
@@ -49,9 +32,10 @@ fn failures(invocation: &Invocation) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inventory_reservations_apply_once_and_quarantine_what_cannot_be_reserved() -> anyhow::Result<()> {
-    let stack = Stack::start().await?;
-    let table = "example-inventory";
-    create_table(&stack, table, "sku").await?;
+    let mut stack = Stack::start().await?;
+    // Its table (key `sku`) is declared, so the stack created it.
+    let table = stack.spec.table("inventory")?.name.clone();
+    let table = table.as_str();
     for (sku, available) in [("A-1", "10"), ("B-2", "1")] {
         stack
             .dynamodb
@@ -62,9 +46,8 @@ async fn inventory_reservations_apply_once_and_quarantine_what_cannot_be_reserve
             .send()
             .await?;
     }
-    let state_table = stack.spec.table("state")?.name.clone();
-    let env = [("INVENTORY_TABLE".to_owned(), table.to_owned()), ("QUARANTINE_TABLE".to_owned(), state_table)];
-    let lambda = Lambda::start_for(&stack, &["inventory-reservations".to_owned()], "examples", &env).await?;
+    stack.start_lambda().await?;
+    let lambda = stack.lambda().expect("started");
     let event: Value =
         serde_json::from_str(include_str!("../../examples/inventory-reservations/events/sqs-reservations.json"))?;
 
@@ -179,11 +162,12 @@ impl Ledger {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_notifier_posts_each_captured_payment_once_under_the_lock() -> anyhow::Result<()> {
-    let stack = Stack::start().await?;
+    let mut stack = Stack::start().await?;
     let ledger = Ledger::start("p-3").await?;
-    let state_table = stack.spec.table("state")?.name.clone();
-    let env = [("LEDGER_URL".to_owned(), ledger.url.clone()), ("QUARANTINE_TABLE".to_owned(), state_table)];
-    let lambda = Lambda::start_for(&stack, &["ledger-notifier".to_owned()], "examples", &env).await?;
+    // The one variable the declaration cannot know: this test's own ledger.
+    stack.set_function_env("ledger-notifier", "LEDGER_URL", &ledger.url)?;
+    stack.start_lambda().await?;
+    let lambda = stack.lambda().expect("started");
     let event: Value =
         serde_json::from_str(include_str!("../../examples/ledger-notifier/events/stream-payments.json"))?;
     let sequence = |i: usize| event["Records"][i]["dynamodb"]["SequenceNumber"].as_str().unwrap().to_owned();

@@ -1,6 +1,6 @@
 //! s3-ingest through the real path: an object uploaded under `incoming/`, the
 //! emulator's own S3 notification to the ingest queue, the driver's SQS
-//! mapping, the function under `cargo lambda watch`, DynamoDB read back.
+//! mapping, the function's binary served by the local stack, DynamoDB read back.
 
 use integration_tests::{dec, depth, drain, n, s, stack_with_functions, state_item, state_items_with_prefix};
 

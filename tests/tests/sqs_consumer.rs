@@ -1,5 +1,5 @@
 //! sqs-consumer through the real path: messages on the emulator's queues, the
-//! driver's SQS mappings, the function under `cargo lambda watch`, DynamoDB
+//! driver's SQS mappings, the function's binary served by the local stack, DynamoDB
 //! and the dead-letter queues read back.
 
 use integration_tests::{dec, depth, drain, n, s, stack_with_functions, state_item, state_items_with_prefix};

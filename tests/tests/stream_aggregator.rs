@@ -1,6 +1,6 @@
 //! stream-aggregator through the real path: order items written to the state
 //! table, the emulator's own DynamoDB stream records, the driver's stream
-//! mapping (filter, checkpoints), the function under `cargo lambda watch`,
+//! mapping (filter, checkpoints), the function's binary served by the local stack,
 //! customer totals read back.
 
 use aws_sdk_dynamodb::types::AttributeValue;

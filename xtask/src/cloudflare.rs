@@ -14,10 +14,11 @@
 //!
 //! The build is worker-build's steps done here: `cargo build` for wasm32,
 //! `wasm-bindgen --target module`, the entry module
-//! `functions/cf-worker/worker.mjs` beside its output in `target/cf-worker/`,
-//! and the bundle (`wrangler deploy --dry-run --outdir target/cf-worker/dist`:
-//! what a deploy uploads, from `wrangler.jsonc`, which it validates). The
-//! local stack and its tests run that bundle.
+//! `functions/cf-worker/worker.mjs` beside its output in `cf-worker/` of
+//! cargo's target directory, and the bundle (`wrangler deploy --dry-run
+//! --outdir <target>/cf-worker/dist`: what a deploy uploads, from
+//! `wrangler.jsonc`, which it validates). The local stack and its tests run
+//! that bundle (`CF_WORKER_DIST` tells them where it is).
 //! (worker-build itself takes about nine minutes to install and downloads
 //! its tools from GitHub unless each is pointed at a local copy.)
 
@@ -31,8 +32,17 @@ use crate::portable::WASM_TARGET;
 
 /// The Worker crate.
 pub const WORKER: &str = "cf-worker";
-/// Where the built Worker goes (wrangler.jsonc's `main` is `worker.mjs` there).
-pub const OUT_DIR: &str = "target/cf-worker";
+/// Where the built Worker goes: `cf-worker/` in cargo's target directory
+/// (wrangler.jsonc's `main` is `worker.mjs` there when the target directory
+/// is the default `target/`; the build passes it explicitly).
+pub fn out_dir(root: &Path) -> Result<PathBuf> {
+    Ok(crate::workspace::target_dir(root)?.join("cf-worker"))
+}
+
+/// The wasm module a deploy uploads, once built.
+pub fn wasm_module(root: &Path) -> Result<PathBuf> {
+    Ok(out_dir(root)?.join("pkg/index_bg.wasm"))
+}
 /// The cargo profile of the Worker (Cargo.toml: panic = "abort", opt-level "s").
 const PROFILE: &str = "wasm-release";
 /// Node.js from npm when the machine's is older than wrangler needs.
@@ -49,17 +59,6 @@ pub struct Tools {
 
 fn infra(root: &Path) -> PathBuf {
     root.join("infra/cloudflare")
-}
-
-/// Where cargo puts its build output: `CARGO_TARGET_DIR` when set (relative
-/// to the workspace, as cargo reads it), else the workspace's `target/`.
-/// The Worker's bundle still goes to [`OUT_DIR`] under the workspace
-/// (wrangler.jsonc's `main` points there).
-fn cargo_target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    }
 }
 
 /// `major.minor` of `node --version`'s `v22.23.5`.
@@ -192,16 +191,20 @@ impl Tools {
         Ok(())
     }
 
-    /// Builds the Worker into [`OUT_DIR`]; returns the wasm module's size in bytes.
+    /// Builds the Worker into [`out_dir`]; returns the wasm module's size in bytes.
     pub fn build(&self) -> Result<u64> {
-        run(
-            cargo_command()
-                .args(["build", "-p", WORKER, "--target", WASM_TARGET, "--profile", PROFILE])
-                .current_dir(&self.root),
-            &format!("cargo build -p {WORKER} --target {WASM_TARGET}"),
-        )?;
-        let wasm = cargo_target_dir(&self.root).join(format!("{WASM_TARGET}/{PROFILE}/cf_worker.wasm"));
-        let out = self.root.join(OUT_DIR);
+        let artifacts =
+            crate::workspace::build(&self.root, &["-p", WORKER, "--target", WASM_TARGET, "--profile", PROFILE], true)?;
+        // The wasm file cargo says it wrote (its name, cf_worker.wasm, is the
+        // crate's; its directory depends on the target directory).
+        let wasm = artifacts
+            .iter()
+            .filter(|a| a.target.kind.iter().any(|k| k == "cdylib"))
+            .flat_map(|a| &a.filenames)
+            .find(|f| f.extension().is_some_and(|e| e == "wasm"))
+            .cloned()
+            .with_context(|| format!("cargo build -p {WORKER} --target {WASM_TARGET} reported no .wasm file"))?;
+        let out = out_dir(&self.root)?;
         let pkg = out.join("pkg");
         if pkg.exists() {
             std::fs::remove_dir_all(&pkg).with_context(|| format!("clearing {}", pkg.display()))?;
@@ -227,7 +230,20 @@ impl Tools {
             std::fs::remove_dir_all(&dist).with_context(|| format!("clearing {}", dist.display()))?;
         }
         let dist_arg = dist.to_string_lossy().into_owned();
-        self.node_status(&["node_modules/wrangler/bin/wrangler.js", "deploy", "--dry-run", "--outdir", &dist_arg])?;
+        // The entry named explicitly: wrangler.jsonc's `main` assumes the
+        // default target directory. (With an entry given, wrangler looks for
+        // its configuration beside the entry: so --config too.)
+        let main = out.join("worker.mjs").to_string_lossy().into_owned();
+        self.node_status(&[
+            "node_modules/wrangler/bin/wrangler.js",
+            "deploy",
+            &main,
+            "--config",
+            "wrangler.jsonc",
+            "--dry-run",
+            "--outdir",
+            &dist_arg,
+        ])?;
         Ok(std::fs::metadata(pkg.join("index_bg.wasm")).context("the wasm module")?.len())
     }
 
@@ -235,6 +251,10 @@ impl Tools {
     /// wrangler's telemetry off.
     pub fn node(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.node);
+        if let Ok(out) = out_dir(&self.root) {
+            // Where local/stack.mjs finds the bundle.
+            cmd.env("CF_WORKER_DIST", out.join("dist"));
+        }
         cmd.args(args)
             .current_dir(infra(&self.root))
             .env("PATH", self.path_env())

@@ -43,7 +43,7 @@
 //! function instance each. [`Driver::concurrent`] delivers several SQS
 //! batches of a queue at once and splits each stream batch by item key into
 //! up to a parallelization factor of concurrent batches, as Lambda does once
-//! it scales (`cargo lambda watch --concurrency` runs as many instances).
+//! it scales (the local Lambda runs up to `Stack::function_concurrency` processes of each function).
 //!
 //! Not modelled: `maximumBatchingWindowSeconds` (a latency/batch-size knob that
 //! does not change what is delivered).
@@ -179,11 +179,12 @@ enum Position {
 }
 
 impl<'a> Driver<'a> {
-    /// A driver for every mapping of the stack's definition.
+    /// A driver for every mapping of the stack's definition whose function
+    /// `lambda` serves.
     pub fn new(stack: &'a Stack, lambda: &'a Lambda) -> Result<Self> {
         let mut sqs = Vec::new();
         let mut streams = Vec::new();
-        for m in &stack.spec.mappings {
+        for m in stack.spec.mappings.iter().filter(|m| lambda.serves(&m.function)) {
             match &m.source {
                 MappingSource::Queue { queue } => sqs.push(SqsPoller {
                     label: format!("{} <- {}", m.function, stack.spec.queue(queue)?.name),
@@ -259,7 +260,8 @@ impl<'a> Driver<'a> {
             let worked = self.poll_once(progress).await?;
             if !worked {
                 let mut pending = Vec::new();
-                for key in self.stack.spec.source_queue_keys() {
+                let keys: Vec<String> = self.sqs.iter().map(|p| p.queue_key.clone()).collect();
+                for key in &keys {
                     let depth = self.stack.queue_depth(key).await?;
                     if depth > 0 {
                         pending.push(format!("{key}: {depth} message(s)"));

@@ -1,11 +1,16 @@
-//! Offline checks of `infra/`: cfn-lint on the SAM template, `cdk synth` with
-//! assertion tests and cdk-nag, and the SAM/CDK/local-stack equivalence test.
+//! Offline checks of `infra/`: the SAM template is what `cargo xtask infra`
+//! writes from `infra/stack.json`; cfn-lint on it (and on the template
+//! written with the local-only functions deployed too); `cdk synth` with
+//! assertion tests and cdk-nag; and the SAM/CDK/stack.json equivalence test,
+//! which holds every deployed function to its declared resources and exact
+//! permissions.
 //!
 //! Nothing here needs an AWS account or credentials. The only network use is
 //! `npm ci` (from the lockfile) when `infra/cdk/node_modules` is missing or
 //! older than the lockfile. The CDK app needs the function binaries as assets;
-//! when `cargo lambda build --release` has not produced them in
-//! `target/lambda`, placeholders stand in (synth only hashes and copies them).
+//! when `cargo lambda build --release` has not produced them in `lambda/` of
+//! cargo's target directory, placeholders stand in (synth only hashes and
+//! copies them).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,21 +18,39 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
-/// The functions whose binaries the CDK app packages, as in `target/lambda/<name>/bootstrap`.
-const FUNCTIONS: [&str; 3] = ["s3-ingest", "sqs-consumer", "stream-aggregator"];
-
 /// Runs every infra check; fails with a message naming the check that failed.
 pub fn check(root: &Path) -> Result<()> {
     let infra = root.join("infra");
     let cdk = infra.join("cdk");
     let started = Instant::now();
+    let target = crate::workspace::target_dir(root)?;
+    let out = target.join("infra-check");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let spec = crate::spec::StackSpec::load_from(root)?;
+
+    step("infra/template.yaml is what `cargo xtask infra` writes from infra/stack.json", || crate::sam::check(root))?;
+
+    // The examples are local-only: written as if deployed, they exercise the
+    // deploy path of functions of other domains (the equivalence test
+    // compares this template with the CDK app's synthesis of the same).
+    let all_functions = out.join("all-functions.template.yaml");
+    step("the SAM template with the local-only functions deployed too", || {
+        let text = std::fs::read_to_string(root.join(crate::spec::STACK_JSON))?;
+        let mut all = crate::sam::template_spec(&text)?;
+        for f in all.functions.values_mut() {
+            f.deploy = true;
+        }
+        std::fs::write(&all_functions, crate::sam::template(&all)?)
+            .with_context(|| format!("writing {}", all_functions.display()))
+    })?;
 
     step("cfn-lint infra/template.yaml", || {
         let cfn_lint = root.join(".venv/bin/cfn-lint");
         if !cfn_lint.exists() {
             bail!("{} is missing: the project venv installs it (xtask/requirements.txt)", cfn_lint.display());
         }
-        run(Command::new(&cfn_lint).arg("template.yaml").current_dir(&infra))
+        run(Command::new(&cfn_lint).arg("template.yaml").current_dir(&infra))?;
+        run(Command::new(&cfn_lint).arg(&all_functions).current_dir(&infra))
     })?;
 
     step("npm ci in infra/cdk", || {
@@ -38,15 +61,19 @@ pub fn check(root: &Path) -> Result<()> {
         run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&cdk))
     })?;
 
-    let assets = lambda_assets(root)?;
-    step("plain `npx cdk synth` as the README shows it, from a clean dist/", || readme_synth(root, &cdk, &assets))?;
+    let functions: Vec<&str> = spec.function_names().collect();
+    let assets = lambda_assets(&target, &functions)?;
+    let deployed = spec.deployed().functions.len();
+    step("plain `npx cdk synth` as the README shows it, from a clean dist/", || {
+        readme_synth(&out, &cdk, &assets, deployed)
+    })?;
 
     step("tsc (type-check and compile the CDK app and its tests)", || {
         run(node(&cdk).arg("node_modules/typescript/bin/tsc").args(["-p", "."]))
     })?;
 
     step("cdk synth (with cdk-nag AwsSolutions checks)", || {
-        let out = root.join("target/infra-check/cdk.out");
+        let out = out.join("cdk.out");
         run(node(&cdk)
             .arg("node_modules/aws-cdk/bin/cdk")
             .args(["synth", "--quiet", "--no-notices", "--no-version-reporting"])
@@ -67,7 +94,11 @@ pub fn check(root: &Path) -> Result<()> {
         if tests.is_empty() {
             bail!("no tests in {}", dir.display());
         }
-        run(node(&cdk).arg("--test").args(&tests).env("LAMBDA_ASSET_DIR", &assets))
+        run(node(&cdk)
+            .arg("--test")
+            .args(&tests)
+            .env("LAMBDA_ASSET_DIR", &assets)
+            .env("SAM_ALL_FUNCTIONS", &all_functions))
     })?;
 
     println!("infra: all checks passed in {:.1}s", started.elapsed().as_secs_f64());
@@ -82,11 +113,12 @@ const README_STACK_NAME: &str = "my-orders";
 /// TypeScript itself (issue 14: it ran `dist/bin/app.js` and nothing compiled
 /// it). The README's `npx cdk deploy` and `npx cdk bootstrap` run the same app
 /// first. The binaries come through `LAMBDA_ASSET_DIR`, as the default
-/// `target/lambda` when they are built, so the command line stays the README's.
-/// No `-c architecture`: synth packages the binaries without reading them.
-fn readme_synth(root: &Path, cdk: &Path, assets: &Path) -> Result<()> {
+/// `lambda/` of the target directory when they are built, so the command line
+/// stays the README's. No `-c architecture`: synth packages the binaries
+/// without reading them.
+fn readme_synth(check_dir: &Path, cdk: &Path, assets: &Path, deployed: usize) -> Result<()> {
     let dist = cdk.join("dist");
-    let out = root.join("target/infra-check/readme-synth.out");
+    let out = check_dir.join("readme-synth.out");
     for dir in [&dist, &out] {
         match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -112,8 +144,8 @@ fn readme_synth(root: &Path, cdk: &Path, assets: &Path) -> Result<()> {
     let functions = parsed["Resources"]
         .as_object()
         .map_or(0, |r| r.values().filter(|v| v["Type"] == "AWS::Lambda::Function").count());
-    if functions != FUNCTIONS.len() {
-        bail!("{} declares {functions} Lambda functions, not {}", template.display(), FUNCTIONS.len());
+    if functions != deployed {
+        bail!("{} declares {functions} Lambda functions, not the {deployed} stack.json deploys", template.display());
     }
     println!("    {} ({functions} functions)", template.display());
     Ok(())
@@ -160,16 +192,17 @@ fn node_modules_fresh(cdk: &Path) -> bool {
     newest_manifest.is_some_and(|m| m <= installed)
 }
 
-/// The function binaries for `cdk synth`: `target/lambda` if `cargo lambda
-/// build --release` (`--x86-64` here, `--arm64` for deployment) produced all
-/// of them, else placeholder files under `target/infra-check`.
-fn lambda_assets(root: &Path) -> Result<PathBuf> {
-    let built = root.join("target/lambda");
-    if FUNCTIONS.iter().all(|f| built.join(f).join("bootstrap").is_file()) {
+/// The function binaries for `cdk synth`: `lambda/` of the target directory
+/// if `cargo lambda build --release` (`--x86-64` here, `--arm64` for
+/// deployment) produced all of them, else placeholder files under
+/// `infra-check/` there.
+fn lambda_assets(target: &Path, functions: &[&str]) -> Result<PathBuf> {
+    let built = target.join("lambda");
+    if functions.iter().all(|f| built.join(f).join("bootstrap").is_file()) {
         return Ok(built);
     }
-    let dir = root.join("target/infra-check/placeholder-lambda");
-    for f in FUNCTIONS {
+    let dir = target.join("infra-check/placeholder-lambda");
+    for f in functions {
         let fn_dir = dir.join(f);
         std::fs::create_dir_all(&fn_dir).with_context(|| format!("creating {}", fn_dir.display()))?;
         std::fs::write(fn_dir.join("bootstrap"), format!("placeholder for {f}: synthesized, never run\n"))

@@ -1,6 +1,6 @@
 //! Child processes of the local stack, and their cleanup.
 //!
-//! Each child (moto, `cargo lambda watch`) runs in its own process group under
+//! Each child (moto, DynamoDB Local, the function processes) runs in its own process group under
 //! a tiny `sh` guardian that leads the group: it starts the program, and if
 //! the xtask process that owns it disappears (killed with SIGKILL, a crashed
 //! test binary) it kills the whole group. On a normal exit, [`ChildGroup`]'s
@@ -8,7 +8,8 @@
 //! foreground group, so the commands catch it and drop their stack (see
 //! `main.rs`).
 //!
-//! Every stack also owns a run directory `target/local-stack/<pid>-<n>/` with
+//! Every stack also owns a run directory `<target>/local-stack/<pid>-<n>/`
+//! (`<target>`: cargo's target directory, see [`crate::workspace::target_dir`]) with
 //! the children's logs and process group ids. A run that was killed midway
 //! leaves its directory behind; the next start removes directories of dead
 //! owners and kills any group still recorded there ([`cleanup_stale_runs`]).
@@ -36,9 +37,10 @@ const PGIDS_FILE: &str = "pgids";
 /// Distinguishes several stacks of one process (parallel tests).
 static RUN_SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
-/// The directory holding all run directories.
-pub fn runs_root(root: &Path) -> PathBuf {
-    root.join("target").join("local-stack")
+/// The directory holding all run directories: `local-stack/` in the
+/// workspace's target directory.
+pub fn runs_root(root: &Path) -> Result<PathBuf> {
+    Ok(crate::workspace::target_dir(root)?.join("local-stack"))
 }
 
 /// A stack's run directory; removed on drop (kept, and its path printed, when
@@ -50,10 +52,15 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Cleans up after dead runs, then creates a fresh directory for this one.
+    /// Cleans up after dead runs, then creates a fresh directory for this
+    /// one under [`runs_root`] of the workspace at `root`.
     pub fn create(root: &Path) -> Result<Self> {
-        let parent = runs_root(root);
-        cleanup_stale_runs(&parent);
+        Self::create_in(&runs_root(root)?)
+    }
+
+    /// [`RunDir::create`] under `parent`.
+    pub fn create_in(parent: &Path) -> Result<Self> {
+        cleanup_stale_runs(parent);
         let n = RUN_SEQUENCE.fetch_add(1, Ordering::SeqCst);
         let path = parent.join(format!("{}-{n}", std::process::id()));
         if path.exists() {
@@ -129,6 +136,11 @@ fn is_our_guardian(pgid: u32, owner: u32) -> bool {
     fs::read(format!("/proc/{pgid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains(&format!("{GUARDIAN_MARKER}{owner}")))
         .unwrap_or(false)
+}
+
+/// Where a guardian writes its program's exit status: beside its log.
+fn status_path(log: &Path) -> PathBuf {
+    log.with_extension("status")
 }
 
 /// Marks a guardian's command line with its owner's pid.
@@ -228,17 +240,22 @@ impl ChildGroup {
         // The guardian: `$0` carries the owner marker (visible in
         // /proc/<pid>/cmdline); the program runs in the background so the
         // shell can watch the owner; `kill 0` ends the whole group.
+        // When the program ends first, its exit status goes to
+        // `<name>.status` (a process killed by signal N shows as 128 + N).
+        let status_file = status_path(&log);
+        let status_file = status_file.to_string_lossy().replace('\'', r"'\''");
         let script = format!(
             r#""$@" & child=$!
 while kill -0 {owner} 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep {GUARDIAN_PERIOD_SECONDS}; done
+if ! kill -0 "$child" 2>/dev/null; then wait "$child"; echo $? > '{status_file}'; fi
 kill -TERM 0"#
         );
         let mut command = Command::new("sh");
         if clear_env {
             command.env_clear();
         }
-        // `cargo lambda watch` builds the functions: with our package's
-        // variables it would rebuild what the other builds made.
+        // A child that runs cargo: with our package's variables it would
+        // rebuild what the other builds made.
         without_package_env(&mut command);
         let child = command
             .arg("-c")
@@ -270,6 +287,18 @@ kill -TERM 0"#
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// How the program ended, once its guardian has seen it end by itself:
+    /// `exit status 1`, `killed by signal 9`. `None` while it runs (and when
+    /// it was stopped with its group).
+    pub fn exit_status(&self) -> Option<String> {
+        let code: i32 = fs::read_to_string(status_path(&self.log)).ok()?.trim().parse().ok()?;
+        Some(if (129..160).contains(&code) {
+            format!("killed by signal {}", code - 128)
+        } else {
+            format!("exit status {code}")
+        })
     }
 
     /// The last lines of the log, for error messages.
@@ -478,7 +507,7 @@ mod tests {
     #[test]
     fn a_killed_descendant_is_found_then_dies() {
         let root = std::env::temp_dir().join(format!("xtask-proc-test-{}", std::process::id()));
-        let run = RunDir::create(&root).unwrap();
+        let run = RunDir::create_in(&root).unwrap();
         // A copy of sleep under its own name: the guardian runs `sleep` too.
         let sleeper = root.join("xtask-test-sleeper");
         fs::copy("/usr/bin/sleep", &sleeper).unwrap();

@@ -1,13 +1,15 @@
 //! The local AWS stack: a moto server (S3, SQS) and DynamoDB Local (DynamoDB
 //! and its streams; see [`crate::dynamodb_local`]), each on a free port of
 //! 127.0.0.1, with every resource of `infra/stack.json` created, and
-//! (optionally) `cargo lambda watch` serving the function binaries against
-//! them. With [`Engine::Moto`] moto plays DynamoDB too. [`Stack`] owns all
-//! child processes and stops them when dropped.
+//! (optionally) [`Lambda`] serving the declared functions' binaries against
+//! them, each with its own environment. With [`Engine::Moto`] moto plays
+//! DynamoDB too. [`Stack`] owns all child processes and stops them when
+//! dropped.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -55,7 +57,7 @@ pub const ENDPOINT_DYNAMODB: &str = "AWS_ENDPOINT_URL_DYNAMODB";
 
 /// The workspace root (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    crate::workspace::root()
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -123,10 +125,13 @@ pub struct Stack {
     /// [`Stack::dynamodb_endpoint`] (a fault-injecting proxy in front of it,
     /// in tests). Their S3 and SQS calls always go to moto.
     pub function_dynamodb_endpoint: Option<String>,
-    /// Function instances `cargo lambda watch` may run at once per function
-    /// (its `--concurrency`; 1 unless set before [`Stack::start_lambda`]),
-    /// for drivers that deliver concurrently ([`crate::Driver::concurrent`]).
+    /// Processes each function may run at once (1 unless set before
+    /// [`Stack::start_lambda`]), for drivers that deliver concurrently
+    /// ([`crate::Driver::concurrent`]).
     pub function_concurrency: usize,
+    /// Variables set per function on top of its declared environment (a
+    /// test's own service URL); see [`Stack::set_function_env`].
+    function_env_overrides: BTreeMap<String, BTreeMap<String, String>>,
     /// Raw JSON calls (the Streams API: see [`Stack::streams_call`]).
     http: reqwest::Client,
     lambda: Option<Lambda>,
@@ -134,7 +139,7 @@ pub struct Stack {
     // emulators.
     moto: ChildGroup,
     dynamodb_local: Option<ChildGroup>,
-    run: RunDir,
+    run: Arc<RunDir>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -175,7 +180,7 @@ impl Stack {
         })
         .await
         .context("install task panicked")??;
-        let run = RunDir::create(&root)?;
+        let run = Arc::new(RunDir::create(&root)?);
         // Both emulators start at once: each takes a few seconds.
         let (moto, dynamodb_local) = match engine {
             Engine::Local => {
@@ -217,6 +222,7 @@ impl Stack {
             resources: Resources::default(),
             function_dynamodb_endpoint: None,
             function_concurrency: 1,
+            function_env_overrides: BTreeMap::new(),
             http: reqwest::Client::new(),
             lambda: None,
             moto,
@@ -235,17 +241,29 @@ impl Stack {
         )
     }
 
-    /// Starts `cargo lambda watch` serving the functions against this stack
-    /// (builds the function binaries first).
+    /// Serves every declared function against this stack (builds their
+    /// binaries first, in one `cargo build`).
     pub async fn start_lambda(&mut self) -> Result<&Lambda> {
+        let all: Vec<String> = self.spec.function_names().map(str::to_owned).collect();
+        self.start_lambda_with(&all).await
+    }
+
+    /// Serves only `functions` (a function's own test: it builds only that
+    /// binary); the [`crate::Driver`] then runs only their mappings.
+    pub async fn start_lambda_for(&mut self, functions: &[&str]) -> Result<&Lambda> {
+        let functions: Vec<String> = functions.iter().map(|f| (*f).to_owned()).collect();
+        self.start_lambda_with(&functions).await
+    }
+
+    async fn start_lambda_with(&mut self, functions: &[String]) -> Result<&Lambda> {
         if self.lambda.is_none() {
-            let lambda = Lambda::start(self).await?;
+            let lambda = Lambda::start(self, functions).await?;
             self.lambda = Some(lambda);
         }
         Ok(self.lambda.as_ref().expect("just set"))
     }
 
-    /// The running `cargo lambda watch`, if started.
+    /// The running [`Lambda`], if started.
     pub fn lambda(&self) -> Option<&Lambda> {
         self.lambda.as_ref()
     }
@@ -253,21 +271,16 @@ impl Stack {
     /// Kills a function's process mid-invocation (SIGKILL); see
     /// [`Lambda::kill_function`].
     pub async fn kill_function(&self, function: &str) -> Result<()> {
-        self.lambda
-            .as_ref()
-            .context("start the functions first")?
-            .kill_function(&self.run, function, None)
-            .await
-            .map(drop)
+        self.lambda.as_ref().context("start the functions first")?.kill_function(function, None).await.map(drop)
     }
 
     /// Kills one of `function`'s running processes (the `pick`-th, modulo
-    /// how many run: with [`Stack::function_concurrency`] above one, watch
-    /// may run several), as [`Stack::kill_function`] does. Returns false
+    /// how many run: with [`Stack::function_concurrency`] above one, there
+    /// may be several), as [`Stack::kill_function`] does. Returns false
     /// when none runs.
     pub async fn kill_one_function(&self, function: &str, pick: usize) -> Result<bool> {
         let lambda = self.lambda.as_ref().context("start the functions first")?;
-        lambda.kill_function(&self.run, function, Some(pick)).await
+        lambda.kill_function(function, Some(pick)).await
     }
 
     /// The run directory (logs).
@@ -280,8 +293,9 @@ impl Stack {
         self.run.keep();
     }
 
-    pub(crate) fn run(&self) -> &RunDir {
-        &self.run
+    /// The run directory, shared with the processes started in it.
+    pub(crate) fn run_handle(&self) -> Arc<RunDir> {
+        self.run.clone()
     }
 
     /// moto's log so far.
@@ -299,17 +313,20 @@ impl Stack {
         pids
     }
 
-    /// The environment the functions get: the tables (and queues) of
-    /// stack.json's `environment`, the emulator endpoint, region, dummy
+    /// The environment `function` gets: the variables it declares (a
+    /// table's name, a queue's URL, a value), any set with
+    /// [`Stack::set_function_env`], the emulator endpoints, region, dummy
     /// credentials, JSON logs.
-    pub fn function_env(&self) -> Result<Vec<(String, String)>> {
+    pub fn function_env(&self, function: &str) -> Result<Vec<(String, String)>> {
+        let declared = self.spec.function(function)?;
         let mut env = Vec::new();
-        for (name, source) in &self.spec.environment {
+        for (name, source) in &declared.environment {
             let value = match source {
                 crate::spec::EnvSource::Table { table } => self.spec.table(table)?.name.clone(),
                 crate::spec::EnvSource::Queue { queue } => self.queue_url(queue)?.to_owned(),
                 crate::spec::EnvSource::Value(v) => v.clone(),
             };
+            let value = self.function_env_overrides.get(function).and_then(|o| o.get(name)).cloned().unwrap_or(value);
             env.push((name.clone(), value));
         }
         env.extend(self.client_env());
@@ -323,6 +340,37 @@ impl Stack {
         env.push(("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into()));
         env.push(("AWS_LAMBDA_LOG_LEVEL".into(), "INFO".into()));
         Ok(env)
+    }
+
+    /// Sets `variable` of `function` to `value` for the processes started
+    /// after this (call it before [`Stack::start_lambda`]): a test pointing
+    /// a declared variable at its own service. Fails when `function` does
+    /// not declare `variable`: what a function reads belongs in its
+    /// declaration.
+    pub fn set_function_env(&mut self, function: &str, variable: &str, value: &str) -> Result<()> {
+        let declared = self.spec.function(function)?;
+        if !declared.environment.contains_key(variable) {
+            bail!(
+                "{function} declares no variable {variable} in infra/stack.json (it declares {})",
+                declared.environment.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        self.function_env_overrides
+            .entry(function.to_owned())
+            .or_default()
+            .insert(variable.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    /// Drops `variable` from `function`'s declared environment for the
+    /// processes started after this: the test of a function started without
+    /// a variable it requires.
+    pub fn remove_function_env(&mut self, function: &str, variable: &str) -> Result<()> {
+        let spec = &mut self.spec;
+        let declared =
+            spec.functions.get_mut(function).with_context(|| format!("no function {function:?} is declared"))?;
+        declared.environment.remove(variable).with_context(|| format!("{function} declares no variable {variable}"))?;
+        Ok(())
     }
 
     /// What an AWS client needs to talk to this stack (also printed by

@@ -4,10 +4,23 @@ import * as path from 'path';
 import { App, Validations } from 'aws-cdk-lib/core';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { loadSpec, repoRoot } from './spec';
+import { deployedSpec, loadSpec, repoRoot, StackSpec } from './spec';
 import { StreamProcessorStack } from './stack';
 
-export const FUNCTIONS = ['s3-ingest', 'sqs-consumer', 'stream-aggregator'];
+/** Where `cargo lambda build --release` writes `<function>/bootstrap`: `lambda/` in cargo's target directory. */
+export function defaultAssetDir(): string {
+  return path.join(process.env.CARGO_TARGET_DIR ?? path.join(repoRoot(), 'target'), 'lambda');
+}
+
+/**
+ * The part of stack.json the app deploys. Context `includeLocalOnly=true`
+ * deploys the local-only functions too (the offline checks synthesize the
+ * examples that way, to exercise the deploy path of functions of other
+ * domains).
+ */
+export function specToDeploy(includeLocalOnly: boolean): StackSpec {
+  return deployedSpec(loadSpec(), includeLocalOnly);
+}
 
 export function architectureFrom(value: string | undefined): lambda.Architecture {
   switch (value ?? 'arm64') {
@@ -22,10 +35,10 @@ export function architectureFrom(value: string | undefined): lambda.Architecture
 
 /** Adds the stack (and the cdk-nag AwsSolutions checks) to `app`. */
 export function buildApp(app: App): StreamProcessorStack {
-  const spec = loadSpec();
   const context = (key: string): string | undefined => app.node.tryGetContext(key);
-  const assetDir = path.resolve(context('assetDir') ?? process.env.LAMBDA_ASSET_DIR ?? path.join(repoRoot(), 'target', 'lambda'));
-  const missing = FUNCTIONS.filter((f) => !fs.existsSync(path.join(assetDir, f, 'bootstrap')));
+  const spec = specToDeploy(String(context('includeLocalOnly')) === 'true');
+  const assetDir = path.resolve(context('assetDir') ?? process.env.LAMBDA_ASSET_DIR ?? defaultAssetDir());
+  const missing = Object.keys(spec.functions).filter((f) => !fs.existsSync(path.join(assetDir, f, 'bootstrap')));
   if (missing.length > 0) {
     throw new Error(
       `no function binaries in ${assetDir} (missing ${missing.join(', ')}): run ` +
@@ -37,8 +50,7 @@ export function buildApp(app: App): StreamProcessorStack {
     spec,
     assetDir,
     architecture: architectureFrom(context('architecture')),
-    description:
-      'Event-driven stream processor: S3 uploads, SQS order queues and the state table stream, each handled by a Rust function.',
+    description: 'Event-driven functions on S3 uploads, SQS queues and DynamoDB streams, each a Rust binary, declared in infra/stack.json.',
   });
   // cdk-nag runs as a policy validation plugin: `cdk synth` fails on any
   // finding that is not acknowledged with a reason (lib/stack.ts).

@@ -29,13 +29,13 @@ export const EMF_RECORD_METRICS: [string, string][] = [
 ];
 
 export interface DashboardRefs {
-  /** Function name (package) -> function, in stack.json order. */
+  /** Function name (package) -> function, sorted by name. */
   functions: [string, lambda.IFunction][];
   /** Label -> queue whose depth means records were given up on. */
   parkedQueues: [string, sqs.IQueue][];
   alarms: cloudwatch.IAlarm[];
-  /** The stream consumer, for iterator age. */
-  streamFunction: lambda.IFunction;
+  /** The stream consumers, for iterator age. */
+  streamFunctions: [string, lambda.IFunction][];
   iteratorAgeThresholdMs: number;
 }
 
@@ -52,9 +52,13 @@ function metricWidget(x: number, y: number, width: number, title: string, metric
   };
 }
 
-/** The dashboard body as JSON-able data (tokens for names and ARNs). */
+/**
+ * The dashboard body as JSON-able data (tokens for names and ARNs); xtask's
+ * SAM generator writes the same (xtask/src/sam.rs `dashboard_body`).
+ */
 export function dashboardBody(r: DashboardRefs): { widgets: Widget[] } {
   const fnName = (f: lambda.IFunction) => f.functionName;
+  const below = 17 + Math.ceil(r.functions.length / 3) * 6;
   const widgets: Widget[] = [
     {
       type: 'text',
@@ -80,8 +84,8 @@ export function dashboardBody(r: DashboardRefs): { widgets: Widget[] } {
       12,
       5,
       12,
-      'Stream iterator age (ms behind the state table)',
-      [['AWS/Lambda', 'IteratorAge', 'FunctionName', fnName(r.streamFunction), { label: 'iterator age', stat: 'Maximum' }]],
+      'Stream iterator age (ms behind the table)',
+      r.streamFunctions.map(([name, f]) => ['AWS/Lambda', 'IteratorAge', 'FunctionName', fnName(f), { label: name, stat: 'Maximum' }]),
       { annotations: { horizontal: [{ label: 'alarm', value: r.iteratorAgeThresholdMs }] } },
     ),
     metricWidget(
@@ -98,10 +102,11 @@ export function dashboardBody(r: DashboardRefs): { widgets: Widget[] } {
       'Function duration (p99, ms)',
       r.functions.map(([name, f]) => ['AWS/Lambda', 'Duration', 'FunctionName', fnName(f), { label: name, stat: 'p99' }]),
     ),
+    // Three functions a row.
     ...r.functions.map(([name], i) =>
       metricWidget(
-        i * 8,
-        17,
+        (i % 3) * 8,
+        17 + Math.floor(i / 3) * 6,
         8,
         `${name}: records by outcome`,
         EMF_RECORD_METRICS.map(([metric, label]) => [EMF_NAMESPACE, metric, EMF_FUNCTION_DIMENSION, name, { label, stat: 'Sum' }]),
@@ -109,14 +114,14 @@ export function dashboardBody(r: DashboardRefs): { widgets: Widget[] } {
     ),
     metricWidget(
       0,
-      23,
+      below,
       12,
       'DynamoDB requests',
       r.functions.map(([name]) => [EMF_NAMESPACE, 'DynamoDBRequests', EMF_FUNCTION_DIMENSION, name, { label: name, stat: 'Sum' }]),
     ),
     metricWidget(
       12,
-      23,
+      below,
       12,
       'Time per record (p99, ms)',
       r.functions.map(([name]) => [EMF_NAMESPACE, 'RecordDuration', EMF_FUNCTION_DIMENSION, name, { label: name, stat: 'p99' }]),

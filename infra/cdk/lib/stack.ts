@@ -19,10 +19,13 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct, IConstruct } from 'constructs';
-import { isQueueSource, MappingSpec, QueueSpec, StackSpec, STACK_PLACEHOLDER } from './spec';
+import { isQueueSource, MappingSpec, pascal, permissions, QueueSpec, ResourceRef, sorted, StackSpec, STACK_PLACEHOLDER } from './spec';
 import { addDashboard } from './dashboard';
 
+export { pascal } from './spec';
+
 export interface StreamProcessorProps extends StackProps {
+  /** The deployed part of stack.json (`deployedSpec`). */
   spec: StackSpec;
   /** Directory holding `<function>/bootstrap`, as `cargo lambda build --release` writes `target/lambda`. */
   assetDir: string;
@@ -35,36 +38,17 @@ export const LOG_RETENTION = logs.RetentionDays.ONE_MONTH;
 /** Days a dead-letter queue keeps a message: SQS's maximum, time to investigate. */
 export const DLQ_RETENTION = Duration.days(14);
 
-/** Alarm when the stream consumer is this far behind (ms). */
+/** Alarm when a stream consumer is this far behind (ms). */
 export const ITERATOR_AGE_ALARM_MS = 60_000;
-
-/** The actions each function needs on the tables (TransactWriteItems is authorised per item action). */
-export const STATE_TABLE_ACTIONS = [
-  'dynamodb:GetItem',
-  'dynamodb:PutItem',
-  'dynamodb:UpdateItem',
-  'dynamodb:BatchGetItem',
-  'dynamodb:BatchWriteItem',
-  'dynamodb:Query',
-  'dynamodb:ConditionCheckItem',
-];
-export const IDEMPOTENCY_TABLE_ACTIONS = ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'];
-/** What a Lambda SQS event source mapping needs on its queue. */
-export const QUEUE_CONSUME_ACTIONS = ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'];
-/** What a Lambda DynamoDB stream event source mapping needs on its stream. */
-export const STREAM_READ_ACTIONS = ['dynamodb:DescribeStream', 'dynamodb:GetRecords', 'dynamodb:GetShardIterator'];
-
-/** `s3-ingest` -> `S3Ingest`, `ordersFifo` -> `OrdersFifo`: logical ID stems shared with the SAM template. */
-export function pascal(name: string): string {
-  return name
-    .split(/[-_]/)
-    .map((part) => part.charAt(0).toUpperCase() + part.slice(1))
-    .join('');
-}
 
 /** A stack.json name with `{stack}` replaced by the stack name token. */
 function physicalName(template: string): string {
   return template.split(STACK_PLACEHOLDER).join(Aws.STACK_NAME);
+}
+
+/** A queue's name without the stack's: `{stack}-orders-dlq` -> `orders-dlq`. */
+function label(name: string): string {
+  return name.replace(`${STACK_PLACEHOLDER}-`, '');
 }
 
 /** Gives the L1 resource behind `c` the logical ID the SAM template uses. */
@@ -78,10 +62,11 @@ export class StreamProcessorStack extends Stack {
   readonly deadLetterQueues: Record<string, sqs.Queue> = {};
   readonly tables: Record<string, dynamodb.Table> = {};
   readonly functions: Record<string, lambda.Function> = {};
+  private readonly logGroups: Record<string, logs.LogGroup> = {};
   private readonly stackSpec: StackSpec;
   readonly alarms: cloudwatch.Alarm[] = [];
   alarmTopic!: sns.Topic;
-  /** Label -> queue for the dead-letter queues and the stream's failure destination. */
+  /** Label -> queue for the dead-letter queues and the stream mappings' failure destinations. */
   private readonly parkedQueues: [string, sqs.Queue][] = [];
 
   constructor(scope: Construct, id: string, props: StreamProcessorProps) {
@@ -91,7 +76,7 @@ export class StreamProcessorStack extends Stack {
 
     // ------------------------------------------------------------ queues
     // Dead-letter queues first: the main queues' redrive policies name them.
-    for (const [key, q] of Object.entries(spec.queues)) {
+    for (const [key, q] of sorted(spec.queues)) {
       let deadLetterQueue: sqs.DeadLetterQueue | undefined;
       if (q.deadLetterQueue) {
         const dlq = new sqs.Queue(this, `${pascal(key)}DeadLetterQueue`, {
@@ -109,9 +94,10 @@ export class StreamProcessorStack extends Stack {
       const queue = new sqs.Queue(this, `${pascal(key)}Queue`, {
         queueName: physicalName(q.name),
         fifo: q.fifo || undefined,
-        contentBasedDeduplication: q.contentBasedDeduplication,
+        contentBasedDeduplication: q.contentBasedDeduplication || undefined,
         visibilityTimeout: Duration.seconds(q.visibilityTimeoutSeconds),
-        // The stream-failures queue is itself a dead-letter destination.
+        // A queue without a dead-letter queue is itself a destination of
+        // what was given up on (a stream mapping's failures).
         retentionPeriod: q.deadLetterQueue ? undefined : DLQ_RETENTION,
         encryption: sqs.QueueEncryption.SQS_MANAGED,
         enforceSSL: true,
@@ -123,7 +109,7 @@ export class StreamProcessorStack extends Stack {
     }
 
     // ------------------------------------------------------------ tables
-    for (const [key, t] of Object.entries(spec.tables)) {
+    for (const [key, t] of sorted(spec.tables)) {
       const table = new dynamodb.Table(this, `${pascal(key)}Table`, {
         tableName: physicalName(t.name),
         partitionKey: { name: t.hashKey, type: dynamodb.AttributeType.STRING },
@@ -154,19 +140,17 @@ export class StreamProcessorStack extends Stack {
     this.addBucketNotifications(spec);
 
     // --------------------------------------------------------- functions
-    for (const [name, f] of Object.entries(spec.functions)) {
-      this.addFunction(spec, name, f.timeoutSeconds, f.memoryMiB, props);
-    }
+    for (const [name] of sorted(spec.functions)) this.addFunction(spec, name, props);
     spec.mappings.forEach((m) => this.addMapping(m));
 
     // ------------------------------------------------ alarms, dashboard
     this.addAlarms(spec);
-    const stream = spec.mappings.find((m) => !isQueueSource(m.source));
+    const streamFunctions = [...new Set(spec.mappings.filter((m) => !isQueueSource(m.source)).map((m) => m.function))];
     const dashboard = addDashboard(this, {
-      functions: Object.entries(this.functions),
+      functions: sorted(this.functions),
       parkedQueues: this.parkedQueues,
       alarms: this.alarms,
-      streamFunction: this.functions[stream!.function],
+      streamFunctions: streamFunctions.map((f): [string, lambda.IFunction] => [f, this.functions[f]]),
       iteratorAgeThresholdMs: ITERATOR_AGE_ALARM_MS,
     });
 
@@ -183,18 +167,12 @@ export class StreamProcessorStack extends Stack {
       description: 'Upload order files (NDJSON or CSV, optionally gzipped) under incoming/.',
       value: this.bucket.bucketName,
     });
-    new CfnOutput(this, 'IngestQueueUrl', { value: this.queues.ingest.queueUrl });
-    new CfnOutput(this, 'OrdersQueueUrl', {
-      description: 'Send order events here (standard queue).',
-      value: this.queues.orders.queueUrl,
-    });
-    new CfnOutput(this, 'OrdersFifoQueueUrl', {
-      description: 'Send order events here (FIFO queue; use orderId as the message group).',
-      value: this.queues.ordersFifo.queueUrl,
-    });
-    new CfnOutput(this, 'StreamFailuresQueueUrl', { value: this.queues.streamFailures.queueUrl });
-    new CfnOutput(this, 'StateTableName', { value: this.tables.state.tableName });
-    new CfnOutput(this, 'IdempotencyTableName', { value: this.tables.idempotency.tableName });
+    for (const [key, q] of sorted(spec.queues)) {
+      new CfnOutput(this, `${pascal(key)}QueueUrl`, { description: q.description, value: this.queues[key].queueUrl });
+    }
+    for (const [key] of sorted(spec.tables)) {
+      new CfnOutput(this, `${pascal(key)}TableName`, { value: this.tables[key].tableName });
+    }
 
     // Context `acknowledgeNagFindings=false` drops the acknowledgements, to
     // list what they hide (the nag test checks none is stale).
@@ -207,6 +185,7 @@ export class StreamProcessorStack extends Stack {
    * with `s3:PutBucketNotification` on `*`) that the SAM stack does not need.
    */
   private addBucketNotifications(spec: StackSpec): void {
+    if (spec.bucket.notifications.length === 0) return;
     const cfnBucket = this.bucket.node.defaultChild as s3.CfnBucket;
     cfnBucket.notificationConfiguration = {
       queueConfigurations: spec.bucket.notifications.flatMap((n) =>
@@ -217,8 +196,8 @@ export class StreamProcessorStack extends Stack {
         })),
       ),
     };
-    for (const n of spec.bucket.notifications) {
-      const queue = this.queues[n.queue];
+    for (const key of [...new Set(spec.bucket.notifications.map((n) => n.queue))]) {
+      const queue = this.queues[key];
       queue.addToResourcePolicy(
         new iam.PolicyStatement({
           sid: 'AllowUploadsBucketNotifications',
@@ -237,7 +216,18 @@ export class StreamProcessorStack extends Stack {
     }
   }
 
-  private addFunction(spec: StackSpec, name: string, timeoutSeconds: number, memoryMiB: number, props: StreamProcessorProps): void {
+  /** The ARN a declared permission is on. */
+  private arnOf(name: string, r: ResourceRef): string {
+    if ('logGroup' in r) return this.logGroups[name].logGroupArn;
+    if ('queue' in r) return this.queues[r.queue].queueArn;
+    if ('table' in r) return this.tables[r.table].tableArn;
+    if ('stream' in r) return this.tables[r.stream].tableStreamArn!;
+    if ('objects' in r) return this.bucket.arnForObjects(`${r.objects}*`);
+    return '*';
+  }
+
+  private addFunction(spec: StackSpec, name: string, props: StreamProcessorProps): void {
+    const f = spec.functions[name];
     const stem = pascal(name);
     const logGroup = new logs.LogGroup(this, `${stem}LogGroup`, {
       logGroupName: `/aws/lambda/${physicalName(`${STACK_PLACEHOLDER}-${name}`)}`,
@@ -245,40 +235,15 @@ export class StreamProcessorStack extends Stack {
       removalPolicy: RemovalPolicy.DESTROY,
     });
     logicalId(logGroup, `${stem}LogGroup`);
+    this.logGroups[name] = logGroup;
 
-    const statements: iam.PolicyStatement[] = [
-      statement('Logs', ['logs:CreateLogStream', 'logs:PutLogEvents'], [logGroup.logGroupArn]),
-    ];
-    const mine = spec.mappings.filter((m) => m.function === name);
-    const consumed = mine.filter((m) => isQueueSource(m.source)).map((m) => this.sourceQueue(m).queueArn);
-    if (consumed.length > 0) statements.push(statement('ConsumeQueues', QUEUE_CONSUME_ACTIONS, consumed));
-    for (const m of mine.filter((m) => !isQueueSource(m.source))) {
-      const table = this.tables[(m.source as { table: string }).table];
-      statements.push(statement('ReadStream', STREAM_READ_ACTIONS, [table.tableStreamArn!]));
-      // ListStreams has no resource type: IAM accepts only `*`. It lists stream ARNs, no data.
-      statements.push(statement('ListStreams', ['dynamodb:ListStreams'], ['*']));
-      if (m.onFailure) {
-        statements.push(statement('FailureDestination', ['sqs:SendMessage'], [this.queues[m.onFailure.queue].queueArn]));
-      }
-    }
+    // Exactly what the declaration implies (lib/spec.ts `permissions`).
+    const statements = permissions(spec, name).map((p) => statement(p.sid, p.actions, p.resources.map((r) => this.arnOf(name, r))));
     const environment: Record<string, string> = {};
-    for (const [variable, source] of Object.entries(spec.environment)) {
+    for (const [variable, source] of sorted(f.environment)) {
       environment[variable] =
         typeof source === 'string' ? source : 'table' in source ? this.tables[source.table].tableName : this.queues[source.queue].queueUrl;
     }
-    if (name === 's3-ingest') {
-      // Objects arrive through the notification queues; unfinished objects are
-      // handed on to the same queue (INGEST_QUEUE_URL) to resume there.
-      for (const n of spec.bucket.notifications) {
-        const queue = this.queues[n.queue];
-        statements.push(statement('ContinueOnIngestQueue', ['sqs:SendMessage'], [queue.queueArn]));
-        // GetObjectVersion: notifications of a versioned bucket name the version.
-        statements.push(statement('ReadUploads', ['s3:GetObject', 's3:GetObjectVersion'], [this.bucket.arnForObjects(`${n.prefix}*`)]));
-      }
-      statements.push(statement('WriteRejectReports', ['s3:PutObject'], [this.bucket.arnForObjects(`${spec.bucket.rejectsPrefix}*`)]));
-    }
-    statements.push(statement('StateTable', STATE_TABLE_ACTIONS, [this.tables.state.tableArn]));
-    statements.push(statement('IdempotencyTable', IDEMPOTENCY_TABLE_ACTIONS, [this.tables.idempotency.tableArn]));
 
     // An explicit role with one inline policy: no AWS managed policy (those
     // grant logs and queue/stream access on `*`), nothing added later.
@@ -290,15 +255,15 @@ export class StreamProcessorStack extends Stack {
 
     const fn = new lambda.Function(this, `${stem}Function`, {
       functionName: physicalName(`${STACK_PLACEHOLDER}-${name}`),
-      description: FUNCTION_DESCRIPTIONS[name],
+      description: f.description,
       code: lambda.Code.fromAsset(path.join(props.assetDir, name)),
       handler: 'bootstrap',
       runtime: lambda.Runtime.PROVIDED_AL2023,
       architecture: props.architecture,
-      timeout: Duration.seconds(timeoutSeconds),
-      memorySize: memoryMiB,
+      timeout: Duration.seconds(f.timeoutSeconds),
+      memorySize: f.memoryMiB,
       role,
-      environment,
+      environment: Object.keys(environment).length > 0 ? environment : undefined,
       logGroup,
       loggingFormat: lambda.LoggingFormat.JSON,
     });
@@ -323,18 +288,20 @@ export class StreamProcessorStack extends Stack {
     const failures = m.onFailure ? this.queues[m.onFailure.queue] : undefined;
     // Lambda rejects any batching window on a FIFO queue, even 0 (its only value there).
     const fifo = isQueueSource(m.source) && this.spec(m.source.queue).fifo;
-    if (fifo && m.maximumBatchingWindowSeconds !== 0) {
+    if (fifo && (m.maximumBatchingWindowSeconds ?? 0) !== 0) {
       throw new Error(`stack.json: a batching window is not supported for FIFO queue ${JSON.stringify(m.source)}`);
     }
     const mapping = new lambda.EventSourceMapping(this, id, {
       target: fn,
       eventSourceArn,
       batchSize: m.batchSize,
-      maxBatchingWindow: fifo ? undefined : Duration.seconds(m.maximumBatchingWindowSeconds),
-      reportBatchItemFailures: m.reportBatchItemFailures,
+      maxBatchingWindow: fifo ? undefined : Duration.seconds(m.maximumBatchingWindowSeconds ?? 0),
+      reportBatchItemFailures: m.reportBatchItemFailures || undefined,
       startingPosition: m.startingPosition ? (m.startingPosition as lambda.StartingPosition) : undefined,
-      bisectBatchOnError: m.bisectBatchOnFunctionError,
+      bisectBatchOnError: m.bisectBatchOnFunctionError || undefined,
       retryAttempts: m.maximumRetryAttempts,
+      maxConcurrency: m.maximumConcurrency,
+      parallelizationFactor: m.parallelizationFactor,
       // The role already allows sqs:SendMessage on this queue; `SqsDlq` would
       // add a second, broader grant.
       onFailure: failures ? { bind: () => ({ destination: failures.queueArn }) } : undefined,
@@ -366,70 +333,69 @@ export class StreamProcessorStack extends Stack {
     if (!(topicPolicy instanceof sns.TopicPolicy)) throw new Error('the alarm topic has no topic policy');
     logicalId(topicPolicy, 'AlarmTopicPolicy');
     const notify = new cloudwatchActions.SnsAction(this.alarmTopic);
-
-    // Depth of every dead-letter queue, and of the stream's on-failure
-    // destination: [alarm ID, queue key, stack.json name, queue].
-    const label = (name: string) => name.replace(`${STACK_PLACEHOLDER}-`, '');
-    const parked: [string, string, string, sqs.Queue][] = [
-      ...Object.entries(this.deadLetterQueues).map(([key, q]): [string, string, string, sqs.Queue] => [
-        `${pascal(key)}DeadLetterQueueAlarm`,
-        key,
-        label(spec.queues[key].deadLetterQueue!),
-        q,
-      ]),
-      ...spec.mappings
-        .filter((m) => m.onFailure)
-        .map((m): [string, string, string, sqs.Queue] => {
-          const key = m.onFailure!.queue;
-          return [`${pascal(key)}QueueAlarm`, key, label(spec.queues[key].name), this.queues[key]];
-        }),
-    ];
-    for (const [id, key, name, queue] of parked) {
-      this.parkedQueues.push([name, queue]);
-      const alarm = new cloudwatch.Alarm(this, id, {
-        alarmDescription: DLQ_ALARM_DESCRIPTIONS[pascal(key)],
-        metric: new cloudwatch.Metric({
-          namespace: 'AWS/SQS',
-          metricName: 'ApproximateNumberOfMessagesVisible',
-          dimensionsMap: { QueueName: queue.queueName },
-          statistic: 'Maximum',
-          period: Duration.minutes(5),
-        }),
-        evaluationPeriods: 1,
-        threshold: 1,
-        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-      });
+    const addAlarm = (id: string, props: cloudwatch.AlarmProps) => {
+      const alarm = new cloudwatch.Alarm(this, id, props);
       logicalId(alarm, id);
       alarm.addAlarmAction(notify);
       this.alarms.push(alarm);
+    };
+    const depth = (queue: sqs.Queue): Partial<cloudwatch.AlarmProps> => ({
+      metric: new cloudwatch.Metric({
+        namespace: 'AWS/SQS',
+        metricName: 'ApproximateNumberOfMessagesVisible',
+        dimensionsMap: { QueueName: queue.queueName },
+        statistic: 'Maximum',
+        period: Duration.minutes(5),
+      }),
+      evaluationPeriods: 1,
+      threshold: 1,
+    });
+    const common = {
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    };
+
+    // Depth of every dead-letter queue, and of each stream mapping's failure destination.
+    for (const [key, q] of sorted(spec.queues)) {
+      if (!q.deadLetterQueue) continue;
+      const dlq = this.deadLetterQueues[key];
+      this.parkedQueues.push([label(q.deadLetterQueue), dlq]);
+      addAlarm(`${pascal(key)}DeadLetterQueueAlarm`, {
+        alarmDescription: q.alarmDescription ?? `Messages given up on are in the ${label(q.deadLetterQueue)} dead-letter queue.`,
+        ...(depth(dlq) as cloudwatch.AlarmProps),
+        ...common,
+      });
     }
-    for (const [name, fn] of Object.entries(this.functions)) {
-      const id = `${pascal(name)}ErrorsAlarm`;
-      const alarm = new cloudwatch.Alarm(this, id, {
+    for (const key of [...new Set(spec.mappings.filter((m) => m.onFailure).map((m) => m.onFailure!.queue))]) {
+      const q = spec.queues[key];
+      this.parkedQueues.push([label(q.name), this.queues[key]]);
+      addAlarm(`${pascal(key)}QueueAlarm`, {
+        alarmDescription: q.alarmDescription ?? `A stream mapping gave up on a batch; its shard and sequence range are in ${label(q.name)}.`,
+        ...(depth(this.queues[key]) as cloudwatch.AlarmProps),
+        ...common,
+      });
+    }
+    for (const [name, fn] of sorted(this.functions)) {
+      addAlarm(`${pascal(name)}ErrorsAlarm`, {
         alarmDescription: `${name} failed whole invocations (not per-record failures).`,
         metric: fn.metricErrors({ statistic: 'Sum', period: Duration.minutes(5) }),
         evaluationPeriods: 1,
         threshold: 1,
-        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        ...common,
       });
-      logicalId(alarm, id);
-      alarm.addAlarmAction(notify);
-      this.alarms.push(alarm);
     }
+    const seen = new Set<string>();
     for (const m of spec.mappings.filter((m) => !isQueueSource(m.source))) {
-      const alarm = new cloudwatch.Alarm(this, 'StreamIteratorAgeAlarm', {
-        alarmDescription: "The aggregator is more than a minute behind the state table's stream.",
+      if (seen.has(m.function)) continue;
+      seen.add(m.function);
+      const table = spec.tables[(m.source as { table: string }).table];
+      addAlarm(`${pascal(m.function)}IteratorAgeAlarm`, {
+        alarmDescription: `${m.function} is more than a minute behind the ${label(table.name)} table's stream.`,
         metric: this.functions[m.function].metric('IteratorAge', { statistic: 'Maximum', period: Duration.minutes(1) }),
         evaluationPeriods: 5,
         threshold: ITERATOR_AGE_ALARM_MS,
-        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        ...common,
       });
-      logicalId(alarm, 'StreamIteratorAgeAlarm');
-      alarm.addAlarmAction(notify);
-      this.alarms.push(alarm);
     }
   }
 
@@ -441,41 +407,42 @@ export class StreamProcessorStack extends Stack {
     Validations.of(this.bucket).acknowledge({
       id: 'AwsSolutions-S1',
       reason:
-        'Server access logs would need a second bucket and cost per request; uploads are audited through the ingest ' +
-        'queue, the object manifests in the state table, and CloudTrail data events where an account enables them.',
+        'Server access logs would need a second bucket and cost per request; uploads are audited through the ' +
+        'notification queues, what the functions record, and CloudTrail data events where an account enables them.',
     });
-    for (const m of spec.mappings.filter((m) => m.onFailure)) {
-      Validations.of(this.queues[m.onFailure!.queue]).acknowledge({
+    for (const key of new Set(spec.mappings.filter((m) => m.onFailure).map((m) => m.onFailure!.queue))) {
+      Validations.of(this.queues[key]).acknowledge({
         id: 'AwsSolutions-SQS3',
         reason:
-          'This queue is itself a dead-letter destination (the stream mapping sends the batches it gave up on here); ' +
+          'This queue is itself a dead-letter destination (a stream mapping sends the batches it gave up on here); ' +
           'a DLQ of a DLQ would only move the same messages once more. Its depth is alarmed.',
       });
     }
-    for (const [key, t] of Object.entries(spec.tables)) {
-      if (t.pointInTimeRecovery) continue;
+    for (const [key, t] of sorted(spec.tables)) {
+      // Marker tables (their items expire): everything else keeps PITR, or
+      // cdk-nag fails the synth.
+      if (t.pointInTimeRecovery || !t.ttlAttribute) continue;
       Validations.of(this.tables[key]).acknowledge({
         id: 'AwsSolutions-DDB3',
         reason:
           'Idempotency markers are short-lived (TTL) and re-creatable: restoring them to a point in time would only ' +
-          'resurrect expired locks. The state table, which holds the data, has point-in-time recovery.',
+          'resurrect expired locks. The tables that hold data have point-in-time recovery.',
       });
     }
-    for (const [name, fn] of Object.entries(this.functions)) {
+    for (const [name, fn] of sorted(this.functions)) {
       const role = fn.role!;
+      const f = spec.functions[name];
       if (spec.mappings.some((m) => m.function === name && !isQueueSource(m.source))) {
         Validations.of(role).acknowledge({
           id: 'AwsSolutions-IAM5[Resource::*]',
           reason: 'dynamodb:ListStreams has no resource type, so IAM accepts it only on `*`; it lists stream ARNs, no data.',
         });
       }
-      if (name === 's3-ingest') {
-        for (const prefix of [...spec.bucket.notifications.map((n) => n.prefix), spec.bucket.rejectsPrefix]) {
-          Validations.of(role).acknowledge({
-            id: `AwsSolutions-IAM5[Resource::<UploadsBucket.Arn>/${prefix}*]`,
-            reason: `Objects under ${prefix} only: uploads are read from the notification prefix, reject reports written under the rejects prefix.`,
-          });
-        }
+      for (const prefix of [...new Set([...(f.bucket?.read ?? []), ...(f.bucket?.write ?? [])])]) {
+        Validations.of(role).acknowledge({
+          id: `AwsSolutions-IAM5[Resource::<UploadsBucket.Arn>/${prefix}*]`,
+          reason: `Objects under ${prefix} only: each function reads and writes the bucket prefixes its declaration names, nothing else.`,
+        });
       }
     }
   }
@@ -491,17 +458,3 @@ function queuePolicy(queue: sqs.Queue): sqs.QueuePolicy {
 function statement(sid: string, actions: string[], resources: string[]): iam.PolicyStatement {
   return new iam.PolicyStatement({ sid, effect: iam.Effect.ALLOW, actions, resources });
 }
-
-const FUNCTION_DESCRIPTIONS: Record<string, string> = {
-  's3-ingest': 'S3 ObjectCreated notifications (via the ingest queue) -> orders',
-  'sqs-consumer': 'SQS order events (standard and FIFO queues) -> orders',
-  'stream-aggregator': 'DynamoDB stream of the state table -> customer totals',
-};
-
-/** Keyed by the alarm ID's stem (pascal-cased queue key). */
-const DLQ_ALARM_DESCRIPTIONS: Record<string, string> = {
-  Ingest: 'Objects the ingest function gave up on are in the ingest DLQ.',
-  Orders: 'Order messages the consumer gave up on are in the orders DLQ.',
-  OrdersFifo: 'Order messages the consumer gave up on are in the FIFO orders DLQ.',
-  StreamFailures: 'The stream mapping gave up on a batch; its shard and sequence range are in the stream-failures queue.',
-};

@@ -10,10 +10,13 @@ import { describe, it } from 'node:test';
 import { App } from 'aws-cdk-lib/core';
 import { Match } from 'aws-cdk-lib/assertions';
 import { buildApp } from '../lib/app';
-import { loadSpec, repoRoot } from '../lib/spec';
+import { deployedSpec, loadSpec, pascal, repoRoot } from '../lib/spec';
 import { Doc, Json, permissions, resolve, synth } from './support';
 
-const spec = loadSpec();
+const spec = deployedSpec(loadSpec());
+/** The reference pipeline's functions: the settings below are theirs. */
+const PIPELINE = ['s3-ingest', 'sqs-consumer', 'stream-aggregator'];
+const deployedFunctions = Object.keys(spec.functions).length;
 const { template, json } = synth();
 const resources = json.Resources as Doc;
 const ofType = (type: string): [string, Doc][] =>
@@ -22,8 +25,10 @@ const stackName = (name: string) => ({ 'Fn::Join': ['', [{ Ref: 'AWS::StackName'
 
 describe('functions', () => {
   it('are the three Rust binaries on provided.al2023, handler bootstrap, arm64 by default', () => {
-    template.resourceCountIs('AWS::Lambda::Function', 3);
-    for (const [name, f] of Object.entries(spec.functions)) {
+    // The pipeline's three, and any function added with `cargo xtask new`.
+    template.resourceCountIs('AWS::Lambda::Function', deployedFunctions);
+    for (const name of PIPELINE) assert.ok(spec.functions[name], `${name} is deployed`);
+    for (const [name, f] of Object.entries(spec.functions).filter(([name]) => PIPELINE.includes(name))) {
       template.hasResourceProperties('AWS::Lambda::Function', {
         FunctionName: stackName(`{stack}-${name}`),
         Runtime: 'provided.al2023',
@@ -68,7 +73,7 @@ describe('functions', () => {
   });
 
   it('keep their logs 30 days', () => {
-    template.resourceCountIs('AWS::Logs::LogGroup', 3);
+    template.resourceCountIs('AWS::Logs::LogGroup', deployedFunctions);
     template.allResourcesProperties('AWS::Logs::LogGroup', { RetentionInDays: 30 });
   });
 });
@@ -163,13 +168,14 @@ describe('uploads bucket', () => {
           RestrictPublicBuckets: true,
         },
         NotificationConfiguration: {
-          QueueConfigurations: [
+          // incoming/ to the ingest queue (beside any prefix a function added with `cargo xtask new --trigger s3` reads).
+          QueueConfigurations: Match.arrayWith([
             {
               Event: 's3:ObjectCreated:*',
               Queue: { 'Fn::GetAtt': ['IngestQueue', 'Arn'] },
               Filter: { S3Key: { Rules: [{ Name: 'prefix', Value: 'incoming/' }] } },
             },
-          ],
+          ]),
         },
       },
     });
@@ -195,6 +201,8 @@ describe('uploads bucket', () => {
 describe('event source mappings', () => {
   it('report batch item failures with the batching of stack.json', () => {
     template.resourceCountIs('AWS::Lambda::EventSourceMapping', spec.mappings.length);
+    // Every declared mapping asks for partial batch responses.
+    assert.ok(spec.mappings.every((m) => m.reportBatchItemFailures));
     template.allResourcesProperties('AWS::Lambda::EventSourceMapping', { FunctionResponseTypes: ['ReportBatchItemFailures'] });
     template.hasResourceProperties('AWS::Lambda::EventSourceMapping', {
       EventSourceArn: { 'Fn::GetAtt': ['OrdersQueue', 'Arn'] },
@@ -232,7 +240,7 @@ describe('IAM', () => {
       : [];
 
   it('gives each function its own role, with no managed policy and no separate policy resource', () => {
-    assert.equal(roles.length, 3);
+    assert.equal(roles.length, deployedFunctions);
     for (const [id, r] of roles) assert.equal((r.Properties as Doc).ManagedPolicyArns, undefined, id);
     template.resourceCountIs('AWS::IAM::Policy', 0);
     template.resourceCountIs('AWS::IAM::ManagedPolicy', 0);
@@ -279,16 +287,27 @@ describe('IAM', () => {
 describe('alarms', () => {
   it('watch every dead-letter queue, the stream failure queue, function errors and iterator age', () => {
     const alarmed = ofType('AWS::CloudWatch::Alarm').map(([id]) => id).sort();
-    assert.deepEqual(alarmed, [
+    const pipeline = [
       'IngestDeadLetterQueueAlarm',
       'OrdersDeadLetterQueueAlarm',
       'OrdersFifoDeadLetterQueueAlarm',
       'S3IngestErrorsAlarm',
       'SqsConsumerErrorsAlarm',
       'StreamAggregatorErrorsAlarm',
+      'StreamAggregatorIteratorAgeAlarm',
       'StreamFailuresQueueAlarm',
-      'StreamIteratorAgeAlarm',
-    ]);
+    ];
+    // Every declared function's: its errors, its dead-letter queues, its
+    // stream's age and failure queue.
+    const expected = new Set(pipeline);
+    for (const name of Object.keys(spec.functions)) expected.add(`${pascal(name)}ErrorsAlarm`);
+    for (const [key, q] of Object.entries(spec.queues)) if (q.deadLetterQueue) expected.add(`${pascal(key)}DeadLetterQueueAlarm`);
+    for (const m of spec.mappings) {
+      if ('table' in m.source) expected.add(`${pascal(m.function)}IteratorAgeAlarm`);
+      if (m.onFailure) expected.add(`${pascal(m.onFailure.queue)}QueueAlarm`);
+    }
+    assert.deepEqual(alarmed, [...expected].sort());
+    for (const id of pipeline) assert.ok(alarmed.includes(id), id);
     template.hasResourceProperties('AWS::CloudWatch::Alarm', {
       Namespace: 'AWS/Lambda',
       MetricName: 'IteratorAge',

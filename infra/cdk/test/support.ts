@@ -16,8 +16,8 @@ import * as path from 'path';
 import { App } from 'aws-cdk-lib/core';
 import { Template } from 'aws-cdk-lib/assertions';
 import * as YAML from 'yaml';
-import { buildApp, FUNCTIONS } from '../lib/app';
-import { infraDir, repoRoot, StackSpec, STACK_PLACEHOLDER } from '../lib/spec';
+import { buildApp, defaultAssetDir } from '../lib/app';
+import { infraDir, isQueueSource, loadSpec, StackSpec, STACK_PLACEHOLDER } from '../lib/spec';
 import { StreamProcessorStack } from '../lib/stack';
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -29,19 +29,21 @@ let assetDirCache: string | undefined;
 
 /**
  * The function binaries to synthesize with: `LAMBDA_ASSET_DIR` (xtask sets
- * it) or else `target/lambda`, when
+ * it) or else `lambda/` of cargo's target directory, when
  * `cargo lambda build --release` (x86_64 here, `--arm64` for deployment) has
- * produced all three, else a temporary directory of placeholder `bootstrap`
- * files: synth only hashes and copies them, the tests never run them.
+ * produced every declared function's, else a temporary directory of
+ * placeholder `bootstrap` files: synth only hashes and copies them, the
+ * tests never run them.
  */
 export function assetDir(): string {
   if (assetDirCache) return assetDirCache;
-  const built = process.env.LAMBDA_ASSET_DIR ?? path.join(repoRoot(), 'target', 'lambda');
-  if (FUNCTIONS.every((f) => fs.existsSync(path.join(built, f, 'bootstrap')))) {
+  const functions = Object.keys(loadSpec().functions);
+  const built = process.env.LAMBDA_ASSET_DIR ?? defaultAssetDir();
+  if (functions.every((f) => fs.existsSync(path.join(built, f, 'bootstrap')))) {
     assetDirCache = built;
   } else {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'stream-processor-assets-'));
-    for (const f of FUNCTIONS) {
+    for (const f of functions) {
       fs.mkdirSync(path.join(dir, f));
       fs.writeFileSync(path.join(dir, f, 'bootstrap'), `placeholder for ${f}: tests synthesize, never run, this asset\n`);
     }
@@ -331,6 +333,8 @@ export interface MappingView {
   maximumRetryAttempts?: Json;
   onFailure?: Json;
   filterPatterns?: string[];
+  maximumConcurrency?: Json;
+  parallelizationFactor?: Json;
 }
 
 /** The model's event source mappings in stack.json's terms, sorted. */
@@ -355,6 +359,7 @@ export function mappingsOf(m: Model, spec: StackSpec): MappingView[] {
   const known = new Set([
     'FunctionName', 'EventSourceArn', 'BatchSize', 'MaximumBatchingWindowInSeconds', 'StartingPosition',
     'FunctionResponseTypes', 'BisectBatchOnFunctionError', 'MaximumRetryAttempts', 'DestinationConfig', 'FilterCriteria',
+    'ScalingConfig', 'ParallelizationFactor',
   ]);
   const views: MappingView[] = [];
   for (const [id, r] of Object.entries(m)) {
@@ -377,6 +382,8 @@ export function mappingsOf(m: Model, spec: StackSpec): MappingView[] {
         ? { queue: queueKeyOf(((p.DestinationConfig as Doc).OnFailure as Doc).Destination) }
         : undefined,
       filterPatterns: p.FilterCriteria ? (list((p.FilterCriteria as Doc).Filters) as Doc[]).map((f) => String(f.Pattern)) : undefined,
+      maximumConcurrency: p.ScalingConfig ? (p.ScalingConfig as Doc).MaximumConcurrency : undefined,
+      parallelizationFactor: p.ParallelizationFactor,
     };
     views.push(v);
   }
@@ -388,6 +395,9 @@ export function specMappings(spec: StackSpec): MappingView[] {
   return sortViews(
     spec.mappings.map((m) => ({
       ...m,
+      // Absent is Lambda's default, 0.
+      maximumBatchingWindowSeconds: m.maximumBatchingWindowSeconds ?? 0,
+      bisectBatchOnFunctionError: m.bisectBatchOnFunctionError || undefined,
       source: m.source as unknown as Json,
       onFailure: m.onFailure as Json | undefined,
       filterPatterns: m.filterPatterns?.map((p) => canonical(JSON.parse(p))),
@@ -398,6 +408,43 @@ export function specMappings(spec: StackSpec): MappingView[] {
 function sortViews(views: MappingView[]): MappingView[] {
   const clean = views.map((v) => JSON.parse(canonical(v as unknown as Json)) as MappingView);
   return clean.sort((a, b) => canonical(a as unknown as Json).localeCompare(canonical(b as unknown as Json)));
+}
+
+/**
+ * The permissions `name` needs by its declaration, in the model's terms
+ * (`Allow - <action> <resource>`), worked out here from the rules
+ * infra/stack.json documents rather than taken from lib/spec.ts, so the
+ * CDK app's grants are checked against a second reading of them: its log
+ * group; consume its queues; read its streams (and ListStreams on `*`),
+ * send to their failure queues; its tables at their access levels; its
+ * bucket prefixes; the queues it sends to.
+ */
+export function neededPermissions(m: Model, spec: StackSpec, name: string, logGroupArn: string): string[] {
+  const f = spec.functions[name];
+  const byName = (type: string, prop: string, value: string, attr: string): string => {
+    const hit = findByProp(m, type, prop, value);
+    return hit ? `<${hit[0]}.${attr}>` : `<no ${type} named ${value}>`;
+  };
+  const queue = (key: string) => byName('AWS::SQS::Queue', 'QueueName', spec.queues[key].name, 'Arn');
+  const table = (key: string, attr = 'Arn') => byName('AWS::DynamoDB::Table', 'TableName', spec.tables[key].name, attr);
+  const bucket = findByProp(m, 'AWS::S3::Bucket', 'BucketName', spec.bucket.name)?.[0] ?? 'no bucket';
+  const out: string[] = [];
+  const allow = (actions: string[], resource: string) => actions.forEach((a) => out.push(`Allow - ${a} ${resource}`));
+  allow(['logs:CreateLogStream', 'logs:PutLogEvents'], logGroupArn);
+  for (const mp of spec.mappings.filter((mp) => mp.function === name)) {
+    if (isQueueSource(mp.source)) {
+      allow(['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'], queue(mp.source.queue));
+    } else {
+      allow(['dynamodb:DescribeStream', 'dynamodb:GetRecords', 'dynamodb:GetShardIterator'], table(mp.source.table, 'StreamArn'));
+      allow(['dynamodb:ListStreams'], '*');
+      if (mp.onFailure) allow(['sqs:SendMessage'], queue(mp.onFailure.queue));
+    }
+  }
+  for (const [key, level] of Object.entries(f.tables ?? {})) allow(spec.tableAccess[level], table(key));
+  for (const prefix of f.bucket?.read ?? []) allow(['s3:GetObject', 's3:GetObjectVersion'], `<${bucket}.Arn>/${prefix}*`);
+  for (const prefix of f.bucket?.write ?? []) allow(['s3:PutObject'], `<${bucket}.Arn>/${prefix}*`);
+  for (const key of f.sendsTo ?? []) allow(['sqs:SendMessage'], queue(key));
+  return [...new Set(out)].sort();
 }
 
 /** Everything in stack.json the model gets wrong; empty when it matches. */
@@ -414,7 +461,8 @@ export function specProblems(m: Model, spec: StackSpec): string[] {
     if (p.Timeout !== f.timeoutSeconds) problems.push(`${id}: Timeout ${p.Timeout}, stack.json says ${f.timeoutSeconds}`);
     if (p.MemorySize !== f.memoryMiB) problems.push(`${id}: MemorySize ${p.MemorySize}, stack.json says ${f.memoryMiB}`);
     const vars = (((p.Environment ?? {}) as Doc).Variables ?? {}) as Doc;
-    for (const [variable, source] of Object.entries(spec.environment)) {
+    const declared = f.environment ?? {};
+    for (const [variable, source] of Object.entries(declared)) {
       const value = vars[variable];
       const target = m[String(value ?? '').replace(/^<(.*)>$/, '$1')]?.Properties as Doc | undefined;
       const ok =
@@ -425,8 +473,20 @@ export function specProblems(m: Model, spec: StackSpec): string[] {
             : target?.QueueName === spec.queues[source.queue].name;
       if (!ok) problems.push(`${id}: ${variable} is ${canonical(value ?? null)}, stack.json says ${canonical(source)}`);
     }
-    const extra = Object.keys(vars).filter((v) => !(v in spec.environment));
+    const extra = Object.keys(vars).filter((v) => !(v in declared));
     if (extra.length > 0) problems.push(`${id}: variables stack.json does not declare: ${extra.join(', ')}`);
+    // Its role: exactly the permissions its declaration implies, no fewer
+    // (it would fail) and no more (least privilege).
+    const roleId = String(p.Role).replace(/^<(.*)\.Arn>$/, '$1');
+    const role = m[roleId];
+    if (!role || role.Type !== 'AWS::IAM::Role') {
+      problems.push(`${id}: its role ${String(p.Role)} is not declared`);
+    } else {
+      const granted = new Set(((role.Properties as Doc).Permissions ?? []) as string[]);
+      const needed = neededPermissions(m, spec, name, `<${String(p.LoggingConfig && (p.LoggingConfig as Doc).LogGroup).replace(/^<(.*)>$/, '$1')}.Arn>`);
+      for (const n of needed) if (!granted.has(n)) problems.push(`${roleId} lacks a permission ${name} needs: ${n}`);
+      for (const g of granted) if (!needed.includes(g)) problems.push(`${roleId} grants more than ${name}'s declaration implies: ${g}`);
+    }
   }
   const functionCount = Object.values(m).filter((r) => r.Type === 'AWS::Lambda::Function').length;
   if (functionCount !== Object.keys(spec.functions).length) {

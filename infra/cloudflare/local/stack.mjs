@@ -24,8 +24,10 @@ export const BUCKET = "orders-ingest";
 /// chunks and fault injection); `persist` keeps D1/R2 in a folder.
 export async function start({ vars = {}, persist = false, echo = false } = {}) {
   const { workerOptions } = unstable_getMiniflareWorkerOptions(config);
-  // The bundle `wrangler deploy` would upload (`cargo xtask build-worker`).
-  const builtDir = resolve(infraDir, "../../target/cf-worker/dist");
+  // The bundle `wrangler deploy` would upload (`cargo xtask build-worker`):
+  // xtask names it (cargo's target directory may be elsewhere); by hand,
+  // the default target directory's.
+  const builtDir = process.env.CF_WORKER_DIST ?? resolve(infraDir, "../../target/cf-worker/dist");
   const logs = [];
   // wrangler gives the worker options in miniflare 4's shape; miniflare 5 converts them.
   const mf = new Miniflare(convertV4MiniflareOptions({

@@ -7,13 +7,13 @@ use anyhow::Result;
 use crate::stack::workspace_root;
 use crate::venv::Venv;
 
-pub fn run(args: &[&str]) -> Result<()> {
+pub fn run(args: &[String]) -> Result<()> {
     let root = workspace_root();
     let venv = Venv::at(&root);
     venv.ensure()?;
     venv.ensure_bench_peer()?;
     crate::dynamodb_local::Install::at(&root).ensure()?;
     let command: Vec<&str> =
-        ["run", "--release", "-p", "bench", "--"].into_iter().chain(args.iter().copied()).collect();
+        ["run", "--release", "-p", "bench", "--"].into_iter().chain(args.iter().map(String::as_str)).collect();
     super::cargo_with_venv(&root, &command)
 }

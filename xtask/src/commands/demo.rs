@@ -29,7 +29,7 @@ pub async fn run(engine: crate::dynamodb_local::Engine) -> Result<()> {
     let mut stack = Stack::start_with(engine).await?;
     println!("  moto (S3, SQS) on {}", stack.endpoint);
     println!("  {} (DynamoDB, DynamoDB Streams) on {} ({})", engine.name(), stack.dynamodb_endpoint, elapsed(start));
-    header("starting `cargo lambda watch`");
+    header("serving the declared functions (the local Lambda)");
     let lambda_port = stack.start_lambda().await?.port();
     println!("  functions on http://127.0.0.1:{lambda_port} ({})", elapsed(start));
     let result = scenario_run(&stack, start).await;
@@ -203,7 +203,7 @@ pub fn run_cloudflare() -> Result<()> {
     let tools = crate::cloudflare::Tools::ensure(&root)?;
     header("building the Worker (cargo build --target wasm32-unknown-unknown, wasm-bindgen)");
     let size = tools.build()?;
-    println!("  {}/pkg/index_bg.wasm: {size} bytes ({})", crate::cloudflare::OUT_DIR, elapsed(start));
+    println!("  {}: {size} bytes ({})", crate::cloudflare::wasm_module(&root)?.display(), elapsed(start));
     header(
         "starting the Worker under workerd (miniflare, infra/cloudflare/wrangler.jsonc), loading events/data/ into R2 \
          with the notifications R2 would send, sending the order events, draining",

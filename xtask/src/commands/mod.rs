@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod demo;
+pub mod infra;
+pub mod new;
 pub mod soak;
 pub mod stack;
 pub mod test;
@@ -14,20 +16,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::lambda::cargo_command;
 use crate::venv::Venv;
-
-/// The flags each stack command takes (`main.rs` parses them; the README's
-/// commands are checked against them).
-pub const FLAGS: &[(&str, &[&str])] = &[
-    ("demo", &["--dynamodb", "--cloudflare"]),
-    ("stack", &["--dynamodb", "--no-driver"]),
-    ("volume", &["--dynamodb", "--lines", "--messages", "--cloudflare"]),
-    ("soak", &["--dynamodb", "--minutes", "--concurrency", "--seed"]),
-];
-
-/// The flags of `command` (empty for a command without flags).
-pub fn flags_of(command: &str) -> &'static [&'static str] {
-    FLAGS.iter().find(|(c, _)| *c == command).map_or(&[], |(_, f)| f)
-}
 
 /// Runs `cargo <args>` in the workspace `root` with the project's `.venv`
 /// first on `PATH` (the tests and benchmarks start moto and `cargo lambda`
@@ -47,14 +35,25 @@ pub(crate) fn cargo_with_venv(root: &Path, args: &[&str]) -> Result<()> {
 
 /// Builds the functions of `infra/stack.json` with cargo's progress on the
 /// terminal (the commands that start a stack do this first, so a first
-/// build's progress is on screen rather than inside watch's first invoke).
+/// build's progress is on screen; the stack's own build then finds them
+/// built).
 pub(crate) async fn build_stack_functions() -> Result<()> {
-    let spec = crate::spec::StackSpec::load()?;
+    let root = crate::workspace::root();
+    let spec = crate::spec::StackSpec::load_from(&root)?;
     let functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
-    let root = crate::stack::workspace_root();
-    tokio::task::spawn_blocking(move || crate::lambda::build_functions_visibly(&root, &functions))
+    tokio::task::spawn_blocking(move || crate::lambda::build_functions_blocking(&root, &functions, true))
         .await
         .context("build task panicked")?
+        .map(drop)
+}
+
+/// `cargo xtask build-worker`.
+pub fn build_worker() -> Result<()> {
+    let root = crate::workspace::root();
+    let tools = crate::cloudflare::Tools::ensure(&root)?;
+    let size = tools.build()?;
+    println!("{}: {size} bytes", crate::cloudflare::wasm_module(&root)?.display());
+    Ok(())
 }
 
 /// Prints a step header.
@@ -91,13 +90,22 @@ mod tests {
     }
 
     /// Every `cargo xtask`, `cargo test/bench/build/tree -p` and `cargo run -p`
-    /// command the README shows names a command, flags, packages and test
-    /// files that exist (the commands that need the network or an account
-    /// are run as far as they go by the infra step, or not at all).
+    /// command the README and the guide (`docs/`) show names a command,
+    /// flags, packages and test files that exist (the commands that need the
+    /// network or an account are run as far as they go by the infra step, or
+    /// not at all).
     #[test]
     fn the_readmes_commands_name_real_commands_flags_packages_and_tests() {
         let root = crate::stack::workspace_root();
         let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let mut pages = vec![("README.md".to_owned(), readme.clone())];
+        for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "md") {
+                let name = format!("docs/{}", path.file_name().unwrap().to_string_lossy());
+                pages.push((name, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
         let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
         let packages: Vec<String> = manifest
             .lines()
@@ -109,35 +117,47 @@ mod tests {
             })
             .collect();
         assert!(packages.iter().any(|p| p == "integration-tests"), "{packages:?}");
-        let commands = readme_commands(&readme);
-        assert!(commands.iter().any(|c| c == "cargo xtask test"), "the README shows its test command");
+        let shown = readme_commands(&readme);
+        for top in ["cargo xtask demo", "cargo xtask test"] {
+            assert!(shown.iter().any(|c| c == top), "the README shows {top}");
+        }
+        let commands: Vec<(String, String)> = pages
+            .iter()
+            .flat_map(|(page, text)| readme_commands(text).into_iter().map(move |c| (page.clone(), c)))
+            .collect();
+        // Packages the README's own `cargo xtask new <name>` creates.
+        let mut packages = packages;
+        packages.extend(commands.iter().filter_map(|(_, c)| {
+            let words: Vec<&str> = c.split_whitespace().collect();
+            match words.as_slice() {
+                ["cargo", "xtask", "new", name, ..] => Some((*name).to_owned()),
+                _ => None,
+            }
+        }));
         let mut checked = 0;
-        for command in &commands {
+        for (page, command) in &commands {
+            let command = format!("{page}: {command}");
             let words: Vec<&str> = command.split_whitespace().collect();
             let Some(start) = words.iter().position(|w| *w == "cargo") else { continue };
             let words = &words[start + 1..];
             match words {
                 ["xtask", sub, rest @ ..] => {
-                    let known = ["bench", "build-worker", "demo", "stack", "test", "volume", "soak", "help"];
-                    assert!(known.contains(sub), "README: {command}: no xtask command {sub}");
-                    if *sub != "bench" {
-                        for flag in rest.iter().filter(|w| w.starts_with("--")) {
-                            assert!(super::flags_of(sub).contains(flag), "README: {command}: {sub} takes no {flag}");
-                        }
+                    let known = crate::cli::subcommands();
+                    assert!(known.iter().any(|k| k == sub), "{command}: no xtask command {sub}");
+                    let flags = crate::cli::flags_of(sub);
+                    for flag in rest.iter().filter(|w| w.starts_with("--")) {
+                        assert!(flags.iter().any(|f| f == flag), "{command}: {sub} takes no {flag}");
                     }
                 }
                 [_, rest @ ..] => {
                     for pair in rest.windows(2) {
                         match pair {
                             ["-p", package] => {
-                                assert!(
-                                    packages.iter().any(|p| p == package),
-                                    "README: {command}: no package {package}"
-                                )
+                                assert!(packages.iter().any(|p| p == package), "{command}: no package {package}")
                             }
                             ["--test", file] => assert!(
                                 Path::new(&root).join("tests/tests").join(format!("{file}.rs")).is_file(),
-                                "README: {command}: no test file tests/tests/{file}.rs"
+                                "{command}: no test file tests/tests/{file}.rs"
                             ),
                             _ => {}
                         }
@@ -147,6 +167,6 @@ mod tests {
             }
             checked += 1;
         }
-        assert!(checked >= 10, "only {checked} cargo commands found in the README");
+        assert!(checked >= 10, "only {checked} cargo commands found in the README and the guide");
     }
 }

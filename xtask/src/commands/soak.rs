@@ -501,7 +501,19 @@ async fn produce(stack: &Stack, producer: &mut Producer, duration: Duration) -> 
 
 async fn kill(stack: &Stack, done: &AtomicBool, seed: u64, kills: &mut BTreeMap<String, u64>) -> Result<()> {
     let mut rng = Rng::new(seed ^ 0x6B69_6C6C);
-    let functions: Vec<String> = stack.spec.function_names().map(str::to_owned).collect();
+    // The pipeline's functions: those fed by what the soak produces (the
+    // order queues, the uploads' notification queue, the state table's
+    // stream), not the other declared functions, which see no traffic here.
+    let prefix = stack.spec.bucket.notifications.first().map(|n| n.queue.clone());
+    let fed = |source: &crate::spec::MappingSource| match source {
+        crate::spec::MappingSource::Queue { queue } => {
+            [STANDARD_QUEUE, FIFO_QUEUE].contains(&queue.as_str()) || Some(queue) == prefix.as_ref()
+        }
+        crate::spec::MappingSource::Table { table } => table == "state",
+    };
+    let mut functions: Vec<String> =
+        stack.spec.mappings.iter().filter(|m| fed(&m.source)).map(|m| m.function.clone()).collect();
+    functions.dedup();
     let (low, high) = KILL_EVERY;
     while !done.load(Ordering::SeqCst) {
         let spread = u64::try_from((high - low).as_millis()).unwrap_or(1);
@@ -537,8 +549,7 @@ impl Checks {
     /// it by at most the records of its invocations that crashed plus its
     /// messages received again (an invocation killed after it logged its
     /// summary is settled again when its messages come back; a kill fails
-    /// every invocation of that function in flight, including those of its
-    /// other instances, which may still finish and log; and a message whose
+    /// the invocation that process held, as on Lambda; and a message whose
     /// visibility timeout ends while a slow invocation holds it goes to
     /// another poller too).
     fn accounting(&self) -> &BTreeMap<String, Accounting> {

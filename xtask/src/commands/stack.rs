@@ -1,29 +1,20 @@
-//! `cargo xtask stack`: the local stack for poking at single functions with
-//! `cargo lambda invoke`, until Ctrl-C.
+//! `cargo xtask stack`: the local stack with every function `infra/stack.json`
+//! declares, for poking at them with `cargo lambda invoke`, until Ctrl-C.
+//! What happens to the functions' processes (one exiting at start-up for a
+//! missing variable, one timing out) is printed as it happens.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::header;
 use crate::driver::Driver;
+use crate::spec::{EnvSource, MappingSource};
 use crate::stack::Stack;
 
 /// How long the background driver rests between rounds with nothing to do.
 const IDLE: Duration = Duration::from_millis(500);
-
-/// The function a fixture of `events/` is for, by its file name prefix.
-pub fn function_for_fixture(file_name: &str) -> Option<&'static str> {
-    if file_name.starts_with("s3-") {
-        Some("s3-ingest")
-    } else if file_name.starts_with("sqs-") {
-        Some("sqs-consumer")
-    } else if file_name.starts_with("stream-") {
-        Some("stream-aggregator")
-    } else {
-        None
-    }
-}
 
 /// Runs until the future is dropped (Ctrl-C in `main`).
 pub async fn run(with_driver: bool, engine: crate::dynamodb_local::Engine) -> Result<()> {
@@ -39,7 +30,7 @@ pub async fn run(with_driver: bool, engine: crate::dynamodb_local::Engine) -> Re
     header("stack");
     println!("  moto (S3, SQS): {}", stack.endpoint);
     println!("  {} (DynamoDB, DynamoDB Streams): {}", engine.name(), stack.dynamodb_endpoint);
-    println!("  functions (cargo lambda watch): http://127.0.0.1:{}", lambda.port());
+    println!("  functions (Lambda Invoke API): http://127.0.0.1:{}", lambda.port());
     println!(
         "  sample data: {} object(s) under s3://{}/{}",
         keys.len(),
@@ -47,60 +38,79 @@ pub async fn run(with_driver: bool, engine: crate::dynamodb_local::Engine) -> Re
         stack.spec.bucket.notifications.first().map(|n| n.prefix.as_str()).unwrap_or("")
     );
     println!("  logs: {}", stack.run_dir().display());
+    header("functions (infra/stack.json), each with its own environment");
+    for (name, f) in &stack.spec.functions {
+        let sources: Vec<String> = stack
+            .spec
+            .mappings_of(name)
+            .map(|m| match &m.source {
+                MappingSource::Queue { queue } => {
+                    stack.spec.queue(queue).map(|q| format!("queue {}", q.name)).unwrap_or_default()
+                }
+                MappingSource::Table { table } => {
+                    stack.spec.table(table).map(|t| format!("stream of {}", t.name)).unwrap_or_default()
+                }
+            })
+            .collect();
+        let variables: Vec<String> = f
+            .environment
+            .iter()
+            .map(|(k, v)| match v {
+                EnvSource::Table { table } => format!("{k}=<table {table}>"),
+                EnvSource::Queue { queue } => format!("{k}=<queue {queue}>"),
+                EnvSource::Value(value) => format!("{k}={value}"),
+            })
+            .collect();
+        println!("  {name} <- {}", if sources.is_empty() { "(invoke only)".to_owned() } else { sources.join(", ") });
+        println!("      {}", variables.join(" "));
+    }
     header("environment for AWS clients (aws cli, your own scripts)");
     for (k, v) in stack.client_env() {
         println!("  export {k}={v}");
     }
     header("invoke a fixture (in another terminal, from the repository root)");
     println!("  export PATH=\"$PWD/.venv/bin:$PATH\"");
-    let mut fixtures: Vec<String> = std::fs::read_dir(stack.root.join("events"))
-        .context("reading events/")?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_file())
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    fixtures.sort();
-    for f in fixtures {
-        if let Some(function) = function_for_fixture(&f) {
+    for name in stack.spec.function_names() {
+        for fixture in stack.spec.fixtures_of(&stack.root, name)? {
             println!(
-                "  cargo lambda invoke {function} --invoke-address 127.0.0.1 --invoke-port {} --data-file events/{f}",
-                lambda.port()
+                "  cargo lambda invoke {name} --invoke-address 127.0.0.1 --invoke-port {} --data-file {}",
+                lambda.port(),
+                fixture.display()
             );
         }
     }
-    if with_driver {
-        header(
-            "the event source mappings are running: uploads under incoming/ and messages to the queues are processed (Ctrl-C to stop)",
-        );
-        let mut driver = Driver::new(stack, lambda)?;
-        let mut progress = |r: &crate::driver::InvocationReport| {
-            println!("  {}", super::demo::describe(r));
-        };
+    let mut reports = lambda.reports();
+    let report_problems = async move {
         loop {
-            if !driver.poll_once(&mut progress).await? {
-                tokio::time::sleep(IDLE).await;
+            match reports.recv().await {
+                Ok(report) => eprintln!("\n!! {}\n", report.message.replace('\n', "\n   ")),
+                Err(RecvError::Lagged(n)) => eprintln!("!! {n} function reports were dropped"),
+                Err(RecvError::Closed) => return,
             }
         }
-    } else {
-        header("running without the event source mappings (Ctrl-C to stop)");
-        std::future::pending::<()>().await;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_fixture_maps_to_a_function() {
-        let root = crate::stack::workspace_root().join("events");
-        for entry in std::fs::read_dir(root).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            if name.ends_with(".json") {
-                assert!(function_for_fixture(&name).is_some(), "{name}");
+    };
+    let serve = async {
+        if with_driver {
+            header(
+                "the event source mappings are running: uploads, messages to the queues and table writes are \
+                 processed (Ctrl-C to stop)",
+            );
+            let mut driver = Driver::new(stack, lambda)?;
+            let mut progress = |r: &crate::driver::InvocationReport| {
+                println!("  {}", super::demo::describe(r));
+            };
+            loop {
+                if !driver.poll_once(&mut progress).await? {
+                    tokio::time::sleep(IDLE).await;
+                }
             }
+        } else {
+            header("running without the event source mappings (Ctrl-C to stop)");
+            std::future::pending::<Result<()>>().await
         }
+    };
+    tokio::select! {
+        result = serve => result,
+        () = report_problems => Ok(()),
     }
 }

@@ -14,7 +14,8 @@ use crate::venv::Venv;
 /// What a step runs.
 enum Action {
     Cargo(&'static [&'static str]),
-    /// `cargo build -p <function>` for each function of stack.json.
+    /// One `cargo build` of every function stack.json declares, as the
+    /// local stack builds them.
     Functions,
     /// The venv, and DynamoDB Local with a Java check unless
     /// `LOCAL_STACK_DYNAMODB=moto`.
@@ -26,10 +27,13 @@ enum Action {
     /// The Worker's tools, build (wasm32, wasm-bindgen, wrangler's bundle),
     /// and its tests under workerd.
     Cloudflare,
+    /// `cargo xtask new` of each trigger in a copy of the workspace, and the
+    /// generated crates' and infrastructure's checks there.
+    Templates,
 }
 
 /// The steps, in order.
-const STEPS: [(&str, Action); 11] = [
+const STEPS: [(&str, Action); 12] = [
     ("install the local stack tools (.venv, .dynamodb-local)", Action::Install),
     ("formatting (cargo fmt --check)", Action::Cargo(&["fmt", "--all", "--", "--check"])),
     (
@@ -39,7 +43,7 @@ const STEPS: [(&str, Action); 11] = [
     ("portable core: no AWS, Lambda or tokio in shared-core's dependencies", Action::CoreTree),
     ("portable core builds for wasm32-unknown-unknown", Action::CoreWasm),
     ("docs (cargo doc --no-deps, missing docs denied)", Action::Docs),
-    ("build the functions and the examples (one cargo build each, as cargo lambda watch runs them)", Action::Functions),
+    ("build the declared functions (one cargo build, as the local stack builds them)", Action::Functions),
     (
         "unit, integration and end-to-end tests (cargo test --workspace)",
         Action::Cargo(&["test", "--workspace", "--no-fail-fast"]),
@@ -50,21 +54,34 @@ const STEPS: [(&str, Action); 11] = [
     ),
     ("infra checks", Action::Infra),
     (
+        "cargo xtask new, each trigger, in a copy of the workspace: fmt, clippy, tests (unit and through the local \
+         stack), cfn-lint, the CDK tests",
+        Action::Templates,
+    ),
+    (
         "Cloudflare Worker: tools, build, wrangler's bundle, tests under workerd (node --test infra/cloudflare/test)",
         Action::Cloudflare,
     ),
 ];
 
-pub fn run() -> Result<()> {
+/// Runs every step, or only the numbered ones of `only` (1-based).
+pub fn run(only: &[u8]) -> Result<()> {
     let root = workspace_root();
     let start = Instant::now();
+    if let Some(n) = only.iter().find(|n| usize::from(**n) > STEPS.len()) {
+        anyhow::bail!("cargo xtask test: there is no step {n}; the steps are 1 to {}", STEPS.len());
+    }
     for (i, (name, action)) in STEPS.iter().enumerate() {
+        if !only.is_empty() && !only.iter().any(|n| usize::from(*n) == i + 1) {
+            continue;
+        }
         println!("\n==> [{}/{}] {name}", i + 1, STEPS.len());
         let step_start = Instant::now();
         run_step(&root, action).with_context(|| format!("cargo xtask test: step \"{name}\" failed"))?;
         println!("    ok ({})", elapsed(step_start));
     }
-    println!("\ncargo xtask test: all steps passed in {}", elapsed(start));
+    let which = if only.is_empty() { "all steps" } else { "the chosen steps" };
+    println!("\ncargo xtask test: {which} passed in {}", elapsed(start));
     Ok(())
 }
 
@@ -82,13 +99,16 @@ fn run_step(root: &Path, action: &Action) -> Result<()> {
         }
         Action::Cargo(args) => super::cargo_with_venv(root, args),
         Action::Functions => {
-            let spec = crate::spec::StackSpec::load()?;
-            let mut functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
-            // The examples of other domains, which their tests serve the same way.
-            functions.extend(["inventory-reservations", "ledger-notifier"].map(str::to_owned));
-            crate::lambda::build_functions_visibly(root, &functions)
+            let spec = crate::spec::StackSpec::load_from(root)?;
+            let functions: Vec<String> = spec.function_names().map(str::to_owned).collect();
+            crate::lambda::build_functions_blocking(root, &functions, true).map(drop)
         }
         Action::Infra => crate::infra::check(root),
+        Action::Templates => crate::scaffold::check_templates(root, &|command, what| {
+            let status = command.status().with_context(|| format!("could not start {what}"))?;
+            anyhow::ensure!(status.success(), "{what} failed ({status})");
+            Ok(())
+        }),
         Action::CoreTree => crate::portable::check_tree(root),
         Action::CoreWasm => crate::portable::check_wasm(root),
         Action::Docs => crate::portable::check_docs(root),
@@ -110,9 +130,9 @@ fn run_step(root: &Path, action: &Action) -> Result<()> {
                 ],
             )?;
             let size = tools.build()?;
-            println!("    {}/pkg/index_bg.wasm: {size} bytes", crate::cloudflare::OUT_DIR);
+            println!("    {}: {size} bytes", crate::cloudflare::wasm_module(root)?.display());
             // The deploy path's own migration runner, on a scratch local database.
-            let scratch = root.join(crate::cloudflare::OUT_DIR).join("d1-check");
+            let scratch = crate::cloudflare::out_dir(root)?.join("d1-check");
             let _ = std::fs::remove_dir_all(&scratch);
             let wrangler = "node_modules/wrangler/bin/wrangler.js";
             let scratch = scratch.to_string_lossy().into_owned();

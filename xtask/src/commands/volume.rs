@@ -1,6 +1,6 @@
 //! `cargo xtask volume`: the data volumes users have, through the local stack
-//! `cargo xtask stack` runs (the same [`Stack`], functions under `cargo lambda
-//! watch`, and [`Driver`]): one NDJSON object of `--lines` orders uploaded
+//! `cargo xtask stack` runs (the same [`Stack`], its declared functions
+//! served by the local Lambda, and [`Driver`]): one NDJSON object of `--lines` orders uploaded
 //! under `incoming/` (S3 notification, ingest queue, s3-ingest, the state
 //! table's stream, stream-aggregator), then `--messages` order events on the
 //! orders queue (sqs-consumer). Reports each phase's time and each
@@ -419,7 +419,7 @@ pub fn run_cloudflare(lines: u64, messages: u64) -> Result<()> {
     super::header("installing the Cloudflare tools where missing and building the Worker");
     let tools = crate::cloudflare::Tools::ensure(&root)?;
     let size = tools.build()?;
-    println!("  {}/pkg/index_bg.wasm: {size} bytes", crate::cloudflare::OUT_DIR);
+    println!("  {}: {size} bytes", crate::cloudflare::wasm_module(&root)?.display());
     super::header(&format!(
         "{messages} order messages through the local queue, then one object of {lines} lines through R2 (workerd)"
     ));
