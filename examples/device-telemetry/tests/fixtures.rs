@@ -1,5 +1,5 @@
 //! The fixture events of the new sources (`events/kinesis-*.json`,
-//! `events/kafka-*.json`), written from AWS's documented shapes, read
+//! `events/kafka/*.json`), written from AWS's documented shapes, read
 //! through the toolkit's engine as the entry points read them: every record
 //! applied, ignored or quarantined alone with its reason, and the partial
 //! batch response in the source's own shape.
@@ -109,7 +109,7 @@ fn kafka_reading(record: &kafka::Record) -> Result<Plan<String>, RecordError> {
 
 #[test]
 fn msk_records_report_each_partition_s_first_failure_by_partition_and_offset() {
-    let batch = batch(include_str!("../../../events/kafka-msk.json"));
+    let batch = batch(include_str!("../../../events/kafka/msk.json"));
     let (failed, summary, quarantine) = run(&batch, kafka_reading, |_| false);
     assert!(failed.is_empty());
     assert_eq!(summary, Summary { applied: 2, quarantined: 1, ..Summary::default() });
@@ -131,7 +131,7 @@ fn msk_records_report_each_partition_s_first_failure_by_partition_and_offset() {
 
 #[test]
 fn self_managed_kafka_records_parse_and_a_tombstone_is_ignored() {
-    let batch = batch(include_str!("../../../events/kafka-self-managed.json"));
+    let batch = batch(include_str!("../../../events/kafka/self-managed.json"));
     let (failed, summary, _) = run(&batch, kafka_reading, |_| false);
     assert!(failed.is_empty());
     assert_eq!(summary, Summary { applied: 1, ignored: 1, ..Summary::default() });
@@ -141,7 +141,7 @@ fn self_managed_kafka_records_parse_and_a_tombstone_is_ignored() {
 
 #[test]
 fn a_window_invocation_parses_with_its_window_and_its_records() {
-    let event = WindowBatch::from_json(include_str!("../../../events/kinesis-window.json")).unwrap();
+    let event = WindowBatch::from_json(include_str!("../../../events/window-kinesis.json")).unwrap();
     let window = event.window.as_ref().unwrap();
     assert_eq!(
         (window.start.to_rfc3339(), window.end.to_rfc3339()),

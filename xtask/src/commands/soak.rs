@@ -510,6 +510,7 @@ async fn kill(stack: &Stack, done: &AtomicBool, seed: u64, kills: &mut BTreeMap<
             [STANDARD_QUEUE, FIFO_QUEUE].contains(&queue.as_str()) || Some(queue) == prefix.as_ref()
         }
         crate::spec::MappingSource::Table { table } => table == "state",
+        crate::spec::MappingSource::Stream { .. } => false,
     };
     let mut functions: Vec<String> =
         stack.spec.mappings.iter().filter(|m| fed(&m.source)).map(|m| m.function.clone()).collect();
