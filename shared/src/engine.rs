@@ -251,6 +251,12 @@ pub trait BatchRecord: Sized {
     /// Id and source of a record that could not be parsed, read from what
     /// can be read of it (`index` names it when it has no id).
     fn unparsed(raw: &RawValue, index: usize) -> (RecordRef, String);
+    /// The quarantine id of a record that could not be parsed: by default
+    /// the id [`unparsed`](Self::unparsed) reports (a Kinesis record's adds
+    /// its shard, as [`record_id`](Self::record_id) does).
+    fn unparsed_record_id(raw: &RawValue, index: usize) -> String {
+        Self::unparsed(raw, index).0.id
+    }
 }
 
 #[cfg(feature = "sqs")]
@@ -372,6 +378,16 @@ impl BatchRecord for kinesis::Record {
         let id = kinesis::sequence_number_of(&value).map_or_else(|| format!("record-{index}"), str::to_owned);
         let stream = kinesis::stream_name(value.get("eventSourceARN").and_then(Value::as_str));
         (RecordRef { id, group: None }, kinesis::source(stream))
+    }
+
+    /// The record's `eventID` (shard and sequence number), as
+    /// [`kinesis::Record::record_id`] names a record that parsed.
+    fn unparsed_record_id(raw: &RawValue, index: usize) -> String {
+        let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        match value.get("eventID").and_then(Value::as_str).filter(|id| id.starts_with("shardId-")) {
+            Some(id) => id.to_owned(),
+            None => Self::unparsed(raw, index).0.id,
+        }
     }
 }
 
@@ -538,8 +554,9 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
             if let Err(e) = R::parse_into(raw, &mut parsed) {
                 let index = refs.len();
                 let (reference, source) = R::unparsed(raw, raw_index);
-                tracing::warn!(record_id = %reference.id, reason = %e, "unparseable record quarantined");
-                quarantine.push((index, Quarantined::new(source, &reference.id, e.to_string(), raw.get())));
+                let id = R::unparsed_record_id(raw, raw_index);
+                tracing::warn!(record_id = %id, reason = %e, "unparseable record quarantined");
+                quarantine.push((index, Quarantined::new(source, &id, e.to_string(), raw.get())));
                 refs.push(reference);
                 ended.push(None);
                 origins.push((raw_index, 0));

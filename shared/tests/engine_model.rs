@@ -379,12 +379,13 @@ fn kinesis_records(batch: &KinesisBatch) -> Vec<(String, String, Behaviour)> {
     let mut out = Vec::new();
     for (i, (aggregated, behaviours)) in batch.iter().enumerate() {
         let seq = format!("{SEQ}{i:03}");
+        let id = format!("shardId-000000000001:{seq}");
         if behaviours.contains(&Behaviour::Unparseable) {
-            out.push((seq.clone(), seq, Behaviour::Unparseable));
+            out.push((seq, id, Behaviour::Unparseable));
         } else if *aggregated {
-            out.extend(behaviours.iter().enumerate().map(|(sub, b)| (seq.clone(), format!("{seq}/{sub}"), *b)));
+            out.extend(behaviours.iter().enumerate().map(|(sub, b)| (seq.clone(), format!("{id}/{sub}"), *b)));
         } else {
-            out.push((seq.clone(), seq, behaviours[0]));
+            out.push((seq, id, behaviours[0]));
         }
     }
     out

@@ -20,6 +20,8 @@ use xtask::report::accounting_from_logs;
 use xtask::{Driver, Invocation, Lambda, Stack};
 
 const SEQ: &str = "4959033827149025660855969253836157109592157598913658";
+/// The shard of the fixtures' records (their `eventID`s).
+const SHARD: &str = "shardId-000000000000";
 
 /// The devices table's name (declared as `devices` in infra/stack.json).
 fn table(stack: &Stack) -> String {
@@ -108,13 +110,13 @@ async fn readings_count_once_and_a_kpl_aggregate_is_applied_record_by_record() -
         .collect::<anyhow::Result<_>>()?;
     quarantined.sort();
     assert_eq!(quarantined.len(), 3, "{quarantined:?}");
-    assert_eq!(quarantined[0].0, format!("{SEQ}8002"));
+    assert_eq!(quarantined[0].0, format!("{SHARD}:{SEQ}8002"));
     assert!(quarantined[0].1.starts_with(r#"invalid: wh: invalid type: string "lots""#), "{quarantined:?}");
     assert_eq!(
         quarantined[1],
-        (format!("{SEQ}8101/2"), "invalid: deviceId: must not be empty at line 1 column 37".to_owned())
+        (format!("{SHARD}:{SEQ}8101/2"), "invalid: deviceId: must not be empty at line 1 column 37".to_owned())
     );
-    assert_eq!(quarantined[2].0, format!("{SEQ}8102"));
+    assert_eq!(quarantined[2].0, format!("{SHARD}:{SEQ}8102"));
     assert!(quarantined[2].1.contains("MD5 checksum mismatch"), "{quarantined:?}");
     // One marker per reading applied: two plain, three of the aggregate, one plain.
     assert_eq!(stack.scan("idempotency").await?.len(), 6);

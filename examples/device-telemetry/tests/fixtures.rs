@@ -49,7 +49,7 @@ fn kinesis_records_apply_and_an_invalid_body_is_quarantined_alone() {
     assert_eq!(summary, Summary { applied: 2, quarantined: 1, ..Summary::default() });
     let [item] = &quarantine.quarantined()[..] else { panic!("one record quarantined") };
     assert_eq!(item.source, "kinesis/device-telemetry");
-    assert_eq!(item.record_id, "49590338271490256608559692538361571095921575989136588002");
+    assert_eq!(item.record_id, "shardId-000000000000:49590338271490256608559692538361571095921575989136588002");
     assert!(item.reason.starts_with(r#"invalid: wh: invalid type: string "lots", expected u32"#), "{}", item.reason);
     assert!(item.raw.contains(r#""wh": "lots""#), "the record's data is kept: {}", item.raw);
 }
@@ -69,9 +69,12 @@ fn a_kpl_aggregate_is_applied_record_by_record_and_a_damaged_one_quarantined_wit
     assert_eq!(
         reasons,
         [
-            (format!("{seq}8101/2").as_str(), "invalid: deviceId: must not be empty at line 1 column 37"),
             (
-                format!("{seq}8102").as_str(),
+                format!("shardId-000000000000:{seq}8101/2").as_str(),
+                "invalid: deviceId: must not be empty at line 1 column 37"
+            ),
+            (
+                format!("shardId-000000000000:{seq}8102").as_str(),
                 "KPL aggregated record: MD5 checksum mismatch (the aggregate is truncated or corrupt)"
             ),
         ]

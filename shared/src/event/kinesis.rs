@@ -144,12 +144,15 @@ impl Record {
         Ok(out)
     }
 
-    /// The record's id in logs and quarantine: its sequence number, and for
-    /// a user record of an aggregate `/` and its sub-sequence number.
+    /// The record's id in logs and quarantine: its shard and sequence
+    /// number as Lambda's `eventID` writes them (`shardId-000000000006:4959...`;
+    /// sequence numbers are unique per shard, not per stream), and for a
+    /// user record of an aggregate `/` and its sub-sequence number.
     pub fn record_id(&self) -> String {
+        let shard = if self.shard_id.is_empty() { String::new() } else { format!("{}:", self.shard_id) };
         match self.sub_sequence_number {
-            Some(sub) => format!("{}/{sub}", self.sequence_number),
-            None => self.sequence_number.clone(),
+            Some(sub) => format!("{shard}{}/{sub}", self.sequence_number),
+            None => format!("{shard}{}", self.sequence_number),
         }
     }
 
@@ -214,7 +217,7 @@ mod tests {
         let [r] = &Record::parse(&record(br#"{"n":1}"#)).unwrap()[..] else { panic!("one record") };
         assert_eq!(
             (r.stream.as_str(), r.shard_id.as_str(), r.record_id()),
-            ("telemetry", "shardId-000000000006", "4959".into())
+            ("telemetry", "shardId-000000000006", "shardId-000000000006:4959".into())
         );
         assert_eq!(r.arrival.unwrap().timestamp_millis(), 1_545_084_650_987);
         assert_eq!(r.json_data::<Value>().unwrap(), json!({"n": 1}));
@@ -225,7 +228,13 @@ mod tests {
         let data = aggregate(&[UserRecord::new("d-1", b"1".to_vec()), UserRecord::new("d-2", b"2".to_vec())]);
         let records = Record::parse(&record(&data)).unwrap();
         let ids: Vec<(String, String)> = records.iter().map(|r| (r.record_id(), r.partition_key.clone())).collect();
-        assert_eq!(ids, [("4959/0".into(), "d-1".into()), ("4959/1".into(), "d-2".into())]);
+        assert_eq!(
+            ids,
+            [
+                ("shardId-000000000006:4959/0".into(), "d-1".into()),
+                ("shardId-000000000006:4959/1".into(), "d-2".into())
+            ]
+        );
         assert!(records.iter().all(|r| r.sequence_number == "4959"));
     }
 
