@@ -37,18 +37,7 @@ pub fn check(root: &Path) -> Result<()> {
     step("the SAM template with the local-only functions deployed too", || {
         let text = std::fs::read_to_string(root.join(crate::spec::STACK_JSON))?;
         let mut all = crate::sam::template_spec(&text)?;
-        // Functions fed by a Kinesis stream stay local: neither the template
-        // nor the CDK app declares Kinesis streams yet (the app's
-        // `deployedSpec(spec, true)` leaves them out the same way).
-        let kinesis: Vec<String> = all
-            .mappings
-            .iter()
-            .filter(|m| matches!(m.source, crate::spec::MappingSource::Stream { .. }))
-            .map(|m| m.function.clone())
-            .collect();
-        for (name, f) in &mut all.functions {
-            f.deploy = !kinesis.contains(name);
-        }
+        all.deploy_local_only();
         std::fs::write(&all_functions, crate::sam::template(&all)?)
             .with_context(|| format!("writing {}", all_functions.display()))
     })?;
