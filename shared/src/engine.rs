@@ -59,7 +59,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
-#[cfg(any(feature = "sqs", feature = "dynamodb-stream"))]
+#[cfg(any(feature = "sqs", feature = "dynamodb-stream", feature = "kinesis", feature = "kafka"))]
 use serde_json::Value;
 use serde_json::value::RawValue;
 use shared_core::batch::{
@@ -68,6 +68,10 @@ use shared_core::batch::{
 };
 
 use crate::error::{Classify, ErrorClass};
+#[cfg(feature = "kafka")]
+use crate::event::kafka;
+#[cfg(feature = "kinesis")]
+use crate::event::kinesis;
 #[cfg(feature = "sqs")]
 use crate::event::sqs;
 #[cfg(feature = "dynamodb-stream")]
@@ -141,7 +145,8 @@ pub type Committed = Vec<Result<Outcome, CommitError>>;
 pub struct Ordering {
     /// The batch's delivery.
     pub delivery: Delivery,
-    /// Each effect's FIFO message group (`None` elsewhere), in the order given.
+    /// Each effect's FIFO message group or Kafka partition (`None`
+    /// elsewhere), in the order given.
     pub groups: Vec<Option<String>>,
 }
 
@@ -155,10 +160,10 @@ impl Ordering {
 }
 
 /// Commits `effects` one by one with `commit`, keeping the delivery's order:
-/// a standard queue's up to `concurrency` at once; a FIFO queue's in order,
-/// an effect whose group already failed (transiently) not attempted but
-/// reported for retry; a stream's in order, stopping at the first transient
-/// failure (the shard is retried from it). A permanent failure (quarantined)
+/// a standard queue's up to `concurrency` at once; a FIFO queue's (and a
+/// Kafka batch's) in order, an effect whose group (partition) already failed
+/// (transiently) not attempted but reported for retry; a stream's in order,
+/// stopping at the first transient failure (the shard is retried from it). A permanent failure (quarantined)
 /// does not stop a group or a shard; a fatal one stops everything.
 ///
 /// The order-keeping commit for effects that are not DynamoDB writes (the
@@ -200,7 +205,7 @@ where
         results.push(result);
         if stop {
             match (ordering.delivery, group) {
-                (Delivery::Fifo, Some(g)) if !fatal => {
+                (Delivery::Fifo | Delivery::Partitioned, Some(g)) if !fatal => {
                     failed_groups.insert(g);
                 }
                 _ => break,
@@ -210,11 +215,24 @@ where
     results
 }
 
-/// A record type the engine reads from a batch: SQS messages and DynamoDB
-/// stream records.
+/// A record type the engine reads from a batch: SQS messages, DynamoDB
+/// stream records, Kinesis records and Kafka records.
 pub trait BatchRecord: Sized {
     /// Parses one raw record.
     fn parse(raw: &RawValue) -> Result<Self, EventError>;
+    /// Parses one raw record into the records it holds, appended to `out`:
+    /// one ([`parse`](Self::parse)), except for a Kinesis record that
+    /// aggregates user records (KPL), which holds each of them.
+    fn parse_into(raw: &RawValue, out: &mut Vec<Self>) -> Result<(), EventError> {
+        out.push(Self::parse(raw)?);
+        Ok(())
+    }
+    /// The record's id in quarantine and logs: by default the id reported
+    /// on failure; a user record of a Kinesis aggregate adds its
+    /// sub-sequence number.
+    fn record_id(&self) -> String {
+        self.reference().id
+    }
     /// The id reported on failure and the FIFO group.
     fn reference(&self) -> RecordRef;
     /// [`reference`](Self::reference), taking the record's own strings (the
@@ -222,7 +240,8 @@ pub trait BatchRecord: Sized {
     fn into_reference(self) -> RecordRef {
         self.reference()
     }
-    /// The quarantine source: `sqs/<queue>`, `ddb-stream/<table>`.
+    /// The quarantine source: `sqs/<queue>`, `ddb-stream/<table>`,
+    /// `kinesis/<stream>`, `kafka/<topic>`.
     fn source(&self) -> String;
     /// What a quarantine item keeps of the record: the message body, or the
     /// whole stream record.
@@ -232,6 +251,12 @@ pub trait BatchRecord: Sized {
     /// Id and source of a record that could not be parsed, read from what
     /// can be read of it (`index` names it when it has no id).
     fn unparsed(raw: &RawValue, index: usize) -> (RecordRef, String);
+    /// The quarantine id of a record that could not be parsed: by default
+    /// the id [`unparsed`](Self::unparsed) reports (a Kinesis record's adds
+    /// its shard, as [`record_id`](Self::record_id) does).
+    fn unparsed_record_id(raw: &RawValue, index: usize) -> String {
+        Self::unparsed(raw, index).0.id
+    }
 }
 
 #[cfg(feature = "sqs")]
@@ -301,6 +326,103 @@ impl BatchRecord for stream::Record {
         let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
         let id = stream::sequence_number_of(&value).map_or_else(|| format!("record-{index}"), str::to_owned);
         (RecordRef { id, group: None }, stream_source(value.get("eventSourceARN").and_then(Value::as_str)))
+    }
+}
+
+#[cfg(feature = "kinesis")]
+impl BatchRecord for kinesis::Record {
+    /// The first record a raw record holds (for a KPL aggregate, the engine
+    /// reads every one through [`parse_into`](BatchRecord::parse_into)).
+    fn parse(raw: &RawValue) -> Result<Self, EventError> {
+        let mut out = Vec::with_capacity(1);
+        kinesis::Record::parse_into(raw, &mut out)?;
+        out.into_iter()
+            .next()
+            .ok_or(EventError::Shape { what: "Kinesis record", message: "a KPL aggregate without user records".into() })
+    }
+
+    fn parse_into(raw: &RawValue, out: &mut Vec<Self>) -> Result<(), EventError> {
+        kinesis::Record::parse_into(raw, out)
+    }
+
+    fn record_id(&self) -> String {
+        kinesis::Record::record_id(self)
+    }
+
+    /// The sequence number: Lambda resumes the shard from it (every user
+    /// record of an aggregate reports its Kinesis record's).
+    fn reference(&self) -> RecordRef {
+        RecordRef { id: self.sequence_number.clone(), group: None }
+    }
+
+    fn into_reference(self) -> RecordRef {
+        RecordRef { id: self.sequence_number, group: None }
+    }
+
+    fn source(&self) -> String {
+        kinesis::source(&self.stream)
+    }
+
+    /// The record's data when it is text (a user record's own), else the
+    /// whole raw record.
+    fn kept<'a>(&'a self, raw: &'a str) -> &'a str {
+        std::str::from_utf8(&self.data).unwrap_or(raw)
+    }
+
+    fn delivery(_: &[RecordRef]) -> Delivery {
+        Delivery::Stream
+    }
+
+    fn unparsed(raw: &RawValue, index: usize) -> (RecordRef, String) {
+        let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        let id = kinesis::sequence_number_of(&value).map_or_else(|| format!("record-{index}"), str::to_owned);
+        let stream = kinesis::stream_name(value.get("eventSourceARN").and_then(Value::as_str));
+        (RecordRef { id, group: None }, kinesis::source(stream))
+    }
+
+    /// The record's `eventID` (shard and sequence number), as
+    /// [`kinesis::Record::record_id`] names a record that parsed.
+    fn unparsed_record_id(raw: &RawValue, index: usize) -> String {
+        let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        match value.get("eventID").and_then(Value::as_str).filter(|id| id.starts_with("shardId-")) {
+            Some(id) => id.to_owned(),
+            None => Self::unparsed(raw, index).0.id,
+        }
+    }
+}
+
+/// Kafka records by partition: each record's group is its `<topic>-<partition>`,
+/// its id `<topic>-<partition>@<offset>` (the Kafka entry point writes the
+/// response's items from it).
+#[cfg(feature = "kafka")]
+impl BatchRecord for kafka::Record {
+    fn parse(raw: &RawValue) -> Result<Self, EventError> {
+        kafka::Record::parse_raw(raw)
+    }
+
+    fn reference(&self) -> RecordRef {
+        RecordRef { id: self.record_id(), group: Some(self.topic_partition()) }
+    }
+
+    fn source(&self) -> String {
+        kafka::source(&self.topic)
+    }
+
+    /// The value when it is text, else the whole raw record.
+    fn kept<'a>(&'a self, raw: &'a str) -> &'a str {
+        self.value.as_deref().and_then(|v| std::str::from_utf8(v).ok()).unwrap_or(raw)
+    }
+
+    fn delivery(_: &[RecordRef]) -> Delivery {
+        Delivery::Partitioned
+    }
+
+    fn unparsed(raw: &RawValue, index: usize) -> (RecordRef, String) {
+        let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        let id = kafka::record_id_of(&value).unwrap_or_else(|| format!("record-{index}"));
+        let group = id.rsplit_once('@').map(|(partition, _)| partition.to_owned());
+        let topic = value.get("topic").and_then(Value::as_str).unwrap_or("unknown");
+        (RecordRef { id, group }, kafka::source(topic))
     }
 }
 
@@ -422,57 +544,67 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
         let mut quarantine: Vec<(usize, Quarantined)> = Vec::new();
         // Each planned effect and its record's position.
         let mut effects: Vec<(usize, E)> = Vec::new();
+        // Each record's raw record and its place among the records that raw
+        // record holds (a KPL aggregate holds many).
+        let mut origins: Vec<(usize, usize)> = Vec::with_capacity(raws.len());
+        let mut parsed: Vec<R> = Vec::with_capacity(1);
 
-        for (index, raw) in raws.iter().enumerate() {
-            let record = match R::parse(raw) {
-                Ok(record) => record,
-                Err(e) => {
-                    let (reference, source) = R::unparsed(raw, index);
-                    tracing::warn!(record_id = %reference.id, reason = %e, "unparseable record quarantined");
-                    quarantine.push((index, Quarantined::new(source, &reference.id, e.to_string(), raw.get())));
-                    refs.push(reference);
-                    ended.push(None);
-                    continue;
-                }
-            };
-            // No span per record: its fields would cost every record; the
-            // lines about one record name it themselves.
-            let planned = std::panic::catch_unwind(AssertUnwindSafe(|| plan(&record)));
-            // The record's id and group move into its reference, except for
-            // a quarantined record, whose item still reads the record.
-            let reference = match planned {
-                Ok(Ok(Plan::Effect(effect))) => {
-                    effects.push((index, effect));
-                    ended.push(None);
-                    record.into_reference()
-                }
-                Ok(Ok(Plan::Ignore)) => {
-                    ended.push(Some(Disposition::Ignored));
-                    record.into_reference()
-                }
-                Ok(Err(RecordError::Permanent(reason))) => {
-                    let reference = record.reference();
-                    tracing::warn!(record_id = %reference.id, %reason, "record quarantined");
-                    let item = Quarantined::new(record.source(), &reference.id, reason, record.kept(raw.get()));
-                    quarantine.push((index, item));
-                    ended.push(None);
-                    reference
-                }
-                Ok(Err(RecordError::Transient(reason))) => {
-                    let reference = record.into_reference();
-                    tracing::warn!(record_id = %reference.id, %reason, "record failed; reported for retry");
-                    ended.push(Some(Disposition::Failed(reason)));
-                    reference
-                }
-                Err(panic) => {
-                    let reference = record.into_reference();
-                    let message = panic_message(panic.as_ref());
-                    tracing::error!(record_id = %reference.id, %message, "record planner panicked");
-                    ended.push(Some(Disposition::Failed(format!("planner panicked: {message}"))));
-                    reference
-                }
-            };
-            refs.push(reference);
+        for (raw_index, raw) in raws.iter().enumerate() {
+            parsed.clear();
+            if let Err(e) = R::parse_into(raw, &mut parsed) {
+                let index = refs.len();
+                let (reference, source) = R::unparsed(raw, raw_index);
+                let id = R::unparsed_record_id(raw, raw_index);
+                tracing::warn!(record_id = %id, reason = %e, "unparseable record quarantined");
+                quarantine.push((index, Quarantined::new(source, &id, e.to_string(), raw.get())));
+                refs.push(reference);
+                ended.push(None);
+                origins.push((raw_index, 0));
+                continue;
+            }
+            for (sub, record) in parsed.drain(..).enumerate() {
+                let index = refs.len();
+                origins.push((raw_index, sub));
+                // No span per record: its fields would cost every record; the
+                // lines about one record name it themselves.
+                let planned = std::panic::catch_unwind(AssertUnwindSafe(|| plan(&record)));
+                // The record's id and group move into its reference, except for
+                // a quarantined record, whose item still reads the record.
+                let reference = match planned {
+                    Ok(Ok(Plan::Effect(effect))) => {
+                        effects.push((index, effect));
+                        ended.push(None);
+                        record.into_reference()
+                    }
+                    Ok(Ok(Plan::Ignore)) => {
+                        ended.push(Some(Disposition::Ignored));
+                        record.into_reference()
+                    }
+                    Ok(Err(RecordError::Permanent(reason))) => {
+                        let reference = record.reference();
+                        let id = record.record_id();
+                        tracing::warn!(record_id = %id, %reason, "record quarantined");
+                        let item = Quarantined::new(record.source(), &id, reason, record.kept(raw.get()));
+                        quarantine.push((index, item));
+                        ended.push(None);
+                        reference
+                    }
+                    Ok(Err(RecordError::Transient(reason))) => {
+                        let reference = record.into_reference();
+                        tracing::warn!(record_id = %reference.id, %reason, "record failed; reported for retry");
+                        ended.push(Some(Disposition::Failed(reason)));
+                        reference
+                    }
+                    Err(panic) => {
+                        let reference = record.into_reference();
+                        let message = panic_message(panic.as_ref());
+                        tracing::error!(record_id = %reference.id, %message, "record planner panicked");
+                        ended.push(Some(Disposition::Failed(format!("planner panicked: {message}"))));
+                        reference
+                    }
+                };
+                refs.push(reference);
+            }
         }
 
         let answer_by = answer_by(deadline, self.margin);
@@ -484,7 +616,8 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
         let blocked = blocked_by_earlier_failures(delivery, &refs, &failed);
         let why = match delivery {
             Delivery::Stream => "an earlier record of its shard failed",
-            _ => "an earlier message of its group failed",
+            Delivery::Partitioned => "an earlier record of its partition failed",
+            Delivery::Standard | Delivery::Fifo => "an earlier message of its group failed",
         };
         let out_of_time = deadline.is_some_and(|d| SystemTime::now() + self.margin >= d);
         let mut to_commit: Vec<E> = Vec::with_capacity(effects.len());
@@ -521,12 +654,12 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
             for &index in &positions {
                 ended[index] = Some(match results.next() {
                     Some(Ok(Outcome::KeyReused)) => {
-                        rejected.push((index, self.rejected::<R>(&refs[index], &raws[index], None)));
+                        rejected.push((index, self.rejected::<R>(&refs[index], raws, origins[index], None)));
                         continue;
                     }
                     Some(Ok(outcome)) => Disposition::Done(outcome),
                     Some(Err(CommitError::Permanent(reason))) => {
-                        let item = self.rejected::<R>(&refs[index], &raws[index], Some(reason));
+                        let item = self.rejected::<R>(&refs[index], raws, origins[index], Some(reason));
                         rejected.push((index, item));
                         continue;
                     }
@@ -549,12 +682,26 @@ impl<'q, Q: QuarantineStore> Engine<'q, Q> {
     /// The quarantine item of a record whose commit was refused. The rare
     /// path: the record parsed before, so it parses again (keeping every
     /// parsed record to the end would cost every record).
-    fn rejected<R: BatchRecord>(&self, reference: &RecordRef, raw: &RawValue, reason: Option<String>) -> Quarantined {
+    fn rejected<R: BatchRecord>(
+        &self,
+        reference: &RecordRef,
+        raws: &[Box<RawValue>],
+        (raw_index, sub): (usize, usize),
+        reason: Option<String>,
+    ) -> Quarantined {
         let reason = reason.unwrap_or_else(|| "idempotency key was already used with a different payload".into());
-        tracing::warn!(record_id = %reference.id, %reason, "record quarantined");
-        match R::parse(raw) {
-            Ok(r) => Quarantined::new(r.source(), &reference.id, reason, r.kept(raw.get())),
-            Err(_) => Quarantined::new("unknown", &reference.id, reason, raw.get()),
+        let raw = &raws[raw_index];
+        let mut parsed = Vec::new();
+        match R::parse_into(raw, &mut parsed).map(|()| parsed.into_iter().nth(sub)) {
+            Ok(Some(r)) => {
+                let id = r.record_id();
+                tracing::warn!(record_id = %id, %reason, "record quarantined");
+                Quarantined::new(r.source(), &id, reason, r.kept(raw.get()))
+            }
+            _ => {
+                tracing::warn!(record_id = %reference.id, %reason, "record quarantined");
+                Quarantined::new("unknown", &reference.id, reason, raw.get())
+            }
         }
     }
 
@@ -623,7 +770,7 @@ pub async fn before<T>(answer_by: Option<SystemTime>, work: impl Future<Output =
     tokio::time::timeout(left, work).await.ok()
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -386,7 +386,7 @@ impl UnitOfWork {
     /// [`keyed`](Self::keyed) asked for: `record` gives the record's key (or
     /// `None` where keys may be missing), `body` the fingerprint of its
     /// payload.
-    #[cfg(any(feature = "sqs", feature = "dynamodb-stream"))]
+    #[cfg(any(feature = "sqs", feature = "dynamodb-stream", feature = "kinesis", feature = "kafka"))]
     pub(crate) fn derive_key(
         mut self,
         keys: &shared_core::key::Keys,

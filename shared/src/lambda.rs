@@ -41,6 +41,17 @@
 //! read as your type is quarantined as `invalid: {field}: ...` (or
 //! `malformed JSON in SQS message body: ...`) without reaching your planner.
 //!
+//! The sources and what each entry point keeps of their delivery:
+//! [`Function::sqs`] (a FIFO group's order), [`Function::dynamodb_stream`]
+//! and [`Function::kinesis`] (a shard's order: after a failure the rest of
+//! the shard's batch waits and the failed record's sequence number is
+//! reported; a Kinesis record aggregated by the KPL is read as its user
+//! records), [`Function::kafka`] (each partition's order, its first failed
+//! offset reported), and the tumbling windows of Kinesis and DynamoDB
+//! streams ([`Function::kinesis_window`], [`Function::dynamodb_stream_window`]):
+//! records folded into a state of yours, handed back to Lambda between the
+//! window's invocations, and the window's result committed exactly once.
+//!
 //! Functions whose commit is their own (the orders pipeline's stores) take
 //! [`Function::run`]: the same settings, clients and telemetry, with a
 //! handler of their own.
@@ -51,7 +62,10 @@ use serde::Serialize;
 use shared_core::batch::{InvocationError, RecordError, Summary};
 
 use crate::config::{ConfigError, Defaults, Settings};
-#[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream")))]
+#[cfg(all(
+    feature = "lock",
+    any(feature = "sqs", feature = "dynamodb-stream", feature = "kinesis", feature = "kafka")
+))]
 use crate::engine::CommitError;
 use crate::engine::{Engine, Plan};
 use crate::exactly_once::{Derive, ExactlyOnce, UnitOfWork};
@@ -61,10 +75,13 @@ use crate::runtime::{Payload, Telemetry};
 
 /// Items of the record-based entry points: compiled with a record source.
 macro_rules! with_records {
-    ($($item:item)*) => { $( #[cfg(any(feature = "sqs", feature = "dynamodb-stream"))] $item )* };
+    ($($item:item)*) => { $( #[cfg(any(feature = "sqs", feature = "dynamodb-stream", feature = "kinesis", feature = "kafka"))] $item )* };
 }
 
 with_records! {
+    #[cfg(not(feature = "lock"))]
+    use crate::engine::CommitError;
+    use shared_core::batch::Outcome;
     use serde::de::DeserializeOwned;
     use shared_core::key::{KeyError, fingerprint_json};
     use crate::engine::{BatchRecord, Ordering};
@@ -275,9 +292,117 @@ impl Function {
         self.with_lock::<crate::event::stream::Record, T, F, O, I, E, R>(plan, effect)
     }
 
+    /// Runs a Kinesis Data Streams consumer: each record's data read as a
+    /// `T` (a KPL aggregate read as its user records, each on its own),
+    /// planned into a [`UnitOfWork`] and committed exactly once, in shard
+    /// order. [`UnitOfWork::for_record`] keys on the record's stream,
+    /// shard, sequence and sub-sequence numbers (or on the data's field that
+    /// `IDEMPOTENCY_KEY_SOURCE` points at, such as `/readingId`).
+    #[cfg(feature = "kinesis")]
+    pub fn kinesis<T, F, O>(self, plan: F) -> Result<(), Error>
+    where
+        T: DeserializeOwned,
+        F: Fn(T) -> O,
+        O: IntoPlan<UnitOfWork>,
+    {
+        self.exactly_once::<crate::event::kinesis::Record, T, F, O>(plan)
+    }
+
+    /// Runs a Kinesis consumer whose effect is a call outside DynamoDB,
+    /// under the idempotency lock, in shard order: the first call that fails
+    /// stops the shard there, and Lambda retries from it.
+    #[cfg(all(feature = "kinesis", feature = "lock"))]
+    pub fn kinesis_with_lock<T, F, O, I, E, R>(self, plan: F, effect: E) -> Result<(), Error>
+    where
+        T: DeserializeOwned,
+        F: Fn(T) -> O,
+        O: IntoPlan<Call<I>>,
+        I: Serialize,
+        E: AsyncFn(I) -> Result<R, CommitError>,
+        R: Serialize + DeserializeOwned,
+    {
+        self.with_lock::<crate::event::kinesis::Record, T, F, O, I, E, R>(plan, effect)
+    }
+
+    /// Runs a Kafka consumer (Amazon MSK or a self-managed cluster): each
+    /// record's value read as a `T` (a tombstone as JSON `null`), planned
+    /// into a [`UnitOfWork`] and committed exactly once, in each
+    /// partition's order; a failure holds back the rest of its partition
+    /// and is reported by partition and offset, as Lambda's Kafka mapping
+    /// reads a partial batch response. [`UnitOfWork::for_record`] keys on
+    /// the topic, partition and offset.
+    #[cfg(feature = "kafka")]
+    pub fn kafka<T, F, O>(self, plan: F) -> Result<(), Error>
+    where
+        T: DeserializeOwned,
+        F: Fn(T) -> O,
+        O: IntoPlan<UnitOfWork>,
+    {
+        self.run(|aws| {
+            let work = Work::new(aws)?;
+            Ok(async move |batch: RawBatch, deadline: SystemTime| {
+                let (response, summary) = work
+                    .process(&batch, deadline, |record: &crate::event::kafka::Record| work.plan(&plan, record))
+                    .await?;
+                Ok((crate::event::kafka::BatchResponse::from_ids(&response)?, summary))
+            })
+        })
+    }
+
+    /// Runs a Kinesis consumer over tumbling windows: each record's data
+    /// read as a `T` and folded into the window's state `S` by `fold`, the
+    /// state handed back to Lambda with the partial batch response (so a
+    /// retried invocation starts again from the same state, and a record is
+    /// folded once); on the window's final invocation `finish` plans its
+    /// result from the state, committed exactly once (its marker in the same
+    /// transaction: a final invocation delivered again changes nothing).
+    #[cfg(feature = "kinesis")]
+    pub fn kinesis_window<T, S, F, G, O>(self, fold: F, finish: G) -> Result<(), Error>
+    where
+        T: DeserializeOwned,
+        S: Serialize + DeserializeOwned + Default,
+        F: Fn(&mut S, T),
+        G: Fn(WindowClosed<S>) -> O,
+        O: IntoPlan<UnitOfWork>,
+    {
+        self.windows::<crate::event::kinesis::Record, T, S, F, G, O>(fold, finish)
+    }
+
+    /// [`kinesis_window`](Self::kinesis_window) for a DynamoDB stream: each
+    /// record's images read as a `T` ([`Change`](crate::event::stream::Change)).
+    #[cfg(feature = "dynamodb-stream")]
+    pub fn dynamodb_stream_window<T, S, F, G, O>(self, fold: F, finish: G) -> Result<(), Error>
+    where
+        T: DeserializeOwned,
+        S: Serialize + DeserializeOwned + Default,
+        F: Fn(&mut S, crate::event::stream::Change<T>),
+        G: Fn(WindowClosed<S>) -> O,
+        O: IntoPlan<UnitOfWork>,
+    {
+        self.windows::<crate::event::stream::Record, T, S, F, G, O>(fold, finish)
+    }
+
+    #[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+    fn windows<Rec, T, S, F, G, O>(self, fold: F, finish: G) -> Result<(), Error>
+    where
+        Rec: Windowed,
+        T: DeserializeOwned,
+        S: Serialize + DeserializeOwned + Default,
+        F: Fn(&mut S, Rec::Body<T>),
+        G: Fn(WindowClosed<S>) -> O,
+        O: IntoPlan<UnitOfWork>,
+    {
+        self.run(|aws| {
+            let work = Work::new(aws)?;
+            Ok(async move |event: crate::event::window::WindowBatch, deadline: SystemTime| {
+                work.window::<Rec, T, S, F, G, O>(event, deadline, &fold, &finish).await
+            })
+        })
+    }
+
     /// Records of type `Rec`, each planned into a unit of work committed
     /// exactly once.
-    #[cfg(any(feature = "sqs", feature = "dynamodb-stream"))]
+    #[cfg(any(feature = "sqs", feature = "dynamodb-stream", feature = "kinesis"))]
     fn exactly_once<Rec, T, F, O>(self, plan: F) -> Result<(), Error>
     where
         Rec: Typed,
@@ -294,7 +419,7 @@ impl Function {
     }
 
     /// Records of type `Rec`, each planned into a call made under the lock.
-    #[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream")))]
+    #[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream", feature = "kinesis")))]
     fn with_lock<Rec, T, F, O, I, E, R>(self, plan: F, effect: E) -> Result<(), Error>
     where
         Rec: Typed,
@@ -335,6 +460,28 @@ where
     O: IntoPlan<UnitOfWork>,
 {
     Function::new(name).dynamodb_stream(plan)
+}
+
+/// [`Function::kinesis`] of a function named `name`.
+#[cfg(feature = "kinesis")]
+pub fn kinesis<T, F, O>(name: &'static str, plan: F) -> Result<(), Error>
+where
+    T: DeserializeOwned,
+    F: Fn(T) -> O,
+    O: IntoPlan<UnitOfWork>,
+{
+    Function::new(name).kinesis(plan)
+}
+
+/// [`Function::kafka`] of a function named `name`.
+#[cfg(feature = "kafka")]
+pub fn kafka<T, F, O>(name: &'static str, plan: F) -> Result<(), Error>
+where
+    T: DeserializeOwned,
+    F: Fn(T) -> O,
+    O: IntoPlan<UnitOfWork>,
+{
+    Function::new(name).kafka(plan)
 }
 
 /// [`Function::sqs_with_lock`] of a function named `name`.
@@ -482,7 +629,14 @@ impl Work {
         self.engine()
             .process_ordered(batch, deadline, plan, |units, ordering| {
                 let committer = self.exactly_once.clone().concurrency(self.concurrency(&ordering));
-                async move { committer.commit(units, deadline).await }
+                let partitions = self.settings.commit_concurrency;
+                async move {
+                    if ordering.delivery == crate::batch::Delivery::Partitioned {
+                        commit_by_group(&committer, units, &ordering.groups, partitions, deadline).await
+                    } else {
+                        committer.commit(units, deadline).await
+                    }
+                }
             })
             .await
     }
@@ -506,6 +660,41 @@ impl Work {
                 .map_err(|e| RecordError::Permanent(e.to_string())),
         }
     }
+}
+
+/// Commits a Kafka batch's units partition by partition, up to `concurrency`
+/// partitions at once, each in order on its own: a failure holds back only
+/// the rest of its partition, not the others'.
+async fn commit_by_group(
+    committer: &ExactlyOnce,
+    units: Vec<UnitOfWork>,
+    groups: &[Option<String>],
+    concurrency: usize,
+    deadline: Option<SystemTime>,
+) -> crate::engine::Committed {
+    use futures::StreamExt;
+    let count = units.len();
+    let mut by_group: Vec<(Option<&str>, Vec<usize>, Vec<UnitOfWork>)> = Vec::new();
+    for (i, unit) in units.into_iter().enumerate() {
+        let group = groups.get(i).and_then(Option::as_deref);
+        match by_group.iter_mut().find(|(g, _, _)| *g == group) {
+            Some((_, positions, units)) => {
+                positions.push(i);
+                units.push(unit);
+            }
+            None => by_group.push((group, vec![i], vec![unit])),
+        }
+    }
+    let mut results: Vec<Option<Result<Outcome, CommitError>>> = vec![None; count];
+    let mut done = futures::stream::iter(by_group)
+        .map(|(_, positions, units)| async move { (positions, committer.commit(units, deadline).await) })
+        .buffer_unordered(concurrency.max(1));
+    while let Some((positions, committed)) = done.next().await {
+        for (position, result) in positions.into_iter().zip(committed) {
+            results[position] = Some(result);
+        }
+    }
+    results.into_iter().map(|r| r.unwrap_or(Err(CommitError::Transient("not committed".into())))).collect()
 }
 
 /// A record type the entry points read a typed body from.
@@ -554,6 +743,274 @@ impl Typed for crate::event::stream::Record {
     }
 }
 
+#[cfg(feature = "kinesis")]
+impl Typed for crate::event::kinesis::Record {
+    type Body<T> = T;
+
+    fn body<T: DeserializeOwned>(&self) -> Result<T, crate::event::EventError> {
+        self.json_data()
+    }
+
+    fn key(&self, keys: &IdempotencyKey, settings: &Settings) -> Result<Option<String>, KeyError> {
+        keys.kinesis(&settings.idempotency_key_source, self)
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        Some(fingerprint_json(&serde_json::from_slice(&self.data).ok()?))
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl Typed for crate::event::kafka::Record {
+    type Body<T> = T;
+
+    fn body<T: DeserializeOwned>(&self) -> Result<T, crate::event::EventError> {
+        self.json_value()
+    }
+
+    fn key(&self, keys: &IdempotencyKey, settings: &Settings) -> Result<Option<String>, KeyError> {
+        keys.kafka(&settings.idempotency_key_source, self)
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        Some(fingerprint_json(&serde_json::from_slice(self.value.as_deref().unwrap_or(b"null")).ok()?))
+    }
+}
+
+/// A stream's records as tumbling windows read them.
+#[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+trait Windowed: Typed {
+    /// The quarantine source of the stream of `arn`.
+    fn stream_source(arn: Option<&str>) -> String;
+}
+
+#[cfg(feature = "kinesis")]
+impl Windowed for crate::event::kinesis::Record {
+    fn stream_source(arn: Option<&str>) -> String {
+        crate::event::kinesis::source(crate::event::kinesis::stream_name(arn))
+    }
+}
+
+#[cfg(feature = "dynamodb-stream")]
+impl Windowed for crate::event::stream::Record {
+    fn stream_source(arn: Option<&str>) -> String {
+        crate::engine::stream_source(arn)
+    }
+}
+
+/// The key under which a window's state travels in Lambda's `state` object:
+/// one string, the state's JSON, so that runtimes reading `state` as a map
+/// of strings (Java's, .NET's, Go's, `aws_lambda_events`') read it too.
+#[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+const STATE_KEY: &str = "window";
+
+/// Lambda's limit on a window's state: "Your state can be a maximum of 1 MB
+/// per shard. If it exceeds that size, Lambda terminates the window early."
+/// (<https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-windows.html>).
+#[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+pub const MAX_WINDOW_STATE_BYTES: usize = 1024 * 1024;
+
+/// A window's state as it travels: the user's state, the first record
+/// folded into it (which names the window's part in its result's key) and
+/// how many records were folded.
+#[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+#[derive(Serialize, serde::Deserialize)]
+struct Folded<S> {
+    first: Option<String>,
+    records: u64,
+    state: S,
+}
+
+impl Work {
+    /// One invocation of a tumbling window: fold what the delivery allows
+    /// into the state; on the final invocation, commit the result.
+    #[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+    async fn window<Rec, T, S, F, G, O>(
+        &self,
+        event: crate::event::window::WindowBatch,
+        deadline: SystemTime,
+        fold: &F,
+        finish: &G,
+    ) -> Result<(WindowResponse, Summary), InvocationError>
+    where
+        Rec: Windowed,
+        T: DeserializeOwned,
+        S: Serialize + DeserializeOwned + Default,
+        F: Fn(&mut S, Rec::Body<T>),
+        G: Fn(WindowClosed<S>) -> O,
+        O: IntoPlan<UnitOfWork>,
+    {
+        let window = event.window.clone().ok_or_else(|| {
+            InvocationError::new(
+                "not a tumbling-window invocation: the event has no `window` (set TumblingWindowInSeconds \
+                 on the event source mapping, or use the entry point without a window)",
+            )
+        })?;
+        let folded: Folded<S> = match event.state.get(STATE_KEY) {
+            None if event.state.is_empty() => Folded { first: None, records: 0, state: S::default() },
+            Some(serde_json::Value::String(json)) => serde_json::from_str(json).map_err(|e| {
+                InvocationError::new(format!("the window's state does not read as this function's state: {e}"))
+            })?,
+            _ => {
+                return Err(InvocationError::new(format!(
+                    "the window's state is not this toolkit's (an object with the string `{STATE_KEY}`)"
+                )));
+            }
+        };
+        let cell = std::sync::Mutex::new(Some(folded));
+        let panicked: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+        // Each record planned as its id (the window's first names its part)
+        // and its body.
+        type Planned<B> = Result<Plan<(String, B)>, RecordError>;
+        let plan = |record: &Rec| -> Planned<Rec::Body<T>> {
+            let body = record.body::<T>().map_err(|e| RecordError::Permanent(e.to_string()))?;
+            Ok(Plan::Effect((record.record_id(), body)))
+        };
+        // The engine hands over, in order, exactly the records the
+        // delivery lets take effect (none past a failure of the shard);
+        // folding them is the effect.
+        let commit = |effects: Vec<(String, Rec::Body<T>)>, _| {
+            let (cell, panicked) = (&cell, &panicked);
+            async move {
+                let count = effects.len();
+                let mut guard = cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let Some(folded) = guard.as_mut() else {
+                    return vec![Err(CommitError::Transient("the window's state is gone".into())); count];
+                };
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    for (id, body) in effects {
+                        folded.first.get_or_insert(id);
+                        folded.records = folded.records.saturating_add(1);
+                        fold(&mut folded.state, body);
+                    }
+                }));
+                match run {
+                    Ok(()) => vec![Ok(Outcome::Applied); count],
+                    Err(panic) => {
+                        // The state may hold part of a record: drop it all.
+                        *guard = None;
+                        let message = crate::engine::panic_message(panic.as_ref());
+                        *panicked.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message);
+                        vec![Err(CommitError::Transient("the window's fold panicked".into())); count]
+                    }
+                }
+            }
+        };
+        let (response, summary) =
+            self.engine().process_ordered(&event.batch, Some(deadline), plan, commit).await?;
+        if let Some(message) = panicked.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            return Err(InvocationError::new(format!(
+                "the window's fold panicked: {message}; the invocation is retried from the window's state as it was"
+            )));
+        }
+        let folded = cell
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .ok_or_else(|| InvocationError::new("the window's state is gone"))?;
+        let failures = response.batch_item_failures;
+        if !event.is_final || !failures.is_empty() {
+            let json = serde_json::to_string(&folded)
+                .map_err(|e| InvocationError::new(format!("the window's state does not serialize: {e}")))?;
+            if json.len() > MAX_WINDOW_STATE_BYTES {
+                tracing::warn!(
+                    bytes = json.len(),
+                    "the window's state is over Lambda's 1 MB: Lambda ends the window early, and each part has \
+                     a result of its own"
+                );
+            }
+            let state = serde_json::Map::from_iter([(STATE_KEY.to_owned(), serde_json::Value::String(json))]);
+            return Ok((WindowResponse { state, batch_item_failures: failures }, summary));
+        }
+        let source = Rec::stream_source(event.event_source_arn.as_deref());
+        let shard_id = event.shard_id.unwrap_or_default();
+        let start = window.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let key = self.keys.window(&source, &shard_id, &start, folded.first.as_deref());
+        let state_json = serde_json::to_value(&folded.state)
+            .map_err(|e| InvocationError::new(format!("the window's state does not serialize: {e}")))?;
+        let closed = WindowClosed {
+            window,
+            shard_id: shard_id.clone(),
+            records: folded.records,
+            terminated_early: event.terminated_early,
+            state: folded.state,
+        };
+        let planned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish(closed).into_plan()))
+            .map_err(|panic| {
+                InvocationError::new(format!(
+                    "the window's result planner panicked: {}",
+                    crate::engine::panic_message(panic.as_ref())
+                ))
+            })?;
+        let unit = match planned {
+            Ok(Plan::Ignore) => None,
+            Ok(Plan::Effect(unit)) => Some(
+                unit.derive_key(&self.keys, || Ok(Some(key.clone())), || Some(fingerprint_json(&state_json)))
+                    .map_err(|e| RecordError::Permanent(e.to_string())),
+            ),
+            Err(e) => Some(Err(e)),
+        };
+        let refused = match unit {
+            None => None,
+            Some(Err(RecordError::Transient(reason))) => {
+                return Err(InvocationError::new(format!("the window's result failed: {reason}")));
+            }
+            Some(Err(RecordError::Permanent(reason))) => Some(reason),
+            Some(Ok(unit)) => match self.exactly_once.commit(vec![unit], Some(deadline)).await.pop() {
+                Some(Ok(outcome)) => {
+                    tracing::info!(%key, ?outcome, "window result committed");
+                    None
+                }
+                Some(Err(CommitError::Permanent(reason))) => Some(reason),
+                Some(Err(e)) => {
+                    return Err(InvocationError::new(format!("the window's result was not committed: {e}")));
+                }
+                None => return Err(InvocationError::new("the window's result was not committed")),
+            },
+        };
+        if let Some(reason) = refused {
+            let id = format!("window/{shard_id}/{start}");
+            tracing::warn!(record_id = %id, %reason, "window result quarantined");
+            let item = crate::quarantine::Quarantined::new(source, id, reason, &state_json.to_string());
+            self.quarantine
+                .write_quarantine(std::slice::from_ref(&item))
+                .await
+                .map_err(|e| InvocationError::new(format!("the window's refused result could not be quarantined: {e}")))?;
+        }
+        Ok((WindowResponse { state: serde_json::Map::new(), batch_item_failures: Vec::new() }, summary))
+    }
+}
+
+/// A window that is over, for its result: its span, its shard, and the
+/// state its records were folded into.
+#[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowClosed<S> {
+    /// When the window started and ended.
+    pub window: crate::event::window::Window,
+    /// The shard its records came from.
+    pub shard_id: String,
+    /// How many records were folded into the state.
+    pub records: u64,
+    /// Lambda ended the window early (its state outgrew 1 MB): this is one
+    /// part of the window, and the next part has a result of its own.
+    pub terminated_early: bool,
+    /// The state.
+    pub state: S,
+}
+
+/// What a window's invocation answers: the state for the window's next
+/// invocation, and the partial batch response.
+#[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowResponse {
+    /// The state Lambda hands to the window's next invocation (empty once
+    /// the window's result is committed).
+    pub state: serde_json::Map<String, serde_json::Value>,
+    /// The first record to retry, if any.
+    pub batch_item_failures: Vec<crate::batch::ItemFailure>,
+}
+
 /// An effect whose idempotency key the entry point derives.
 trait DeriveKey: Sized {
     fn derive_key(
@@ -593,13 +1050,13 @@ impl<I> DeriveKey for Call<I> {
 }
 
 /// What the lock entry points hold.
-#[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream")))]
+#[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream", feature = "kinesis")))]
 struct Calls {
     work: Work,
     lock: crate::idempotency::Idempotency<crate::idempotency::dynamo::DynamoIdempotencyStore>,
 }
 
-#[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream")))]
+#[cfg(all(feature = "lock", any(feature = "sqs", feature = "dynamodb-stream", feature = "kinesis")))]
 impl Calls {
     fn new(aws: &Aws) -> Result<Self, ConfigError> {
         let store = crate::idempotency::dynamo::DynamoIdempotencyStore::new(

@@ -43,8 +43,14 @@ pub use exactly_once::{UnitOfWork, Verdict, Write};
 pub use lambda::dynamodb_stream;
 #[cfg(all(feature = "dynamodb-stream", feature = "lock"))]
 pub use lambda::dynamodb_stream_with_lock;
+#[cfg(feature = "kafka")]
+pub use lambda::kafka;
+#[cfg(feature = "kinesis")]
+pub use lambda::kinesis;
 #[cfg(feature = "sqs")]
 pub use lambda::sqs;
 #[cfg(all(feature = "sqs", feature = "lock"))]
 pub use lambda::sqs_with_lock;
 pub use lambda::{Aws, Call, Error, Function, Invalid};
+#[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+pub use lambda::{WindowClosed, WindowResponse};

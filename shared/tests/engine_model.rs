@@ -12,6 +12,9 @@
 //! "Failed" is a transient failure (at planning or at commit) or a panicking
 //! planner; a permanent failure or an unparseable record is quarantined and
 //! acknowledged. Every record ends in exactly one summary counter.
+//!
+//! Kinesis (KPL aggregates included) and Kafka have models of their own
+//! below.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -20,7 +23,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use shared::batch::{Outcome, RecordError, Summary};
 use shared::engine::{CommitError, Engine, Plan};
-use shared::event::{RawBatch, sqs, stream};
+use shared::event::{RawBatch, kafka, kinesis, sqs, stream};
 use shared::quarantine::MemoryQuarantine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,4 +342,248 @@ fn nothing_is_committed_when_the_deadline_is_too_near() {
         futures::executor::block_on(engine.process(&batch, Some(deadline), plan, commit)).unwrap();
     assert_eq!(response.ids(), ["r0", "r1"]);
     assert_eq!(summary, Summary { failed: 2, ..Summary::default() });
+}
+
+// Kinesis and Kafka, against models of their own written from AWS's
+// documentation:
+// - Kinesis (https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-batchfailurereporting.html):
+//   a batch is one shard's records in order; a KPL aggregate is read as its
+//   user records, which share its sequence number. The first failed user
+//   record's sequence number is reported; it and everything after it (the
+//   rest of its aggregate included) is delivered again. A record that cannot
+//   be read (bad base64, a damaged aggregate) is quarantined whole.
+// - Kafka (https://docs.aws.amazon.com/lambda/latest/dg/kafka-retry-configurations.html):
+//   records grouped by partition, each partition in offset order. Per
+//   partition, the first failure is reported (by partition and offset) and
+//   the partition's later records are delivered again; other partitions are
+//   unaffected.
+
+/// A Kinesis batch: raw records, each plain (one user record) or a KPL
+/// aggregate of several, with a behaviour per user record; a raw record with
+/// an `Unparseable` behaviour cannot be read at all.
+type KinesisBatch = Vec<(bool, Vec<Behaviour>)>;
+
+fn kinesis_batch() -> impl Strategy<Value = KinesisBatch> {
+    let raw = prop_oneof![
+        3 => behaviour().prop_map(|b| (false, vec![b])),
+        1 => proptest::collection::vec(behaviour(), 1..5).prop_map(|bs| (true, bs)),
+    ];
+    proptest::collection::vec(raw, 0..16)
+}
+
+const SEQ: &str = "4959000000000000000000000000000000000000000000000";
+
+/// The flattened records as the model sees them: (reported id, record id,
+/// behaviour); an unreadable raw record is one record.
+fn kinesis_records(batch: &KinesisBatch) -> Vec<(String, String, Behaviour)> {
+    let mut out = Vec::new();
+    for (i, (aggregated, behaviours)) in batch.iter().enumerate() {
+        let seq = format!("{SEQ}{i:03}");
+        let id = format!("shardId-000000000001:{seq}");
+        if behaviours.contains(&Behaviour::Unparseable) {
+            out.push((seq, id, Behaviour::Unparseable));
+        } else if *aggregated {
+            out.extend(behaviours.iter().enumerate().map(|(sub, b)| (seq.clone(), format!("{id}/{sub}"), *b)));
+        } else {
+            out.push((seq, id, behaviours[0]));
+        }
+    }
+    out
+}
+
+fn kinesis_event(batch: &KinesisBatch) -> Value {
+    let records: Vec<Value> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, (aggregated, behaviours))| {
+            let seq = format!("{SEQ}{i:03}");
+            let data = if behaviours.contains(&Behaviour::Unparseable) {
+                if *aggregated { "84mawgAAAA==".to_owned() } else { "not base64!".to_owned() }
+            } else if *aggregated {
+                let users: Vec<shared::core::kpl::UserRecord> = (0..behaviours.len())
+                    .map(|sub| shared::core::kpl::UserRecord::new(format!("pk-{sub}"), b"{}".to_vec()))
+                    .collect();
+                aws_smithy_types::base64::encode(shared::core::kpl::aggregate(&users))
+            } else {
+                aws_smithy_types::base64::encode(b"{}")
+            };
+            json!({
+                "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": "pk", "sequenceNumber": seq, "data": data,
+                    "approximateArrivalTimestamp": 1764331200.5},
+                "eventSource": "aws:kinesis", "eventID": format!("shardId-000000000001:{seq}"),
+                "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/s",
+            })
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+/// A Kafka batch: records of partitions 0..3 with their behaviours, in the
+/// order produced; the event groups them by partition.
+type KafkaBatch = Vec<(u8, Behaviour)>;
+
+fn kafka_batch() -> impl Strategy<Value = KafkaBatch> {
+    proptest::collection::vec((0u8..3, behaviour()), 0..24)
+}
+
+/// The records in the event's order (partition by partition, as the event's
+/// `records` object lists them, here by name; offsets counting up per
+/// partition): (id, partition, behaviour).
+fn kafka_records(batch: &KafkaBatch) -> Vec<(String, String, Behaviour)> {
+    let mut partitions: Vec<u8> = batch.iter().map(|(p, _)| *p).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    let mut out = Vec::new();
+    for p in partitions {
+        for (offset, (_, b)) in batch.iter().filter(|(q, _)| *q == p).enumerate() {
+            out.push((format!("readings-{p}@{}", 100 + offset), format!("readings-{p}"), *b));
+        }
+    }
+    out
+}
+
+fn kafka_event(batch: &KafkaBatch) -> Value {
+    let mut groups = serde_json::Map::new();
+    for (id, partition, b) in kafka_records(batch) {
+        let (p, offset) = id.trim_start_matches("readings-").split_once('@').unwrap();
+        let value = if b == Behaviour::Unparseable {
+            "not base64!".to_owned()
+        } else {
+            aws_smithy_types::base64::encode(b"{}")
+        };
+        let record = json!({"topic": "readings", "partition": p.parse::<i64>().unwrap(), "offset": offset.parse::<i64>().unwrap(),
+            "timestamp": 1764331200000i64, "timestampType": "CREATE_TIME", "value": value, "headers": []});
+        groups.entry(partition).or_insert_with(|| Value::Array(Vec::new())).as_array_mut().unwrap().push(record);
+    }
+    json!({"eventSource": "SelfManagedKafka", "bootstrapServers": "k:9092", "records": groups})
+}
+
+/// The model of a Kinesis batch: the reported id, and which records are
+/// delivered again.
+fn kinesis_model(records: &[(String, String, Behaviour)]) -> (Vec<String>, Vec<bool>) {
+    match records.iter().position(|(_, _, b)| is_failure(*b)) {
+        Some(first) => (vec![records[first].0.clone()], (0..records.len()).map(|i| i >= first).collect()),
+        None => (Vec::new(), vec![false; records.len()]),
+    }
+}
+
+/// The model of a Kafka batch: each partition's first failure, and which
+/// records are delivered again.
+fn kafka_model(records: &[(String, String, Behaviour)]) -> (Vec<String>, Vec<bool>) {
+    let mut failed: HashSet<&str> = HashSet::new();
+    let mut reported = Vec::new();
+    let mut retried = Vec::new();
+    for (id, partition, b) in records {
+        let behind = failed.contains(partition.as_str());
+        if is_failure(*b) && !behind {
+            reported.push(id.clone());
+            failed.insert(partition);
+        }
+        retried.push(behind || is_failure(*b));
+    }
+    (reported, retried)
+}
+
+/// Runs the engine over a Kinesis or Kafka batch: `records` as the model
+/// sees them (reported id, record id or partition, behaviour); the commit
+/// keeps the engine's contract (a stream stops at its first failure; a
+/// partition's effects after its failure are not applied).
+fn run_streamed<R: shared::engine::BatchRecord>(
+    event: &Value,
+    records: &[(String, String, Behaviour)],
+    id_of: impl Fn(&R) -> String,
+    partitioned: bool,
+) -> (Vec<String>, Summary, Vec<String>) {
+    let batch = RawBatch::from_value(event).unwrap();
+    let behaviour_of = |id: &str| {
+        records
+            .iter()
+            .find(|(reported, record, _)| if partitioned { reported == id } else { record == id })
+            .map(|(_, _, b)| *b)
+            .unwrap_or_else(|| panic!("no record {id}"))
+    };
+    let partition_of = |id: &str| id.rsplit_once('@').map(|(p, _)| p.to_owned());
+    let store = MemoryQuarantine::new();
+    let committed_ids = Mutex::new(Vec::new());
+    let commit = |effects: Vec<String>| {
+        let committed_ids = &committed_ids;
+        async move {
+            let mut results = Vec::new();
+            let mut failed_partitions = HashSet::new();
+            for id in effects {
+                let partition = partition_of(&id);
+                if partitioned && partition.as_ref().is_some_and(|p| failed_partitions.contains(p)) {
+                    results.push(Err(CommitError::Transient("an earlier record of its partition failed".into())));
+                    continue;
+                }
+                let result = match behaviour_of(&id) {
+                    Behaviour::Applied => Ok(Outcome::Applied),
+                    Behaviour::Stale => Ok(Outcome::Stale),
+                    Behaviour::Duplicate => Ok(Outcome::Duplicate),
+                    Behaviour::PermanentAtCommit => Ok(Outcome::KeyReused),
+                    Behaviour::TransientAtCommit => Err(CommitError::Transient("throttled".into())),
+                    other => unreachable!("{other:?} is never committed"),
+                };
+                let failed = result.is_err();
+                if result.is_ok() {
+                    committed_ids.lock().unwrap().push(id);
+                }
+                results.push(result);
+                if failed {
+                    if !partitioned {
+                        break;
+                    }
+                    failed_partitions.extend(partition);
+                }
+            }
+            results
+        }
+    };
+    let engine = Engine::new(&store);
+    let plan = |r: &R| {
+        let id = id_of(r);
+        planned(behaviour_of(&id), &id)
+    };
+    let (response, summary) = futures::executor::block_on(engine.process(&batch, None, plan, commit)).unwrap();
+    let committed = committed_ids.into_inner().unwrap();
+    (response.ids().into_iter().map(str::to_owned).collect(), summary, committed)
+}
+
+fn check_streamed(
+    records: &[(String, String, Behaviour)],
+    (reported, summary, committed): (Vec<String>, Summary, Vec<String>),
+    (expected, retried): (Vec<String>, Vec<bool>),
+    partitioned: bool,
+) -> Result<(), TestCaseError> {
+    let as_model: Vec<(String, Option<String>, Behaviour)> =
+        records.iter().map(|(id, _, b)| (id.clone(), None, *b)).collect();
+    prop_assert_eq!(&reported, &expected, "response of {:?}", records);
+    prop_assert_eq!(summary, expected_summary(&as_model, &retried), "summary of {:?}", records);
+    prop_assert_eq!(summary.total(), records.len() as u64);
+    for (i, (reported_id, record_id, b)) in records.iter().enumerate() {
+        let id = if partitioned { reported_id } else { record_id };
+        let behind_a_failure = retried[i] && !is_failure(*b);
+        prop_assert!(!(behind_a_failure && committed.contains(id)), "{} was committed behind a failure", id);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn kinesis_batches_match_the_model(batch in kinesis_batch()) {
+        quiet_deliberate_panics();
+        let records = kinesis_records(&batch);
+        let ran = run_streamed(&kinesis_event(&batch), &records, |r: &kinesis::Record| r.record_id(), false);
+        check_streamed(&records, ran, kinesis_model(&records), false)?;
+    }
+
+    #[test]
+    fn kafka_batches_match_the_model(batch in kafka_batch()) {
+        quiet_deliberate_panics();
+        let records = kafka_records(&batch);
+        let ran = run_streamed(&kafka_event(&batch), &records, |r: &kafka::Record| r.record_id(), true);
+        check_streamed(&records, ran, kafka_model(&records), true)?;
+    }
 }

@@ -45,8 +45,12 @@
 //! up to a parallelization factor of concurrent batches, as Lambda does once
 //! it scales (the local Lambda runs up to `Stack::function_concurrency` processes of each function).
 //!
-//! Not modelled: `maximumBatchingWindowSeconds` (a latency/batch-size knob that
-//! does not change what is delivered).
+//! Kinesis Data Streams: see [`crate::kinesis`] (batching window, starting
+//! position, parallelization factor by partition key, record age and
+//! tumbling windows are played there).
+//!
+//! Not modelled for SQS and DynamoDB streams: `maximumBatchingWindowSeconds`
+//! (a latency/batch-size knob that does not change what is delivered).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -113,6 +117,7 @@ pub struct Driver<'a> {
     lambda: &'a Lambda,
     sqs: Vec<SqsPoller>,
     streams: Vec<StreamPoller>,
+    kinesis: Vec<crate::kinesis::KinesisPoller>,
     request_seq: u64,
     /// Deliveries each SQS mapping makes at once (Lambda's pollers scaling
     /// up to `MaximumConcurrency`).
@@ -184,6 +189,7 @@ impl<'a> Driver<'a> {
     pub fn new(stack: &'a Stack, lambda: &'a Lambda) -> Result<Self> {
         let mut sqs = Vec::new();
         let mut streams = Vec::new();
+        let mut kinesis = Vec::new();
         for m in stack.spec.mappings.iter().filter(|m| lambda.serves(&m.function)) {
             match &m.source {
                 MappingSource::Queue { queue } => sqs.push(SqsPoller {
@@ -199,9 +205,13 @@ impl<'a> Driver<'a> {
                     stats: MappingStats::default(),
                 }),
                 MappingSource::Table { table } => streams.push(stream_poller(stack, m, table)?),
+                MappingSource::Stream { stream } => {
+                    kinesis.push(crate::kinesis::KinesisPoller::new(stack, m, stream)?);
+                }
             }
         }
-        Ok(Self { stack, lambda, sqs, streams, request_seq: 0, sqs_concurrency: 1, parallelization: 1 })
+        let parallelization = 1;
+        Ok(Self { stack, lambda, sqs, streams, kinesis, request_seq: 0, sqs_concurrency: 1, parallelization })
     }
 
     /// Delivers concurrently, as Lambda does once it scales: `sqs` batches
@@ -231,6 +241,7 @@ impl<'a> Driver<'a> {
             .iter()
             .map(|p| (p.label.clone(), p.stats.clone()))
             .chain(self.streams.iter().map(|p| (p.label.clone(), p.stats.clone())))
+            .chain(self.kinesis.iter().map(|p| (p.label.clone(), p.stats.clone())))
             .collect()
     }
 
@@ -243,6 +254,10 @@ impl<'a> Driver<'a> {
         }
         for i in 0..self.streams.len() {
             worked |= self.poll_stream(i, progress).await?;
+        }
+        for poller in &mut self.kinesis {
+            let factor = poller.parallelization.unwrap_or(self.parallelization);
+            worked |= poller.poll(self.stack, self.lambda, factor, progress).await?;
         }
         Ok(worked)
     }
@@ -267,6 +282,7 @@ impl<'a> Driver<'a> {
                         pending.push(format!("{key}: {depth} message(s)"));
                     }
                 }
+                pending.extend(self.kinesis.iter().flat_map(|p| p.pending()));
                 if pending.is_empty() {
                     return Ok(self.stats());
                 }

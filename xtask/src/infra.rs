@@ -37,9 +37,7 @@ pub fn check(root: &Path) -> Result<()> {
     step("the SAM template with the local-only functions deployed too", || {
         let text = std::fs::read_to_string(root.join(crate::spec::STACK_JSON))?;
         let mut all = crate::sam::template_spec(&text)?;
-        for f in all.functions.values_mut() {
-            f.deploy = true;
-        }
+        all.deploy_local_only();
         std::fs::write(&all_functions, crate::sam::template(&all)?)
             .with_context(|| format!("writing {}", all_functions.display()))
     })?;

@@ -18,6 +18,7 @@ pub mod fault_proxy;
 pub mod filter;
 pub mod infra;
 pub mod json;
+pub mod kinesis;
 pub mod lambda;
 pub mod portable;
 pub mod process;

@@ -314,6 +314,10 @@ pub fn template(spec: &StackSpec) -> Result<String> {
                     }
                     (format!("From{}", pascal(queue)), p)
                 }
+                MappingSource::Stream { stream } => {
+                    // `StackSpec::validate` keeps Kinesis mappings on local-only functions.
+                    anyhow::bail!("{name}: the Kinesis mapping of stream {stream} has no template form yet")
+                }
                 MappingSource::Table { table } => (
                     format!("From{}Stream", pascal(table)),
                     vec![
@@ -764,6 +768,7 @@ fn statement(p: &Permission, log_group: &str) -> Value {
             Resource::Queue(q) => get_att(&format!("{}Queue", pascal(q)), "Arn"),
             Resource::Table(t) => get_att(&format!("{}Table", pascal(t)), "Arn"),
             Resource::Stream(t) => get_att(&format!("{}Table", pascal(t)), "StreamArn"),
+            Resource::KinesisStream(k) => get_att(&format!("{}KinesisStream", pascal(k)), "Arn"),
             Resource::Objects(prefix) => json!({ "Fn::Sub": format!("${{UploadsBucket.Arn}}/{prefix}*") }),
             Resource::Any => json!("*"),
         })

@@ -556,9 +556,7 @@ pub fn check_templates(root: &Path, run: &dyn Fn(&mut std::process::Command, &st
     // equivalence test's comparison of them (as the infra check does).
     let all_functions = scratch.join("all-functions.template.yaml");
     let mut all = crate::sam::template_spec(&std::fs::read_to_string(scratch.join(STACK_JSON))?)?;
-    for f in all.functions.values_mut() {
-        f.deploy = true;
-    }
+    all.deploy_local_only();
     std::fs::write(&all_functions, crate::sam::template(&all)?)?;
     let cfn_lint = root.join(".venv/bin/cfn-lint");
     run(

@@ -28,6 +28,15 @@ pub const QUEUE_CONSUME_ACTIONS: [&str; 3] = ["sqs:ReceiveMessage", "sqs:DeleteM
 /// What a Lambda DynamoDB stream event source mapping needs on its stream.
 pub const STREAM_READ_ACTIONS: [&str; 3] =
     ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"];
+/// What a Lambda Kinesis event source mapping needs on its stream
+/// (<https://docs.aws.amazon.com/lambda/latest/dg/with-kinesis.html#events-kinesis-permissions>).
+pub const KINESIS_READ_ACTIONS: [&str; 5] = [
+    "kinesis:DescribeStream",
+    "kinesis:DescribeStreamSummary",
+    "kinesis:GetRecords",
+    "kinesis:GetShardIterator",
+    "kinesis:ListShards",
+];
 /// Reading objects: `GetObjectVersion` too, since notifications of a
 /// versioned bucket name the version.
 pub const OBJECT_READ_ACTIONS: [&str; 2] = ["s3:GetObject", "s3:GetObjectVersion"];
@@ -46,8 +55,20 @@ pub struct StackSpec {
     pub bucket: BucketSpec,
     pub queues: BTreeMap<String, QueueSpec>,
     pub tables: BTreeMap<String, TableSpec>,
+    /// Kinesis data streams (local only for now: see [`StackSpec::validate`]).
+    #[serde(default)]
+    pub streams: BTreeMap<String, KinesisStreamSpec>,
     pub mappings: Vec<MappingSpec>,
     pub local: LocalSpec,
+}
+
+/// A Kinesis data stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KinesisStreamSpec {
+    pub name: String,
+    /// Shards it is created with (provisioned mode).
+    pub shard_count: u32,
 }
 
 /// A function: its binary is the package of the same name, at `path`.
@@ -159,14 +180,30 @@ pub struct MappingSpec {
     pub maximum_concurrency: Option<u32>,
     /// Streams: concurrent batches per shard (1-10).
     pub parallelization_factor: Option<u32>,
+    /// Kinesis and DynamoDB streams: records older than this are not sent
+    /// to the function but to the on-failure destination (-1: no limit).
+    pub maximum_record_age_in_seconds: Option<i64>,
+    /// Kinesis and DynamoDB streams: tumbling windows of this many seconds
+    /// (1-900), each window's state carried between its invocations.
+    pub tumbling_window_in_seconds: Option<u64>,
 }
 
-/// What a mapping reads: a queue or a table's stream (keys into the spec).
+/// What a mapping reads: a queue, a table's stream or a Kinesis data
+/// stream (keys into the spec).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum MappingSource {
     Queue { queue: String },
     Table { table: String },
+    Stream { stream: String },
+}
+
+impl MappingSource {
+    /// Whether the source is a stream (a table's or Kinesis), read in shard
+    /// order from a checkpoint.
+    pub fn is_stream(&self) -> bool {
+        !matches!(self, Self::Queue { .. })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +246,8 @@ pub enum Resource {
     Queue(String),
     Table(String),
     Stream(String),
+    /// A Kinesis data stream, by its key.
+    KinesisStream(String),
     /// Objects of the uploads bucket under a prefix.
     Objects(String),
     /// `*`: only for actions IAM has no resource type for.
@@ -334,20 +373,69 @@ impl StackSpec {
                 MappingSource::Table { table } => {
                     let t = self.table(table).with_context(|| what.clone())?;
                     ensure!(t.stream_view_type.is_some(), "{what}: table {table} has no stream (streamViewType)");
-                    ensure!(m.starting_position.is_some(), "{what}: a stream mapping needs a startingPosition");
-                    ensure!((1..=10_000).contains(&m.batch_size), "{what}: batchSize must be 1 to 10000");
-                    ensure!(m.maximum_concurrency.is_none(), "{what}: maximumConcurrency is for SQS only");
-                    if let Some(n) = m.parallelization_factor {
-                        ensure!((1..=10).contains(&n), "{what}: parallelizationFactor must be 1 to 10");
-                    }
+                    self.validate_stream_mapping(m, &what)?;
+                }
+                MappingSource::Stream { stream } => {
+                    let s = self.stream(stream).with_context(|| what.clone())?;
+                    ensure!((1..=500).contains(&s.shard_count), "stream {stream}: shardCount must be 1 to 500");
+                    // The SAM template and the CDK app declare no Kinesis
+                    // stream yet: a Kinesis mapping runs in the local stack.
+                    ensure!(
+                        !function.deploy,
+                        "{what}: Kinesis mappings run in the local stack only for now (the SAM template and the \
+                         CDK app declare no Kinesis stream): set \"deploy\": false on {}",
+                        m.function
+                    );
+                    self.validate_stream_mapping(m, &what)?;
                 }
             }
             if let Some(f) = &m.on_failure {
                 self.queue(&f.queue).with_context(|| format!("{what}: onFailure"))?;
-                ensure!(matches!(m.source, MappingSource::Table { .. }), "{what}: onFailure is for stream mappings");
+                ensure!(m.source.is_stream(), "{what}: onFailure is for stream mappings");
+            }
+            if !m.source.is_stream() {
+                ensure!(m.maximum_record_age_in_seconds.is_none(), "{what}: maximumRecordAgeInSeconds is for streams");
+                ensure!(m.tumbling_window_in_seconds.is_none(), "{what}: tumblingWindowInSeconds is for streams");
             }
         }
         Ok(())
+    }
+
+    /// The settings of a stream mapping (a table's or Kinesis), as Lambda's
+    /// CreateEventSourceMapping accepts them.
+    fn validate_stream_mapping(&self, m: &MappingSpec, what: &str) -> Result<()> {
+        let position = m
+            .starting_position
+            .as_deref()
+            .with_context(|| format!("{what}: a stream mapping needs a startingPosition"))?;
+        ensure!(
+            matches!(position, "TRIM_HORIZON" | "LATEST"),
+            "{what}: startingPosition must be TRIM_HORIZON or LATEST (AT_TIMESTAMP is not supported here)"
+        );
+        ensure!((1..=10_000).contains(&m.batch_size), "{what}: batchSize must be 1 to 10000");
+        ensure!(m.maximum_batching_window_seconds <= 300, "{what}: maximumBatchingWindowSeconds must be 0 to 300");
+        ensure!(m.maximum_concurrency.is_none(), "{what}: maximumConcurrency is for SQS only");
+        if let Some(n) = m.parallelization_factor {
+            ensure!((1..=10).contains(&n), "{what}: parallelizationFactor must be 1 to 10");
+        }
+        if let Some(age) = m.maximum_record_age_in_seconds {
+            ensure!(
+                age == -1 || (60..=604_800).contains(&age),
+                "{what}: maximumRecordAgeInSeconds must be -1 or 60 to 604800"
+            );
+        }
+        if let Some(n) = m.maximum_retry_attempts {
+            ensure!(n <= 10_000, "{what}: maximumRetryAttempts must be -1 to 10000");
+        }
+        if let Some(w) = m.tumbling_window_in_seconds {
+            ensure!((1..=900).contains(&w), "{what}: tumblingWindowInSeconds must be 1 to 900");
+        }
+        Ok(())
+    }
+
+    /// A Kinesis stream by its key.
+    pub fn stream(&self, key: &str) -> Result<&KinesisStreamSpec> {
+        self.streams.get(key).with_context(|| format!("no Kinesis stream {key:?} is declared"))
     }
 
     /// A queue by its key (`orders`, `ordersFifo`, ...).
@@ -381,7 +469,7 @@ impl StackSpec {
             .iter()
             .filter_map(|m| match &m.source {
                 MappingSource::Queue { queue } => Some(queue.as_str()),
-                MappingSource::Table { .. } => None,
+                MappingSource::Table { .. } | MappingSource::Stream { .. } => None,
             })
             .collect()
     }
@@ -413,6 +501,23 @@ impl StackSpec {
         Ok(found)
     }
 
+    /// Marks the local-only functions deployed (the offline checks write
+    /// them into a template of their own, to exercise the deploy path of
+    /// functions of other domains), except those fed by a Kinesis stream:
+    /// neither the SAM template nor the CDK app declares Kinesis streams
+    /// yet (the app's `deployedSpec(spec, true)` leaves them out too).
+    pub fn deploy_local_only(&mut self) {
+        let kinesis: BTreeSet<String> = self
+            .mappings
+            .iter()
+            .filter(|m| matches!(m.source, MappingSource::Stream { .. }))
+            .map(|m| m.function.clone())
+            .collect();
+        for (name, f) in &mut self.functions {
+            f.deploy = !kinesis.contains(name);
+        }
+    }
+
     /// What `cargo xtask infra` deploys: the functions whose `deploy` is not
     /// false, their mappings, and the queues, tables and bucket
     /// notifications they reference; nothing of local-only functions.
@@ -438,10 +543,12 @@ impl StackSpec {
                 }
             }
         }
+        let mut streams = BTreeSet::new();
         for m in &mappings {
             match &m.source {
                 MappingSource::Queue { queue } => queues.insert(queue.clone()),
                 MappingSource::Table { table } => tables.insert(table.clone()),
+                MappingSource::Stream { stream } => streams.insert(stream.clone()),
             };
             if let Some(f) = &m.on_failure {
                 queues.insert(f.queue.clone());
@@ -452,6 +559,7 @@ impl StackSpec {
         spec.mappings = mappings;
         spec.queues.retain(|k, _| queues.contains(k));
         spec.tables.retain(|k, _| tables.contains(k));
+        spec.streams.retain(|k, _| streams.contains(k));
         spec.bucket.notifications.retain(|n| queues.contains(&n.queue));
         spec
     }
@@ -475,11 +583,21 @@ impl StackSpec {
             .mappings_of(function)
             .filter_map(|m| match &m.source {
                 MappingSource::Queue { queue } => Some(Resource::Queue(queue.clone())),
-                MappingSource::Table { .. } => None,
+                MappingSource::Table { .. } | MappingSource::Stream { .. } => None,
             })
             .collect();
         if !consumed.is_empty() {
             out.push(permission("ConsumeQueues", &QUEUE_CONSUME_ACTIONS, consumed));
+        }
+        let kinesis: Vec<Resource> = self
+            .mappings_of(function)
+            .filter_map(|m| match &m.source {
+                MappingSource::Stream { stream } => Some(Resource::KinesisStream(stream.clone())),
+                _ => None,
+            })
+            .collect();
+        if !kinesis.is_empty() {
+            out.push(permission("ReadKinesisStreams", &KINESIS_READ_ACTIONS, kinesis));
         }
         let streams: Vec<&MappingSpec> =
             self.mappings_of(function).filter(|m| matches!(m.source, MappingSource::Table { .. })).collect();
@@ -488,7 +606,7 @@ impl StackSpec {
                 .iter()
                 .filter_map(|m| match &m.source {
                     MappingSource::Table { table } => Some(Resource::Stream(table.clone())),
-                    MappingSource::Queue { .. } => None,
+                    MappingSource::Queue { .. } | MappingSource::Stream { .. } => None,
                 })
                 .collect();
             out.push(permission("ReadStreams", &STREAM_READ_ACTIONS, read));

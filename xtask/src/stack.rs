@@ -46,6 +46,8 @@ const DYNAMODB_LOCAL_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DYNAMODB_LOCAL_READY_LINE: &str = "Port:";
 /// The DynamoDB Streams API version of `X-Amz-Target`.
 const STREAMS_TARGET_PREFIX: &str = "DynamoDBStreams_20120810";
+/// The Kinesis Data Streams API's `X-Amz-Target` prefix (JSON 1.1).
+const KINESIS_TARGET_PREFIX: &str = "Kinesis_20131202";
 /// moto's fixed account id: part of every ARN it returns (and of the ARNs the
 /// driver makes up).
 pub const ACCOUNT_ID: &str = "123456789012";
@@ -96,6 +98,8 @@ pub struct Resources {
     pub queue_arns: BTreeMap<String, String>,
     /// Table key -> stream ARN, for tables with a stream.
     pub stream_arns: BTreeMap<String, String>,
+    /// Kinesis stream key -> stream ARN.
+    pub kinesis_arns: BTreeMap<String, String>,
 }
 
 /// The key under which a queue's dead-letter queue is recorded.
@@ -579,7 +583,105 @@ impl Stack {
     async fn create_resources(&mut self) -> Result<()> {
         self.create_queues().await?;
         self.create_tables().await?;
+        self.create_kinesis_streams().await?;
         self.create_bucket().await
+    }
+
+    /// Creates the declared Kinesis streams on moto, with their shards.
+    async fn create_kinesis_streams(&mut self) -> Result<()> {
+        use serde_json::json;
+        let spec = self.spec.clone();
+        for (key, stream) in &spec.streams {
+            self.kinesis_call("CreateStream", json!({ "StreamName": stream.name, "ShardCount": stream.shard_count }))
+                .await
+                .with_context(|| format!("creating Kinesis stream {}", stream.name))?;
+            // moto's streams are ACTIVE at once; Kinesis's take a while.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let arn = loop {
+                let summary = self.kinesis_call("DescribeStreamSummary", json!({ "StreamName": stream.name })).await?;
+                let status = summary.pointer("/StreamDescriptionSummary/StreamStatus").and_then(|s| s.as_str());
+                if status == Some("ACTIVE") {
+                    break summary
+                        .pointer("/StreamDescriptionSummary/StreamARN")
+                        .and_then(|a| a.as_str())
+                        .context("DescribeStreamSummary returned no StreamARN")?
+                        .to_owned();
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("Kinesis stream {} is {status:?}, not ACTIVE, after 30 s", stream.name);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            };
+            self.resources.kinesis_arns.insert(key.clone(), arn);
+        }
+        Ok(())
+    }
+
+    /// A raw JSON call to moto's Kinesis Data Streams API (the workspace
+    /// builds no Kinesis SDK client for the stack alone).
+    pub async fn kinesis_call(&self, operation: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let region = &self.spec.region;
+        let response = self
+            .http
+            .post(&self.endpoint)
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header("X-Amz-Target", format!("{KINESIS_TARGET_PREFIX}.{operation}"))
+            .header(
+                "Authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20260101/{region}/kinesis/aws4_request, SignedHeaders=host, Signature=0",
+                ),
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .with_context(|| format!("Kinesis {operation}"))?;
+        let status = response.status();
+        let text = response.text().await.with_context(|| format!("reading Kinesis {operation}"))?;
+        if !status.is_success() {
+            bail!("Kinesis {operation}: HTTP {status}: {text}");
+        }
+        if text.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("Kinesis {operation} returned non-JSON: {text}"))
+    }
+
+    /// A Kinesis stream's ARN by its key.
+    pub fn kinesis_arn(&self, key: &str) -> Result<&str> {
+        self.resources
+            .kinesis_arns
+            .get(key)
+            .map(String::as_str)
+            .with_context(|| format!("no Kinesis stream {key:?} in the local stack"))
+    }
+
+    /// Puts records on a Kinesis stream (`PutRecords`, 500 at a time), each
+    /// `(partition key, data)`; returns each record's `(shard, sequence
+    /// number)`, in order.
+    pub async fn put_kinesis_records(&self, key: &str, records: &[(String, Vec<u8>)]) -> Result<Vec<(String, String)>> {
+        use serde_json::json;
+        let name = &self.spec.stream(key)?.name;
+        let mut out = Vec::with_capacity(records.len());
+        for chunk in records.chunks(500) {
+            let entries: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|(pk, data)| json!({ "PartitionKey": pk, "Data": aws_smithy_types::base64::encode(data) }))
+                .collect();
+            let answer = self.kinesis_call("PutRecords", json!({ "StreamName": name, "Records": entries })).await?;
+            let results = answer.get("Records").and_then(|r| r.as_array()).context("PutRecords: no Records")?;
+            for r in results {
+                if let Some(code) = r.get("ErrorCode").and_then(|c| c.as_str()) {
+                    bail!("PutRecords to {name}: {code}: {}", r.get("ErrorMessage").unwrap_or(&json!("")));
+                }
+                let field = |f: &str| r.get(f).and_then(|v| v.as_str()).map(str::to_owned);
+                out.push((
+                    field("ShardId").context("PutRecords: no ShardId")?,
+                    field("SequenceNumber").context("PutRecords: no SequenceNumber")?,
+                ));
+            }
+        }
+        Ok(out)
     }
 
     async fn create_queues(&mut self) -> Result<()> {

@@ -2,10 +2,13 @@
 //! accounting, and the one implementation of each delivery's failure
 //! semantics ([`settle`]).
 //!
-//! SQS and DynamoDB stream mappings with `ReportBatchItemFailures` read the
-//! same response shape: `{"batchItemFailures":[{"itemIdentifier": id}]}`,
-//! where the id is the SQS `messageId` or the stream record's
-//! `SequenceNumber`. <https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-errorhandling.html>
+//! SQS, DynamoDB stream and Kinesis mappings with `ReportBatchItemFailures`
+//! read the same response shape: `{"batchItemFailures":[{"itemIdentifier": id}]}`,
+//! where the id is the SQS `messageId` or the stream record's sequence
+//! number. <https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-errorhandling.html>,
+//! <https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-batchfailurereporting.html>.
+//! Kafka mappings name a record by its partition and offset instead (the
+//! Lambda adapter writes that shape from the ids here).
 
 use serde::{Deserialize, Serialize};
 
@@ -64,9 +67,11 @@ pub enum Outcome {
 /// and, for FIFO queues, its message group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordRef {
-    /// SQS `messageId` or stream `SequenceNumber`.
+    /// SQS `messageId`, a stream record's sequence number, or a Kafka
+    /// record's topic, partition and offset.
     pub id: String,
-    /// FIFO `MessageGroupId`; `None` elsewhere.
+    /// FIFO `MessageGroupId`, or a Kafka record's topic and partition;
+    /// `None` elsewhere.
     pub group: Option<String>,
 }
 
@@ -83,6 +88,12 @@ pub enum Delivery {
     /// DynamoDB or Kinesis stream: processing stops at the first failure,
     /// which alone is reported; Lambda retries the shard from there.
     Stream,
+    /// Kafka (Amazon MSK or self-managed): a batch holds records of several
+    /// partitions (the records' groups), each in offset order. Per partition
+    /// as a stream per shard: after a failure the partition's later records
+    /// wait, and only its first failure is reported (Lambda resumes the
+    /// partition from that offset); other partitions go on.
+    Partitioned,
 }
 
 /// Where one record of a batch ended, before the delivery's rules apply.
@@ -160,13 +171,26 @@ pub fn settle(
     let response = match delivery {
         // Streams: the first failure only; Lambda resumes the shard from it.
         Delivery::Stream => BatchResponse::failed(retried.iter().position(|r| *r).map(|i| records[i].id.clone())),
+        // Kafka: the first failure of each partition.
+        Delivery::Partitioned => {
+            let mut reported: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            BatchResponse::failed(
+                records
+                    .iter()
+                    .zip(&retried)
+                    .filter(|(record, r)| **r && record.group.as_deref().is_none_or(|g| reported.insert(g)))
+                    .map(|(record, _)| record.id.clone()),
+            )
+        }
         Delivery::Standard | Delivery::Fifo => BatchResponse::failed(
             records.iter().zip(&retried).filter(|(_, r)| **r).map(|(record, _)| record.id.clone()),
         ),
     };
     let nothing_succeeded = match delivery {
         Delivery::Stream => retried.first().copied().unwrap_or(false),
-        Delivery::Standard | Delivery::Fifo => !records.is_empty() && retried.iter().all(|r| *r),
+        Delivery::Standard | Delivery::Fifo | Delivery::Partitioned => {
+            !records.is_empty() && retried.iter().all(|r| *r)
+        }
     };
     if fail_on_all_failed && nothing_succeeded {
         let what = match delivery {
@@ -182,7 +206,9 @@ pub fn settle(
 fn retried(delivery: Delivery, records: &[RecordRef], dispositions: &[Disposition]) -> Vec<bool> {
     match delivery {
         Delivery::Standard => dispositions.iter().map(Disposition::is_failure).collect(),
-        Delivery::Fifo => {
+        // A record without a group (never from Lambda's Kafka mapping) is
+        // its own partition.
+        Delivery::Fifo | Delivery::Partitioned => {
             let mut failed_groups: std::collections::HashSet<&str> = std::collections::HashSet::new();
             records
                 .iter()
@@ -215,7 +241,7 @@ pub fn blocked_by_earlier_failures(delivery: Delivery, records: &[RecordRef], fa
         failed.iter().map(|f| if *f { Disposition::Failed(String::new()) } else { Disposition::Ignored }).collect();
     match delivery {
         Delivery::Standard => vec![false; records.len()],
-        Delivery::Fifo | Delivery::Stream => {
+        Delivery::Fifo | Delivery::Stream | Delivery::Partitioned => {
             retried(delivery, records, &dispositions).into_iter().zip(failed).map(|(r, f)| r && !*f).collect()
         }
     }
@@ -339,6 +365,25 @@ impl From<Invalid> for RecordError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_waits_after_its_failure_and_reports_it_alone() {
+        let records: Vec<RecordRef> = [("t-0@1", "t-0"), ("t-1@1", "t-1"), ("t-0@2", "t-0"), ("t-1@2", "t-1")]
+            .iter()
+            .map(|(id, g)| RecordRef { id: (*id).into(), group: Some((*g).into()) })
+            .collect();
+        let ended = [
+            Disposition::Failed("throttled".into()),
+            Disposition::Done(Outcome::Applied),
+            Disposition::Done(Outcome::Applied),
+            Disposition::Unprocessed("not reached"),
+        ];
+        let (response, summary) = settle(Delivery::Partitioned, &records, &ended, false).unwrap();
+        assert_eq!(response.ids(), ["t-0@1", "t-1@2"]);
+        assert_eq!((summary.failed, summary.applied), (3, 1));
+        let blocked = blocked_by_earlier_failures(Delivery::Partitioned, &records, &[true, false, false, false]);
+        assert_eq!(blocked, [false, false, true, false]);
+    }
 
     #[test]
     fn response_serializes_as_lambda_expects() {

@@ -16,6 +16,8 @@
 //!   a cancelled commit's failed conditions decide each record.
 //! - [`error`]: the one classification of failures into transient,
 //!   permanent and fatal.
+//! - [`kpl`] (feature `kpl`): Kinesis Producer Library aggregates split
+//!   into their user records, digest checked.
 //! - [`lines`]: line formats of ingested objects (NDJSON, CSV with a header).
 //! - [`manifest`]: an ingested object's checkpoint and counters.
 //! - [`quarantine`]: records that can never be processed, with their reason.
@@ -26,6 +28,8 @@
 pub mod batch;
 pub mod error;
 pub mod key;
+#[cfg(feature = "kpl")]
+pub mod kpl;
 pub mod lines;
 pub mod manifest;
 pub mod plan;

@@ -1,6 +1,7 @@
 //! Typed parsing of the events Lambda hands to the functions: S3 notifications
-//! (direct, via SQS, via SNS then SQS, via EventBridge), SQS messages and
-//! DynamoDB stream records.
+//! (direct, via SQS, via SNS then SQS, via EventBridge), SQS messages,
+//! DynamoDB stream records, Kinesis records (KPL aggregates split), Kafka
+//! records (Amazon MSK and self-managed), and tumbling-window invocations.
 //!
 //! Parsing is per record: an envelope is split into raw records first, then each
 //! record is parsed on its own, so a record that cannot be parsed yields an
@@ -13,12 +14,18 @@
 #[cfg(feature = "s3")]
 pub mod envelope;
 pub mod image;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "kinesis")]
+pub mod kinesis;
 #[cfg(feature = "s3")]
 pub mod s3;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 #[cfg(feature = "dynamodb-stream")]
 pub mod stream;
+#[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+pub mod window;
 
 use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
@@ -63,6 +70,10 @@ pub enum EventError {
         /// What is wrong with it.
         message: String,
     },
+    /// A Kinesis record whose data is a KPL aggregate that is not whole.
+    #[cfg(feature = "kinesis")]
+    #[error(transparent)]
+    Aggregate(#[from] shared_core::kpl::AggregateError),
 }
 
 /// Splits an event into its raw `Records`. Fails only when the payload is not
@@ -104,14 +115,24 @@ impl<'de> Visitor<'de> for EventVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawBatch, A::Error> {
         let mut records = None;
+        #[cfg(feature = "kafka")]
+        let mut kafka: Option<Result<Vec<Box<RawValue>>, EventError>> = None;
         while let Some(key) = map.next_key::<EventField>()? {
             match key {
                 EventField::Records if records.is_some() => return Err(de::Error::duplicate_field("Records")),
                 EventField::Records => records = Some(map.next_value::<RecordsField>()?.0),
+                #[cfg(feature = "kafka")]
+                EventField::KafkaRecords if kafka.is_some() => return Err(de::Error::duplicate_field("records")),
+                #[cfg(feature = "kafka")]
+                EventField::KafkaRecords => kafka = Some(map.next_value::<KafkaRecordsField>()?.0),
                 EventField::Other => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
             }
+        }
+        #[cfg(feature = "kafka")]
+        if records.is_none() {
+            records = kafka;
         }
         let records = records.unwrap_or(Err(NO_RECORDS));
         Ok(RawBatch { records })
@@ -122,8 +143,86 @@ impl<'de> Visitor<'de> for EventVisitor {
 #[serde(field_identifier)]
 enum EventField {
     Records,
+    /// A Kafka event's records, grouped by `<topic>-<partition>`.
+    #[cfg(feature = "kafka")]
+    #[serde(rename = "records")]
+    KafkaRecords,
     #[serde(other)]
     Other,
+}
+
+/// A Kafka event's `records`: an object of groups (`<topic>-<partition>`),
+/// each an array of records in offset order, read as one list of records,
+/// group after group (each record names its topic and partition itself).
+#[cfg(feature = "kafka")]
+struct KafkaRecordsField(Result<Vec<Box<RawValue>>, EventError>);
+
+#[cfg(feature = "kafka")]
+impl<'de> Deserialize<'de> for KafkaRecordsField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Groups;
+        impl<'de> Visitor<'de> for Groups {
+            type Value = KafkaRecordsField;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("Kafka records grouped by topic and partition")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KafkaRecordsField, A::Error> {
+                let mut all: Result<Vec<Box<RawValue>>, EventError> = Ok(Vec::new());
+                while let Some(group) = map.next_key::<String>()? {
+                    let records = map.next_value::<RecordsField>()?.0;
+                    match (&mut all, records) {
+                        (Ok(all), Ok(records)) => all.extend(records),
+                        (Ok(_), Err(_)) => {
+                            all = Err(EventError::Shape {
+                                what: "Kafka event",
+                                message: format!("`records` group {group:?} is not an array"),
+                            })
+                        }
+                        (Err(_), _) => {}
+                    }
+                }
+                Ok(KafkaRecordsField(all))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<KafkaRecordsField, E> {
+                Ok(KafkaRecordsField(Err(NO_RECORDS)))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KafkaRecordsField, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(not_an_object())
+            }
+
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<KafkaRecordsField, E> {
+                Ok(not_an_object())
+            }
+
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<KafkaRecordsField, E> {
+                Ok(not_an_object())
+            }
+
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<KafkaRecordsField, E> {
+                Ok(not_an_object())
+            }
+
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<KafkaRecordsField, E> {
+                Ok(not_an_object())
+            }
+
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<KafkaRecordsField, E> {
+                Ok(not_an_object())
+            }
+        }
+        fn not_an_object() -> KafkaRecordsField {
+            KafkaRecordsField(Err(EventError::Shape {
+                what: "Kafka event",
+                message: "`records` is not an object".into(),
+            }))
+        }
+        deserializer.deserialize_any(Groups)
+    }
 }
 
 /// The error of an event without `Records` (or with `"Records": null`).
@@ -230,7 +329,13 @@ pub(crate) fn json_error(what: &'static str, e: serde_json::Error) -> EventError
 /// assert!(err.to_string().starts_with("malformed JSON in SQS message body"));
 /// ```
 pub fn typed<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, EventError> {
-    let mut reader = serde_json::Deserializer::from_str(text);
+    typed_slice(what, text.as_bytes())
+}
+
+/// [`typed`] of bytes (a Kinesis record's data, a Kafka record's value):
+/// bytes that are not UTF-8 JSON are `malformed JSON in {what}: ...`.
+pub fn typed_slice<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, EventError> {
+    let mut reader = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

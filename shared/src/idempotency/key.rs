@@ -10,10 +10,18 @@
 //! | `sqs-body` | the JSON pointer and the value it selects in the body, e.g. `/eventId=e-1` |
 //! | `sqs-dedup` | the FIFO `MessageDeduplicationId` |
 //! | `ddb-stream` | the stream record's `eventID` |
+//! | `kinesis` | `stream/shardId/sequenceNumber`, and `/subSequenceNumber` for a user record of a KPL aggregate |
+//! | `kafka` | `topic/partition/offset` |
+//! | `kinesis-body`, `kafka-body` | as `sqs-body`: a JSON pointer into the data (value) and what it selects |
+//! | `window` | a tumbling window's result: `source/shardId/start/first record` (see [`IdempotencyKey::window`]) |
 //!
 //! Identities longer than [`MAX_IDENTITY_BYTES`] are replaced by their SHA-256
 //! (DynamoDB keys are limited to 2048 bytes; object keys alone may take 1024).
 
+#[cfg(feature = "kafka")]
+use crate::event::kafka;
+#[cfg(feature = "kinesis")]
+use crate::event::kinesis;
 #[cfg(feature = "s3")]
 use crate::event::s3::ObjectRef;
 #[cfg(feature = "sqs")]
@@ -50,7 +58,7 @@ impl IdempotencyKey {
         Self { keys: self.keys.allowing_missing() }
     }
 
-    #[cfg(any(feature = "sqs", feature = "dynamodb-stream", feature = "s3"))]
+    #[cfg(any(feature = "sqs", feature = "dynamodb-stream", feature = "kinesis", feature = "kafka", feature = "s3"))]
     fn key(&self, kind: &str, identity: &str) -> String {
         self.keys.custom(kind, identity)
     }
@@ -104,6 +112,75 @@ impl IdempotencyKey {
     /// read that field, so the body is not parsed a second time.
     pub fn sqs_body_string(&self, pointer: &str, value: &str) -> String {
         self.keys.body_string(pointer, value)
+    }
+
+    /// The key of a Kinesis record: its stream, shard and sequence number,
+    /// and a user record's sub-sequence number; or, with a JSON pointer as
+    /// the key source (`IDEMPOTENCY_KEY_SOURCE=/eventId`), what it selects
+    /// in the data.
+    #[cfg(feature = "kinesis")]
+    pub fn kinesis(&self, source: &KeySource, record: &kinesis::Record) -> Result<Option<String>, KeyError> {
+        match source {
+            KeySource::MessageId => {
+                let sub = record.sub_sequence_number.map(|s| format!("/{s}")).unwrap_or_default();
+                let identity = [&record.stream, "/", &record.shard_id, "/", &record.sequence_number, &sub];
+                Ok(Some(self.key("kinesis", &identity.concat())))
+            }
+            KeySource::BodyPointer(pointer) => self.body_pointer("kinesis-body", pointer, &record.data, || {
+                format!("Kinesis record {} has no string or number at {pointer} in its data", record.record_id())
+            }),
+            KeySource::DeduplicationId => self.keys.missing(
+                "Kinesis records have no deduplication id: use the record's identity or a JSON pointer".into(),
+            ),
+        }
+    }
+
+    /// The key of a Kafka record: its topic, partition and offset; or, with
+    /// a JSON pointer as the key source, what it selects in the value.
+    #[cfg(feature = "kafka")]
+    pub fn kafka(&self, source: &KeySource, record: &kafka::Record) -> Result<Option<String>, KeyError> {
+        match source {
+            KeySource::MessageId => {
+                Ok(Some(self.key("kafka", &format!("{}/{}/{}", record.topic, record.partition, record.offset))))
+            }
+            KeySource::BodyPointer(pointer) => {
+                self.body_pointer("kafka-body", pointer, record.value.as_deref().unwrap_or_default(), || {
+                    format!("Kafka record {} has no string or number at {pointer} in its value", record.record_id())
+                })
+            }
+            KeySource::DeduplicationId => self
+                .keys
+                .missing("Kafka records have no deduplication id: use the record's identity or a JSON pointer".into()),
+        }
+    }
+
+    /// The key of a tumbling window's result (kind `window`): the stream's
+    /// source (`kinesis/<stream>`, `ddb-stream/<table>`), the shard, the
+    /// window's start, and the first record folded into its state. The
+    /// first record tells apart the parts of a window Lambda ended early
+    /// (its state outgrew 1 MB; the window goes on with a fresh state, and
+    /// each part has a result of its own).
+    #[cfg(any(feature = "kinesis", feature = "dynamodb-stream"))]
+    pub fn window(&self, source: &str, shard_id: &str, start: &str, first: Option<&str>) -> String {
+        self.key("window", &[source, "/", shard_id, "/", start, "/", first.unwrap_or("-")].concat())
+    }
+
+    /// The key `kind` of what `pointer` selects in JSON `data`.
+    #[cfg(any(feature = "kinesis", feature = "kafka"))]
+    fn body_pointer(
+        &self,
+        kind: &str,
+        pointer: &str,
+        data: &[u8],
+        missing: impl FnOnce() -> String,
+    ) -> Result<Option<String>, KeyError> {
+        let value =
+            serde_json::from_slice::<serde_json::Value>(data).ok().and_then(|body| body.pointer(pointer).cloned());
+        match value {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(self.key(kind, &format!("{pointer}={s}")))),
+            Some(v @ serde_json::Value::Number(_)) => Ok(Some(self.key(kind, &format!("{pointer}={v}")))),
+            _ => self.keys.missing(missing()),
+        }
     }
 
     /// The key of a DynamoDB stream record.

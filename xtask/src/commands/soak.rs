@@ -8,7 +8,9 @@
 //!   after newer ones (stale), and poison messages (not JSON, a bad status,
 //!   an amount out of range, a missing field); now and then it uploads an
 //!   NDJSON object (valid lines and bad ones) under the bucket's notified
-//!   prefix.
+//!   prefix; and it puts device readings on the Kinesis stream
+//!   (`device-telemetry`'s source): plain ones, KPL aggregates of several,
+//!   and readings that are not readings.
 //! - Every DynamoDB call of the functions goes through the fault proxy,
 //!   which throttles, answers 500, drops the connection, delays the answer
 //!   a little, or stalls it for seconds, at a seeded rate.
@@ -26,7 +28,11 @@
 //! of deliveries), that every poison message is quarantined with a reason,
 //! that every object is COMPLETED with every line accounted for, that no
 //! message is left in a dead-letter queue, and the functions' own
-//! accounting (see [`Checks::accounting`]). The seed fixes the workload, the
+//! accounting (see [`Checks::accounting`]); and the Kinesis source's
+//! invariant: each device's counters are the sum of the readings put for
+//! it (each exactly once, whatever the retries, kills and replays), every
+//! bad reading is quarantined, and nothing went to the stream's failure
+//! queue. The seed fixes the workload, the
 //! fault draws and the kill schedule; which request a draw lands on depends
 //! on timing, so a failing seed reproduces the same inputs and faults, not
 //! the same interleaving.
@@ -78,6 +84,11 @@ const IDLE: Duration = Duration::from_millis(100);
 const FIFO_CUSTOMERS: &[&str] = &["c-fifo-1", "c-fifo-2", "c-fifo-3"];
 const CUSTOMERS: &[&str] = &["c-ann", "c-ben", "c-cat", "c-dan", "c-eve", "c-fay"];
 const CURRENCIES: &[&str] = &["USD", "EUR", "GBP"];
+/// The Kinesis stream the soak puts readings on (infra/stack.json), and
+/// the devices it reads.
+const TELEMETRY_STREAM: &str = "telemetry";
+const TELEMETRY_FAILURES: &str = "telemetryFailures";
+const DEVICES: &[&str] = &["s-1", "s-2", "s-3", "s-4", "s-5", "s-6", "s-7"];
 
 /// xorshift64*: small, seeded, reproducible.
 #[derive(Debug, Clone)]
@@ -158,6 +169,11 @@ pub(crate) struct Sent {
     pub(crate) bad_object_lines: u64,
     /// Every SQS message sent to the orders queues.
     pub(crate) messages: u64,
+    /// Kinesis records put (an aggregate counts once) and readings in them.
+    pub(crate) kinesis_records: u64,
+    pub(crate) readings: u64,
+    pub(crate) aggregated_readings: u64,
+    pub(crate) bad_readings: u64,
 }
 
 impl Sent {
@@ -196,6 +212,8 @@ pub(crate) struct Producer {
     next_event: u64,
     objects: Vec<String>,
     pub(crate) sent: Sent,
+    /// Per device: readings and watt-hours put on the stream.
+    devices: BTreeMap<&'static str, (u64, u64)>,
 }
 
 impl Producer {
@@ -210,7 +228,48 @@ impl Producer {
             next_event: 0,
             objects: Vec::new(),
             sent: Sent::default(),
+            devices: BTreeMap::new(),
         }
+    }
+
+    /// This tick's Kinesis records `(partition key, data)`: a few readings,
+    /// now and then a KPL aggregate of several, now and then a bad one.
+    fn tick_readings(&mut self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let device = *self.rng.pick(DEVICES);
+            match self.rng.below(10) {
+                0 => {
+                    self.sent.bad_readings += 1;
+                    out.push((device.to_owned(), format!(r#"{{"deviceId": "{device}", "wh": "n/a"}}"#).into_bytes()));
+                }
+                1 | 2 => {
+                    let users: Vec<shared_core::kpl::UserRecord> = (0..2 + self.rng.below(3))
+                        .map(|_| {
+                            let device = *self.rng.pick(DEVICES);
+                            shared_core::kpl::UserRecord::new(device, self.reading(device))
+                        })
+                        .collect();
+                    self.sent.aggregated_readings += users.len() as u64;
+                    out.push((device.to_owned(), shared_core::kpl::aggregate(&users)));
+                }
+                _ => {
+                    let data = self.reading(device);
+                    out.push((device.to_owned(), data));
+                }
+            }
+        }
+        self.sent.kinesis_records += out.len() as u64;
+        out
+    }
+
+    /// One valid reading of `device`, counted in the model.
+    fn reading(&mut self, device: &'static str) -> Vec<u8> {
+        let wh = 1 + self.rng.below(500) as u64;
+        let counters = self.devices.entry(device).or_default();
+        (counters.0, counters.1) = (counters.0 + 1, counters.1 + wh);
+        self.sent.readings += 1;
+        json!({ "deviceId": device, "wh": wh }).to_string().into_bytes()
     }
 
     fn timestamp(seconds: u64) -> String {
@@ -539,6 +598,8 @@ async fn produce(stack: &Stack, producer: &mut Producer, duration: Duration) -> 
                 producer.poison_ids.insert(id);
             }
         }
+        let readings = producer.tick_readings();
+        stack.put_kinesis_records(TELEMETRY_STREAM, &readings).await?;
         if tick.is_multiple_of(OBJECT_EVERY_TICKS) {
             let (name, bytes) = producer.object();
             let key = format!("{prefix}{name}");
@@ -554,13 +615,15 @@ async fn kill(stack: &Stack, done: &AtomicBool, seed: u64, kills: &mut BTreeMap<
     let mut rng = Rng::new(seed ^ 0x6B69_6C6C);
     // The pipeline's functions: those fed by what the soak produces (the
     // order queues, the uploads' notification queue, the state table's
-    // stream), not the other declared functions, which see no traffic here.
+    // stream, the telemetry stream), not the other declared functions,
+    // which see no traffic here.
     let prefix = stack.spec.bucket.notifications.first().map(|n| n.queue.clone());
     let fed = |source: &crate::spec::MappingSource| match source {
         crate::spec::MappingSource::Queue { queue } => {
             [STANDARD_QUEUE, FIFO_QUEUE].contains(&queue.as_str()) || Some(queue) == prefix.as_ref()
         }
         crate::spec::MappingSource::Table { table } => table == "state",
+        crate::spec::MappingSource::Stream { stream } => stream == TELEMETRY_STREAM,
     };
     let mut functions: Vec<String> =
         stack.spec.mappings.iter().filter(|m| fed(&m.source)).map(|m| m.function.clone()).collect();
@@ -648,6 +711,44 @@ async fn check(
             .push(format!("{rejected} object line(s) rejected, {} bad line(s) sent", producer.sent.bad_object_lines));
     }
 
+    // Kinesis: every device's counters are its readings, each once.
+    let devices = &stack.spec.table("devices")?.name;
+    for (device, (readings, wh)) in &producer.devices {
+        let item = stack
+            .dynamodb
+            .get_item()
+            .table_name(devices)
+            .key("device", aws_sdk_dynamodb::types::AttributeValue::S((*device).to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .with_context(|| format!("reading device {device}"))?;
+        let number = |name: &str| {
+            item.item()
+                .and_then(|i| i.get(name))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let got = (number("readings"), number("wh"));
+        if got != (*readings, *wh) {
+            problems.push(format!("device {device}: counters {got:?}, the readings put give {:?}", (readings, wh)));
+        }
+    }
+    let stream = &stack.spec.stream(TELEMETRY_STREAM)?.name;
+    let kinesis_source = format!("kinesis/{stream}");
+    let bad_quarantined = snapshot.quarantine.iter().filter(|q| q.source == kinesis_source).count() as u64;
+    if bad_quarantined != producer.sent.bad_readings {
+        problems.push(format!(
+            "{bad_quarantined} reading(s) quarantined under {kinesis_source}, {} bad reading(s) put",
+            producer.sent.bad_readings
+        ));
+    }
+    let given_up = stack.queue_depth(TELEMETRY_FAILURES).await?;
+    if given_up > 0 {
+        problems.push(format!("{given_up} Kinesis batch(es) given up on in {TELEMETRY_FAILURES}"));
+    }
+
     let sqs = verdict.accounting.get("sqs-consumer").copied().unwrap_or_default();
     let settled = sqs.applied + sqs.stale + sqs.duplicate + sqs.quarantined;
     Ok(Checks {
@@ -676,7 +777,13 @@ fn print_report(
         elapsed(start)
     );
     let n = |v: u64| v.to_string();
-    print!("{}", table(&["events", "count"], sent.rows("SQS messages sent", "  to the FIFO queue")));
+    let mut rows = sent.rows("SQS messages sent", "  to the FIFO queue");
+    rows.extend([
+        vec!["Kinesis records put".into(), n(sent.kinesis_records)],
+        vec!["  readings (in KPL aggregates)".into(), format!("{} ({})", sent.readings, sent.aggregated_readings)],
+        vec!["  bad readings".into(), n(sent.bad_readings)],
+    ]);
+    print!("{}", table(&["events", "count"], rows));
     print!(
         "{}",
         table(

@@ -50,6 +50,9 @@ pub async fn run(with_driver: bool, engine: crate::dynamodb_local::Engine) -> Re
                 MappingSource::Table { table } => {
                     stack.spec.table(table).map(|t| format!("stream of {}", t.name)).unwrap_or_default()
                 }
+                MappingSource::Stream { stream } => {
+                    stack.spec.stream(stream).map(|s| format!("Kinesis stream {}", s.name)).unwrap_or_default()
+                }
             })
             .collect();
         let variables: Vec<String> = f
