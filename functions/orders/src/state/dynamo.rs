@@ -156,6 +156,25 @@ impl DynamoStore {
         })
     }
 
+    /// The guarded paths' first step: of the events not yet `decided`, those
+    /// that lose their order to a greater one of the batch are decided
+    /// (stale or duplicate); the winners' orders are read, strongly
+    /// consistent. Returns the winners and the stored orders by id.
+    async fn read_winners(
+        &self,
+        events: &[OrderEvent],
+        decided: &mut [Option<Outcome>],
+    ) -> Result<(Vec<usize>, HashMap<String, Item>), StoreError> {
+        let winners = super::decide_losers(events, decided);
+        let keys = winners.iter().map(|&e| key(order_pk(&events[e].order_id), ORDER_SK)).collect();
+        let mut stored: HashMap<String, Item> = HashMap::new();
+        for item in batch_get(&self.client, &self.state_table, keys, &self.capacity).await? {
+            let item = from_sdk(item);
+            stored.insert(item.get_s(entity::ORDER, "orderId")?.to_owned(), item);
+        }
+        Ok((winners, stored))
+    }
+
     /// An applied event as a guarded write of its order: an `INSERT` of the
     /// order when it was read as absent, else an `UPDATE` whose condition is
     /// the apply rule (each sent instead of the other when the order turns
@@ -482,21 +501,7 @@ impl StateStore for DynamoStore {
         // each, 100 to a request) and each winner decided by the apply rule;
         // only the applied ones are written.
         let mut decided = dedupe_markers(events.len(), Some(markers));
-        let candidates: Vec<usize> = (0..events.len()).filter(|i| decided[*i].is_none()).collect();
-        let candidate_events: Vec<&OrderEvent> = candidates.iter().map(|i| &events[*i]).collect();
-        let (winners, losers) = combine_orders(&candidate_events);
-        for (c, outcome) in losers.iter().enumerate() {
-            if outcome.is_some() {
-                decided[candidates[c]] = *outcome;
-            }
-        }
-        let winners: Vec<usize> = winners.into_iter().map(|w| candidates[w]).collect();
-        let keys = winners.iter().map(|&e| key(order_pk(&events[e].order_id), ORDER_SK)).collect();
-        let mut stored: HashMap<String, Item> = HashMap::new();
-        for item in batch_get(&self.client, &self.state_table, keys, &self.capacity).await? {
-            let item = from_sdk(item);
-            stored.insert(item.get_s(entity::ORDER, "orderId")?.to_owned(), item);
-        }
+        let (winners, stored) = self.read_winners(events, &mut decided).await?;
         let mut units = Vec::new();
         let mut unit_event = Vec::new();
         for e in winners {
@@ -552,17 +557,7 @@ impl StateStore for DynamoStore {
         // a winner this chunk already wrote counts as applied, and the rest
         // are decided by the apply rule; only the applied ones are written.
         let mut decided: Vec<Option<Outcome>> = vec![None; events.len()];
-        let all: Vec<&OrderEvent> = events.iter().collect();
-        let (winners, losers) = combine_orders(&all);
-        for (e, outcome) in losers.iter().enumerate() {
-            decided[e] = *outcome;
-        }
-        let keys = winners.iter().map(|&e| key(order_pk(&events[e].order_id), ORDER_SK)).collect();
-        let mut stored: HashMap<String, Item> = HashMap::new();
-        for item in batch_get(&self.client, &self.state_table, keys, &self.capacity).await? {
-            let item = from_sdk(item);
-            stored.insert(item.get_s(entity::ORDER, "orderId")?.to_owned(), item);
-        }
+        let (winners, stored) = self.read_winners(events, &mut decided).await?;
         let mut units = Vec::new();
         let mut unit_event = Vec::new();
         for e in winners {

@@ -90,16 +90,7 @@ impl StateStore for MemoryStore {
         // then each winner by the apply rule against its stored order, a
         // reused event id told by the fingerprint the order keeps.
         let mut outcomes = super::dedupe_markers(events.len(), Some(markers));
-        let candidates: Vec<usize> = (0..events.len()).filter(|i| outcomes[*i].is_none()).collect();
-        let candidate_events: Vec<&OrderEvent> = candidates.iter().map(|i| &events[*i]).collect();
-        let (winners, losers) = super::combine_orders(&candidate_events);
-        for (c, outcome) in losers.into_iter().enumerate() {
-            if outcome.is_some() {
-                outcomes[candidates[c]] = outcome;
-            }
-        }
-        for w in winners {
-            let i = candidates[w];
+        for i in super::decide_losers(events, &mut outcomes) {
             let (event, fingerprint) = (&events[i], markers[i].validation.clone().unwrap_or_default());
             let current = inner.orders.get(&event.order_id);
             let same_event = current.is_some_and(|o| o.last_event_id == event.event_id);
@@ -151,16 +142,7 @@ impl StateStore for MemoryStore {
                 }
             }
         }
-        let candidates: Vec<usize> = (0..events.len()).filter(|i| outcomes[*i].is_none()).collect();
-        let candidate_events: Vec<&OrderEvent> = candidates.iter().map(|i| &events[*i]).collect();
-        let (winners, losers) = super::combine_orders(&candidate_events);
-        for (c, outcome) in losers.into_iter().enumerate() {
-            if outcome.is_some() {
-                outcomes[candidates[c]] = outcome;
-            }
-        }
-        for w in winners {
-            let i = candidates[w];
+        for i in super::decide_losers(events, &mut outcomes) {
             let event = &events[i];
             outcomes[i] = Some(match apply(inner.orders.get(&event.order_id), event) {
                 ApplyOutcome::Applied(order) => {

@@ -167,6 +167,21 @@ pub async fn commit_deltas<S: StateStore>(store: &S, deltas: Vec<DeltaRecord>) -
 
 pub(crate) use crate::order::combine as combine_orders;
 
+/// Of the events not yet `decided`, decides those that lose their order to a
+/// greater one of the same batch (stale or duplicate) and returns the
+/// winners' indices: one event per order is left to the apply rule.
+pub(crate) fn decide_losers(events: &[OrderEvent], decided: &mut [Option<Outcome>]) -> Vec<usize> {
+    let candidates: Vec<usize> = (0..events.len()).filter(|i| decided[*i].is_none()).collect();
+    let candidate_events: Vec<&OrderEvent> = candidates.iter().map(|i| &events[*i]).collect();
+    let (winners, losers) = combine_orders(&candidate_events);
+    for (c, outcome) in losers.into_iter().enumerate() {
+        if outcome.is_some() {
+            decided[candidates[c]] = outcome;
+        }
+    }
+    winners.into_iter().map(|w| candidates[w]).collect()
+}
+
 /// Decides events whose key repeats an earlier event's key in the same batch:
 /// duplicates, or reused keys when the payload hashes differ.
 pub(crate) fn dedupe_markers(len: usize, markers: Option<&[Marker]>) -> Vec<Option<Outcome>> {
