@@ -251,7 +251,9 @@ impl Tools {
                 .flat_map(|a| &a.filenames)
                 .find(|f| f.extension().is_some_and(|e| e == "wasm"))
                 .cloned()
-                .with_context(|| format!("cargo build -p {} --target {WASM_TARGET} reported no .wasm file", worker.package))?;
+                .with_context(|| {
+                    format!("cargo build -p {} --target {WASM_TARGET} reported no .wasm file", worker.package)
+                })?;
             let size = self.bundle(&worker, &wasm)?;
             if worker.package != WORKER {
                 println!("    {}: {size} bytes", worker.out_dir(&self.root)?.join("pkg/index_bg.wasm").display());
