@@ -90,7 +90,7 @@ enum Action {
 /// A PartiQL statement with its parameters (`?` in its text, in order).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
-    text: String,
+    text: Arc<str>,
     parameters: Vec<AttributeValue>,
 }
 
@@ -98,13 +98,18 @@ impl Statement {
     /// A statement: `INSERT INTO "table" VALUE {...}`, `UPDATE "table" SET
     /// ... WHERE <key> AND <condition>` or `DELETE FROM ...`, with `?` for
     /// each of `parameters`.
-    pub fn new(text: impl Into<String>, parameters: Vec<AttributeValue>) -> Self {
+    ///
+    /// The text is shared, not copied: a batch whose statements differ only
+    /// in their parameters can build the text once and pass clones of one
+    /// `Arc<str>` (10,000 orders' statements hold one text instead of
+    /// 10,000, about 2 KB each).
+    pub fn new(text: impl Into<Arc<str>>, parameters: Vec<AttributeValue>) -> Self {
         Self { text: text.into(), parameters }
     }
 
     fn build(&self) -> Result<aws_sdk_dynamodb::types::BatchStatementRequest, String> {
         aws_sdk_dynamodb::types::BatchStatementRequest::builder()
-            .statement(&self.text)
+            .statement(&*self.text)
             .set_parameters((!self.parameters.is_empty()).then(|| self.parameters.clone()))
             .return_values_on_condition_check_failure(ALL_OLD)
             .build()

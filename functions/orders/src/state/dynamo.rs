@@ -44,6 +44,42 @@ pub struct DynamoStore {
     marker_ttl: Duration,
     capacity: CapacityMeter,
     commit_concurrency: usize,
+    /// The guarded order statements' texts, built once per store (they
+    /// differ only in their parameters): by the attribute the order keeps
+    /// (its event's fingerprint, its object chunk).
+    order_texts: Arc<[OrderTexts; 2]>,
+}
+
+/// The texts of a guarded order write's `INSERT` and `UPDATE`.
+#[derive(Debug)]
+struct OrderTexts {
+    insert: Arc<str>,
+    update: Arc<str>,
+}
+
+/// The attributes an order write sets, in the order of its parameters; the
+/// last is the one its mark goes to.
+const ORDER_ATTRIBUTES: [&str; 8] =
+    ["entity", "orderId", "customerId", "status", "amount", "currency", "occurredAt", "lastEventId"];
+
+impl OrderTexts {
+    /// `marked` is the attribute the order keeps its mark in, `unmarked`
+    /// the other one (removed).
+    fn new(table: &str, marked: &str, unmarked: &str) -> Self {
+        let names = || ORDER_ATTRIBUTES.iter().chain([&marked]);
+        // INSERT INTO "t" VALUE {'pk': ?, 'sk': ?, 'entity': ?, ..., 'version': ?}
+        let fields: Vec<String> =
+            ["pk", "sk"].iter().chain(names()).chain(["version"].iter()).map(|n| format!("'{n}': ?")).collect();
+        let insert = format!("INSERT INTO \"{table}\" VALUE {{{}}}", fields.join(", "));
+        // UPDATE "t" SET "entity" = ? ... SET "version" = "version" + ? REMOVE "other"
+        // WHERE pk and the apply rule.
+        let sets: String = names().map(|n| format!(" SET \"{n}\" = ?")).collect();
+        let update = format!(
+            "UPDATE \"{table}\"{sets} SET \"version\" = \"version\" + ? REMOVE \"{unmarked}\" WHERE \"pk\" = ? \
+             AND \"sk\" = ? AND (\"occurredAt\" < ? OR (\"occurredAt\" = ? AND \"lastEventId\" < ?))"
+        );
+        Self { insert: insert.into(), update: update.into() }
+    }
 }
 
 impl DynamoStore {
@@ -61,11 +97,15 @@ impl DynamoStore {
     pub fn new(client: Client, state_table: String, idempotency_table: String) -> Self {
         Self {
             client,
-            state_table: state_table.into(),
             idempotency_table,
             marker_ttl: DEFAULT_IDEMPOTENCY_TTL,
             capacity: Default::default(),
             commit_concurrency: DEFAULT_COMMIT_CONCURRENCY,
+            order_texts: Arc::new([
+                OrderTexts::new(&state_table, LAST_FINGERPRINT, LAST_CHUNK),
+                OrderTexts::new(&state_table, LAST_CHUNK, LAST_FINGERPRINT),
+            ]),
+            state_table: state_table.into(),
         }
     }
 
@@ -187,45 +227,32 @@ impl DynamoStore {
         let table = &*self.state_table;
         let occurred = format_timestamp(&order.occurred_at);
         let s = |v: &str| SdkValue::S(v.to_owned());
-        let (marked, unmarked, mark_value) = match &mark {
-            Mark::Fingerprint { value, .. } => (LAST_FINGERPRINT, LAST_CHUNK, *value),
-            Mark::Chunk(chunk) => (LAST_CHUNK, LAST_FINGERPRINT, *chunk),
+        let (texts, mark_value) = match &mark {
+            Mark::Fingerprint { value, .. } => (&self.order_texts[0], *value),
+            Mark::Chunk(chunk) => (&self.order_texts[1], *chunk),
         };
+        // In ORDER_ATTRIBUTES' order, then the mark.
         let values = [
-            ("entity", s(entity::ORDER)),
-            ("orderId", s(&order.order_id)),
-            ("customerId", s(&order.customer_id)),
-            ("status", s(order.status.as_str())),
-            ("amount", SdkValue::N(order.amount.to_string())),
-            ("currency", s(order.currency.as_str())),
-            ("occurredAt", s(&occurred)),
-            ("lastEventId", s(&order.last_event_id)),
-            (marked, s(mark_value)),
+            s(entity::ORDER),
+            s(&order.order_id),
+            s(&order.customer_id),
+            s(order.status.as_str()),
+            SdkValue::N(order.amount.to_string()),
+            s(order.currency.as_str()),
+            s(&occurred),
+            s(&order.last_event_id),
+            s(mark_value),
         ];
         let (pk, sk) = (s(&order_pk(&order.order_id)), s(ORDER_SK));
-        // INSERT INTO "t" VALUE {'pk': ?, 'sk': ?, 'entity': ?, ..., 'version': ?}
-        let fields: Vec<String> = ["pk", "sk"]
-            .iter()
-            .chain(values.iter().map(|(n, _)| n))
-            .chain(["version"].iter())
-            .map(|n| format!("'{n}': ?"))
-            .collect();
-        let mut params: Vec<SdkValue> = vec![pk.clone(), sk.clone()];
-        params.extend(values.iter().map(|(_, v)| v.clone()));
+        let mut params: Vec<SdkValue> = Vec::with_capacity(values.len() + 3);
+        params.extend([pk.clone(), sk.clone()]);
+        params.extend(values.iter().cloned());
         params.push(SdkValue::N("1".into()));
-        let insert = Statement::new(format!("INSERT INTO \"{table}\" VALUE {{{}}}", fields.join(", ")), params);
-        // UPDATE "t" SET "entity" = ? ... SET "version" = "version" + ? REMOVE "other"
-        // WHERE pk and the apply rule.
-        let sets: String = values.iter().map(|(n, _)| format!(" SET \"{n}\" = ?")).collect();
-        let mut params: Vec<SdkValue> = values.iter().map(|(_, v)| v.clone()).collect();
+        let insert = Statement::new(texts.insert.clone(), params);
+        let mut params: Vec<SdkValue> = Vec::with_capacity(values.len() + 6);
+        params.extend(values);
         params.extend([SdkValue::N("1".into()), pk, sk, s(&occurred), s(&occurred), s(&order.last_event_id)]);
-        let update = Statement::new(
-            format!(
-                "UPDATE \"{table}\"{sets} SET \"version\" = \"version\" + ? REMOVE \"{unmarked}\" WHERE \"pk\" = ? \
-                 AND \"sk\" = ? AND (\"occurredAt\" < ? OR (\"occurredAt\" = ? AND \"lastEventId\" < ?))"
-            ),
-            params,
-        );
+        let update = Statement::new(texts.update.clone(), params);
         let (at, id) = (order.occurred_at, order.last_event_id.clone());
         let reused = match mark {
             Mark::Fingerprint { value, reused } => Some((value.to_owned(), reused)),
