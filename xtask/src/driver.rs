@@ -846,7 +846,7 @@ fn sqs_record(m: &Message, queue_arn: &str, region: &str) -> Value {
 }
 
 /// Seconds since the epoch as RFC 3339 (UTC, milliseconds).
-fn rfc3339(seconds: f64) -> String {
+pub(crate) fn rfc3339(seconds: f64) -> String {
     let millis = (seconds * 1000.0) as i64;
     chrono::DateTime::from_timestamp_millis(millis)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -857,12 +857,20 @@ fn rfc3339(seconds: f64) -> String {
 /// key (`dynamodb.Keys`), keeping each key's records in order: positions in
 /// `records`, each batch in record order, empty batches left out.
 fn lanes(records: &[Value], factor: usize) -> Vec<Vec<usize>> {
+    lanes_by(records, factor, |record| record.pointer("/dynamodb/Keys").map(Value::to_string).unwrap_or_default())
+}
+
+/// Splits a shard's batch into at most `factor` concurrent batches by the
+/// key `key` reads from each record (a DynamoDB stream's item key, a
+/// Kinesis record's partition key), as Lambda's parallelization factor
+/// does: each key's records in order in one batch, empty batches left out.
+pub(crate) fn lanes_by(records: &[Value], factor: usize, key: impl Fn(&Value) -> String) -> Vec<Vec<usize>> {
     use std::hash::{Hash, Hasher};
     let factor = factor.max(1);
     let mut lanes = vec![Vec::new(); factor];
     for (i, record) in records.iter().enumerate() {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        record.pointer("/dynamodb/Keys").map(Value::to_string).unwrap_or_default().hash(&mut hasher);
+        key(record).hash(&mut hasher);
         let lane = usize::try_from(hasher.finish() % factor as u64).unwrap_or(0);
         lanes[lane].push(i);
     }

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::driver::{InvocationReport, MappingStats};
+use crate::driver::{InvocationReport, MappingStats, lanes_by, rfc3339};
 use crate::lambda::{Invocation, Lambda};
 use crate::spec::MappingSpec;
 use crate::stack::{ACCOUNT_ID, Stack};
@@ -542,27 +542,12 @@ fn now_seconds() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
-fn rfc3339(seconds: f64) -> String {
-    let millis = (seconds * 1000.0) as i64;
-    chrono::DateTime::from_timestamp_millis(millis)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
 /// Splits a shard's batch by partition key into at most `factor`
 /// concurrent batches, each key's records in order in one of them.
 fn lanes(records: &[Value], factor: usize) -> Vec<Vec<usize>> {
-    use std::hash::{Hash, Hasher};
-    let factor = factor.max(1);
-    let mut lanes = vec![Vec::new(); factor];
-    for (i, record) in records.iter().enumerate() {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        record.get("PartitionKey").and_then(Value::as_str).unwrap_or_default().hash(&mut hasher);
-        let lane = usize::try_from(hasher.finish() % factor as u64).unwrap_or(0);
-        lanes[lane].push(i);
-    }
-    lanes.retain(|l| !l.is_empty());
-    lanes
+    lanes_by(records, factor, |record| {
+        record.get("PartitionKey").and_then(Value::as_str).unwrap_or_default().to_owned()
+    })
 }
 
 #[cfg(test)]
